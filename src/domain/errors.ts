@@ -1,0 +1,102 @@
+/**
+ * Application errors. Every error that reaches a client carries a stable `code`
+ * (listed once in docs/errors.md) and an HTTP status; anything else is a bug and
+ * is answered as a generic 500 without details.
+ *
+ * Codes follow DESIGN.md contract 1 (`INVALID_REQUEST`, `POOL_FULL`, …) rather than
+ * STYLE.md's `ERR_*` prefix, because the command protocol's clients already match on them.
+ */
+export const ERROR_CODES = {
+  INVALID_REQUEST: 400,
+  UNKNOWN_COMMAND: 400,
+  UNAUTHORIZED: 401,
+  FORBIDDEN: 403,
+  NOT_FOUND: 404,
+  CONFLICT: 409,
+  TOO_LARGE: 413,
+  RATE_LIMITED: 429,
+  INTERNAL: 500,
+  PROVIDER_ERROR: 502,
+  POOL_FULL: 503,
+  PROVIDER_UNAVAILABLE: 503,
+  TEMPLATE_UNAVAILABLE: 503,
+} as const
+
+export type ErrorCode = keyof typeof ERROR_CODES
+
+export interface ErrorDetail {
+  readonly path?: string
+  readonly message: string
+}
+
+export class AppError extends Error {
+  readonly code: ErrorCode
+  readonly statusCode: number
+  readonly details?: readonly ErrorDetail[]
+  /** Seconds, sent as `Retry-After` where set. */
+  readonly retryAfter?: number
+
+  constructor(code: ErrorCode, message: string, opts: { details?: readonly ErrorDetail[]; cause?: unknown; retryAfter?: number } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause })
+    this.name = new.target.name
+    this.code = code
+    this.statusCode = ERROR_CODES[code]
+    this.details = opts.details
+    this.retryAfter = opts.retryAfter
+  }
+
+  toJSON(): { code: ErrorCode; message: string; details?: readonly ErrorDetail[] } {
+    return this.details ? { code: this.code, message: this.message, details: this.details } : { code: this.code, message: this.message }
+  }
+}
+
+export class ValidationError extends AppError {
+  constructor(message: string, details?: readonly ErrorDetail[]) {
+    super('INVALID_REQUEST', message, { details })
+  }
+}
+
+export class NotFoundError extends AppError {
+  constructor(message: string) {
+    super('NOT_FOUND', message)
+  }
+}
+
+export class ConflictError extends AppError {
+  constructor(message: string) {
+    super('CONFLICT', message)
+  }
+}
+
+export class ForbiddenError extends AppError {
+  constructor(message = 'not allowed') {
+    super('FORBIDDEN', message)
+  }
+}
+
+export class UnauthorizedError extends AppError {
+  constructor(message = 'missing or invalid API key') {
+    super('UNAUTHORIZED', message)
+  }
+}
+
+/** A provider call failed. `retryable` tells the worker whether to try again. */
+export class ProviderError extends AppError {
+  readonly provider: string
+  readonly retryable: boolean
+  constructor(provider: string, message: string, opts: { retryable?: boolean; cause?: unknown; code?: 'PROVIDER_ERROR' | 'PROVIDER_UNAVAILABLE' } = {}) {
+    super(opts.code ?? 'PROVIDER_ERROR', message, { cause: opts.cause })
+    this.provider = provider
+    this.retryable = opts.retryable ?? false
+  }
+}
+
+export class PoolFullError extends AppError {
+  constructor(message: string, retryAfter = 30) {
+    super('POOL_FULL', message, { retryAfter })
+  }
+}
+
+export function isAppError(err: unknown): err is AppError {
+  return err instanceof AppError
+}

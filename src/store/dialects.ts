@@ -1,0 +1,139 @@
+/**
+ * The two SQL backends: how to open them, and the few places where their SQL or their errors
+ * differ. Everything else in sql-store.ts is dialect-neutral Kysely.
+ */
+import { mkdirSync } from 'node:fs'
+import { dirname } from 'node:path'
+import { createHash } from 'node:crypto'
+import { userInfo } from 'node:os'
+import BetterSqlite3 from 'better-sqlite3'
+import pg from 'pg'
+import { Kysely, PostgresDialect, SqliteDialect, type SqliteDatabase, type SqliteStatement } from 'kysely'
+import type { Logger } from 'pino'
+import type { Database } from './tables.js'
+import type { SqlDialect } from './migrations/index.js'
+
+export type StoreConfig =
+  | { readonly driver: 'sqlite'; readonly path: string }
+  | { readonly driver: 'postgres'; readonly url: string; readonly poolSize: number }
+
+export interface OpenedDb {
+  readonly dialect: SqlDialect
+  readonly db: Kysely<Database>
+  /** Postgres only: a new dedicated client with the same settings (leader lock). */
+  readonly newClient?: () => pg.Client
+}
+
+/** How long a SQLite writer waits for another process's lock before SQLITE_BUSY, ms. */
+const SQLITE_BUSY_TIMEOUT_MS = 5000
+
+export function openSqlite(path: string): OpenedDb {
+  if (path !== ':memory:' && !path.startsWith('file:')) mkdirSync(dirname(path), { recursive: true })
+  const database = new BetterSqlite3(path)
+  // WAL: readers never block the writer; NORMAL is durable across process crashes in WAL mode.
+  database.pragma('journal_mode = WAL')
+  database.pragma('synchronous = NORMAL')
+  database.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`)
+  database.pragma('foreign_keys = ON')
+  return { dialect: 'sqlite', db: new Kysely<Database>({ dialect: new SqliteDialect({ database: withStatementCache(database) }) }) }
+}
+
+/** Statements kept per SQL text; the store issues a few dozen distinct ones. */
+const STATEMENT_CACHE_MAX = 500
+
+/**
+ * Kysely's SQLite driver prepares every query anew; preparing was a tenth of a warm hit's CPU.
+ * better-sqlite3 statements are reusable and run synchronously, so one per SQL text is safe
+ * (the store never streams rows). Bounded, since `IN (…)` lists of other lengths are other texts.
+ */
+function withStatementCache(database: BetterSqlite3.Database): SqliteDatabase {
+  const cache = new Map<string, BetterSqlite3.Statement>()
+  return {
+    close: () => database.close(),
+    prepare: (sql: string) => {
+      let stmt = cache.get(sql)
+      if (!stmt) {
+        stmt = database.prepare(sql)
+        if (cache.size < STATEMENT_CACHE_MAX) cache.set(sql, stmt)
+      }
+      return stmt as unknown as SqliteStatement
+    },
+  }
+}
+
+const PG_INT8 = 20
+const PG_NUMERIC = 1700
+
+/**
+ * Timestamps are `bigint` on Postgres, and node-postgres returns int8 as a string by default
+ * (it may exceed 2^53). Ours are epoch ms and counts, far below that, so this pool, and only
+ * this pool (not pg.types globally, which other code in the process may rely on), reads them
+ * as numbers.
+ */
+const pgTypes: pg.CustomTypesConfig = {
+  getTypeParser: ((oid: number, format?: string) => {
+    if ((oid === PG_INT8 || oid === PG_NUMERIC) && format !== 'binary') return (v: string) => (v === null ? null : Number(v))
+    return pg.types.getTypeParser(oid, format as 'text')
+  }) as pg.CustomTypesConfig['getTypeParser'],
+}
+
+export function pgClientConfig(url: string): pg.ClientConfig {
+  // libpq falls back to the OS user when the URL names none; node-postgres uses $USER, which
+  // is unset in some service managers and containers. Match libpq so `postgres://host/db` works.
+  // (It must go into the URL: pg lets the parsed connection string override a separate `user`.)
+  let connectionString = url
+  try {
+    const u = new URL(url)
+    if (u.username === '' && !process.env.PGUSER && !process.env.USER) {
+      u.username = encodeURIComponent(userInfo().username)
+      connectionString = u.toString()
+    }
+  } catch {
+    // not a URL (a keyword/value string): leave it to pg
+  }
+  return { connectionString, types: pgTypes }
+}
+
+export function openPostgres(url: string, poolSize: number, log: Logger): OpenedDb {
+  const cfg = pgClientConfig(url)
+  const pool = new pg.Pool({ ...cfg, max: Math.max(1, poolSize) })
+  // An idle client that loses its connection emits 'error' on the pool; unhandled, it would crash the process.
+  pool.on('error', (err) => log.warn({ err: { message: err.message, code: (err as { code?: string }).code } }, 'postgres idle client error'))
+  return {
+    dialect: 'postgres',
+    db: new Kysely<Database>({ dialect: new PostgresDialect({ pool }) }),
+    // keepAlive: a half-open leader connection must not hold the leader lock for hours.
+    newClient: () => new pg.Client({ ...cfg, keepAlive: true, application_name: 'studiopool-leader' }),
+  }
+}
+
+/**
+ * A 64-bit advisory-lock key for this pool and purpose, as a decimal string (bigint SQL literal).
+ * Derived from the pool id so that several pools can share one database.
+ */
+export function advisoryKey(poolId: string, purpose: 'assign' | 'leader'): string {
+  const digest = createHash('sha256').update(`studiopool:${purpose}:${poolId}`).digest()
+  return digest.readBigInt64BE(0).toString()
+}
+
+/** The name of the unique index a unique violation hit, or undefined when the error is not one. */
+export function uniqueViolation(err: unknown): { index: string } | undefined {
+  if (typeof err !== 'object' || err === null) return undefined
+  const e = err as { code?: unknown; constraint?: unknown; message?: unknown }
+  if (e.code === '23505') return { index: typeof e.constraint === 'string' ? e.constraint : '' }
+  if (e.code === 'SQLITE_CONSTRAINT_UNIQUE' || e.code === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
+    // SQLite names the columns, not the index: "UNIQUE constraint failed: instances.owner_id, instances.template".
+    const msg = typeof e.message === 'string' ? e.message : ''
+    const cols = msg.slice(msg.indexOf(':') + 1).trim()
+    return { index: SQLITE_UNIQUE_COLUMNS[cols] ?? cols }
+  }
+  return undefined
+}
+
+const SQLITE_UNIQUE_COLUMNS: Record<string, string> = {
+  'instances.owner_id, instances.template': 'instances_live_owner_uq',
+  'instances.id': 'instances_pkey',
+  'assignments.instance_id': 'assignments_open_uq',
+  'api_keys.name': 'api_keys_name_uq',
+  'api_keys.id': 'api_keys_pkey',
+}
