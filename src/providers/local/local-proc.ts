@@ -1,0 +1,101 @@
+import { accessSync, constants, readFileSync, readdirSync, statSync } from 'node:fs'
+import { delimiter, isAbsolute, join } from 'node:path'
+
+/**
+ * What we read of `/proc/<pid>/stat` (proc(5)): state (field 3), process group (field 5) and the
+ * start time in clock ticks since boot (field 22). Start time + pid identify a process for good:
+ * a pid can be reused, the pair cannot.
+ */
+export interface ProcStat {
+  readonly state: string
+  readonly pgid: number
+  readonly startTime: string
+}
+
+export const HAS_PROC = (() => {
+  try {
+    readFileSync('/proc/self/stat', 'utf8')
+    return true
+  } catch {
+    return false
+  }
+})()
+
+export function readProcStat(pid: number): ProcStat | null {
+  if (!HAS_PROC) {
+    // Without /proc (macOS), all we can say is whether the pid exists; a reused pid is not detected.
+    try {
+      process.kill(pid, 0)
+      return { state: 'R', pgid: pid, startTime: '' }
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code === 'EPERM' ? { state: 'R', pgid: pid, startTime: '' } : null
+    }
+  }
+  let text: string
+  try {
+    text = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  } catch {
+    return null
+  }
+  // Field 2 (comm) is in parentheses and may itself hold spaces and parentheses: split after the last ')'.
+  const close = text.lastIndexOf(')')
+  if (close < 0) return null
+  const f = text.slice(close + 2).split(' ')
+  // f[0] is field 3 (state), f[2] field 5 (pgrp), f[19] field 22 (starttime).
+  if (f.length < 20) return null
+  return { state: f[0]!, pgid: Number(f[2]), startTime: f[19]! }
+}
+
+/** A process that has exited but not been reaped (Z) or is dying (X) is not running. */
+export function isRunningState(stat: ProcStat | null): stat is ProcStat {
+  return stat !== null && stat.state !== 'Z' && stat.state !== 'X'
+}
+
+/** Live (non-zombie) members of a process group. Linux only; elsewhere, `kill(-pgid, 0)`. */
+export function groupMembers(pgid: number): number[] {
+  if (!HAS_PROC) {
+    try {
+      process.kill(-pgid, 0)
+      return [pgid]
+    } catch {
+      return []
+    }
+  }
+  const out: number[] = []
+  for (const name of readdirSync('/proc')) {
+    const c = name.charCodeAt(0)
+    if (c < 48 || c > 57) continue
+    const pid = Number(name)
+    const stat = readProcStat(pid)
+    if (stat && stat.pgid === pgid && isRunningState(stat)) out.push(pid)
+  }
+  return out
+}
+
+/** Sends a signal to a whole group; false when the group does not exist. */
+export function killGroup(pgid: number, signal: NodeJS.Signals): boolean {
+  try {
+    process.kill(-pgid, signal)
+    return true
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ESRCH') return false
+    throw err
+  }
+}
+
+/** Finds a program the way `execvp` would; null when it is not there or not executable. */
+export function findExecutable(program: string, pathEnv: string | undefined, cwd: string): string | null {
+  const candidates = program.includes('/')
+    ? [isAbsolute(program) ? program : join(cwd, program)]
+    : (pathEnv ?? '').split(delimiter).filter(Boolean).map((dir) => join(dir, program))
+  for (const p of candidates) {
+    try {
+      if (!statSync(p).isFile()) continue
+      accessSync(p, constants.X_OK)
+      return p
+    } catch {
+      // not here
+    }
+  }
+  return null
+}

@@ -1,0 +1,92 @@
+import type { Logger } from 'pino'
+import type { TemplateConfig } from '../config/types.js'
+
+/** Options every provider operation accepts. */
+export interface OperationOptions {
+  readonly signal?: AbortSignal
+  readonly log: Logger
+}
+
+/** Labels every resource carries (DESIGN.md contract 4), so the store can be rebuilt from the provider. */
+export const LABEL_POOL = 'studiopool:pool'
+export const LABEL_INSTANCE = 'studiopool:instance'
+export const LABEL_TEMPLATE = 'studiopool:template'
+export const LABEL_OWNER = 'studiopool:owner'
+
+export interface InstanceSpec {
+  /** studiopool instanceId; `create` is idempotent on it. */
+  readonly id: string
+  readonly poolId: string
+  readonly template: TemplateConfig
+  /** Path prefix the gateway serves the instance under, with trailing slash: `/s/<id>/`. */
+  readonly basePath: string
+  /** Labels to put on the resource: at least pool, instance and template (see LABEL_*). */
+  readonly labels: Readonly<Record<string, string>>
+  /** Where the instance may report progress (`POST`), and its bearer token. */
+  readonly progressUrl: string
+  readonly progressToken: string
+}
+
+/** What a provider knows of one resource. */
+export interface ProviderInstance {
+  /** The provider's id (pid:starttime, EC2 instance id, …). */
+  readonly ref: string
+  /** From the resource's labels. */
+  readonly instanceId: string
+  readonly template: string
+  /**
+   * `pending`: asked for, not running yet; `running`: the resource runs (the app may not answer yet);
+   * `stopped`: suspended, can be started; `terminated`: gone or going.
+   */
+  readonly state: 'pending' | 'running' | 'stopped' | 'terminated'
+  /** Base URL of the app when known: `http://10.0.0.5:8787`. */
+  readonly address: string | null
+  readonly labels: Readonly<Record<string, string>>
+  /** Epoch ms, when the provider knows it. */
+  readonly createdAt: number | null
+  /** Provider-side progress hint (0–100) and message, when it has one. */
+  readonly progress?: number
+  readonly message?: string
+}
+
+export interface ProviderCapabilities {
+  /** stop/start keep the disk (suspend/resume). */
+  readonly supportsSuspend: boolean
+}
+
+/**
+ * A Provider is the glue between the control plane and one compute backend.
+ * It translates; it does not decide. It never writes to the store.
+ * Errors are thrown as `ProviderError` (domain/errors.ts).
+ */
+export interface Provider {
+  readonly name: string
+  readonly capabilities: ProviderCapabilities
+  /** Connects clients, checks credentials. Called once before anything else. */
+  init(opts: OperationOptions): Promise<void>
+  /** Checks a template's settings (and, for local, that its program exists). Returns problems, empty when fine. */
+  validateTemplate(template: TemplateConfig): string[]
+  /** Idempotent on spec.id: a second call for the same id returns the existing resource. */
+  create(spec: InstanceSpec, opts: OperationOptions): Promise<ProviderInstance>
+  /** State of the given refs; a ref the backend does not know is absent from the map. One batched call. */
+  describe(refs: readonly string[], opts: OperationOptions): Promise<Map<string, ProviderInstance>>
+  /** Every resource labelled with this pool id, whatever its state (for recovery and orphan reaping). */
+  list(opts: OperationOptions): Promise<ProviderInstance[]>
+  /** Idempotent: destroying an absent resource resolves. */
+  destroy(ref: string, opts: OperationOptions): Promise<void>
+  stop?(ref: string, opts: OperationOptions): Promise<void>
+  start?(ref: string, opts: OperationOptions): Promise<void>
+  /** Releases clients. Local processes are NOT killed: they survive a server restart and are found again by list(). */
+  close(): Promise<void>
+}
+
+export interface ProviderContext {
+  readonly poolId: string
+  /** Absolute data directory (local provider keeps instances under `<dataDir>/instances/<id>`). */
+  readonly dataDir: string
+  /** Provider-wide settings from `providers.<name>` in the config. */
+  readonly settings: Readonly<Record<string, unknown>>
+  readonly log: Logger
+}
+
+export type ProviderFactory = (ctx: ProviderContext) => Provider

@@ -1,0 +1,27 @@
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import pino from 'pino'
+import { LocalProvider } from '../../src/providers/local/index.js'
+import { CONTRACT_POOL_ID, providerContract } from '../contract/provider-contract.js'
+import { makeLocalDemoTemplate } from '../helpers/template.js'
+
+providerContract({
+  name: 'local',
+  make: async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'studiopool-local-contract-'))
+    const provider = new LocalProvider({ poolId: CONTRACT_POOL_ID, dataDir, settings: {}, log: pino({ level: 'silent' }) })
+    await provider.init({ log: pino({ level: 'silent' }) })
+    return {
+      provider,
+      // Real processes: the demo app under the server's own node binary.
+      template: makeLocalDemoTemplate({ name: 'demo' }),
+      cleanup: async () => {
+        await provider.close()
+        rmSync(dataDir, { recursive: true, force: true })
+      },
+    }
+  },
+  unknownRef: '999999999:1',
+  skip: { suspend: 'local processes cannot be suspended (capabilities.supportsSuspend = false)' },
+})
