@@ -1,0 +1,670 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
+import type { Logger } from 'pino'
+import type { Config, TemplateConfig } from '../config/types.js'
+import { AppError, ConflictError, NotFoundError, PoolFullError, ProviderError, ValidationError } from '../domain/errors.js'
+import { newInstanceId } from '../domain/ids.js'
+import { type EndReason, type Instance, isLive, LIVE_STATES } from '../domain/instance.js'
+import type { RouteEntry } from '../domain/routes.js'
+import type { Metrics } from '../metrics.js'
+import { LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL, LABEL_TEMPLATE, type InstanceSpec, type Provider } from '../providers/provider.js'
+import { LiveInstanceExistsError, type Store, type StoreTx } from '../store/store.js'
+
+/** Where the pool publishes route changes (the gateway's RouteHub in-process). */
+export interface RoutePublisher {
+  upsert(route: RouteEntry): void
+  remove(instanceId: string, reason: string): void
+  reset(routes: readonly RouteEntry[]): void
+}
+
+/** Fault-injection points for recovery tests (kill the server between two steps). Never set in production. */
+export interface FaultHooks {
+  afterProviderCreate?(instanceId: string): void | Promise<void>
+  beforeProviderCreate?(instanceId: string): void | Promise<void>
+}
+
+export interface PoolDeps {
+  readonly config: Config
+  readonly store: Store
+  /** Providers by name; every template's provider must be present. */
+  readonly providers: ReadonlyMap<string, Provider>
+  readonly routes: RoutePublisher
+  readonly log: Logger
+  readonly metrics?: Metrics
+  readonly now?: () => number
+  readonly faults?: FaultHooks
+  /** Problems found per template at start (missing program…): such templates refuse requests. */
+  readonly unavailable?: ReadonlyMap<string, string>
+  /** URL the instance posts progress to; `{id}` is replaced. */
+  readonly progressUrl?: (instanceId: string) => string
+}
+
+export type RequestOutcome = 'existing' | 'warm' | 'cold' | 'queued'
+
+export interface RequestResult {
+  readonly instance: Instance
+  readonly outcome: RequestOutcome
+  readonly queuePosition: number | null
+}
+
+export interface RequestInput {
+  readonly userId: string
+  readonly template?: string
+  readonly keyName?: string | null
+}
+
+const MAX_START_ATTEMPTS = 3
+const sha256 = (s: string) => createHash('sha256').update(s).digest('hex')
+
+/**
+ * The one place that decides (STYLE.md `pool/`): assignment, release, warm-pool top-up, the queue,
+ * provisioning and replacement. The worker (worker.ts) calls into it on a timer; the API on requests.
+ *
+ * Atomicity: every check-a-cap-then-insert runs inside `store.withPoolLock`; warm hits use
+ * `store.claimFree` (row locks with SKIP LOCKED); the partial unique index on (owner, template) is the
+ * last line of defence against a user holding two live instances.
+ */
+export class PoolService {
+  readonly #d: PoolDeps
+  readonly #templates: Map<string, TemplateConfig>
+  readonly #now: () => number
+  /** Instances with a create or destroy running in this process, so the worker does not start a second. */
+  readonly #busy = new Set<string>()
+  /** Pending background work, awaited by drain() (tests, shutdown). */
+  readonly #pending = new Set<Promise<unknown>>()
+  #closed = false
+  #version = 0
+  #topUp: Promise<void> | undefined
+  #topUpAgain = false
+
+  constructor(deps: PoolDeps) {
+    this.#d = deps
+    this.#templates = new Map(deps.config.templates.map((t) => [t.name, t]))
+    this.#now = deps.now ?? Date.now
+  }
+
+  template(name: string): TemplateConfig {
+    const t = this.#templates.get(name)
+    if (!t) throw new ValidationError(`unknown template "${name}"`, [{ path: '/payload/template', message: `known templates: ${[...this.#templates.keys()].join(', ')}` }])
+    return t
+  }
+
+  unavailableReason(template: string): string | undefined {
+    return this.#d.unavailable?.get(template)
+  }
+
+  /** Seed REQUEST_RSTUDIO: the user's live instance, a warm one, a new one within caps, or the queue. */
+  async request(input: RequestInput): Promise<RequestResult> {
+    const t = this.template(input.template ?? this.#d.config.pool.defaultTemplate)
+    const why = this.unavailableReason(t.name)
+    if (why) throw new AppError('TEMPLATE_UNAVAILABLE', `template "${t.name}" is not available: ${why}`)
+    const keyName = input.keyName ?? null
+    const { store } = this.#d
+
+    const existing = await store.findLive(input.userId, t.name)
+    if (existing) return this.#result(existing, 'existing')
+
+    try {
+      const claimed = await store.transaction(async (tx) => {
+        const inst = await tx.claimFree(t.name, input.userId, keyName, this.#now())
+        if (inst) {
+          await this.#openAssignment(tx, inst, input.userId, keyName)
+          // In the same transaction: one commit for the assignment and its audit row.
+          await tx.audit({ at: this.#now(), instanceId: inst.id, event: 'assigned', actor: keyName, detail: { userId: input.userId, warm: true } })
+        }
+        return inst
+      })
+      if (claimed) {
+        this.#d.metrics?.assignments.inc({ template: t.name, kind: 'warm' })
+        this.#publish(claimed)
+        this.#background(this.topUp())
+        return this.#result(claimed, 'warm')
+      }
+    } catch (err) {
+      if (!(err instanceof LiveInstanceExistsError)) throw err
+      const again = await store.findLive(input.userId, t.name)
+      if (again) return this.#result(again, 'existing')
+      throw err
+    }
+
+    let evict: Instance | undefined
+    let outcome: RequestOutcome
+    let inst: Instance
+    try {
+      ;({ inst, outcome, evict } = await store.withPoolLock(async (tx) => {
+        const live = await tx.findLive(input.userId, t.name)
+        if (live) return { inst: live, outcome: 'existing' as const, evict: undefined }
+        const now = this.#now()
+        const counts = await tx.countActive()
+        const templateCount = counts.byTemplate[t.name] ?? 0
+        const underTemplate = templateCount < t.maxInstances
+        const underPool = counts.total < this.#d.config.pool.maxInstances
+        const base = { template: t.name, ownerId: input.userId, keyName, createdAt: now, updatedAt: now, assignedAt: now, lastActivityAt: now }
+        if (underTemplate && underPool) {
+          const row = await tx.insertInstance({ ...base, id: newInstanceId(), state: 'provisioning', startedAt: now, progress: 0, progressMessage: 'asking the provider for an instance' })
+          await this.#openAssignment(tx, row, input.userId, keyName)
+          return { inst: row, outcome: 'cold' as const, evict: undefined }
+        }
+        if (t.whenFull === 'reject') {
+          throw new PoolFullError(underTemplate ? 'the pool is at its maxInstances' : `template "${t.name}" is at its maxInstances (${t.maxInstances})`)
+        }
+        // The pool-wide cap is reached but this template has room: a free warm instance of another
+        // template makes way, so warm pools can never starve a template forever.
+        let victim: Instance | undefined
+        if (underTemplate && !underPool) {
+          const free = await tx.listInstances({ assigned: false, states: ['ready', 'starting', 'provisioning'], limit: 50 })
+          const candidate = free.find((f) => f.template !== t.name)
+          if (candidate) victim = await tx.updateInstance(candidate.id, { state: 'stopping', updatedAt: now, progressMessage: 'making room for a queued request' }, { states: [candidate.state], ownerId: null })
+        }
+        const row = await tx.insertInstance({ ...base, id: newInstanceId(), state: 'queued', progress: 0, progressMessage: 'waiting for a free place in the pool' })
+        await this.#openAssignment(tx, row, input.userId, keyName)
+        return { inst: row, outcome: 'queued' as const, evict: victim }
+      }))
+    } catch (err) {
+      if (err instanceof PoolFullError) this.#d.metrics?.requests.inc({ template: t.name, outcome: 'rejected' })
+      if (!(err instanceof LiveInstanceExistsError)) throw err
+      const again = await store.findLive(input.userId, t.name)
+      if (!again) throw err
+      return this.#result(again, 'existing')
+    }
+    if (outcome === 'existing') return this.#result(inst, 'existing')
+    await this.#audit(inst.id, outcome === 'cold' ? 'assigned' : 'queued', keyName, { userId: input.userId })
+    if (evict) {
+      this.#version++
+      this.#d.routes.remove(evict.id, 'evicted')
+      this.#background(this.#destroy(evict, 'evicted'))
+    }
+    if (outcome === 'cold') {
+      this.#d.metrics?.assignments.inc({ template: t.name, kind: 'cold' })
+      this.#background(this.provision(inst))
+    }
+    this.#publish(inst)
+    if (outcome === 'queued') await this.#publishQueue(t.name)
+    return this.#result(inst, outcome)
+  }
+
+  async #result(inst: Instance, outcome: RequestOutcome): Promise<RequestResult> {
+    this.#d.metrics?.requests.inc({ template: inst.template, outcome })
+    const queuePosition = inst.state === 'queued' ? await this.#d.store.queuePosition(inst.id) : null
+    return { instance: inst, outcome, queuePosition }
+  }
+
+  async #openAssignment(tx: StoreTx, inst: Instance, userId: string, keyName: string | null): Promise<void> {
+    await tx.openAssignment({ instanceId: inst.id, template: inst.template, userId, keyName, startedAt: inst.assignedAt ?? this.#now() })
+  }
+
+  /**
+   * Ends the user's assignment and terminates the instance. Idempotent: releasing an ended or unknown
+   * instance resolves (the seed's DELETE answers OK twice).
+   */
+  async release(id: string, reason: EndReason, actor: string | null = null): Promise<Instance | undefined> {
+    const now = this.#now()
+    const result = await this.#d.store.transaction(async (tx) => {
+      const inst = await tx.getInstance(id)
+      if (!inst || !isLive(inst.state)) return { inst, changed: false }
+      const next: Instance | undefined =
+        inst.state === 'queued'
+          ? await tx.updateInstance(id, { state: 'terminated', endedAt: now, endReason: reason, updatedAt: now, progressMessage: 'ended' }, { states: ['queued'] })
+          : await tx.updateInstance(id, { state: 'stopping', endReason: reason, updatedAt: now, progressMessage: 'stopping' }, { states: [inst.state] })
+      if (!next) return { inst, changed: false }
+      if (inst.ownerId) await tx.closeAssignment(id, now, reason, this.#cost(inst, now))
+      return { inst: next, changed: true }
+    })
+    if (!result.changed || !result.inst) return result.inst
+    const inst = result.inst
+    this.#d.metrics?.releases.inc({ template: inst.template, reason })
+    await this.#audit(id, 'released', actor, { reason, userId: inst.ownerId })
+    this.#version++
+    this.#d.routes.remove(id, reason)
+    if (inst.state === 'stopping') this.#background(this.#destroy(inst, reason))
+    else this.#background(this.#afterCapacityFreed())
+    return inst
+  }
+
+  #cost(inst: Instance, now: number): number | null {
+    const t = this.#templates.get(inst.template)
+    if (!t || !t.pricePerHour) return null
+    const from = inst.assignedAt ?? inst.createdAt
+    return Math.round(((now - from) / 3_600_000) * t.pricePerHour * 10_000) / 10_000
+  }
+
+  /** Destroys the resource (idempotent), marks the row terminated, then serves the queue and tops up. */
+  /**
+   * Finishes a `stopping` instance the last attempt left behind (the worker's retry). `ref` is what
+   * the provider lists for it now, which may differ from the row's (a create that ended after the release).
+   */
+  finishStop(inst: Instance, ref: string | null): Promise<void> {
+    return this.#destroy(inst, 'retry', ref)
+  }
+
+  async #destroy(inst: Instance, why: string, ref: string | null = inst.providerRef): Promise<void> {
+    if (this.#busy.has(inst.id)) return
+    this.#busy.add(inst.id)
+    try {
+      if (ref) {
+        const provider = this.#provider(inst.template)
+        await provider.destroy(ref, { log: this.#d.log })
+      }
+      const now = this.#now()
+      await this.#d.store.updateInstance(inst.id, { state: 'terminated', endedAt: now, updatedAt: now, progressMessage: 'ended' }, { states: ['stopping'] })
+      await this.#audit(inst.id, 'terminated', null, { why })
+    } catch (err) {
+      this.#d.metrics?.providerErrors.inc({ provider: this.#templates.get(inst.template)?.provider ?? '?', op: 'destroy' })
+      this.#d.log.warn({ instanceId: inst.id, err: errText(err) }, 'destroy failed; the worker will retry')
+      return
+    } finally {
+      this.#busy.delete(inst.id)
+    }
+    await this.#afterCapacityFreed()
+  }
+
+  async #afterCapacityFreed(): Promise<void> {
+    await this.serveQueue()
+    await this.topUp()
+  }
+
+  /**
+   * Creates the provider resource for a `provisioning` row and records it. Idempotent on the
+   * instance id (the provider's create is), so a retry after a crash adopts what was made.
+   */
+  async provision(inst: Instance): Promise<void> {
+    if (this.#closed || this.#busy.has(inst.id)) return
+    const t = this.#templates.get(inst.template)
+    if (!t) return
+    this.#busy.add(inst.id)
+    let failure: string | undefined
+    try {
+      const token = randomBytes(24).toString('base64url')
+      const now = this.#now()
+      const ready = await this.#d.store.updateInstance(
+        inst.id,
+        { progressTokenHash: sha256(token), updatedAt: now, progress: Math.max(inst.progress, 5), progressMessage: inst.generation > 0 ? 'your session is being restored' : 'asking the provider for an instance' },
+        { states: ['provisioning'], generation: inst.generation },
+      )
+      if (!ready) return
+      this.#publish(ready)
+      const provider = this.#provider(t.name)
+      const spec = this.#spec(ready, t, token)
+      await this.#d.faults?.beforeProviderCreate?.(inst.id)
+      const res = await provider.create(spec, { log: this.#d.log })
+      await this.#d.faults?.afterProviderCreate?.(inst.id)
+      const at = this.#now()
+      const next = await this.#d.store.updateInstance(
+        inst.id,
+        { state: 'starting', providerRef: res.ref, address: res.address, updatedAt: at, progress: Math.max(ready.progress, res.progress ?? 20), progressMessage: res.message ?? 'starting the app' },
+        { states: ['provisioning'], generation: inst.generation },
+      )
+      if (!next) {
+        // Released (or replaced) while we were creating: do not leak what we made.
+        const cur = await this.#d.store.getInstance(inst.id)
+        if (!cur || cur.providerRef !== res.ref) await provider.destroy(res.ref, { log: this.#d.log }).catch(() => {})
+        return
+      }
+      await this.#audit(inst.id, 'provisioned', null, { ref: res.ref, generation: inst.generation })
+      this.#publish(next)
+      this.#busy.delete(inst.id)
+      this.#background(this.watchStart(next.id))
+    } catch (err) {
+      this.#d.metrics?.providerErrors.inc({ provider: t.provider, op: 'create' })
+      const retryable = err instanceof ProviderError && err.retryable
+      this.#d.log.warn({ instanceId: inst.id, err: errText(err), retryable }, 'provider create failed')
+      // A retryable error (throttling) is left in `provisioning`: the worker's next cycle tries again.
+      if (!retryable) failure = errText(err)
+    } finally {
+      this.#busy.delete(inst.id)
+    }
+    if (failure !== undefined) await this.fail(inst.id, failure)
+  }
+
+  #spec(inst: Instance, t: TemplateConfig, token: string): InstanceSpec {
+    const labels: Record<string, string> = {
+      [LABEL_POOL]: this.#d.config.pool.id,
+      [LABEL_INSTANCE]: inst.id,
+      [LABEL_TEMPLATE]: t.name,
+      'studiopool:generation': String(inst.generation),
+    }
+    if (inst.ownerId) labels[LABEL_OWNER] = inst.ownerId
+    const progressUrl = this.#d.progressUrl?.(inst.id) ?? `${this.#d.config.server.publicUrl}/api/v1/instances/${inst.id}/progress`
+    return { id: inst.id, poolId: this.#d.config.pool.id, template: t, basePath: `/s/${inst.id}/`, labels, progressUrl, progressToken: token }
+  }
+
+  /** Probes a `starting` instance until its app answers, or its start timeout passes. */
+  async watchStart(id: string): Promise<void> {
+    if (this.#busy.has(id)) return
+    this.#busy.add(id)
+    try {
+      const { probeHttp } = await import('../providers/http-probe.js')
+      let delay = 100
+      for (;;) {
+        if (this.#closed) return
+        const inst = await this.#d.store.getInstance(id)
+        if (!inst || inst.state !== 'starting' || !inst.address) return
+        const t = this.#templates.get(inst.template)
+        if (!t) return
+        // `{{basePath}}`: apps that keep the prefix (Jupyter's base_url) answer only under it.
+        const r = await probeHttp(inst.address, t.healthPath.replaceAll('{{basePath}}', `/s/${inst.id}/`), { timeoutMs: 2000 })
+        if (r.ok) {
+          const now = this.#now()
+          const next = await this.#d.store.updateInstance(id, { state: 'ready', readyAt: now, updatedAt: now, progress: 100, progressMessage: 'ready' }, { states: ['starting'], generation: inst.generation })
+          if (next) {
+            await this.#audit(id, 'ready', null, { generation: inst.generation })
+            this.#publish(next)
+          }
+          return
+        }
+        if (this.#now() - (inst.startedAt ?? inst.createdAt) > t.startTimeoutMs) return // past its start timeout: the worker fails it
+        await new Promise((r) => setTimeout(r, delay).unref())
+        delay = Math.min(delay * 1.5, 1000)
+      }
+    } finally {
+      this.#busy.delete(id)
+    }
+  }
+
+  isBusy(id: string): boolean {
+    return this.#busy.has(id)
+  }
+
+  /**
+   * An instance could not start. Assigned ones are retried under the same id (a new generation) up to
+   * MAX_START_ATTEMPTS, then end with reason `failed`; free ones fail and the warm pool refills.
+   */
+  async fail(id: string, reason: string): Promise<void> {
+    const inst = await this.#d.store.getInstance(id)
+    if (!inst || !isLive(inst.state)) return
+    const now = this.#now()
+    if (inst.providerRef) {
+      await this.#provider(inst.template).destroy(inst.providerRef, { log: this.#d.log }).catch((err) => this.#d.log.warn({ instanceId: id, err: errText(err) }, 'destroy after failure failed'))
+    }
+    if (inst.ownerId && inst.generation + 1 < MAX_START_ATTEMPTS) {
+      const next = await this.#d.store.updateInstance(
+        id,
+        { state: 'provisioning', startedAt: now, generation: inst.generation + 1, providerRef: null, address: null, progress: 0, progressMessage: `retrying: ${reason}`.slice(0, 500), failureReason: reason.slice(0, 1000), updatedAt: now },
+        { generation: inst.generation },
+      )
+      await this.#audit(id, 'retry', null, { reason })
+      if (next) {
+        this.#publish(next)
+        this.#background(this.provision(next))
+      }
+      return
+    }
+    const next = await this.#d.store.transaction(async (tx) => {
+      const n = await tx.updateInstance(id, { state: 'failed', failureReason: reason.slice(0, 1000), endedAt: now, endReason: 'failed', updatedAt: now, progressMessage: 'failed' }, { generation: inst.generation })
+      if (n && inst.ownerId) await tx.closeAssignment(id, now, 'failed', this.#cost(inst, now))
+      return n
+    })
+    if (!next) return
+    await this.#audit(id, 'failed', null, { reason })
+    this.#publish(next)
+    this.#background(this.#afterCapacityFreed())
+  }
+
+  /**
+   * Replaces an assigned instance whose resource vanished (spot reclaim, crash): same instanceId and
+   * URL, owner kept, a new generation, progress says the session is being restored.
+   */
+  async replace(inst: Instance, why: string): Promise<void> {
+    const now = this.#now()
+    const next = await this.#d.store.updateInstance(
+      inst.id,
+      { state: 'provisioning', startedAt: now, generation: inst.generation + 1, providerRef: null, address: null, readyAt: null, progress: 0, progressMessage: 'your session is being restored', updatedAt: now },
+      { generation: inst.generation, states: [inst.state] },
+    )
+    if (!next) return
+    await this.#audit(inst.id, 'replaced', null, { why, generation: next.generation })
+    this.#publish(next)
+    await this.provision(next)
+  }
+
+  /** Admin restart: a fresh resource under the same id and URL, owner kept. */
+  async restart(id: string, actor: string | null): Promise<Instance | undefined> {
+    const inst = await this.#d.store.getInstance(id)
+    if (!inst || !['starting', 'ready', 'suspended'].includes(inst.state)) throw new ConflictError(`cannot restart an instance that is ${inst?.state ?? 'absent'}`)
+    if (inst.providerRef) await this.#provider(inst.template).destroy(inst.providerRef, { log: this.#d.log })
+    await this.#audit(id, 'restart', actor, {})
+    await this.replace(inst, 'restart')
+    return this.#d.store.getInstance(id)
+  }
+
+  /** Stops the resource but keeps its disk (providers that support it, e.g. EC2 stop). */
+  async suspend(id: string, actor: string | null): Promise<Instance | undefined> {
+    const inst = await this.#d.store.getInstance(id)
+    if (!inst || inst.state !== 'ready' || !inst.providerRef) throw new ConflictError(`only a ready instance can be suspended (it is ${inst?.state ?? 'absent'})`)
+    const provider = this.#provider(inst.template)
+    if (!provider.capabilities.supportsSuspend || !provider.stop) throw new ConflictError(`provider ${provider.name} cannot suspend instances`)
+    await provider.stop(inst.providerRef, { log: this.#d.log })
+    const next = await this.#d.store.updateInstance(id, { state: 'suspended', updatedAt: this.#now(), progressMessage: 'suspended' }, { states: ['ready'] })
+    await this.#audit(id, 'suspended', actor, {})
+    if (next) this.#publish(next)
+    return next
+  }
+
+  async resume(id: string, actor: string | null): Promise<Instance | undefined> {
+    const inst = await this.#d.store.getInstance(id)
+    if (!inst || inst.state !== 'suspended' || !inst.providerRef) throw new ConflictError(`only a suspended instance can be resumed (it is ${inst?.state ?? 'absent'})`)
+    const provider = this.#provider(inst.template)
+    if (!provider.start) throw new ConflictError(`provider ${provider.name} cannot resume instances`)
+    await provider.start(inst.providerRef, { log: this.#d.log })
+    const now = this.#now()
+    const next = await this.#d.store.updateInstance(id, { state: 'starting', startedAt: now, updatedAt: now, lastActivityAt: now, progress: 50, progressMessage: 'resuming' }, { states: ['suspended'] })
+    await this.#audit(id, 'resumed', actor, {})
+    if (next) {
+      this.#publish(next)
+      this.#background(this.watchStart(id))
+    }
+    return next
+  }
+
+  /** Promotes queued requests, oldest first, while the caps allow. */
+  async serveQueue(): Promise<void> {
+    if (this.#closed) return
+    const promoted = await this.#d.store.withPoolLock(async (tx) => {
+      const queued = await tx.listQueued(undefined, 500)
+      if (!queued.length) return []
+      const counts = await tx.countActive()
+      const out: Instance[] = []
+      let total = counts.total
+      for (const q of queued) {
+        if (total >= this.#d.config.pool.maxInstances) break
+        const t = this.#templates.get(q.template)
+        if (!t || (counts.byTemplate[q.template] ?? 0) >= t.maxInstances) continue
+        const now = this.#now()
+        const n = await tx.updateInstance(q.id, { state: 'provisioning', startedAt: now, updatedAt: now, progress: 0, progressMessage: 'asking the provider for an instance' }, { states: ['queued'] })
+        if (!n) continue
+        counts.byTemplate[q.template] = (counts.byTemplate[q.template] ?? 0) + 1
+        total++
+        out.push(n)
+      }
+      return out
+    })
+    for (const inst of promoted) {
+      this.#d.metrics?.assignments.inc({ template: inst.template, kind: 'queued' })
+      await this.#audit(inst.id, 'dequeued', null, {})
+      this.#publish(inst)
+      this.#background(this.provision(inst))
+    }
+    if (promoted.length) for (const t of new Set(promoted.map((p) => p.template))) await this.#publishQueue(t)
+  }
+
+  /**
+   * Tops each template's free instances up to minFree, within the template's and the pool's caps;
+   * queued requests come first. Called after every assignment and release, so calls coalesce: at
+   * most one runs, and at most one more follows it (a warm hit never waits on the pool lock for it).
+   */
+  topUp(): Promise<void> {
+    if (this.#topUp) {
+      this.#topUpAgain = true
+      return this.#topUp
+    }
+    this.#topUp = (async () => {
+      try {
+        do {
+          this.#topUpAgain = false
+          await this.#topUpOnce()
+        } while (this.#topUpAgain && !this.#closed)
+      } finally {
+        this.#topUp = undefined
+      }
+    })()
+    return this.#topUp
+  }
+
+  async #topUpOnce(): Promise<void> {
+    if (this.#closed) return
+    const wanting = this.#d.config.templates.filter((t) => t.minFree > 0 && !this.#d.unavailable?.has(t.name))
+    const FREE_STATES = ['provisioning', 'starting', 'ready'] as const
+    // Cheap check without the lock: most calls find every warm pool full.
+    const short: TemplateConfig[] = []
+    for (const t of wanting) {
+      const free = await this.#d.store.countInstances({ template: t.name, assigned: false, states: FREE_STATES, limit: t.minFree })
+      if (free < t.minFree) short.push(t)
+    }
+    if (!short.length) return
+    const made = await this.#d.store.withPoolLock(async (tx) => {
+      if ((await tx.listQueued(undefined, 1)).length) return [] // queued requests have the first claim on capacity
+      const counts = await tx.countActive()
+      let total = counts.total
+      const out: Instance[] = []
+      for (const t of short) {
+        const free = await tx.countInstances({ template: t.name, assigned: false, states: FREE_STATES, limit: t.minFree })
+        let want = t.minFree - free
+        let count = counts.byTemplate[t.name] ?? 0
+        while (want > 0 && count < t.maxInstances && total < this.#d.config.pool.maxInstances) {
+          const now = this.#now()
+          out.push(await tx.insertInstance({ id: newInstanceId(), template: t.name, state: 'provisioning', ownerId: null, keyName: null, createdAt: now, updatedAt: now, startedAt: now, progress: 0, progressMessage: 'warming up' }))
+          want--
+          count++
+          total++
+        }
+      }
+      return out
+    })
+    for (const inst of made) {
+      await this.#audit(inst.id, 'warm', null, {})
+      this.#publish(inst)
+      this.#background(this.provision(inst))
+    }
+  }
+
+  /** Progress callback from the instance itself (MLiy's curl progress), with its per-instance token. */
+  async reportProgress(id: string, token: string, progress: number, message: string): Promise<Instance> {
+    const inst = await this.#d.store.getInstance(id)
+    if (!inst || !isLive(inst.state)) throw new NotFoundError('no such live instance')
+    if (!inst.progressTokenHash || !safeEqualHex(inst.progressTokenHash, sha256(token))) throw new AppError('UNAUTHORIZED', 'invalid progress token')
+    if (inst.state === 'ready') return inst // the app answers; progress is 100 already
+    const next = await this.#d.store.updateInstance(id, { progress: Math.max(0, Math.min(99, Math.round(progress))), progressMessage: message.slice(0, 200), updatedAt: this.#now() }, { generation: inst.generation })
+    if (!next) throw new ConflictError('instance changed concurrently')
+    this.#publish(next)
+    return next
+  }
+
+  /** Publishes every live instance to the route table (start-up, resync). */
+  async publishAll(): Promise<void> {
+    const live = await this.#d.store.listInstances({ states: LIVE_STATES })
+    const positions = queuePositions(live)
+    this.#version++
+    this.#d.routes.reset(live.map((i) => this.routeEntry(i, positions.get(i.id) ?? null)))
+  }
+
+  routeEntry(inst: Instance, queuePosition: number | null): RouteEntry {
+    const t = this.#templates.get(inst.template)
+    return {
+      instanceId: inst.id,
+      ownerId: inst.ownerId,
+      template: inst.template,
+      state: inst.state,
+      address: inst.state === 'ready' || inst.state === 'starting' ? inst.address : null,
+      pathMode: t?.pathMode ?? 'strip',
+      hostHeader: t?.hostHeader ?? 'target',
+      progress: inst.progress,
+      progressMessage: inst.progressMessage,
+      queuePosition,
+      generation: inst.generation,
+      failureReason: inst.failureReason,
+      ...(t?.activityIgnore.length ? { activityIgnore: t.activityIgnore } : {}),
+    }
+  }
+
+  /**
+   * Bumped on every change this process publishes (assignments, releases, state changes), so that
+   * readers can cache what depends on them (GET_STATUS lists) until the next change.
+   */
+  get version(): number {
+    return this.#version
+  }
+
+  #publish(inst: Instance): void {
+    this.#version++
+    if (isLive(inst.state)) {
+      if (inst.state === 'queued') this.#background(this.#publishQueue(inst.template))
+      else this.#d.routes.upsert(this.routeEntry(inst, null))
+    } else this.#d.routes.remove(inst.id, inst.endReason ?? inst.state)
+  }
+
+  async #publishQueue(template: string): Promise<void> {
+    const queued = await this.#d.store.listQueued(template, 10_000)
+    queued.forEach((q, i) => this.#d.routes.upsert(this.routeEntry(q, i + 1)))
+  }
+
+  #provider(template: string): Provider {
+    const t = this.#templates.get(template)
+    const p = t && this.#d.providers.get(t.provider)
+    if (!p) throw new ProviderError(t?.provider ?? '?', `no provider for template "${template}"`, { code: 'PROVIDER_UNAVAILABLE' })
+    return p
+  }
+
+  async #audit(instanceId: string | null, event: string, actor: string | null, detail: Record<string, unknown>): Promise<void> {
+    try {
+      await this.#d.store.audit({ at: this.#now(), instanceId, event, actor, detail })
+    } catch (err) {
+      this.#d.log.warn({ err: errText(err), event }, 'audit write failed')
+    }
+  }
+
+  audit(instanceId: string | null, event: string, actor: string | null, detail: Record<string, unknown>): Promise<void> {
+    return this.#audit(instanceId, event, actor, detail)
+  }
+
+  /** Runs work in the background, tracked so that drain() and close() wait for it. */
+  spawn(p: Promise<unknown>): void {
+    this.#background(p)
+  }
+
+  #background(p: Promise<unknown>): void {
+    const tracked = p.catch((err) => this.#d.log.error({ err: errText(err) }, 'background pool task failed')).finally(() => this.#pending.delete(tracked))
+    this.#pending.add(tracked)
+  }
+
+  /** Waits until no background task is left (bounded by rounds, since tasks spawn tasks). */
+  async drain(rounds = 50): Promise<void> {
+    for (let i = 0; i < rounds && this.#pending.size; i++) await Promise.allSettled([...this.#pending])
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true
+    await this.drain(5)
+  }
+}
+
+/** 1-based queue position per queued instance, per template, oldest first (as store.queuePosition). */
+export function queuePositions(instances: readonly Instance[]): Map<string, number> {
+  const positions = new Map<string, number>()
+  const perTemplate = new Map<string, number>()
+  for (const q of instances.filter((i) => i.state === 'queued').sort((a, b) => a.createdAt - b.createdAt)) {
+    const n = (perTemplate.get(q.template) ?? 0) + 1
+    perTemplate.set(q.template, n)
+    positions.set(q.id, n)
+  }
+  return positions
+}
+
+function safeEqualHex(a: string, b: string): boolean {
+  const x = Buffer.from(a, 'hex')
+  const y = Buffer.from(b, 'hex')
+  return x.length === y.length && timingSafeEqual(x, y)
+}
+
+export function errText(err: unknown): string {
+  if (err instanceof Error) return err.message
+  return String(err)
+}

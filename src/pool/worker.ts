@@ -1,0 +1,241 @@
+import type { Logger } from 'pino'
+import type { Config } from '../config/types.js'
+import { ENDED_STATES, type Instance, type InstanceState } from '../domain/instance.js'
+import type { Metrics } from '../metrics.js'
+import type { Provider, ProviderInstance } from '../providers/provider.js'
+import type { Store } from '../store/store.js'
+import { errText, type PoolService } from './pool-service.js'
+
+export interface WorkerDeps {
+  readonly config: Config
+  readonly store: Store
+  readonly pool: PoolService
+  readonly providers: ReadonlyMap<string, Provider>
+  readonly log: Logger
+  readonly metrics?: Metrics
+  readonly now?: () => number
+}
+
+export interface CycleReport {
+  readonly ms: number
+  readonly listCalls: number
+  readonly replaced: number
+  readonly adopted: number
+  readonly reaped: number
+  readonly culled: number
+  readonly failed: number
+}
+
+/** How long a just-created resource may be missing from list() before it counts as gone. */
+const LIST_GRACE_MS = 30_000
+
+/** The dashboard charts the last 24 hours; keep two days of samples. */
+const SAMPLE_RETENTION_MS = 2 * 86_400_000
+
+const ALIVE: readonly InstanceState[] = ['provisioning', 'starting', 'ready', 'stopping', 'suspended']
+
+/**
+ * The worker loop (DESIGN.md "Worker"): reconcile the store with every provider's list(), fail
+ * instances stuck past their start timeout, cull idle and over-age instances, serve the queue, top up
+ * warm pools, reap orphans after a grace. One list() call per provider per cycle; everything else is
+ * decided from the store, so idle timers and lifetimes survive restarts.
+ *
+ * With several replicas only the leader runs cycles (store.tryLead: a Postgres advisory lock).
+ */
+export class Worker {
+  readonly #d: WorkerDeps
+  readonly #now: () => number
+  /** Orphans (tagged with our pool, unknown to the store): first seen at. In memory: a restart restarts the grace. */
+  readonly #orphans = new Map<string, number>()
+  #timer: NodeJS.Timeout | undefined
+  #running: Promise<CycleReport | undefined> | undefined
+  #stopped = false
+  #lastSample = 0
+
+  constructor(deps: WorkerDeps) {
+    this.#d = deps
+    this.#now = deps.now ?? Date.now
+  }
+
+  start(): void {
+    this.#stopped = false
+    const tick = async () => {
+      if (this.#stopped) return
+      await this.runOnce().catch((err) => this.#d.log.error({ err: errText(err) }, 'worker cycle failed'))
+      if (!this.#stopped) this.#timer = setTimeout(tick, this.#d.config.worker.intervalMs)
+    }
+    this.#timer = setTimeout(tick, 0)
+  }
+
+  /** Runs one cycle now (or joins the running one). Returns undefined when not the leader. */
+  runOnce(): Promise<CycleReport | undefined> {
+    this.#running ??= this.#cycle().finally(() => (this.#running = undefined))
+    return this.#running
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true
+    if (this.#timer) clearTimeout(this.#timer)
+    await this.#running?.catch(() => {})
+  }
+
+  async #cycle(): Promise<CycleReport | undefined> {
+    if (!(await this.#d.store.tryLead())) return undefined
+    const t0 = performance.now()
+    const { store, pool, log } = this.#d
+    const report = { listCalls: 0, replaced: 0, adopted: 0, reaped: 0, culled: 0, failed: 0 }
+
+    const active = await store.listInstances({ states: ALIVE })
+    const byProvider = new Map<string, Instance[]>()
+    for (const inst of active) {
+      const t = this.#d.config.templates.find((x) => x.name === inst.template)
+      const name = t?.provider ?? '?'
+      let list = byProvider.get(name)
+      if (!list) byProvider.set(name, (list = []))
+      list.push(inst)
+    }
+
+    // 1. Reconcile with each provider in use: one list() per provider.
+    for (const [name, provider] of this.#d.providers) {
+      let resources: ProviderInstance[]
+      try {
+        resources = await provider.list({ log })
+        report.listCalls++
+      } catch (err) {
+        this.#d.metrics?.providerErrors.inc({ provider: name, op: 'list' })
+        log.warn({ provider: name, err: errText(err) }, 'provider list failed; skipping its reconcile this cycle')
+        continue
+      }
+      const live = new Map<string, ProviderInstance>()
+      const refs = new Map<string, ProviderInstance>()
+      for (const r of resources) {
+        refs.set(r.ref, r)
+        if (r.state !== 'terminated') live.set(r.instanceId, r)
+      }
+      const known = new Set<string>()
+      for (const inst of byProvider.get(name) ?? []) {
+        known.add(inst.id)
+        if (pool.isBusy(inst.id)) continue
+        const res = inst.providerRef ? refs.get(inst.providerRef) : undefined
+        const found = res && res.state !== 'terminated' ? res : live.get(inst.id)
+        switch (inst.state) {
+          case 'provisioning': {
+            if (found && found.ref !== inst.providerRef) {
+              // The provider made it but the store was not updated (crash between the two): adopt it.
+              const next = await store.updateInstance(inst.id, { state: 'starting', providerRef: found.ref, address: found.address, updatedAt: this.#now(), progressMessage: 'starting the app' }, { states: ['provisioning'], generation: inst.generation })
+              if (next) {
+                report.adopted++
+                await pool.audit(inst.id, 'adopted', null, { ref: found.ref })
+                pool.spawn(pool.watchStart(inst.id))
+              }
+            } else if (!found) {
+              pool.spawn(pool.provision(inst)) // idempotent on the id: a lost create is made again
+            }
+            break
+          }
+          case 'starting':
+          case 'ready':
+          case 'suspended': {
+            if (found && (found.state === 'running' || found.state === 'pending' || (found.state === 'stopped' && inst.state === 'suspended'))) {
+              if (found.ref !== inst.providerRef || (found.address && found.address !== inst.address)) {
+                await store.updateInstance(inst.id, { providerRef: found.ref, address: found.address ?? inst.address, updatedAt: this.#now() }, { generation: inst.generation })
+              }
+              break
+            }
+            // Clouds are eventually consistent: a just-launched resource may not be listed yet. Only a
+            // resource listed as terminated, or absent past the grace, counts as vanished.
+            if (!res && inst.state === 'starting' && this.#now() - (inst.startedAt ?? inst.createdAt) < LIST_GRACE_MS) break
+            if (inst.ownerId) {
+              report.replaced++
+              log.warn({ instanceId: inst.id, ref: inst.providerRef }, 'assigned instance vanished; replacing it under the same id')
+              pool.spawn(pool.replace(inst, found ? `resource ${found.state}` : 'resource gone'))
+            } else {
+              await store.updateInstance(inst.id, { state: 'terminated', endedAt: this.#now(), updatedAt: this.#now(), progressMessage: 'vanished' }, { generation: inst.generation, states: [inst.state] })
+              await pool.audit(inst.id, 'vanished', null, {})
+            }
+            break
+          }
+          case 'stopping': {
+            // A destroy that failed or was cut short (a restart): the same path as a release's, with what the provider lists now.
+            await pool.finishStop(inst, found?.ref ?? null)
+            break
+          }
+        }
+      }
+      // Orphans: tagged with our pool, running, and not an active instance in the store.
+      const now = this.#now()
+      const seen = new Set<string>()
+      for (const r of resources) {
+        if (r.state === 'terminated' || known.has(r.instanceId)) continue
+        seen.add(r.ref)
+        const row = r.instanceId ? await store.getInstance(r.instanceId) : undefined
+        const ended = row && (row.state === 'terminated' || row.state === 'failed')
+        const first = this.#orphans.get(r.ref) ?? now
+        this.#orphans.set(r.ref, first)
+        if (ended || now - first >= this.#d.config.worker.orphanGraceMs) {
+          log.warn({ ref: r.ref, instanceId: r.instanceId || undefined, provider: name, ended: !!ended }, 'reaping orphaned resource')
+          await provider.destroy(r.ref, { log }).then(
+            () => {
+              report.reaped++
+              this.#orphans.delete(r.ref)
+            },
+            (err) => log.warn({ ref: r.ref, err: errText(err) }, 'reaping failed'),
+          )
+          await pool.audit(r.instanceId || null, 'orphan-reaped', null, { ref: r.ref, provider: name })
+        }
+      }
+      for (const ref of this.#orphans.keys()) if (!seen.has(ref) && refs.get(ref)?.state !== 'terminated' && !refs.has(ref)) this.#orphans.delete(ref)
+    }
+
+    // 2. Start timeouts, probes, idle culling, lifetimes.
+    const now = this.#now()
+    for (const inst of active) {
+      const t = this.#d.config.templates.find((x) => x.name === inst.template)
+      if (!t || pool.isBusy(inst.id)) continue
+      if (inst.state === 'provisioning' || inst.state === 'starting') {
+        if (now - (inst.startedAt ?? inst.createdAt) > t.startTimeoutMs) {
+          report.failed++
+          await pool.fail(inst.id, `did not start within ${Math.round(t.startTimeoutMs / 1000)}s`)
+        } else if (inst.state === 'starting') pool.spawn(pool.watchStart(inst.id))
+        continue
+      }
+      if (inst.state !== 'ready' && inst.state !== 'suspended') continue
+      if (inst.ownerId) {
+        // Idle time counts from when the user could first use it: a cold start (minutes on EC2) is not idleness.
+        const last = Math.max(inst.lastActivityAt ?? 0, inst.assignedAt ?? 0, inst.readyAt ?? 0)
+        if (t.idleTimeoutMs > 0 && now - last >= t.idleTimeoutMs) {
+          report.culled++
+          await pool.release(inst.id, 'idle')
+          continue
+        }
+        if (t.maxLifetimeMs > 0 && now - (inst.assignedAt ?? inst.createdAt) >= t.maxLifetimeMs) {
+          report.culled++
+          await pool.release(inst.id, 'lifetime')
+          continue
+        }
+      } else if (t.maxLifetimeMs > 0 && now - inst.createdAt >= t.maxLifetimeMs) {
+        // Free warm instances are recycled after their lifetime too (fresh images, no drift).
+        report.culled++
+        await pool.release(inst.id, 'lifetime')
+      }
+    }
+
+    // 3. Queue first, then warm pools.
+    await pool.serveQueue()
+    await pool.topUp()
+
+    // 4. Once a minute: samples for the dashboard's 24 h chart, and metrics; purge old ended rows.
+    if (now - this.#lastSample >= 60_000) {
+      this.#lastSample = now
+      const counts = await store.countByState()
+      await store.recordStateSamples(counts.map((c) => ({ at: now, template: c.template, state: c.state, count: c.count })))
+      await store.purgeStateSamples(now - SAMPLE_RETENTION_MS)
+      const old = await store.listInstances({ states: ENDED_STATES, limit: 1000 })
+      for (const o of old) if (o.endedAt !== null && now - o.endedAt > this.#d.config.worker.retainEndedMs) await store.deleteInstance(o.id)
+    }
+
+    const ms = performance.now() - t0
+    this.#d.metrics?.workerCycle.observe(ms / 1000)
+    return { ms, ...report }
+  }
+}

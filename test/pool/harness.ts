@@ -1,0 +1,46 @@
+import pino from 'pino'
+import { loadConfig } from '../../src/config/load.js'
+import type { Config } from '../../src/config/types.js'
+import { RouteHub } from '../../src/gateway/route-hub.js'
+import { PoolService, type FaultHooks } from '../../src/pool/pool-service.js'
+import { Worker } from '../../src/pool/worker.js'
+import { FakeProvider } from '../../src/providers/fake/index.js'
+import type { Store } from '../../src/store/store.js'
+
+/** An HTTP server every fake instance "runs": answers the readiness probe. */
+export { startAppStub as appServer } from '../api/helpers.js'
+
+export interface Harness {
+  readonly config: Config
+  readonly store: Store
+  readonly provider: FakeProvider
+  readonly pool: PoolService
+  readonly worker: Worker
+  readonly hub: RouteHub
+  close(): Promise<void>
+}
+
+/** A pool over a real store and the fake provider, as main.ts composes it (without HTTP). */
+export function makeHarness(store: Store, yaml: string, opts: { appUrl: string; faults?: FaultHooks; provider?: FakeProvider; now?: () => number }): Harness {
+  const config = loadConfig({ text: yaml, env: {}, cwd: '/tmp' })
+  const provider = opts.provider ?? new FakeProvider({ poolId: config.pool.id, settings: { address: opts.appUrl } })
+  const providers = new Map([['fake', provider]])
+  const log = pino({ level: 'silent' })
+  const hub = new RouteHub()
+  const pool = new PoolService({ config, store, providers, routes: hub, log, faults: opts.faults, now: opts.now })
+  const worker = new Worker({ config, store, pool, providers, log, now: opts.now })
+  return {
+    config,
+    store,
+    provider,
+    pool,
+    worker,
+    hub,
+    /** Stops the worker and the pool, and closes the store (its connections must not pile up across tests). */
+    async close() {
+      await worker.stop()
+      await pool.close()
+      await store.close()
+    },
+  }
+}
