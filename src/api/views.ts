@@ -1,0 +1,53 @@
+import type { Assignment, Instance } from '../domain/instance.js'
+
+/** How the API builds session addresses (the gateway's token service behind it). */
+export interface Links {
+  /** The clean session URL, `…/s/<id>/`. */
+  sessionUrl(instanceId: string): string
+  /** The launch URL: the session URL with a short-lived, single-use token for that user. */
+  launchUrl(instanceId: string, userId: string): Promise<string> | string
+}
+
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString())
+
+/** The public shape of an instance (GET_STATUS, REST), with its tags spread in, as the seed did (`...tags`). */
+export function instanceView(inst: Instance, links: Links, queuePosition: number | null = null) {
+  return {
+    // Tags first, so that a tag named like a field (`url`, `userId`…) can never override it.
+    ...inst.tags,
+    instanceId: inst.id,
+    url: links.sessionUrl(inst.id),
+    state: inst.state,
+    userId: inst.ownerId,
+    template: inst.template,
+    progress: inst.progress,
+    progressMessage: inst.progressMessage,
+    queuePosition,
+    generation: inst.generation,
+    keyName: inst.keyName,
+    failureReason: inst.failureReason,
+    endReason: inst.endReason,
+    createdAt: iso(inst.createdAt),
+    readyAt: iso(inst.readyAt),
+    assignedAt: iso(inst.assignedAt),
+    lastActivityAt: iso(inst.lastActivityAt),
+    endedAt: iso(inst.endedAt),
+  }
+}
+
+export type InstanceView = ReturnType<typeof instanceView>
+
+export function assignmentView(a: Assignment) {
+  return {
+    id: a.id,
+    instanceId: a.instanceId,
+    template: a.template,
+    userId: a.userId,
+    keyName: a.keyName,
+    startedAt: iso(a.startedAt),
+    endedAt: iso(a.endedAt),
+    durationSeconds: a.endedAt === null ? null : Math.round((a.endedAt - a.startedAt) / 1000),
+    endReason: a.endReason,
+    cost: a.cost,
+  }
+}
