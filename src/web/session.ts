@@ -1,0 +1,214 @@
+import { createHmac, timingSafeEqual } from 'node:crypto'
+import { BlockList, isIP } from 'node:net'
+import type { FastifyRequest } from 'fastify'
+import type { Config } from '../config/types.js'
+import { sessionUrl, type SessionClaims, type TokenService } from '../gateway/tokens.js'
+
+/**
+ * Dashboard sessions ride on the gateway's own session cookie (`tokens.issueSession`), so one
+ * login opens both the dashboard and the user's sessions. This file holds what the dashboard adds
+ * on top: cookie headers, form tokens (CSRF), the `next` check, a signed short-lived cookie for
+ * login state, and peer-address tests.
+ */
+
+export interface DashboardUser {
+  readonly userId: string
+  readonly admin: boolean
+  readonly groups: readonly string[]
+  /** The session cookie's value (CSRF tokens are bound to it). */
+  readonly cookie: string
+  /** Set when this request logged the user in (header mode): the response must set the cookie. */
+  readonly fresh: boolean
+}
+
+const ID_RE = /^[a-z2-7]{20}$/
+
+export class SessionKit {
+  readonly #tokens: TokenService
+  readonly #csrfKey: Buffer
+  readonly #stateKey: Buffer
+  readonly #cookieName: string
+  readonly #secure: boolean
+  readonly #publicOrigin: string
+  readonly #publicUrl: string
+  readonly #gateway: Config['gateway']
+
+  constructor(opts: { tokens: TokenService; secret: string; config: Config }) {
+    this.#tokens = opts.tokens
+    // Keys derived per purpose from the gateway secret, which every replica shares.
+    this.#csrfKey = createHmac('sha256', opts.secret).update('studiopool/dashboard-csrf/v1').digest()
+    this.#stateKey = createHmac('sha256', opts.secret).update('studiopool/dashboard-state/v1').digest()
+    this.#cookieName = opts.config.gateway.cookieName
+    const pub = new URL(opts.config.server.publicUrl)
+    this.#secure = pub.protocol === 'https:'
+    this.#publicOrigin = pub.origin
+    this.#publicUrl = opts.config.server.publicUrl
+    this.#gateway = opts.config.gateway
+  }
+
+  get cookieName(): string {
+    return this.#cookieName
+  }
+
+  /** The first valid session cookie of the request. */
+  read(req: FastifyRequest): { claims: SessionClaims; value: string } | undefined {
+    for (const v of cookieValues(req.headers.cookie, this.#cookieName)) {
+      const claims = this.#tokens.verifySession(v)
+      if (claims) return { claims, value: v }
+    }
+    return undefined
+  }
+
+  issue(user: { userId: string; admin: boolean; groups: readonly string[] }): string {
+    return this.#tokens.issueSession(user)
+  }
+
+  /** `Set-Cookie` for the session cookie: the same attributes the gateway uses. */
+  sessionCookie(value: string): string {
+    return this.#cookie(this.#cookieName, value, '/', Math.floor(this.#tokens.cookieTtlMs / 1000))
+  }
+
+  clearSessionCookie(): string {
+    return this.#cookie(this.#cookieName, '', '/', 0)
+  }
+
+  #cookie(name: string, value: string, path: string, maxAge: number): string {
+    return `${name}=${value}; Path=${path}; Max-Age=${maxAge}; HttpOnly; SameSite=Lax${this.#secure ? '; Secure' : ''}`
+  }
+
+  /** Form token: HMAC of the session cookie, so it is worthless without that cookie and dies with it. */
+  csrfFor(cookieValue: string): string {
+    return createHmac('sha256', this.#csrfKey).update('session\0' + cookieValue).digest('base64url')
+  }
+
+  checkCsrf(cookieValue: string, presented: unknown): boolean {
+    if (typeof presented !== 'string' || presented.length > 100) return false
+    const a = Buffer.from(this.csrfFor(cookieValue))
+    const b = Buffer.from(presented)
+    return a.length === b.length && timingSafeEqual(a, b)
+  }
+
+  /**
+   * Browser-side CSRF signals, where the browser sends them: `Sec-Fetch-Site` must be same-origin
+   * (or none: typed by the user), and `Origin` must be ours. A session app on a sibling subdomain
+   * is same-site but not same-origin, so `same-site` is refused too.
+   */
+  sameOrigin(req: FastifyRequest): boolean {
+    const site = req.headers['sec-fetch-site']
+    if (typeof site === 'string' && site !== 'same-origin' && site !== 'none') return false
+    const origin = req.headers.origin
+    if (typeof origin === 'string' && origin !== 'null') {
+      if (origin === this.#publicOrigin) return true
+      const host = req.headers.host
+      return typeof host === 'string' && (origin === `http://${host}` || origin === `https://${host}`)
+    }
+    if (origin === 'null') return false
+    return true
+  }
+
+  /**
+   * Where to go after login: a same-origin relative path, or the session URL of one of our
+   * sessions (subdomain mode). Anything else (another host, `//evil`, `/\evil`, a scheme) is `/`.
+   */
+  safeNext(next: unknown): string {
+    if (typeof next !== 'string' || next.length === 0 || next.length > 2000) return '/'
+    if (/[\u0000-\u001f\u007f\\]/.test(next)) return '/'
+    if (next.startsWith('/') && !next.startsWith('//')) {
+      const u = new URL(next, this.#publicOrigin)
+      return u.origin === this.#publicOrigin ? u.pathname + u.search + u.hash : '/'
+    }
+    let u: URL
+    try {
+      u = new URL(next)
+    } catch {
+      return '/'
+    }
+    if (u.username || u.password) return '/'
+    if (u.origin === this.#publicOrigin) return u.pathname + u.search + u.hash
+    if (this.#gateway.mode === 'subdomain' && this.#gateway.sessionDomain) {
+      const id = u.hostname.split('.')[0] ?? ''
+      if (ID_RE.test(id) && new URL(sessionUrl(this.#gateway, this.#publicUrl, id)).origin === u.origin) return u.href
+    }
+    return '/'
+  }
+
+  /** A signed, expiring value for a short-lived cookie (OIDC state, PKCE verifier, nonce). */
+  seal(payload: Record<string, unknown>, ttlMs: number): string {
+    const body = Buffer.from(JSON.stringify({ ...payload, e: Date.now() + ttlMs })).toString('base64url')
+    return `${body}.${createHmac('sha256', this.#stateKey).update(body).digest('base64url')}`
+  }
+
+  unseal(value: string | undefined): Record<string, unknown> | undefined {
+    if (!value || value.length > 4096) return undefined
+    const dot = value.indexOf('.')
+    if (dot < 0) return undefined
+    const body = value.slice(0, dot)
+    const given = Buffer.from(value.slice(dot + 1), 'base64url')
+    const expected = createHmac('sha256', this.#stateKey).update(body).digest()
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined
+    try {
+      const p = JSON.parse(Buffer.from(body, 'base64url').toString('utf8')) as Record<string, unknown>
+      return typeof p.e === 'number' && p.e > Date.now() ? p : undefined
+    } catch {
+      return undefined
+    }
+  }
+
+  stateCookie(name: string, value: string, path: string, maxAgeSeconds: number): string {
+    return this.#cookie(name, value, path, maxAgeSeconds)
+  }
+}
+
+/** Values of one cookie name in a Cookie header (a browser may send several). */
+export function cookieValues(header: string | undefined, name: string): string[] {
+  if (!header) return []
+  const out: string[] = []
+  for (const part of header.split(';')) {
+    const t = part.trim()
+    if (t.startsWith(name + '=')) out.push(t.slice(name.length + 1))
+    if (out.length >= 8) break
+  }
+  return out
+}
+
+/** The socket's peer address: never a header (X-Forwarded-For is the client's to write). */
+export function peerAddress(req: FastifyRequest): string {
+  const a = req.raw.socket?.remoteAddress ?? ''
+  return a.startsWith('::ffff:') && isIP(a.slice(7)) === 4 ? a.slice(7) : a
+}
+
+export function isLoopback(addr: string): boolean {
+  return addr === '::1' || /^127\.\d+\.\d+\.\d+$/.test(addr)
+}
+
+/**
+ * Addresses from `dashboard.header.trustedProxies`: single addresses, CIDR ranges
+ * (`10.0.0.0/8`, `fd00::/8`), or the word `loopback`.
+ */
+export function addressMatcher(list: readonly string[]): (addr: string) => boolean {
+  const bl = new BlockList()
+  let loopback = false
+  for (const raw of list) {
+    const entry = raw.trim()
+    if (entry === 'loopback' || entry === 'localhost') {
+      loopback = true
+      continue
+    }
+    const [ip, bits] = entry.split('/')
+    const family = isIP(ip ?? '')
+    if (!family) continue
+    const type = family === 4 ? 'ipv4' : 'ipv6'
+    if (bits === undefined) bl.addAddress(ip!, type)
+    else if (/^\d{1,3}$/.test(bits)) bl.addSubnet(ip!, Number(bits), type)
+  }
+  return (addr) => {
+    if (!addr) return false
+    if (loopback && isLoopback(addr)) return true
+    const family = isIP(addr)
+    return family !== 0 && bl.check(addr, family === 4 ? 'ipv4' : 'ipv6')
+  }
+}
+
+export function isInstanceId(id: unknown): id is string {
+  return typeof id === 'string' && ID_RE.test(id)
+}
