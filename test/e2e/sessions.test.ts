@@ -1,0 +1,227 @@
+/**
+ * Real sessions end to end (issue 4): the shipped examples/studiopool.yaml run by the real server,
+ * real Jupyter and R processes, headless Debian Chromium. Request → start → gateway → app → idle cull.
+ */
+import assert from 'node:assert/strict'
+import { randomUUID } from 'node:crypto'
+import { existsSync } from 'node:fs'
+import { after, before, describe, test } from 'node:test'
+import { chromium, type Browser } from 'playwright-core'
+import WebSocket from 'ws'
+import {
+  CHROMIUM,
+  CHROMIUM_ARGS,
+  CookieJar,
+  e2eSkipReason,
+  http,
+  sessionPids,
+  requestReady,
+  waitCulled,
+  waitFor,
+  type E2eServer,
+  type HistoryRow,
+  type InstanceView,
+  startE2eServer,
+} from './harness.js'
+
+const IDLE_MS = 3000
+/** From the moment the client goes quiet: the idle timeout, one activity flush, one worker pass, the app's shutdown. */
+const CULL_DEADLINE_MS = IDLE_MS + 20_000
+
+const skip = e2eSkipReason()
+
+/**
+ * (d): the assignment ended because of idleness, no sooner than the idle timeout after the last
+ * activity the gateway recorded, and that activity came from the client after the app was ready.
+ */
+function assertIdleCull(culled: { row: HistoryRow; instance: InstanceView }, userId: string, template: string): number {
+  const { row, instance } = culled
+  assert.equal(row.endReason, 'idle')
+  assert.equal(row.userId, userId)
+  assert.equal(row.template, template)
+  assert.equal(instance.state, 'terminated')
+  const readyAt = Date.parse(instance.readyAt ?? '')
+  const lastActivityAt = Date.parse(instance.lastActivityAt ?? '')
+  const endedAt = Date.parse(row.endedAt ?? '')
+  assert.ok(lastActivityAt > readyAt, `the gateway recorded the client's activity (ready ${instance.readyAt}, last activity ${instance.lastActivityAt})`)
+  const idle = endedAt - lastActivityAt
+  assert.ok(idle >= IDLE_MS, `culled ${idle} ms after the last activity, before the ${IDLE_MS} ms idle timeout`)
+  return idle
+}
+
+describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => {
+  let s: E2eServer
+  let browser: Browser | undefined
+
+  before(async () => {
+    s = await startE2eServer({ idleTimeout: `${IDLE_MS}ms` })
+  })
+
+  after(async () => {
+    await browser?.close()
+    await s?.close()
+  })
+
+  async function getBrowser(): Promise<Browser> {
+    browser ??= await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true })
+    return browser
+  }
+
+  test('a template whose program is missing is reported at start and refused with 503; the others run', async (t) => {
+    const unavailable = s.logs
+      .map((l) => JSON.parse(l) as { level: number; template?: string; msg: string })
+      .filter((l) => l.level >= 50 && l.template !== undefined && l.msg.includes('is unavailable'))
+    if (existsSync('/usr/lib/rstudio-server/bin/rserver')) {
+      t.diagnostic('RStudio Server is installed here: the local rstudio template is available')
+    } else {
+      const line = unavailable.find((l) => l.template === 'rstudio')
+      assert.ok(line, `no start-up error for the rstudio template in ${JSON.stringify(unavailable)}`)
+      assert.match(line.msg, /rserver" does not exist or is not executable/)
+      const r = await s.command<{ error: { code: string; message: string } }>('REQUEST_SESSION', { userId: 'dave', template: 'rstudio' })
+      assert.equal(r.status, 503)
+      assert.equal(r.body.error.code, 'TEMPLATE_UNAVAILABLE')
+      assert.match(r.body.error.message, /template "rstudio" is not available: .*rserver/)
+    }
+    // rstudio-ec2: no AWS credentials on a test machine (and the ids are placeholders). Where there
+    // are credentials the template is available, and a request would launch a real instance: not here.
+    const ec2Why = s.running.pool!.unavailableReason('rstudio-ec2')
+    if (ec2Why === undefined) {
+      t.diagnostic('AWS credentials found: rstudio-ec2 is available and is not requested by this test')
+    } else {
+      assert.ok(unavailable.some((l) => l.template === 'rstudio-ec2'), 'no start-up error for rstudio-ec2')
+      const r = await s.command<{ error: { code: string; message: string } }>('REQUEST_SESSION', { userId: 'dave', template: 'rstudio-ec2' })
+      assert.equal(r.status, 503)
+      assert.equal(r.body.error.code, 'TEMPLATE_UNAVAILABLE')
+      assert.match(r.body.error.message, /template "rstudio-ec2" is not available: provider ec2: /)
+    }
+    // The others were not stopped by it: the demo starts and answers through the gateway.
+    const demo = await requestReady(s, 'dave', 'demo', 30_000)
+    const page = await http(demo.url, new CookieJar())
+    assert.equal(page.status, 200)
+    assert.equal(new URL(page.url).pathname, `/s/${demo.instanceId}/`)
+    const del = await s.command('DELETE', { instanceId: demo.instanceId })
+    assert.equal(del.status, 200)
+  })
+
+  test('(a)+(d) Jupyter: launch URL, kernel over the REST API, print(6*7) over the kernel WebSocket → 42; culled when idle', async (t) => {
+    const { instanceId, url, readyMs } = await requestReady(s, 'alice', 'jupyter')
+    const jar = new CookieJar()
+    const base = `${s.url}/s/${instanceId}/`
+
+    // The launch URL trades its token for the gateway cookie and lands on Jupyter (which sends us to /tree).
+    const tree = await http(url, jar)
+    assert.equal(tree.status, 200, tree.text.slice(0, 300))
+    assert.equal(new URL(tree.url).pathname, `/s/${instanceId}/tree`)
+    assert.ok(jar.get(s.running.config.gateway.cookieName), 'the launch URL set the gateway cookie')
+    const xsrf = jar.get('_xsrf')
+    assert.ok(xsrf, 'Jupyter set its _xsrf cookie on the tree page')
+
+    // Jupyter's XSRF check stays on: without the header a POST is refused.
+    const json = { 'content-type': 'application/json' }
+    const refused = await http(`${base}api/kernels`, jar, { method: 'POST', headers: json, body: '{"name":"python3"}' })
+    assert.equal(refused.status, 403)
+    const created = await http(`${base}api/kernels`, jar, { method: 'POST', headers: { ...json, 'x-xsrftoken': xsrf }, body: '{"name":"python3"}' })
+    assert.equal(created.status, 201, created.text.slice(0, 300))
+    const kernelId = (JSON.parse(created.text) as { id: string }).id
+
+    const session = randomUUID()
+    const ws = new WebSocket(`${base.replace(/^http/, 'ws')}api/kernels/${kernelId}/channels?session_id=${session}`, {
+      headers: { origin: s.origin, cookie: jar.header() },
+    })
+    const messages: { msg_type: string; parent_header: { msg_id?: string }; content: Record<string, unknown> }[] = []
+    ws.on('message', (data) => messages.push(JSON.parse(data.toString())))
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', resolve)
+      ws.once('error', reject)
+      ws.once('unexpected-response', (_req, res) => reject(new Error(`WebSocket refused: ${res.statusCode}`)))
+    })
+    const msgId = randomUUID()
+    ws.send(
+      JSON.stringify({
+        header: { msg_id: msgId, username: 'e2e', session, msg_type: 'execute_request', version: '5.3', date: new Date().toISOString() },
+        parent_header: {},
+        metadata: {},
+        content: { code: 'print(6*7)', silent: false, store_history: true, user_expressions: {}, allow_stdin: false, stop_on_error: true },
+        channel: 'shell',
+        buffers: [],
+      }),
+    )
+    const stream = await waitFor('a stream message answering execute_request', 30_000, () =>
+      messages.find((m) => m.msg_type === 'stream' && m.parent_header.msg_id === msgId),
+    )
+    assert.equal(stream.content.name, 'stdout')
+    assert.equal(stream.content.text, '42\n')
+    await waitFor('the execute_reply', 10_000, () => messages.find((m) => m.msg_type === 'execute_reply' && m.parent_header.msg_id === msgId))
+
+    // Jupyter logs every 4xx: none for the readiness probe ({{basePath}}api) or anything we sent.
+    assert.doesNotMatch(s.outputLog(instanceId), / 404 GET /)
+
+    // Jupyter and its kernel, both run in the instance's directory.
+    const pids = sessionPids(s.instanceDir(instanceId))
+    assert.ok(pids.length >= 2, `expected Jupyter and a kernel, found ${pids.length} process(es)`)
+
+    // The client goes quiet.
+    ws.close()
+    await new Promise((r) => ws.once('close', r))
+    const quietAt = Date.now()
+    const idle = assertIdleCull(await waitCulled(s, instanceId, 'alice', pids, CULL_DEADLINE_MS), 'alice', 'jupyter')
+    t.diagnostic(`jupyter ready ${readyMs} ms after the request; culled ${idle} ms after the last activity; processes gone ${Date.now() - quietAt} ms after the client went quiet`)
+  })
+
+  test('(b)+(d) Shiny in Chromium: change an input, the reactive output changes; culled when idle', async (t) => {
+    const { instanceId, url, readyMs } = await requestReady(s, 'bob', 'shiny')
+    const ctx = await (await getBrowser()).newContext()
+    let pids: number[]
+    try {
+      const page = await ctx.newPage()
+      await page.goto(url)
+      assert.equal(new URL(page.url()).pathname, `/s/${instanceId}/`)
+      const summary = (re: string) =>
+        page.waitForFunction((src) => new RegExp(src).test(document.getElementById('summary')?.textContent ?? ''), re, { timeout: 20_000 })
+      await summary('^norm: 100 draws, mean ')
+      await page.locator('#hist img').waitFor({ timeout: 20_000 })
+      const first = await page.locator('#summary').textContent()
+
+      await page.selectOption('#dist', 'exp')
+      await summary('^exp: 100 draws, mean ')
+      const second = await page.locator('#summary').textContent()
+      assert.notEqual(second, first)
+
+      pids = sessionPids(s.instanceDir(instanceId))
+      assert.ok(pids.length >= 1, 'the R process runs in the instance directory')
+    } finally {
+      await ctx.close()
+    }
+    const quietAt = Date.now()
+    const idle = assertIdleCull(await waitCulled(s, instanceId, 'bob', pids, CULL_DEADLINE_MS), 'bob', 'shiny')
+    t.diagnostic(`shiny ready ${readyMs} ms after the request; culled ${idle} ms after the last activity; processes gone ${Date.now() - quietAt} ms after the browser closed`)
+  })
+
+  test('(c)+(d) Jupyter notebook UI in Chromium: new notebook, run a cell, see its output; culled when idle', async (t) => {
+    const { instanceId, url, readyMs } = await requestReady(s, 'carol', 'jupyter')
+    const ctx = await (await getBrowser()).newContext()
+    let pids: number[]
+    try {
+      const page = await ctx.newPage()
+      await page.goto(url)
+      assert.equal(new URL(page.url()).pathname, `/s/${instanceId}/tree`)
+      await page.click('#new-dropdown-button')
+      const [nb] = await Promise.all([ctx.waitForEvent('page'), page.click('#kernel-python3 a')])
+      await nb.waitForURL(new RegExp(`/s/${instanceId}/notebooks/Untitled[0-9]*\\.ipynb`), { timeout: 20_000 })
+      await nb.waitForFunction('window.Jupyter && Jupyter.notebook && Jupyter.notebook.kernel && Jupyter.notebook.kernel.is_connected()', undefined, { timeout: 30_000 })
+      await nb.locator('.code_cell .CodeMirror').first().click()
+      await nb.keyboard.type('print(6*7)')
+      await nb.keyboard.press('Shift+Enter')
+      const out = nb.locator('.code_cell .output_subarea.output_stream').first()
+      await out.waitFor({ timeout: 30_000 })
+      assert.equal((await out.textContent())?.trim(), '42')
+      pids = sessionPids(s.instanceDir(instanceId))
+      assert.ok(pids.length >= 2, `expected Jupyter and a kernel, found ${pids.length} process(es)`)
+    } finally {
+      await ctx.close()
+    }
+    const quietAt = Date.now()
+    const idle = assertIdleCull(await waitCulled(s, instanceId, 'carol', pids, CULL_DEADLINE_MS), 'carol', 'jupyter')
+    t.diagnostic(`jupyter ready ${readyMs} ms after the request; culled ${idle} ms after the last activity; processes gone ${Date.now() - quietAt} ms after the browser closed`)
+  })
+})
