@@ -7,7 +7,7 @@ import { type EndReason, type Instance, isLive, LIVE_STATES } from '../domain/in
 import type { RouteEntry } from '../domain/routes.js'
 import type { Metrics } from '../metrics.js'
 import { LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL, LABEL_TEMPLATE, type InstanceSpec, type Provider } from '../providers/provider.js'
-import { LiveInstanceExistsError, type Store, type StoreTx } from '../store/store.js'
+import { LiveInstanceExistsError, type Store, type StoreTx, type WarmClaimInput, type WarmClaimResult } from '../store/store.js'
 
 /** Where the pool publishes route changes (the gateway's RouteHub in-process). */
 export interface RoutePublisher {
@@ -52,6 +52,12 @@ export interface RequestInput {
   readonly keyName?: string | null
 }
 
+interface ClaimJob {
+  readonly claim: WarmClaimInput
+  readonly resolve: (r: WarmClaimResult) => void
+  readonly reject: (e: unknown) => void
+}
+
 const MAX_START_ATTEMPTS = 3
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex')
 
@@ -60,7 +66,7 @@ const sha256 = (s: string) => createHash('sha256').update(s).digest('hex')
  * provisioning and replacement. The worker (worker.ts) calls into it on a timer; the API on requests.
  *
  * Atomicity: every check-a-cap-then-insert runs inside `store.withPoolLock`; warm hits use
- * `store.claimFree` (row locks with SKIP LOCKED); the partial unique index on (owner, template) is the
+ * `store.assignWarm` (row locks with SKIP LOCKED); the partial unique index on (owner, template) is the
  * last line of defence against a user holding two live instances.
  */
 export class PoolService {
@@ -75,6 +81,8 @@ export class PoolService {
   #version = 0
   #topUp: Promise<void> | undefined
   #topUpAgain = false
+  /** Warm claims waiting for the next batch (see #claimWarm). */
+  readonly #claims: ClaimJob[] = []
 
   constructor(deps: PoolDeps) {
     this.#d = deps
@@ -100,19 +108,11 @@ export class PoolService {
     const keyName = input.keyName ?? null
     const { store } = this.#d
 
-    const existing = await store.findLive(input.userId, t.name)
-    if (existing) return this.#result(existing, 'existing')
-
     try {
-      const claimed = await store.transaction(async (tx) => {
-        const inst = await tx.claimFree(t.name, input.userId, keyName, this.#now())
-        if (inst) {
-          await this.#openAssignment(tx, inst, input.userId, keyName)
-          // In the same transaction: one commit for the assignment and its audit row.
-          await tx.audit({ at: this.#now(), instanceId: inst.id, event: 'assigned', actor: keyName, detail: { userId: input.userId, warm: true } })
-        }
-        return inst
-      })
+      // The user's live instance, else a warm one: one store call either way (assignWarm checks first).
+      const claim = await this.#claimWarm({ template: t.name, userId: input.userId, keyName })
+      if (claim.existing) return this.#result(claim.existing, 'existing')
+      const claimed = claim.assigned
       if (claimed) {
         this.#d.metrics?.assignments.inc({ template: t.name, kind: 'warm' })
         this.#publish(claimed)
@@ -180,6 +180,42 @@ export class PoolService {
     this.#publish(inst)
     if (outcome === 'queued') await this.#publishQueue(t.name)
     return this.#result(inst, outcome)
+  }
+
+  /**
+   * On SQLite, warm claims that arrive in the same turn of the event loop share one transaction
+   * (group commit): writes serialize on its one connection anyway, and under load the commit, not
+   * the claim, is most of a warm hit's cost. Each claim still checks for the user's live instance
+   * first, inside the transaction, so a user's two requests in one batch get one instance. If the
+   * batch fails, each claim runs again on its own and gets its own error. On Postgres each claim
+   * is one statement and they run at once on the pool's connections (SKIP LOCKED keeps them
+   * apart): a batch would serialize their round trips.
+   */
+  async #claimWarm(claim: WarmClaimInput): Promise<WarmClaimResult> {
+    const { store } = this.#d
+    if (store.dialect !== 'sqlite') return (await store.assignWarm([claim], this.#now()))[0]!
+    return new Promise((resolve, reject) => {
+      this.#claims.push({ claim, resolve, reject })
+      if (this.#claims.length === 1) setImmediate(() => this.#background(this.#flushClaims()))
+    })
+  }
+
+  async #flushClaims(): Promise<void> {
+    const batch = this.#claims.splice(0)
+    const { store } = this.#d
+    try {
+      const results = await store.assignWarm(batch.map((j) => j.claim), this.#now())
+      batch.forEach((job, i) => job.resolve(results[i]!))
+    } catch (err) {
+      if (batch.length === 1) return batch[0]!.reject(err)
+      for (const job of batch) {
+        try {
+          job.resolve((await store.assignWarm([job.claim], this.#now()))[0]!)
+        } catch (e) {
+          job.reject(e)
+        }
+      }
+    }
   }
 
   async #result(inst: Instance, outcome: RequestOutcome): Promise<RequestResult> {

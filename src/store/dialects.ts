@@ -20,6 +20,10 @@ export type StoreConfig =
 export interface OpenedDb {
   readonly dialect: SqlDialect
   readonly db: Kysely<Database>
+  /** SQLite only: the database handle under Kysely, for the synchronous hot path (Store.assignWarm). */
+  readonly sqlite?: BetterSqlite3.Database
+  /** Postgres only: the pool under Kysely, for named (prepared) statements on the hot path. */
+  readonly pgPool?: pg.Pool
   /** Postgres only: a new dedicated client with the same settings (leader lock). */
   readonly newClient?: () => pg.Client
 }
@@ -35,7 +39,7 @@ export function openSqlite(path: string): OpenedDb {
   database.pragma('synchronous = NORMAL')
   database.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`)
   database.pragma('foreign_keys = ON')
-  return { dialect: 'sqlite', db: new Kysely<Database>({ dialect: new SqliteDialect({ database: withStatementCache(database) }) }) }
+  return { dialect: 'sqlite', sqlite: database, db: new Kysely<Database>({ dialect: new SqliteDialect({ database: withStatementCache(database) }) }) }
 }
 
 /** Statements kept per SQL text; the store issues a few dozen distinct ones. */
@@ -101,6 +105,7 @@ export function openPostgres(url: string, poolSize: number, log: Logger): Opened
   pool.on('error', (err) => log.warn({ err: { message: err.message, code: (err as { code?: string }).code } }, 'postgres idle client error'))
   return {
     dialect: 'postgres',
+    pgPool: pool,
     db: new Kysely<Database>({ dialect: new PostgresDialect({ pool }) }),
     // keepAlive: a half-open leader connection must not hold the leader lock for hours.
     newClient: () => new pg.Client({ ...cfg, keepAlive: true, application_name: 'studiopool-leader' }),

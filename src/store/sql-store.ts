@@ -3,17 +3,19 @@
  *
  * Atomicity (DESIGN.md "Store"):
  * - Postgres: `withPoolLock` is a transaction that first takes `pg_advisory_xact_lock(key(poolId))`,
- *   so cap checks and inserts are serialized across connections and replicas; `claimFree` locks
- *   its row with `FOR UPDATE SKIP LOCKED`; the partial unique index on (owner_id, template) over
- *   live states rejects a second live instance whatever the caller did.
+ *   so cap checks and inserts are serialized across connections and replicas; `assignWarm` is one
+ *   statement that locks its row with `FOR UPDATE SKIP LOCKED`; the partial unique index on
+ *   (owner_id, template) over live states rejects a second live instance whatever the caller did.
  * - SQLite: Kysely's SQLite driver has one connection behind a mutex, so a transaction excludes
  *   every other statement of this process. Transactions open with `BEGIN IMMEDIATE` (taking the
  *   write lock up front) so that another process on the same file waits on busy_timeout instead
  *   of failing a lock upgrade half-way. SQLite is for one server process; use Postgres for replicas.
+ *   `assignWarm` runs a batch of warm claims as one synchronous transaction of prepared statements.
  */
 import { sql } from 'kysely'
 import type { Kysely, Selectable, SelectQueryBuilder, Transaction } from 'kysely'
 import type pg from 'pg'
+import type BetterSqlite3 from 'better-sqlite3'
 import { Migrator } from 'kysely'
 import pino from 'pino'
 import type { Logger } from 'pino'
@@ -23,6 +25,8 @@ import type { ApiKey, KeyRole } from '../domain/keys.js'
 import { ConflictError } from '../domain/errors.js'
 import { LiveInstanceExistsError } from './store.js'
 import type {
+  WarmClaimInput,
+  WarmClaimResult,
   HistoryFilter,
   InstanceFilter,
   InstancePatch,
@@ -297,46 +301,6 @@ class SqlOps implements StoreOps {
       .where('state', 'in', LIVE)
       .executeTakeFirst()
     return r ? toInstance(r) : undefined
-  }
-
-  claimFree(template: string, userId: string, keyName: string | null, now: number): Promise<Instance | undefined> {
-    return this.#shared.inTransaction(async (ops) => {
-      try {
-        return await ops.#claimFreeInTx(template, userId, keyName, now)
-      } catch (err) {
-        translateInstanceError(err)
-      }
-    })
-  }
-
-  async #claimFreeInTx(template: string, userId: string, keyName: string | null, now: number): Promise<Instance | undefined> {
-    if (await this.findLive(userId, template)) throw new LiveInstanceExistsError()
-    // A candidate can be taken between our SELECT and UPDATE only on Postgres without the row
-    // lock; the UPDATE re-checks anyway, and we look again a few times before giving up.
-    for (let attempt = 0; attempt < 3; attempt++) {
-      let q = this.#db
-        .selectFrom('instances')
-        .select('id')
-        .where('template', '=', template)
-        .where('state', '=', 'ready')
-        .where('owner_id', 'is', null)
-        .orderBy('created_at')
-        .orderBy('id')
-        .limit(1)
-      if (this.#shared.dialect === 'postgres') q = q.forUpdate().skipLocked()
-      const cand = await q.executeTakeFirst()
-      if (!cand) return undefined
-      const r = await this.#db
-        .updateTable('instances')
-        .set({ owner_id: userId, key_name: keyName, assigned_at: now, last_activity_at: now, updated_at: now })
-        .where('id', '=', cand.id)
-        .where('state', '=', 'ready')
-        .where('owner_id', 'is', null)
-        .returningAll()
-        .executeTakeFirst()
-      if (r) return toInstance(r)
-    }
-    return undefined
   }
 
   async insertInstance(row: NewInstance): Promise<Instance> {
@@ -649,6 +613,7 @@ class SqlStore extends SqlOps implements Store {
   readonly #nonces: { lastPurge: number }
   #leader: pg.Client | undefined
   #leading = false
+  #warm: WarmStatements | undefined
   #closed = false
 
   constructor(opened: OpenedDb, opts: StoreOptions) {
@@ -664,7 +629,7 @@ class SqlStore extends SqlOps implements Store {
   }
 
   /**
-   * A new transaction whose ops run their own "transactional" methods (claimFree, recordActivity)
+   * A new transaction whose ops run their own "transactional" methods (recordActivity)
    * inline. With `poolLock`, Postgres takes the pool's advisory transaction lock first.
    * Inside fn, use only the ops passed in: on SQLite, calling the store itself would wait for the
    * connection this transaction holds.
@@ -697,6 +662,51 @@ class SqlStore extends SqlOps implements Store {
       ops = new SqlOps(trx, inner)
       return fn(ops)
     })
+  }
+
+  assignWarm(claims: readonly WarmClaimInput[], now: number): Promise<WarmClaimResult[]> {
+    const raw = this.#opened.sqlite
+    if (this.dialect === 'sqlite' && raw) {
+      // Kysely's connection() holds its one connection's mutex, so no Kysely transaction is open
+      // while this synchronous one runs; prepared statements skip building and compiling SQL.
+      return this.#db.connection().execute(async () => {
+        const s = (this.#warm ??= warmStatements(raw))
+        try {
+          return s.batch.immediate(claims, now)
+        } catch (err) {
+          translateInstanceError(err)
+        }
+      })
+    }
+    if (this.dialect === 'sqlite') throw new Error('assignWarm: the SQLite handle is missing')
+    return (async () => {
+      const out: WarmClaimResult[] = []
+      for (const c of claims) {
+        try {
+          out.push(await this.#assignWarmPg(c, now))
+        } catch (err) {
+          translateInstanceError(err)
+        }
+      }
+      return out
+    })()
+  }
+
+  /**
+   * One statement, so one round trip and no explicit transaction: the live check, the claim
+   * (FOR UPDATE SKIP LOCKED, so concurrent claims take different rows), the assignment and the
+   * audit row commit together or not at all.
+   */
+  async #assignWarmPg(c: WarmClaimInput, now: number): Promise<WarmClaimResult> {
+    // Named: each connection parses and plans it once.
+    const r = await this.#opened.pgPool!.query<InstancesTable & { outcome: 'existing' | 'assigned' }>({
+      name: 'studiopool_assign_warm',
+      text: ASSIGN_WARM_PG,
+      values: [c.template, c.userId, c.keyName, now, JSON.stringify({ userId: c.userId, warm: true })],
+    })
+    const row = r.rows[0]
+    if (!row) return {}
+    return row.outcome === 'existing' ? { existing: toInstance(row) } : { assigned: toInstance(row) }
   }
 
   async migrate(): Promise<void> {
@@ -787,4 +797,64 @@ class SqlStore extends SqlOps implements Store {
     }
     await this.#db.destroy()
   }
+}
+
+/** Store.assignWarm on Postgres: $1 template, $2 user, $3 key name, $4 now, $5 audit detail. */
+const ASSIGN_WARM_PG = `
+  with live as (
+    select * from instances where owner_id = $2::text and template = $1::text and state in (${LIVE.map((st) => `'${st}'`).join(', ')})
+  ), cand as (
+    select id from instances
+    where template = $1::text and state = 'ready' and owner_id is null and not exists (select 1 from live)
+    order by created_at, id limit 1
+    for update skip locked
+  ), claimed as (
+    update instances i
+    set owner_id = $2::text, key_name = $3::text, assigned_at = $4::bigint, last_activity_at = $4::bigint, updated_at = $4::bigint
+    from cand where i.id = cand.id and i.state = 'ready' and i.owner_id is null
+    returning i.*
+  ), opened as (
+    insert into assignments (instance_id, template, user_id, key_name, started_at)
+    select id, template, $2::text, $3::text, $4::bigint from claimed
+  ), audited as (
+    insert into audit_log (at, instance_id, event, actor, detail)
+    select $4::bigint, id, 'assigned', $3::text, $5::text from claimed
+  )
+  select 'existing' as outcome, live.* from live
+  union all
+  select 'assigned' as outcome, claimed.* from claimed`
+
+interface WarmStatements {
+  readonly batch: BetterSqlite3.Transaction<(claims: readonly WarmClaimInput[], now: number) => WarmClaimResult[]>
+}
+
+/** SQLite's warm-hit statements, prepared once (see SqlStore.assignWarm); the same rows as findLive, openAssignment and audit write. */
+function warmStatements(db: BetterSqlite3.Database): WarmStatements {
+  const states = LIVE.map((st) => `'${st}'`).join(', ')
+  const live = db.prepare<[string, string], InstancesTable>(`select * from instances where owner_id = ? and template = ? and state in (${states}) limit 1`)
+  const cand = db.prepare<[string], { id: string }>(`select id from instances where template = ? and state = 'ready' and owner_id is null order by created_at, id limit 1`)
+  const claim = db.prepare<[string, string | null, number, number, number, string], InstancesTable>(
+    `update instances set owner_id = ?, key_name = ?, assigned_at = ?, last_activity_at = ?, updated_at = ? where id = ? and state = 'ready' and owner_id is null returning *`,
+  )
+  const open = db.prepare<[string, string, string, string | null, number]>(`insert into assignments (instance_id, template, user_id, key_name, started_at) values (?, ?, ?, ?, ?)`)
+  const audit = db.prepare<[number, string, string | null, string]>(`insert into audit_log (at, instance_id, event, actor, detail) values (?, ?, 'assigned', ?, ?)`)
+  const batch = db.transaction((claims: readonly WarmClaimInput[], now: number): WarmClaimResult[] => {
+    const exhausted = new Set<string>()
+    return claims.map((c): WarmClaimResult => {
+      const existing = live.get(c.userId, c.template)
+      if (existing) return { existing: toInstance(existing) }
+      if (exhausted.has(c.template)) return {}
+      const id = cand.get(c.template)?.id
+      // One writer on this connection, so the candidate cannot be taken between the two statements.
+      const row = id === undefined ? undefined : claim.get(c.userId, c.keyName, now, now, now, id)
+      if (!row) {
+        exhausted.add(c.template)
+        return {}
+      }
+      open.run(row.id, row.template, c.userId, c.keyName, now)
+      audit.run(now, row.id, c.keyName, JSON.stringify({ userId: c.userId, warm: true }))
+      return { assigned: toInstance(row) }
+    })
+  })
+  return { batch }
 }

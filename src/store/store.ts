@@ -69,12 +69,6 @@ export interface StoreOps {
   countByState(): Promise<{ template: string; state: InstanceState; count: number }[]>
   /** The user's live instance (LIVE_STATES) of the template. */
   findLive(userId: string, template: string): Promise<Instance | undefined>
-  /**
-   * Claims a free `ready` instance of the template for the user, atomically (Postgres: FOR UPDATE SKIP LOCKED),
-   * setting ownerId, keyName, assignedAt and lastActivityAt. undefined when none is free.
-   * Throws LiveInstanceExistsError when the user got one concurrently.
-   */
-  claimFree(template: string, userId: string, keyName: string | null, now: number): Promise<Instance | undefined>
   /** Throws LiveInstanceExistsError on the (owner, template) live uniqueness. */
   insertInstance(row: NewInstance): Promise<Instance>
   /** Compare-and-set update; undefined when the row is absent or the condition did not hold. */
@@ -117,10 +111,32 @@ export interface StoreOps {
 
 export type StoreTx = StoreOps
 
+/** One warm claim for Store.assignWarm. */
+export interface WarmClaimInput {
+  readonly template: string
+  readonly userId: string
+  readonly keyName: string | null
+}
+
+/** What a warm claim found: the user's live instance, a free one now assigned to them, or neither. */
+export interface WarmClaimResult {
+  readonly existing?: Instance
+  readonly assigned?: Instance
+}
+
 export interface Store extends StoreOps {
   readonly dialect: 'sqlite' | 'postgres'
   /** Runs pending migrations. Idempotent; safe to call from several replicas at once. */
   migrate(): Promise<void>
+  /**
+   * The warm hit, whole, for each claim in order: the user's live instance of the template if
+   * there is one; else a free `ready` instance claimed for them (ownerId, keyName, assignedAt and lastActivityAt set), its assignment
+   * opened and an `assigned` audit row written, atomically; else neither (none is free). Each
+   * claim sees the ones before it. SQLite runs the batch as one transaction (one commit);
+   * Postgres runs each claim as one statement. Throws LiveInstanceExistsError when the user got
+   * an instance concurrently elsewhere; a throw means no claim of the batch took effect on SQLite.
+   */
+  assignWarm(claims: readonly WarmClaimInput[], now: number): Promise<WarmClaimResult[]>
   /** Cheap query for /readyz. */
   ping(): Promise<void>
   transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>

@@ -215,15 +215,18 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
         assert.equal((await s.countActive()).total, 3)
       }))
 
-    test('claimFree takes the oldest free ready instance of the template', () =>
+    test('assignWarm takes the oldest free ready instance, opens its assignment and audits it', () =>
       withStore(async (s) => {
-        assert.equal(await s.claimFree('rstudio', 'u1', 'k', 100), undefined)
+        const claim = (userId: string, keyName: string | null = null) => ({ template: 'rstudio', userId, keyName })
+        assert.deepEqual(await s.assignWarm([claim('u1', 'k')], 100), [{}], 'nothing free')
         await s.insertInstance(row({ state: 'starting', createdAt: 1 }))
         await s.insertInstance(row({ template: 'jupyter', state: 'ready', createdAt: 1 }))
         await s.insertInstance(row({ state: 'ready', ownerId: 'other', createdAt: 1 }))
         const newer = await s.insertInstance(row({ state: 'ready', createdAt: 20 }))
         const older = await s.insertInstance(row({ state: 'ready', createdAt: 10 }))
-        const got = await s.claimFree('rstudio', 'u1', 'portal', 500)
+        const [first] = await s.assignWarm([claim('u1', 'portal')], 500)
+        const got = first?.assigned
+        assert.equal(first?.existing, undefined)
         assert.equal(got?.id, older.id)
         assert.equal(got?.ownerId, 'u1')
         assert.equal(got?.keyName, 'portal')
@@ -232,12 +235,38 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
         assert.equal(got?.updatedAt, 500)
         assert.equal(got?.state, 'ready')
         assert.deepEqual(await s.getInstance(older.id), got)
-        await assert.rejects(s.claimFree('rstudio', 'u1', null, 600), LiveInstanceExistsError)
+        const history = await s.listHistory({ userId: 'u1' })
+        assert.deepEqual(
+          history.map((a) => [a.instanceId, a.template, a.keyName, a.startedAt, a.endedAt]),
+          [[older.id, 'rstudio', 'portal', 500, null]],
+          'the assignment is open',
+        )
+        const audit = await s.listAudit({ instanceId: older.id })
+        assert.deepEqual(audit.map((e) => [e.event, e.actor, e.at, e.detail]), [['assigned', 'portal', 500, { userId: 'u1', warm: true }]])
+        // The user's live instance comes back as existing; nothing else changes.
+        assert.deepEqual(await s.assignWarm([claim('u1')], 600), [{ existing: got }])
         assert.equal((await s.getInstance(newer.id))?.ownerId, null)
-        const second = await s.claimFree('rstudio', 'u2', null, 700)
-        assert.equal(second?.id, newer.id)
-        assert.equal(second?.keyName, null)
-        assert.equal(await s.claimFree('rstudio', 'u3', null, 800), undefined)
+        assert.equal((await s.listHistory({ userId: 'u1' })).length, 1)
+        const [second] = await s.assignWarm([claim('u2')], 700)
+        assert.equal(second?.assigned?.id, newer.id)
+        assert.equal(second?.assigned?.keyName, null)
+        assert.deepEqual(await s.assignWarm([claim('u3')], 800), [{}])
+      }))
+
+    test('assignWarm: each claim of a batch sees the ones before it', () =>
+      withStore(async (s) => {
+        const a = await s.insertInstance(row({ state: 'ready', createdAt: 1 }))
+        const b = await s.insertInstance(row({ state: 'ready', createdAt: 2 }))
+        const j = await s.insertInstance(row({ template: 'jupyter', state: 'ready', createdAt: 3 }))
+        const c = (userId: string, template = 'rstudio') => ({ template, userId, keyName: 'k' })
+        const out = await s.assignWarm([c('x'), c('x'), c('y'), c('z'), c('z', 'jupyter'), c('y')], 50)
+        assert.equal(out[0]?.assigned?.id, a.id)
+        assert.equal(out[1]?.existing?.id, a.id, 'the same user again gets the instance just assigned')
+        assert.equal(out[2]?.assigned?.id, b.id)
+        assert.deepEqual(out[3], {}, 'no free rstudio left')
+        assert.equal(out[4]?.assigned?.id, j.id, 'another template still has one')
+        assert.equal(out[5]?.existing?.id, b.id)
+        assert.equal((await s.listHistory({})).length, 3, 'one assignment per claim that got an instance')
       }))
 
     test('queuePosition and listQueued order oldest first per template', () =>
@@ -430,14 +459,9 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
           LiveInstanceExistsError,
         )
         assert.equal(await s.getInstance(other), undefined)
-        // claimFree and recordActivity work inside a transaction too
+        // recordActivity works inside a transaction too
         const free = await s.insertInstance(row({ template: 'solo' }))
-        const got = await s.withPoolLock(async (tx) => {
-          const c = await tx.claimFree('solo', 'in-tx', null, 5)
-          await tx.recordActivity([{ id: free.id, at: 99 }])
-          return c
-        })
-        assert.equal(got?.id, free.id)
+        await s.withPoolLock((tx) => tx.recordActivity([{ id: free.id, at: 99 }]))
         assert.equal((await s.getInstance(free.id))?.lastActivityAt, 99)
       }))
 
@@ -450,10 +474,10 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
     test('concurrency: 50 users claim 10 free instances', () =>
       withStore(async (s) => {
         const free = await Promise.all(Array.from({ length: 10 }, (_, i) => s.insertInstance(row({ createdAt: i }))))
-        const results = await Promise.allSettled(Array.from({ length: 50 }, (_, i) => s.claimFree('rstudio', `user-${i}`, null, 1000 + i)))
+        const results = await Promise.allSettled(Array.from({ length: 50 }, (_, i) => s.assignWarm([{ template: 'rstudio', userId: `user-${i}`, keyName: null }], 1000 + i)))
         const rejected = results.filter((r) => r.status === 'rejected')
         assert.deepEqual(rejected, [], 'no errors')
-        const claimed = results.flatMap((r) => (r.status === 'fulfilled' && r.value ? [r.value] : []))
+        const claimed = results.flatMap((r) => (r.status === 'fulfilled' && r.value[0]?.assigned ? [r.value[0].assigned] : []))
         assert.equal(claimed.length, 10)
         assert.equal(new Set(claimed.map((c) => c.id)).size, 10, 'each instance claimed once')
         assert.equal(new Set(claimed.map((c) => c.ownerId)).size, 10, 'each user at most once')
@@ -465,21 +489,24 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
           assert.equal(r.ownerId, c.ownerId)
         }
         assert.deepEqual(new Set(rows.map((r) => r.id)), new Set(free.map((f) => f.id)))
+        assert.equal((await s.listHistory({})).length, 10, 'one assignment per claimed instance')
       }))
 
     test('concurrency: 20 claims by one user get one instance', () =>
       withStore(async (s) => {
         await Promise.all(Array.from({ length: 5 }, () => s.insertInstance(row())))
-        const results = await Promise.allSettled(Array.from({ length: 20 }, () => s.claimFree('rstudio', 'same-user', 'k', 42)))
+        const results = await Promise.allSettled(Array.from({ length: 20 }, () => s.assignWarm([{ template: 'rstudio', userId: 'same-user', keyName: 'k' }], 42)))
         for (const r of results) {
           if (r.status === 'rejected') assert.ok(r.reason instanceof LiveInstanceExistsError, `unexpected error: ${String(r.reason)}`)
         }
-        const claimed = results.flatMap((r) => (r.status === 'fulfilled' && r.value ? [r.value] : []))
+        const claimed = results.flatMap((r) => (r.status === 'fulfilled' && r.value[0]?.assigned ? [r.value[0].assigned] : []))
+        for (const r of results) if (r.status === 'fulfilled' && !r.value[0]?.assigned) assert.equal(r.value[0]?.existing?.id, claimed[0]?.id, 'the others see it as existing')
         assert.equal(claimed.length, 1)
         const owned = await s.listInstances({ ownerId: 'same-user' })
         assert.equal(owned.length, 1)
         assert.equal(owned[0]!.id, claimed[0]!.id)
         assert.equal((await s.listInstances({ assigned: false })).length, 4)
+        assert.equal((await s.listHistory({ userId: 'same-user' })).length, 1)
       }))
 
     test('concurrency: withPoolLock holds a cap of 50 under 200 simultaneous check-then-insert', () =>

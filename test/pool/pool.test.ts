@@ -85,6 +85,33 @@ for (const kind of STORE_KINDS) {
       }
     })
 
+    test('simultaneous warm hits of many users (some twice) give each user one warm instance, one assignment and one audit row', async () => {
+      const store = await kind.make({ poolSize: 20 })
+      const h = makeHarness(store, yaml({ poolMax: 100, minFree: 10 }), { appUrl: app.url })
+      try {
+        await h.pool.topUp()
+        await waitFor(async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 10, 'ten warm instances')
+        const warm = new Set((await store.listInstances({ states: ['ready'], assigned: false })).map((i) => i.id))
+        // On SQLite these share commits (one batch per turn of the event loop); a user's second request sees the first.
+        const users = [...Array.from({ length: 10 }, (_, i) => `w${i}`), 'w0', 'w3', 'w7', 'w9']
+        const results = await Promise.all(users.map((userId) => h.pool.request({ userId, keyName: 'test' })))
+        assert.equal(results.filter((r) => r.outcome === 'warm').length, 10)
+        assert.equal(results.filter((r) => r.outcome === 'existing').length, 4)
+        for (const [i, r] of results.entries()) {
+          assert.equal(r.instance.ownerId, users[i])
+          assert.ok(warm.has(r.instance.id), 'every user got one of the warm instances')
+          assert.equal(r.instance.id, results[users.indexOf(users[i]!)]!.instance.id, 'a second request gets the same instance')
+        }
+        assert.equal(new Set(results.map((r) => r.instance.id)).size, 10)
+        const history = await store.listHistory({})
+        assert.equal(history.length, 10, 'one assignment per user')
+        assert.deepEqual(new Set(history.map((a) => a.userId)), new Set(users))
+        for (const id of warm) assert.equal((await store.listAudit({ instanceId: id })).filter((e) => e.event === 'assigned').length, 1)
+      } finally {
+        await h.close()
+      }
+    })
+
     test('20 simultaneous requests by one user with no warm pool give one instance and one provider call', async () => {
       const store = await kind.make({ poolSize: 20 })
       const h = makeHarness(store, yaml({ poolMax: 50 }), { appUrl: app.url })
