@@ -198,6 +198,8 @@ function translateInstanceError(err: unknown): never {
 
 const LIVE = [...LIVE_STATES] as string[]
 const ACTIVE = [...ACTIVE_STATES] as string[]
+/** LIVE as an SQL list of literals, for the hand-written warm-hit statements. */
+const LIVE_SQL = LIVE.map((st) => `'${st}'`).join(', ')
 /** How often consumeNonce purges expired nonces, ms. */
 const NONCE_PURGE_EVERY_MS = 60_000
 /** Rows per INSERT for bulk inserts (well under SQLite's 32,766 bound parameters). */
@@ -613,7 +615,7 @@ class SqlStore extends SqlOps implements Store {
   readonly #nonces: { lastPurge: number }
   #leader: pg.Client | undefined
   #leading = false
-  #warm: WarmStatements | undefined
+  #warmBatch: WarmBatch | undefined
   #closed = false
 
   constructor(opened: OpenedDb, opts: StoreOptions) {
@@ -664,32 +666,20 @@ class SqlStore extends SqlOps implements Store {
     })
   }
 
-  assignWarm(claims: readonly WarmClaimInput[], now: number): Promise<WarmClaimResult[]> {
-    const raw = this.#opened.sqlite
-    if (this.dialect === 'sqlite' && raw) {
-      // Kysely's connection() holds its one connection's mutex, so no Kysely transaction is open
-      // while this synchronous one runs; prepared statements skip building and compiling SQL.
-      return this.#db.connection().execute(async () => {
-        const s = (this.#warm ??= warmStatements(raw))
-        try {
-          return s.batch.immediate(claims, now)
-        } catch (err) {
-          translateInstanceError(err)
-        }
-      })
-    }
-    if (this.dialect === 'sqlite') throw new Error('assignWarm: the SQLite handle is missing')
-    return (async () => {
-      const out: WarmClaimResult[] = []
-      for (const c of claims) {
-        try {
-          out.push(await this.#assignWarmPg(c, now))
-        } catch (err) {
-          translateInstanceError(err)
-        }
+  async assignWarm(claims: readonly WarmClaimInput[], now: number): Promise<WarmClaimResult[]> {
+    try {
+      if (this.dialect === 'sqlite') {
+        const raw = this.#opened.sqlite! // openSqlite always sets it
+        // Kysely's connection() holds its one connection's mutex, so no Kysely transaction is open
+        // while this synchronous one runs; prepared statements skip building and compiling SQL.
+        return await this.#db.connection().execute(async () => (this.#warmBatch ??= prepareWarmBatch(raw)).immediate(claims, now))
       }
+      const out: WarmClaimResult[] = []
+      for (const c of claims) out.push(await this.#assignWarmPg(c, now))
       return out
-    })()
+    } catch (err) {
+      translateInstanceError(err)
+    }
   }
 
   /**
@@ -702,7 +692,7 @@ class SqlStore extends SqlOps implements Store {
     const r = await this.#opened.pgPool!.query<InstancesTable & { outcome: 'existing' | 'assigned' }>({
       name: 'studiopool_assign_warm',
       text: ASSIGN_WARM_PG,
-      values: [c.template, c.userId, c.keyName, now, JSON.stringify({ userId: c.userId, warm: true })],
+      values: [c.template, c.userId, c.keyName, now, warmAuditDetail(c.userId)],
     })
     const row = r.rows[0]
     if (!row) return {}
@@ -802,7 +792,7 @@ class SqlStore extends SqlOps implements Store {
 /** Store.assignWarm on Postgres: $1 template, $2 user, $3 key name, $4 now, $5 audit detail. */
 const ASSIGN_WARM_PG = `
   with live as (
-    select * from instances where owner_id = $2::text and template = $1::text and state in (${LIVE.map((st) => `'${st}'`).join(', ')})
+    select * from instances where owner_id = $2::text and template = $1::text and state in (${LIVE_SQL})
   ), cand as (
     select id from instances
     where template = $1::text and state = 'ready' and owner_id is null and not exists (select 1 from live)
@@ -824,21 +814,21 @@ const ASSIGN_WARM_PG = `
   union all
   select 'assigned' as outcome, claimed.* from claimed`
 
-interface WarmStatements {
-  readonly batch: BetterSqlite3.Transaction<(claims: readonly WarmClaimInput[], now: number) => WarmClaimResult[]>
-}
+type WarmBatch = BetterSqlite3.Transaction<(claims: readonly WarmClaimInput[], now: number) => WarmClaimResult[]>
 
-/** SQLite's warm-hit statements, prepared once (see SqlStore.assignWarm); the same rows as findLive, openAssignment and audit write. */
-function warmStatements(db: BetterSqlite3.Database): WarmStatements {
-  const states = LIVE.map((st) => `'${st}'`).join(', ')
-  const live = db.prepare<[string, string], InstancesTable>(`select * from instances where owner_id = ? and template = ? and state in (${states}) limit 1`)
+/** The audit detail of a warm assignment (both dialects). */
+const warmAuditDetail = (userId: string) => JSON.stringify({ userId, warm: true })
+
+/** SQLite's warm-hit transaction, prepared once (see SqlStore.assignWarm); the same rows as findLive, openAssignment and audit write. */
+function prepareWarmBatch(db: BetterSqlite3.Database): WarmBatch {
+  const live = db.prepare<[string, string], InstancesTable>(`select * from instances where owner_id = ? and template = ? and state in (${LIVE_SQL}) limit 1`)
   const cand = db.prepare<[string], { id: string }>(`select id from instances where template = ? and state = 'ready' and owner_id is null order by created_at, id limit 1`)
   const claim = db.prepare<[string, string | null, number, number, number, string], InstancesTable>(
     `update instances set owner_id = ?, key_name = ?, assigned_at = ?, last_activity_at = ?, updated_at = ? where id = ? and state = 'ready' and owner_id is null returning *`,
   )
   const open = db.prepare<[string, string, string, string | null, number]>(`insert into assignments (instance_id, template, user_id, key_name, started_at) values (?, ?, ?, ?, ?)`)
   const audit = db.prepare<[number, string, string | null, string]>(`insert into audit_log (at, instance_id, event, actor, detail) values (?, ?, 'assigned', ?, ?)`)
-  const batch = db.transaction((claims: readonly WarmClaimInput[], now: number): WarmClaimResult[] => {
+  return db.transaction((claims: readonly WarmClaimInput[], now: number): WarmClaimResult[] => {
     const exhausted = new Set<string>()
     return claims.map((c): WarmClaimResult => {
       const existing = live.get(c.userId, c.template)
@@ -852,9 +842,8 @@ function warmStatements(db: BetterSqlite3.Database): WarmStatements {
         return {}
       }
       open.run(row.id, row.template, c.userId, c.keyName, now)
-      audit.run(now, row.id, c.keyName, JSON.stringify({ userId: c.userId, warm: true }))
+      audit.run(now, row.id, c.keyName, warmAuditDetail(c.userId))
       return { assigned: toInstance(row) }
     })
   })
-  return { batch }
 }
