@@ -1,26 +1,11 @@
 import { after, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import pino from 'pino'
-import { loadConfig } from '../../src/config/load.js'
-import { start } from '../../src/main.js'
+import { startServer } from './helpers.js'
 
 test('a requester key over auth.rateLimit gets 429 RATE_LIMITED with Retry-After; admin keys are not limited', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'sp-rate-'))
-  let adminKey = ''
-  const config = loadConfig({
-    text: `auth: { rateLimit: 5 }\ntemplates:\n  demo: { provider: fake, minFree: 0, fake: { address: 'http://127.0.0.1:9' } }\n`,
-    env: {},
-    cwd: dir,
-    overrides: { port: 0, dataDir: join(dir, 'data') },
-  })
-  const running = await start({ config, log: pino({ level: 'silent' }), onBootstrapKey: (k) => (adminKey = k) })
-  after(async () => {
-    await running.close()
-    rmSync(dir, { recursive: true, force: true })
-  })
+  const server = await startServer('sqlite', `auth: { rateLimit: 5 }\ntemplates:\n  demo: { provider: fake, minFree: 0, fake: { address: 'http://127.0.0.1:9' } }\n`)
+  after(() => server.close())
+  const { running, adminKey } = server
   const app = running.app!
   const created = await app.inject({ method: 'POST', url: '/api/v1/keys', headers: { authorization: `Bearer ${adminKey}` }, payload: { name: 'portal', role: 'requester' } })
   const key = created.json().key as string

@@ -1,26 +1,11 @@
 import { after, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import pino from 'pino'
-import { loadConfig } from '../../src/config/load.js'
-import { start } from '../../src/main.js'
+import { startServer } from './helpers.js'
 
 test('GET_STATUS {} is never older than a change made through this server, though lists are cached between changes', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'sp-status-'))
-  let adminKey = ''
-  const config = loadConfig({
-    text: `worker: { enabled: false }\ntemplates:\n  demo: { provider: fake, minFree: 0, fake: { address: 'http://127.0.0.1:9' } }\n`,
-    env: { PROXY_KEY: 'proxy-key-0123456789' },
-    cwd: dir,
-    overrides: { port: 0, dataDir: join(dir, 'data') },
-  })
-  const running = await start({ config, log: pino({ level: 'silent' }), onBootstrapKey: (k) => (adminKey = k) })
-  after(async () => {
-    await running.close()
-    rmSync(dir, { recursive: true, force: true })
-  })
+  const server = await startServer('sqlite', `worker: { enabled: false }\ntemplates:\n  demo: { provider: fake, minFree: 0, fake: { address: 'http://127.0.0.1:9' } }\n`, { PROXY_KEY: 'proxy-key-0123456789' })
+  after(() => server.close())
+  const { running, adminKey } = server
   const cmd = async (key: string, command: string, payload: object) => {
     const r = await running.app!.inject({ method: 'POST', url: '/api/commands', headers: { authorization: `Bearer ${key}` }, payload: { command, payload } })
     assert.equal(r.statusCode, 200, r.body)

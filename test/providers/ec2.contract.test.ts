@@ -8,35 +8,26 @@
  */
 import pino from 'pino'
 import { CONTRACT_POOL_ID, providerContract } from '../contract/provider-contract.js'
-import type { TemplateConfig } from '../../src/config/types.js'
 import { createEc2Provider } from '../../src/providers/ec2/index.js'
+import { makeTemplate } from '../helpers/template.js'
 import { FakeEc2 } from './ec2-fake-aws.js'
 
-const template: TemplateConfig = {
+const template = makeTemplate({
   name: 'rstudio',
   displayName: 'RStudio',
   description: 'contract template',
   provider: 'ec2',
   minFree: 0,
-  maxInstances: 10,
-  idleTimeoutMs: 0,
-  maxLifetimeMs: 0,
   startTimeoutMs: 600_000,
   port: 8787,
   healthPath: '/',
-  pathMode: 'strip',
-  hostHeader: 'target',
-  whenFull: 'queue',
-  allowedGroups: [],
-  activityIgnore: [],
-  pricePerHour: 0,
   settings: {
     imageId: 'ami-0130bec6e5047f596',
     instanceType: 't2.micro',
     securityGroupIds: ['sg-1234aa12a123ab123'],
     tokens: { registry: 'XXXXXXX.dkr.ecr.eu-central-1.amazonaws.com' },
   },
-}
+})
 
 providerContract({
   name: 'ec2 (aws-sdk-client-mock)',
