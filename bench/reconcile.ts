@@ -64,7 +64,7 @@ async function seed(store: Store, provider: FakeProvider): Promise<void> {
         const owner = j < N - 10 ? `user${j}` : null
         const labels: Record<string, string> = { [LABEL_POOL]: 'bench', [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: 'demo' }
         if (owner) labels[LABEL_OWNER] = owner
-        const res = await provider.create({ id, poolId: 'bench', template: { name: 'demo', settings: {} } as never, basePath: `/s/${id}/`, labels, progressUrl: '', progressToken: '' }, { log })
+        const res = await provider.create({ id, poolId: 'bench', template: { name: 'demo', settings: {} } as never, basePath: `/s/${id}/`, labels, progressUrl: '', progressToken: '', appToken: '', ownerId: null, sessionUrl: '' }, { log })
         await tx.insertInstance({ id, template: 'demo', state: 'ready', ownerId: owner, keyName: owner ? 'bench' : null, providerRef: res.ref, address: appUrl, createdAt: now, updatedAt: now, startedAt: now, readyAt: now, assignedAt: owner ? now : null, lastActivityAt: owner ? now : null, progress: 100, progressMessage: 'ready' })
         if (owner) await tx.openAssignment({ instanceId: id, template: 'demo', userId: owner, keyName: 'bench', startedAt: now })
       }

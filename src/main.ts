@@ -1,3 +1,4 @@
+import { deriveAppToken } from './domain/app-token.js'
 import { randomBytes } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -156,7 +157,7 @@ export async function start(opts: StartOptions): Promise<Running> {
       sessionUrl: (id) => sessionUrl(config.gateway, config.server.publicUrl, id),
       launchUrl: (id, userId) => launchUrl(config.gateway, config.server.publicUrl, id, tokens.issueLaunch({ instanceId: id, userId })),
     }
-    const pool = new PoolService({ config, store, providers, routes: hub, log: log.child({ component: 'pool' }), metrics, faults: opts.faults, unavailable })
+    const pool = new PoolService({ config, store, providers, routes: hub, log: log.child({ component: 'pool' }), metrics, faults: opts.faults, unavailable, appToken: (id, gen) => deriveAppToken(secret, id, gen) })
     cleanups.push(() => pool.close())
     await pool.publishAll()
 

@@ -1,5 +1,6 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
 import type { Logger } from 'pino'
+import { deriveAppToken } from '../domain/app-token.js'
 import type { Config, TemplateConfig } from '../config/types.js'
 import { AppError, ConflictError, NotFoundError, PoolFullError, ProviderError, ValidationError } from '../domain/errors.js'
 import { newInstanceId } from '../domain/ids.js'
@@ -36,6 +37,8 @@ export interface PoolDeps {
   readonly unavailable?: ReadonlyMap<string, string>
   /** URL the instance posts progress to; `{id}` is replaced. */
   readonly progressUrl?: (instanceId: string) => string
+  /** The per-instance app token (domain/app-token.ts with the gateway secret); tests may leave it out. */
+  readonly appToken?: (instanceId: string, generation: number) => string
 }
 
 export type RequestOutcome = 'existing' | 'warm' | 'cold' | 'queued'
@@ -79,6 +82,8 @@ export class PoolService {
   readonly #pending = new Set<Promise<unknown>>()
   #closed = false
   #version = 0
+  /** Without a configured app-token function (tests), tokens from a per-process random secret. */
+  readonly #fallbackAppToken = ((secret: string) => (id: string, gen: number) => deriveAppToken(secret, id, gen))(randomBytes(32).toString('base64url'))
   #topUp: Promise<void> | undefined
   #topUpAgain = false
   /** Warm claims waiting for the next batch (see #claimWarm). */
@@ -360,7 +365,19 @@ export class PoolService {
     }
     if (inst.ownerId) labels[LABEL_OWNER] = inst.ownerId
     const progressUrl = this.#d.progressUrl?.(inst.id) ?? `${this.#d.config.server.publicUrl}/api/v1/instances/${inst.id}/progress`
-    return { id: inst.id, poolId: this.#d.config.pool.id, template: t, basePath: `/s/${inst.id}/`, labels, progressUrl, progressToken: token }
+    const basePath = `/s/${inst.id}/`
+    return {
+      id: inst.id,
+      poolId: this.#d.config.pool.id,
+      template: t,
+      basePath,
+      labels,
+      progressUrl,
+      progressToken: token,
+      appToken: (this.#d.appToken ?? this.#fallbackAppToken)(inst.id, inst.generation),
+      ownerId: inst.ownerId,
+      sessionUrl: this.#d.config.server.publicUrl.replace(/\/+$/, '') + basePath,
+    }
   }
 
   /** Probes a `starting` instance until its app answers, or its start timeout passes. */

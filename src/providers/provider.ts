@@ -25,6 +25,17 @@ export interface InstanceSpec {
   /** Where the instance may report progress (`POST`), and its bearer token. */
   readonly progressUrl: string
   readonly progressToken: string
+  /**
+   * Per-instance secret (`{{appToken}}` in template commands and env) that the gateway sends on every
+   * upstream request of this instance (the template's `upstreamHeaders`), so that an app which checks
+   * it (Jupyter's token) refuses anyone who reaches its port without the gateway (DESIGN.md contract 5).
+   * Never logged, never written where the session's user could read another instance's.
+   */
+  readonly appToken: string
+  /** The owner when the instance is created for a known user (cold start); null for a warm instance. */
+  readonly ownerId: string | null
+  /** The clean session URL users open (`https://…/s/<id>/`). */
+  readonly sessionUrl: string
 }
 
 /** What a provider knows of one resource. */
@@ -47,6 +58,21 @@ export interface ProviderInstance {
   /** Provider-side progress hint (0–100) and message, when it has one. */
   readonly progress?: number
   readonly message?: string
+}
+
+/**
+ * What a provider isolates (DESIGN.md contract 5). Facts after `init`; the server prints them at start,
+ * puts them in `/readyz` details and on the admin dashboard, and the login modes consult them.
+ */
+export interface IsolationReport {
+  /** Sessions run under accounts other than the server's and cannot read its files or signal its processes. */
+  readonly isolated: boolean
+  /** Session code can open connections that reach this machine's listeners from a loopback address. */
+  readonly sessionsReachLoopback: boolean
+  /** CIDRs from which session traffic reaches this machine's listeners (for example `10.213.0.0/16`). */
+  readonly sessionNetworks: readonly string[]
+  /** One line each: what is and is not isolated, and why. */
+  readonly notes: readonly string[]
 }
 
 export interface ProviderCapabilities {
@@ -76,6 +102,8 @@ export interface Provider {
   destroy(ref: string, opts: OperationOptions): Promise<void>
   stop?(ref: string, opts: OperationOptions): Promise<void>
   start?(ref: string, opts: OperationOptions): Promise<void>
+  /** What this provider isolates; absent means sessions do not run on a host the server shares (nothing to report). */
+  isolation?(): IsolationReport
   /** Releases clients. Local processes are NOT killed: they survive a server restart and are found again by list(). */
   close(): Promise<void>
 }

@@ -65,6 +65,9 @@ export function providerContract(opts: ProviderContractOptions): void {
         labels: { [LABEL_POOL]: poolId, [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: template.name, ...extra },
         progressUrl: `http://127.0.0.1:9/api/v1/instances/${id}/progress`,
         progressToken: 'contract-progress-token',
+        appToken: 'test-app-token',
+        ownerId: null,
+        sessionUrl: 'http://127.0.0.1:1/s/x/',
       }
     }
 

@@ -73,6 +73,9 @@ function specFor(template: TemplateConfig, id: string = IDS[0], extra: Record<st
     labels: { [LABEL_POOL]: POOL, [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: template.name, ...extra },
     progressUrl: `https://sessions.example.org/api/v1/instances/${id}/progress`,
     progressToken: 'ptok-SECRET-0123456789',
+    appToken: 'test-app-token',
+    ownerId: null,
+    sessionUrl: 'http://127.0.0.1:1/s/x/',
   }
 }
 

@@ -115,6 +115,9 @@ async function renderedScript(): Promise<string> {
     labels: { [LABEL_POOL]: 'p', [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: 'rstudio' },
     progressUrl: `http://127.0.0.1:${port}/api/v1/instances/${id}/progress`,
     progressToken: 'tok-0123456789',
+    appToken: 'test-app-token',
+    ownerId: null,
+    sessionUrl: 'http://127.0.0.1:1/s/x/',
   }
   const provider = createEc2Provider({ poolId: 'p', dataDir: dir, settings: { region: 'eu-central-1' }, log: pino({ level: 'silent' }) })
   const input = await provider.buildRunInput(spec, 'on-demand')

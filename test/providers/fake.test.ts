@@ -22,6 +22,9 @@ function spec(id = newInstanceId(), settings: Record<string, unknown> = {}): Ins
     labels: { [LABEL_POOL]: POOL, [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: template.name },
     progressUrl: 'http://127.0.0.1:9/progress',
     progressToken: 't',
+    appToken: 'test-app-token',
+    ownerId: null,
+    sessionUrl: 'http://127.0.0.1:1/s/x/',
   }
 }
 

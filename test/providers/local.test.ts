@@ -41,6 +41,9 @@ describe('local provider', () => {
       labels: { [LABEL_POOL]: poolId, [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: template.name },
       progressUrl: `http://127.0.0.1:9/api/v1/instances/${id}/progress`,
       progressToken: 'secret-progress-token',
+      appToken: 'test-app-token',
+      ownerId: null,
+      sessionUrl: 'http://127.0.0.1:1/s/x/',
     }
   }
 

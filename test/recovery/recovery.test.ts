@@ -225,7 +225,7 @@ describe('restart and recovery', () => {
     const id = newInstanceId()
     const template = makeLocalDemoTemplate({ name: 'demo' })
     const made = await provider.create(
-      { id, poolId: 'studiopool', template, basePath: `/s/${id}/`, labels: { [LABEL_POOL]: 'studiopool', [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: 'demo' }, progressUrl: 'http://127.0.0.1:9/', progressToken: 'x' },
+      { id, poolId: 'studiopool', template, basePath: `/s/${id}/`, labels: { [LABEL_POOL]: 'studiopool', [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: 'demo' }, progressUrl: 'http://127.0.0.1:9/', progressToken: 'x', appToken: 'x', ownerId: null, sessionUrl: 'http://127.0.0.1:9/' },
       { log: pino({ level: 'silent' }) },
     )
     const bornAt = Date.now()
