@@ -1,5 +1,6 @@
 import { deriveAppToken } from './domain/app-token.js'
 import { randomBytes } from 'node:crypto'
+import { chmodSync, mkdirSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Duplex } from 'node:stream'
@@ -80,7 +81,9 @@ export async function start(opts: StartOptions): Promise<Running> {
     log.warn('AUTHENTICATION IS OFF (auth.mode: none): anyone who reaches this port can request, read and delete sessions')
   }
 
+  secureDataDir(config)
   const store = await createStore(config.store, { log, poolId: config.pool.id })
+  secureStoreFile(config)
   const cleanups: (() => Promise<void>)[] = [() => store.close()]
   const closeAll = async () => {
     for (const c of cleanups.reverse()) await c().catch((err) => log.warn({ err: (err as Error).message }, 'close step failed'))
@@ -241,5 +244,26 @@ export async function start(opts: StartOptions): Promise<Running> {
   } catch (err) {
     await closeAll()
     throw err
+  }
+}
+
+/**
+ * The data directory holds the store, its secrets and the providers' bookkeeping: readable by the
+ * server's account only (DESIGN.md "Security rules"), whatever the umask or an older install left.
+ */
+function secureDataDir(config: Config): void {
+  mkdirSync(config.server.dataDir, { recursive: true, mode: 0o700 })
+  chmodSync(config.server.dataDir, 0o700)
+}
+
+/** The SQLite file and its WAL and shared-memory files: 0600 (SQLite copies the main file's mode to the others). */
+function secureStoreFile(config: Config): void {
+  if (config.store.driver !== 'sqlite' || config.store.path === ':memory:' || config.store.path.startsWith('file:')) return
+  for (const f of [config.store.path, `${config.store.path}-wal`, `${config.store.path}-shm`]) {
+    try {
+      chmodSync(f, 0o600)
+    } catch {
+      // not there (yet)
+    }
   }
 }

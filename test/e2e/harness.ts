@@ -239,8 +239,11 @@ export async function startE2eServer(opts: { idleTimeout: string }): Promise<E2e
   const url = running.url
   const seenPids = new Set<number>()
   const instancesDir = join(dataDir, 'instances')
+  // Session working directories are outside the data directory (the local provider's sessionsDir).
+  const sessionsDir = `${dataDir}-sessions`
   const watch = setInterval(() => {
     for (const pid of processesUnder(instancesDir)) seenPids.add(pid)
+    for (const pid of processesUnder(sessionsDir)) seenPids.add(pid)
     for (const id of existsSync(instancesDir) ? readdirSync(instancesDir) : []) for (const pid of sessionPids(join(instancesDir, id))) seenPids.add(pid)
   }, 200)
   watch.unref()
@@ -279,6 +282,7 @@ export async function startE2eServer(opts: { idleTimeout: string }): Promise<E2e
     async close() {
       clearInterval(watch)
       for (const pid of processesUnder(instancesDir)) seenPids.add(pid)
+      for (const pid of processesUnder(sessionsDir)) seenPids.add(pid)
       for (const id of existsSync(instancesDir) ? readdirSync(instancesDir) : []) for (const pid of sessionPids(join(instancesDir, id))) seenPids.add(pid)
       await running.close()
       // The local provider leaves processes running on close (a restarted server adopts them);
@@ -294,6 +298,7 @@ export async function startE2eServer(opts: { idleTimeout: string }): Promise<E2e
       }
       await waitFor('every session process to exit', 10_000, () => ([...seenPids].some(alive) ? undefined : true))
       rmSync(dataDir, { recursive: true, force: true })
+      rmSync(sessionsDir, { recursive: true, force: true })
     },
   }
 }

@@ -19,10 +19,13 @@ export interface ServerProcess {
 }
 
 /** Starts `studiopool serve` as a real process and waits until it listens. */
-export async function spawnServer(opts: { cwd: string; config: string; env?: Record<string, string>; args?: string[]; timeoutMs?: number }): Promise<ServerProcess> {
+export async function spawnServer(opts: { cwd: string; config: string; env?: Record<string, string>; args?: string[]; timeoutMs?: number; runAs?: number }): Promise<ServerProcess> {
   const cfgPath = join(opts.cwd, 'studiopool.yaml')
   writeFileSync(cfgPath, opts.config)
-  const child = spawn(process.execPath, [BIN, 'serve', '--config', cfgPath, '--port', '0', ...(opts.args ?? [])], {
+  const argv = [BIN, 'serve', '--config', cfgPath, '--port', '0', ...(opts.args ?? [])]
+  // `runAs`: the server itself as that uid (and gid), without supplementary groups (tests run as root).
+  const [bin, args] = opts.runAs === undefined ? [process.execPath, argv] : ['setpriv', [`--reuid=${opts.runAs}`, `--regid=${opts.runAs}`, '--clear-groups', '--', process.execPath, ...argv]]
+  const child = spawn(bin, args, {
     cwd: opts.cwd,
     env: { PATH: process.env.PATH ?? '', HOME: opts.cwd, STUDIOPOOL_LOG_LEVEL: 'warn', ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -72,13 +72,15 @@ describe('local provider', () => {
   after(() => {
     killAll(started)
     rmSync(dataDir, { recursive: true, force: true })
+    rmSync(`${dataDir}-sessions`, { recursive: true, force: true })
   })
 
   it('runs the demo app, which answers the readiness probe on its port, also under its base path', async () => {
     const s = spec(makeLocalDemoTemplate())
     const inst = await create(provider, s)
     assert.equal(inst.state, 'running')
-    assert.match(inst.address!, /^http:\/\/127\.0\.0\.1:\d+$/)
+    // Isolated (root): the session's own network namespace; otherwise a free port on loopback.
+    assert.match(inst.address!, provider.isolation().sessionsReachLoopback ? /^http:\/\/127\.0\.0\.1:\d+$/ : /^http:\/\/10\.213\.\d+\.\d+:8888$/)
     assert.match(inst.ref, /^\d+:\d+$/)
     await waitFor('the demo app to answer', async () => (await probeHttp(inst.address!, '/healthz', { timeoutMs: 1000 })).ok)
     const keep = await probeHttp(inst.address!, `${s.basePath}healthz`, { timeoutMs: 1000 })
@@ -104,22 +106,24 @@ describe('local provider', () => {
       )
       const s = spec(t)
       const inst = await create(provider, s)
-      const port = new URL(inst.address!).port
-      const wd = join(dataDir, 'instances', s.id)
-      const logFile = join(wd, 'output.log')
+      const { port, hostname: host } = new URL(inst.address!)
+      const wd = provider.workdir(s.id)
+      assert.ok(!wd.startsWith(dataDir + '/'), 'the working directory is outside the data directory')
+      const logFile = join(dataDir, 'instances', s.id, 'output.log')
       const text = await waitFor('output.log to be complete', () => {
         const t = existsSync(logFile) ? readFileSync(logFile, 'utf8') : ''
         return t.split('\n').includes(wd) ? t : ''
       })
       // Lines the process printed (the provider's own header line, which quotes the argv, is skipped).
       const lines = text.split('\n').filter((l) => !l.startsWith('--- studiopool'))
-      assert.ok(lines.includes(`argv port=${port} base=/s/${s.id}/ id=${s.id} wd=${wd} host=127.0.0.1`), text)
+      assert.ok(lines.includes(`argv port=${port} base=/s/${s.id}/ id=${s.id} wd=${wd} host=${host}`), text)
       assert.ok(
         lines.includes(`env PORT=${port} BASE_PATH=/s/${s.id}/ ID=${s.id} MINE=p${port}-${s.id} HOME=${wd} TOKEN=secret-progress-token URL=${s.progressUrl} SECRET=none`),
         `environment as expected, and the server's other variables not passed on:\n${text}`,
       )
       assert.ok(lines.includes('stderr line'), 'stderr goes to the log too')
-      assert.ok(lines.includes(wd), 'the working directory is the instance directory')
+      assert.ok(lines.includes(wd), 'the working directory is the instance\'s session directory')
+      assert.ok(!existsSync(join(wd, 'instance.json')) && !existsSync(join(wd, 'output.log')), 'no bookkeeping in the session\'s directory')
       assert.ok(!record(s.id).command.join(' ').includes('secret-progress-token'), 'the progress token is not written to instance.json')
       await provider.destroy(inst.ref, op)
     } finally {
@@ -347,6 +351,7 @@ describe('local provider', () => {
 
   it('removes terminated instance directories after keepTerminated', async () => {
     const pruning = new LocalProvider({ poolId: POOL, dataDir, settings: { keepTerminated: '0ms' }, log })
+    await pruning.init(op)
     const s = spec(shTemplate('exec sleep 1000'))
     const inst = await create(pruning, s)
     await pruning.destroy(inst.ref, op)

@@ -117,7 +117,7 @@ describe('restart and recovery', () => {
     const b = await start(cwd, config({ minFree: 1, idle: '6s' }))
     assert.equal(b.adminKey, undefined, 'no second admin key on restart')
     const ids = (await command(b, key, 'GET_STATUS', {})).body.instances as string[]
-    assert.deepEqual(new Set(ids), new Set([g1.instanceId, g2.instanceId]))
+    assert.deepEqual(new Set(ids), new Set([g1.instanceId, g2.instanceId]), b.output())
     const c0 = await workerCycles(b, key)
     await waitFor(async () => (await workerCycles(b, key)) >= c0 + 3, 'three worker cycles after the restart')
     assert.deepEqual(livePids(dataDir), before, 'the same processes, none leaked, none duplicated')
@@ -222,6 +222,7 @@ describe('restart and recovery', () => {
     const s = await start(cwd, config({ grace: '2s' }))
     const key = s.adminKey!
     const provider = createProvider({ poolId: 'studiopool', dataDir, settings: {}, log: pino({ level: 'silent' }) })
+    await provider.init({ log: pino({ level: 'silent' }) })
     const id = newInstanceId()
     const template = makeLocalDemoTemplate({ name: 'demo' })
     const made = await provider.create(

@@ -99,3 +99,55 @@ export function findExecutable(program: string, pathEnv: string | undefined, cwd
   }
   return null
 }
+
+/** The environment of a process as a map; null when it is gone or not ours to read. */
+function readEnviron(pid: number): Map<string, string> | null {
+  let text: string
+  try {
+    text = readFileSync(`/proc/${pid}/environ`, 'latin1')
+  } catch {
+    return null
+  }
+  const out = new Map<string, string>()
+  for (const kv of text.split('\0')) {
+    const eq = kv.indexOf('=')
+    if (eq > 0 && kv.startsWith('STUDIOPOOL_')) out.set(kv.slice(0, eq), kv.slice(eq + 1))
+  }
+  return out
+}
+
+/** The process carries the marker the local provider puts in every session's environment. */
+export function carriesMarker(pid: number, poolId: string, instanceId: string): boolean {
+  const env = readEnviron(pid)
+  return env !== null && env.get('STUDIOPOOL_POOL') === poolId && env.get('STUDIOPOOL_INSTANCE_ID') === instanceId
+}
+
+export interface MarkedProcess {
+  readonly pid: number
+  readonly startTime: string
+  readonly instanceId: string
+  readonly template: string
+}
+
+/**
+ * Group leaders (pid = pgid) that carry this pool's marker, optionally of one instance: how the
+ * provider finds a session process whose record was never written (the server died mid-spawn).
+ */
+export function findMarked(poolId: string, instanceId?: string): MarkedProcess[] {
+  if (!HAS_PROC) return []
+  const out: MarkedProcess[] = []
+  for (const name of readdirSync('/proc')) {
+    const c = name.charCodeAt(0)
+    if (c < 48 || c > 57) continue
+    const pid = Number(name)
+    if (pid === process.pid) continue
+    const stat = readProcStat(pid)
+    if (!stat || stat.pgid !== pid || !isRunningState(stat)) continue
+    const env = readEnviron(pid)
+    if (!env || env.get('STUDIOPOOL_POOL') !== poolId) continue
+    const id = env.get('STUDIOPOOL_INSTANCE_ID')
+    if (!id || (instanceId !== undefined && id !== instanceId)) continue
+    out.push({ pid, startTime: stat.startTime, instanceId: id, template: env.get('STUDIOPOOL_TEMPLATE') ?? '' })
+  }
+  return out
+}

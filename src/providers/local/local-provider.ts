@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process'
-import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
+import { chmodSync, chownSync, closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
 import { createServer } from 'node:net'
-import { join, resolve } from 'node:path'
+import { basename, dirname, join, resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Logger } from 'pino'
 import type { TemplateConfig } from '../../config/types.js'
@@ -17,9 +17,23 @@ import {
   type ProviderCapabilities,
   type ProviderContext,
   type ProviderInstance,
+  type IsolationReport,
 } from '../provider.js'
+import {
+  claimSlot,
+  planIsolation,
+  poolTag,
+  releaseSlot,
+  setupSessionNetwork,
+  slotCount,
+  slotOf,
+  teardownSessionNetwork,
+  wrapCommand,
+  type IsolationPlan,
+  type SessionSlot,
+} from './local-isolation.js'
 import { parseLocalProviderSettings, parseLocalTemplateSettings, type LocalProviderSettings, type LocalTemplateSettings } from './local-provider-config.js'
-import { HAS_PROC, findExecutable, groupMembers, isRunningState, killGroup, readProcStat } from './local-proc.js'
+import { HAS_PROC, carriesMarker, findExecutable, findMarked, groupMembers, isRunningState, killGroup, readProcStat } from './local-proc.js'
 
 const NAME = 'local'
 const HOST = '127.0.0.1'
@@ -30,7 +44,9 @@ const LOCK_FILE = 'create.lock'
 const LOCK_WAIT_MS = 15_000
 const REF_RE = /^(\d{1,10}):(\d{0,20})$/
 /** Variables of the server's environment a session process inherits; nothing else (no keys, no secrets). */
-const PASS_ENV = ['PATH', 'LANG', 'LANGUAGE', 'LC_ALL', 'LC_CTYPE', 'LC_MESSAGES', 'TZ', 'TMPDIR', 'USER', 'LOGNAME', 'SHELL', 'TERM']
+const PASS_ENV = ['PATH', 'LANG', 'LANGUAGE', 'LC_ALL', 'LC_CTYPE', 'LC_MESSAGES', 'TZ', 'TERM']
+/** Inside a network namespace every port is free: the app always gets this one (no port race). */
+const NETNS_PORT = 8888
 /** After SIGKILL the kernel needs a moment to tear the group down. */
 const KILL_WAIT_MS = 3000
 const POLL_MS = 25
@@ -50,6 +66,11 @@ export interface LocalInstanceRecord {
   readonly command: readonly string[]
   readonly stopGraceMs: number
   readonly createdAt: number
+  /** The session's working directory (its HOME), outside the data directory. */
+  readonly home?: string
+  /** Isolation slot: uid, namespace and veth (absent when sessions are not isolated). */
+  readonly slot?: number
+  readonly uid?: number
   state: 'running' | 'terminated'
   terminatedAt?: number
   exitCode?: number | null
@@ -75,22 +96,53 @@ export class LocalProvider implements Provider {
   readonly #locks = new Map<string, Promise<unknown>>()
   /** Ports handed out recently, so that two creates in a row never get the same one before either binds. */
   readonly #recentPorts = new Map<number, number>()
+  /** Where session homes live (outside the data directory) and where slot claims are kept. */
+  readonly #sessionsDir: string
+  readonly #slotsDir: string
+  readonly #tag: string
+  #plan: IsolationPlan | null = null
 
   constructor(ctx: ProviderContext) {
     this.#ctx = ctx
     this.#settings = parseLocalProviderSettings(ctx.settings)
-    this.#root = join(resolve(ctx.dataDir), 'instances')
+    const data = resolve(ctx.dataDir)
+    this.#root = join(data, 'instances')
+    this.#slotsDir = join(data, 'local-slots')
+    this.#sessionsDir = this.#settings.sessionsDir ? resolve(this.#settings.sessionsDir) : join(dirname(data), `${basename(data)}-sessions`)
+    this.#tag = poolTag(ctx.poolId)
   }
 
-  /** Directory of one instance (its working directory). */
-  workdir(instanceId: string): string {
+  /** Bookkeeping of one instance (record, output.log, lock): inside the data directory, never readable by sessions. */
+  #dir(instanceId: string): string {
     if (!isInstanceId(instanceId)) throw new ProviderError(NAME, `invalid instance id "${String(instanceId).slice(0, 40)}"`)
     return join(this.#root, instanceId)
   }
 
+  /** Working directory (and HOME) of one instance: `<sessionsDir>/<id>`, owned by the session's account, 0700. */
+  workdir(instanceId: string): string {
+    if (!isInstanceId(instanceId)) throw new ProviderError(NAME, `invalid instance id "${String(instanceId).slice(0, 40)}"`)
+    return join(this.#sessionsDir, instanceId)
+  }
+
   async init(opts: OperationOptions): Promise<void> {
-    mkdirSync(this.#root, { recursive: true })
+    mkdirSync(this.#root, { recursive: true, mode: 0o700 })
+    mkdirSync(this.#slotsDir, { recursive: true, mode: 0o700 })
+    chmodSync(this.#root, 0o700)
+    chmodSync(this.#slotsDir, 0o700)
+    // Sessions may pass through (to their own home) but not list who else has one.
+    mkdirSync(this.#sessionsDir, { recursive: true, mode: 0o711 })
+    chmodSync(this.#sessionsDir, 0o711)
     if (!HAS_PROC) opts.log.warn('local provider: no /proc; a reused pid cannot be told from the process we started')
+    this.#plan = await planIsolation(this.#settings.isolation, this.#ctx.poolId, opts.log)
+  }
+
+  isolation(): IsolationReport {
+    return this.#isolationPlan().report
+  }
+
+  #isolationPlan(): IsolationPlan {
+    if (!this.#plan) throw new ProviderError(NAME, 'local provider used before init()')
+    return this.#plan
   }
 
   validateTemplate(template: TemplateConfig): string[] {
@@ -109,7 +161,7 @@ export class LocalProvider implements Provider {
   }
 
   async create(spec: InstanceSpec, opts: OperationOptions): Promise<ProviderInstance> {
-    const dir = this.workdir(spec.id)
+    const dir = this.#dir(spec.id)
     const parsed = parseLocalTemplateSettings(spec.template.settings)
     if (!parsed.settings) throw new ProviderError(NAME, `template "${spec.template.name}": ${parsed.problems.join('; ')}`)
     const settings = parsed.settings
@@ -124,8 +176,14 @@ export class LocalProvider implements Provider {
           // The previous process died (or the machine rebooted): clear what is left of its group first.
           await this.#terminate(existing, 0, opts.log)
         }
-        const port = await this.#freePort()
-        return await this.#spawn(spec, settings, dir, port, opts.log)
+        // A server killed between spawn() and writing the record leaves a process no record names:
+        // find it by the marker it carries in its environment and end it before starting another.
+        for (const { pid } of findMarked(this.#ctx.poolId, spec.id)) {
+          if (existing && existing.state === 'running' && existing.pid === pid) continue
+          opts.log.warn({ instanceId: spec.id, pid }, 'local: ending a process of this instance that has no record (server died mid-spawn)')
+          await this.#terminateGroup(spec.id, pid, 0, opts.log)
+        }
+        return await this.#spawn(spec, settings, dir, opts.log)
       } finally {
         release()
       }
@@ -152,6 +210,7 @@ export class LocalProvider implements Provider {
         if (this.#locks.has(rec.instanceId) || existsSync(join(this.#root, rec.instanceId, LOCK_FILE))) continue
         try {
           rmSync(join(this.#root, rec.instanceId), { recursive: true, force: true })
+          if (rec.home) rmSync(rec.home, { recursive: true, force: true })
           opts.log.debug({ instanceId: rec.instanceId }, 'local: removed old instance directory')
         } catch (err) {
           opts.log.warn({ instanceId: rec.instanceId, err }, 'local: cannot remove old instance directory')
@@ -160,14 +219,35 @@ export class LocalProvider implements Provider {
       }
       out.push(this.#toInstance(rec))
     }
+    // Processes no running record names (the server died between spawn and record): listed, so
+    // that the pool reaps them as orphans; nothing of ours runs unseen.
+    const known = new Set(out.filter((i) => i.state === 'running').map((i) => i.ref))
+    for (const m of findMarked(this.#ctx.poolId)) {
+      const ref = refOf(m)
+      if (known.has(ref) || this.#locks.has(m.instanceId)) continue
+      out.push({
+        ref,
+        instanceId: m.instanceId,
+        template: m.template,
+        state: 'running',
+        address: null,
+        labels: { [LABEL_POOL]: this.#ctx.poolId, [LABEL_INSTANCE]: m.instanceId, [LABEL_TEMPLATE]: m.template },
+        createdAt: null,
+        message: 'a session process without its record',
+      })
+    }
     return out
   }
 
   async destroy(ref: string, opts: OperationOptions): Promise<void> {
     if (!REF_RE.test(ref)) return
     const found = this.#records().find((r) => refOf(r) === ref)
-    // Only what we started (a record names it) is ever signalled.
-    if (!found) return
+    if (!found) {
+      // Not recorded: signalled only if it carries this pool's marker (a process that lost its record).
+      const m = findMarked(this.#ctx.poolId).find((p) => refOf(p) === ref)
+      if (m) await this.#locked(m.instanceId, () => this.#terminateGroup(m.instanceId, m.pid, 0, opts.log))
+      return
+    }
     await this.#locked(found.instanceId, async () => {
       const rec = this.#readRecord(found.instanceId)
       if (!rec || refOf(rec) !== ref) return // replaced meanwhile by a newer process: not this ref's business
@@ -186,41 +266,84 @@ export class LocalProvider implements Provider {
 
   // --- internals -------------------------------------------------------------------------
 
-  async #spawn(spec: InstanceSpec, settings: LocalTemplateSettings, dir: string, port: number, log: Logger): Promise<ProviderInstance> {
-    mkdirSync(dir, { recursive: true })
+  async #spawn(spec: InstanceSpec, settings: LocalTemplateSettings, dir: string, log: Logger): Promise<ProviderInstance> {
+    const plan = this.#isolationPlan()
+    mkdirSync(dir, { recursive: true, mode: 0o700 })
+    let slot: SessionSlot | null = null
+    if (plan.kind !== 'none') {
+      let n: number
+      try {
+        n = claimSlot(this.#slotsDir, slotCount(this.#settings.isolation), spec.id, (holder) => this.#slotIsStale(holder))
+      } catch (err) {
+        throw new ProviderError(NAME, (err as Error).message, { cause: err, retryable: true })
+      }
+      slot = slotOf(this.#settings.isolation, this.#tag, n)
+      if (plan.kind === 'netns') {
+        try {
+          await setupSessionNetwork(plan, slot)
+        } catch (err) {
+          releaseSlot(this.#slotsDir, n, spec.id)
+          throw new ProviderError(NAME, `cannot create the network namespace of ${spec.id}: ${(err as Error).message}`, { cause: err, retryable: true })
+        }
+      }
+    }
+    const host = plan.kind === 'netns' && slot ? slot.sessionIp : HOST
+    const port = plan.kind === 'netns' ? NETNS_PORT : await this.#freePort()
+    const home = this.workdir(spec.id)
+    rmSync(home, { recursive: true, force: true }) // a leftover of a crashed start: never hand it to a new account
+    mkdirSync(home, { recursive: true, mode: 0o700 })
+    if (slot) chownSync(home, slot.uid, slot.uid)
     const tokens: Record<string, string> = {
       port: String(port),
       basePath: spec.basePath,
       instanceId: spec.id,
-      workdir: dir,
-      host: HOST,
+      workdir: home,
+      host,
+      appToken: spec.appToken,
+      user: spec.ownerId ?? '',
+      sessionUrl: spec.sessionUrl,
     }
     const argv = settings.command.map((a) => substitute(a, tokens))
     let program = argv[0]!
     if (program === 'node') program = process.execPath
     else if (program.includes('/')) program = resolve(program) // relative to the server's cwd, not the workdir
+    else if (slot) program = findExecutable(program, process.env.PATH, process.cwd()) ?? program
+    // Checked here because, isolated, the spawned process is a wrapper that would start anyway.
+    if (!findExecutable(program, process.env.PATH, process.cwd())) {
+      await this.#releaseIsolation(spec.id, slot, home)
+      throw new ProviderError(NAME, `cannot start "${argv[0]}": ENOENT (not found or not executable)`)
+    }
     const env: Record<string, string> = {}
     for (const k of PASS_ENV) {
       const v = process.env[k]
       if (v !== undefined) env[k] = v
     }
-    env.HOME = settings.home === 'inherit' && process.env.HOME ? process.env.HOME : dir
+    const account = slot ? `sp${slot.uid}` : (process.env.USER ?? process.env.LOGNAME ?? '')
+    if (account) Object.assign(env, { USER: account, LOGNAME: account })
+    // An isolated session never gets the server's HOME, whatever the template says.
+    env.HOME = settings.home === 'inherit' && !slot && process.env.HOME ? process.env.HOME : home
     for (const [k, v] of Object.entries(settings.env)) env[k] = substitute(v, tokens)
     Object.assign(env, {
       PORT: String(port),
-      HOST,
+      HOST: host,
       BASE_PATH: spec.basePath,
+      STUDIOPOOL_POOL: spec.poolId,
       STUDIOPOOL_INSTANCE_ID: spec.id,
+      STUDIOPOOL_TEMPLATE: spec.template.name,
+      STUDIOPOOL_SESSION_URL: spec.sessionUrl,
       STUDIOPOOL_PROGRESS_URL: spec.progressUrl,
       STUDIOPOOL_PROGRESS_TOKEN: spec.progressToken,
     })
+    // Known at create only for a cold start; a warm instance learns its user from X-Forwarded-User.
+    if (spec.ownerId) env.STUDIOPOOL_USER = spec.ownerId
+    const [bin, args] = wrapCommand(plan, slot, program, argv.slice(1))
 
     const logPath = join(dir, LOG_FILE)
-    const fd = openSync(logPath, 'a')
+    const fd = openSync(logPath, 'a', 0o600)
     let child
     try {
-      writeSync(fd, `--- studiopool ${new Date().toISOString()}: starting ${JSON.stringify(argv)} on port ${port}\n`)
-      child = spawn(program, argv.slice(1), { cwd: dir, env, detached: true, stdio: ['ignore', fd, fd] })
+      writeSync(fd, `--- studiopool ${new Date().toISOString()}: starting ${JSON.stringify(argv[0])} on ${host}:${port}${slot ? ` as uid ${slot.uid}` : ''}\n`)
+      child = spawn(bin, args, { cwd: home, env, detached: true, stdio: ['ignore', fd, fd] })
     } finally {
       closeSync(fd)
     }
@@ -230,10 +353,11 @@ export class LocalProvider implements Provider {
         child.once('error', res)
         setTimeout(() => res(new Error('spawn failed')), 1000).unref()
       })
+      await this.#releaseIsolation(spec.id, slot, home)
       throw new ProviderError(NAME, `cannot start "${argv[0]}": ${(err as NodeJS.ErrnoException).code ?? err.message}`, { cause: err })
     }
-    // Everything from here to writeRecord is synchronous, so that a crash cannot leave a process
-    // without its record (which is what makes it findable, and killable, after a restart).
+    // Everything from here to writeRecord is synchronous. Should the server die in between anyway,
+    // the process carries STUDIOPOOL_POOL and STUDIOPOOL_INSTANCE_ID: list() and create() find it by them.
     const stat = readProcStat(pid)
     const rec: LocalInstanceRecord = {
       version: 1,
@@ -243,11 +367,13 @@ export class LocalProvider implements Provider {
       pgid: pid, // detached: the child called setsid(), so it leads its own group
       startTime: stat?.startTime ?? '',
       port,
-      address: `http://${HOST}:${port}`,
+      address: `http://${host}:${port}`,
       labels: { ...spec.labels, [LABEL_POOL]: spec.poolId, [LABEL_INSTANCE]: spec.id, [LABEL_TEMPLATE]: spec.template.name },
-      command: argv,
+      command: argv.map((a) => (spec.appToken && a.includes(spec.appToken) ? a.replaceAll(spec.appToken, '[app token]') : a)),
       stopGraceMs: settings.stopGraceMs,
       createdAt: Date.now(),
+      home,
+      ...(slot ? { slot: slot.slot, uid: slot.uid } : {}),
       state: 'running',
     }
     try {
@@ -260,8 +386,31 @@ export class LocalProvider implements Provider {
     child.on('error', (err) => log.warn({ instanceId: spec.id, err: err.message }, 'local: process error'))
     child.once('exit', (code, signal) => this.#noteExit(spec.id, pid, code, signal))
     child.unref()
-    log.info({ instanceId: spec.id, pid, port }, 'local: process started')
+    log.info({ instanceId: spec.id, pid, address: rec.address, uid: slot?.uid }, 'local: process started')
     return this.#toInstance(rec)
+  }
+
+  /** A slot is stale when its holder has no running record and no create under way. */
+  #slotIsStale(holder: string): boolean {
+    if (!isInstanceId(holder)) return true
+    if (this.#locks.has(holder)) return false
+    const rec = this.#readRecord(holder)
+    return !rec || rec.state === 'terminated' || !this.#isAlive(rec)
+  }
+
+  /** Gives back what an instance held besides its processes: namespace, slot, home. Idempotent. */
+  async #releaseIsolation(instanceId: string, slot: SessionSlot | null, home: string | undefined): Promise<void> {
+    const plan = this.#isolationPlan()
+    if (slot) {
+      await teardownSessionNetwork(plan, slot)
+      releaseSlot(this.#slotsDir, slot.slot, instanceId)
+    }
+    // A session's files go with it (its account is reused by a later session); see docs/security.md.
+    if (home && slot) rmSync(home, { recursive: true, force: true })
+  }
+
+  #slotOfRecord(rec: LocalInstanceRecord): SessionSlot | null {
+    return rec.slot === undefined ? null : slotOf(this.#settings.isolation, this.#tag, rec.slot)
   }
 
   /** Records how a child of this server ended, for the failure message (only while it is still the current process). */
@@ -277,29 +426,45 @@ export class LocalProvider implements Provider {
     }
   }
 
-  /** SIGTERM to the group, up to `graceMs` for it to go, then SIGKILL. Resolves when the group is gone. */
+  /**
+   * Ends a record's process group and gives back its namespace, slot and (isolated) home.
+   * Only a process that carries this instance's marker is ever signalled: a record that names
+   * another process (forged, or a reused pid) cannot make the server kill it.
+   */
   async #terminate(rec: LocalInstanceRecord, graceMs: number, log: Logger): Promise<void> {
     const leader = readProcStat(rec.pid)
     // A live process with our pid but another start time means the pid was reused, which the kernel
-    // only does once our group is gone entirely (the pgid holds the pid number): nothing to do.
-    if (leader && HAS_PROC && leader.startTime !== rec.startTime) return
-    if (groupMembers(rec.pgid).length === 0) return
+    // only does once our group is gone entirely (the pgid holds the pid number): nothing to signal.
+    const ours = !(leader && HAS_PROC && leader.startTime !== rec.startTime)
+    if (ours && groupMembers(rec.pgid).length > 0) {
+      if (leader && HAS_PROC && !carriesMarker(rec.pid, this.#ctx.poolId, rec.instanceId)) {
+        log.warn({ instanceId: rec.instanceId, pid: rec.pid }, 'local: the record names a process that is not this instance\'s; not signalling it')
+      } else {
+        await this.#terminateGroup(rec.instanceId, rec.pgid, graceMs, log)
+      }
+    }
+    await this.#releaseIsolation(rec.instanceId, this.#slotOfRecord(rec), rec.home)
+  }
+
+  /** SIGTERM to the group, up to `graceMs` for it to go, then SIGKILL. Resolves when the group is gone. */
+  async #terminateGroup(instanceId: string, pgid: number, graceMs: number, log: Logger): Promise<void> {
+    if (groupMembers(pgid).length === 0) return
     if (graceMs > 0) {
-      killGroup(rec.pgid, 'SIGTERM')
+      killGroup(pgid, 'SIGTERM')
       const deadline = Date.now() + graceMs
       while (Date.now() < deadline) {
-        if (groupMembers(rec.pgid).length === 0) return
+        if (groupMembers(pgid).length === 0) return
         await sleep(POLL_MS)
       }
-      log.info({ instanceId: rec.instanceId, pgid: rec.pgid, graceMs }, 'local: group did not stop after SIGTERM; sending SIGKILL')
+      log.info({ instanceId, pgid, graceMs }, 'local: group did not stop after SIGTERM; sending SIGKILL')
     }
-    killGroup(rec.pgid, 'SIGKILL')
+    killGroup(pgid, 'SIGKILL')
     const deadline = Date.now() + KILL_WAIT_MS
     while (Date.now() < deadline) {
-      if (groupMembers(rec.pgid).length === 0) return
+      if (groupMembers(pgid).length === 0) return
       await sleep(POLL_MS)
     }
-    throw new ProviderError(NAME, `process group ${rec.pgid} of instance ${rec.instanceId} survived SIGKILL`, { retryable: true })
+    throw new ProviderError(NAME, `process group ${pgid} of instance ${instanceId} survived SIGKILL`, { retryable: true })
   }
 
   #isAlive(rec: LocalInstanceRecord): boolean {
