@@ -75,6 +75,7 @@ export async function startServer(kind: StoreKind, yaml: string, env: Record<str
     async close() {
       await running.close()
       rmSync(dir, { recursive: true, force: true })
+      rmSync(`${dir}-sessions`, { recursive: true, force: true })
     },
   }
 }

@@ -19,6 +19,7 @@ providerContract({
       cleanup: async () => {
         await provider.close()
         rmSync(dataDir, { recursive: true, force: true })
+        rmSync(`${dataDir}-sessions`, { recursive: true, force: true })
       },
     }
   },

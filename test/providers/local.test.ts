@@ -361,3 +361,88 @@ describe('local provider', () => {
     assert.equal(existsSync(join(dataDir, 'instances', s.id)), false)
   })
 })
+
+describe('local provider: a server killed between spawn and record (issue 9, item 3)', () => {
+  let dataDir: string
+  let provider: LocalProvider
+  const started = new Set<number>()
+
+  before(async () => {
+    dataDir = mkdtempSync(join(tmpdir(), 'studiopool-local-mid-'))
+    provider = new LocalProvider({ poolId: POOL, dataDir, settings: {}, log })
+    await provider.init(op)
+  })
+  after(() => {
+    killAll(started)
+    rmSync(dataDir, { recursive: true, force: true })
+    rmSync(`${dataDir}-sessions`, { recursive: true, force: true })
+  })
+
+  /** What a server leaves when it dies right after spawn(): a session process with its marker and no record. */
+  function unrecordedSession(id: string): number {
+    const child = spawn('sleep', ['1000'], {
+      detached: true,
+      stdio: 'ignore',
+      env: { PATH: process.env.PATH ?? '', STUDIOPOOL_POOL: POOL, STUDIOPOOL_INSTANCE_ID: id, STUDIOPOOL_TEMPLATE: 'sh' },
+    })
+    child.unref()
+    started.add(child.pid!)
+    return child.pid!
+  }
+
+  it('list() finds the process by its marker, and destroy() of that ref ends it', async () => {
+    const id = newInstanceId()
+    const pid = unrecordedSession(id)
+    const listed = await waitFor('the unrecorded process to be listed', async () => (await provider.list(op)).find((i) => i.instanceId === id))
+    assert.equal(listed.state, 'running')
+    assert.equal(pidOf(listed.ref), pid)
+    await provider.destroy(listed.ref, op)
+    await waitFor('the process to be gone', () => !pidAlive(pid))
+  })
+
+  it('create() for that instance ends the unrecorded process and starts exactly one', async () => {
+    const id = newInstanceId()
+    const orphan = unrecordedSession(id)
+    const t = makeTemplate({ name: 'sh', provider: 'local', settings: { command: ['sh', '-c', 'exec sleep 1000'], stopGrace: 2000 } })
+    const inst = await provider.create(
+      { id, poolId: POOL, template: t, basePath: `/s/${id}/`, labels: { [LABEL_POOL]: POOL, [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: 'sh' }, progressUrl: 'http://127.0.0.1:9/', progressToken: 'x', appToken: 'x', ownerId: null, sessionUrl: 'http://127.0.0.1:9/' },
+      op,
+    )
+    started.add(pidOf(inst.ref))
+    assert.equal(pidAlive(orphan), false, 'the process without a record is gone')
+    const mine = (await provider.list(op)).filter((i) => i.instanceId === id && i.state === 'running')
+    assert.deepEqual(mine.map((i) => i.ref), [inst.ref], 'one process for the instance, the recorded one')
+    await provider.destroy(inst.ref, op)
+  })
+
+  it('a record naming a process without the instance\'s marker never gets it signalled', async () => {
+    // A forged (or stale) record pointing at a live process that is not this instance's.
+    const stranger = spawn('sleep', ['1000'], { detached: true, stdio: 'ignore' })
+    stranger.unref()
+    const pid = stranger.pid!
+    started.add(pid)
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const startTime = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]!
+    const id = newInstanceId()
+    const dir = join(dataDir, 'instances', id)
+    mkdirSync(dir, { recursive: true })
+    const rec: LocalInstanceRecord = {
+      version: 1,
+      instanceId: id,
+      template: 'sh',
+      pid,
+      pgid: pid,
+      startTime,
+      port: 1,
+      address: 'http://127.0.0.1:1',
+      labels: { [LABEL_POOL]: POOL, [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: 'sh' },
+      command: ['sleep', '1000'],
+      stopGraceMs: 100,
+      createdAt: Date.now(),
+      state: 'running',
+    }
+    writeFileSync(join(dir, 'instance.json'), JSON.stringify(rec))
+    await provider.destroy(`${pid}:${startTime}`, op)
+    assert.equal(pidAlive(pid), true, 'the process named by the forged record was not killed')
+  })
+})

@@ -79,6 +79,7 @@ export async function startServer(yaml: string): Promise<TestServer> {
         }
       }
       rmSync(dataDir, { recursive: true, force: true })
+      rmSync(`${dataDir}-sessions`, { recursive: true, force: true })
     },
   }
 }
