@@ -7,7 +7,7 @@ import { newInstanceId } from '../domain/ids.js'
 import { type EndReason, type Instance, isLive, LIVE_STATES } from '../domain/instance.js'
 import type { RouteEntry } from '../domain/routes.js'
 import type { Metrics } from '../metrics.js'
-import { LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL, LABEL_TEMPLATE, type InstanceSpec, type Provider } from '../providers/provider.js'
+import { LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL, LABEL_TEMPLATE, type InstanceSpec, type IsolationReport, type Provider } from '../providers/provider.js'
 import { LiveInstanceExistsError, type Store, type StoreTx, type WarmClaimInput, type WarmClaimResult } from '../store/store.js'
 
 /** Where the pool publishes route changes (the gateway's RouteHub in-process). */
@@ -103,6 +103,16 @@ export class PoolService {
 
   unavailableReason(template: string): string | undefined {
     return this.#d.unavailable?.get(template)
+  }
+
+  /** What each provider in use isolates (DESIGN.md contract 5), for /readyz, the admin view and the login rules. */
+  isolation(): (IsolationReport & { readonly provider: string })[] {
+    const out: (IsolationReport & { readonly provider: string })[] = []
+    for (const [name, p] of this.#d.providers) {
+      const r = p.isolation?.()
+      if (r) out.push({ provider: name, ...r })
+    }
+    return out
   }
 
   /** Seed REQUEST_RSTUDIO: the user's live instance, a warm one, a new one within caps, or the queue. */
