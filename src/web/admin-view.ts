@@ -41,6 +41,8 @@ export interface AdminViewData {
   /** A key just created: its secret is shown on this page only. */
   readonly createdKey?: { readonly name: string; readonly role: KeyRole; readonly secret: string }
   readonly sessionUrl: (id: string) => string
+  /** What each provider isolates (DESIGN.md contract 5): a banner when sessions are not isolated. */
+  readonly isolation?: readonly { readonly provider: string; readonly isolated: boolean; readonly notes: readonly string[] }[]
 }
 
 const POOL_STATES = ['queued', 'provisioning', 'starting', 'ready', 'suspended', 'stopping'] as const
@@ -51,8 +53,14 @@ export function renderAdminView(d: AdminViewData): string {
     ? `<section class="notice" role="alert" aria-labelledby="h-newkey"><h2 id="h-newkey">Key “${esc(d.createdKey.name)}” (${esc(d.createdKey.role)}) created</h2>` +
       `<p>Copy the key now: it is shown only this once, and only its hash is kept.</p><code class="secret mono" id="new-key">${esc(d.createdKey.secret)}</code></section>`
     : ''
+  const unisolated = (d.isolation ?? []).filter((r) => !r.isolated)
+  const isolation = unisolated.length
+    ? `<section class="notice error" role="alert" aria-labelledby="h-iso"><h2 id="h-iso">Sessions are not isolated</h2>` +
+      unisolated.map((r) => `<p><strong>${esc(r.provider)}</strong>: ${r.notes.map(esc).join(' ')}</p>`).join('') +
+      `<p>See docs/security.md, “Session isolation by provider”.</p></section>`
+    : ''
   const body =
-    `<h1>Administration</h1>${notice}${created}` +
+    `<h1>Administration</h1>${isolation}${notice}${created}` +
     section('h-pool', 'Pool', poolTable(d)) +
     section('h-chart', 'Instances by state, last 24 hours', d.chart) +
     section('h-inst', `Instances (${d.instances.length})`, instancesTable(d)) +

@@ -335,6 +335,7 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
             unavailable: deps.pool.unavailableReason(t.name),
           })),
           poolMax: config.pool.maxInstances,
+          isolation: deps.pool.isolation(),
           active: active.total,
           instances: instances.sort(byNewest),
           suspendable,
