@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { closeSync, existsSync, openSync, readFileSync, readdirSync, rmSync, writeSync } from 'node:fs'
+import { closeSync, existsSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import type { Logger } from 'pino'
@@ -305,11 +305,32 @@ export function wrapCommand(plan: IsolationPlan, slot: SessionSlot | null, progr
 }
 
 /**
- * Claims the lowest free slot: `<slotsDir>/<n>` created exclusively, holding the instance id, so
- * that two creates (in this or another server process sharing the data directory) never share a
- * uid or a subnet. `isStale(instanceId)` says whether a claimed slot's instance is gone.
+ * Where slot claims live: host-wide (uids and subnets are the host's, whatever pool or data
+ * directory a server uses), on /run, which is cleared at boot together with every namespace.
  */
-export function claimSlot(slotsDir: string, count: number, instanceId: string, isStale: (holder: string) => boolean): number {
+export const SLOTS_DIR = '/run/studiopool/slots'
+
+interface SlotClaim {
+  readonly pool: string
+  readonly instanceId: string
+  readonly netns: string
+  readonly at: number
+}
+
+/** A claim of another pool is given up only when its namespace is gone and the claim is old enough not to be a create under way. */
+const FOREIGN_CLAIM_GRACE_MS = 5 * 60_000
+
+/**
+ * Claims the lowest free slot: `<SLOTS_DIR>/<n>` created exclusively, so that two creates (in this
+ * or another server process, of this or another pool) never share a uid or a subnet.
+ * `isStale(instanceId)` says whether a claim of this pool is over (its instance is gone).
+ */
+export function claimSlot(
+  slotsDir: string,
+  count: number,
+  claim: { readonly pool: string; readonly instanceId: string; readonly netnsOf: (slot: number) => string },
+  isStale: (holder: string) => boolean,
+): number {
   const taken = new Set<number>()
   try {
     for (const n of readdirSync(slotsDir)) if (/^\d+$/.test(n)) taken.add(Number(n))
@@ -321,19 +342,18 @@ export function claimSlot(slotsDir: string, count: number, instanceId: string, i
       const file = join(slotsDir, String(n))
       if (taken.has(n)) {
         if (pass === 0) continue
-        let holder = ''
-        try {
-          holder = readFileSync(file, 'utf8').trim()
-        } catch {
-          continue
+        const holder = readClaim(file)
+        if (!holder && fileAgeMs(file) < 2000) continue // its writer is still at it
+        if (holder) {
+          if (holder.pool === claim.pool && holder.instanceId === claim.instanceId) return n
+          const stale = holder.pool === claim.pool ? isStale(holder.instanceId) : !existsSync(`/run/netns/${holder.netns}`) && Date.now() - holder.at > FOREIGN_CLAIM_GRACE_MS
+          if (!stale) continue
         }
-        if (holder === instanceId) return n
-        if (!isStale(holder)) continue
         rmSync(file, { force: true })
       }
       try {
         const fd = openSync(file, 'wx', 0o600)
-        writeSync(fd, instanceId)
+        writeSync(fd, JSON.stringify({ pool: claim.pool, instanceId: claim.instanceId, netns: claim.netnsOf(n), at: Date.now() } satisfies SlotClaim))
         closeSync(fd)
         return n
       } catch (err) {
@@ -344,11 +364,43 @@ export function claimSlot(slotsDir: string, count: number, instanceId: string, i
   throw new Error(`all ${count} session slots (uids and subnets) are in use`)
 }
 
-export function releaseSlot(slotsDir: string, slot: number, instanceId: string): void {
-  const file = join(slotsDir, String(slot))
+function fileAgeMs(file: string): number {
   try {
-    if (readFileSync(file, 'utf8').trim() === instanceId) rmSync(file, { force: true })
+    return Date.now() - statSync(file).mtimeMs
   } catch {
-    // already free
+    return Infinity
   }
+}
+
+/** Slots whose namespace of this pool exists on the host (`sp<tag>-<n>` under /run/netns). */
+export function namespacesOf(tag: string): number[] {
+  const prefix = `sp${tag}-`
+  try {
+    return readdirSync('/run/netns')
+      .filter((n) => n.startsWith(prefix) && /^\d+$/.test(n.slice(prefix.length)))
+      .map((n) => Number(n.slice(prefix.length)))
+  } catch {
+    return []
+  }
+}
+
+/** The instance of this pool holding a slot, if any. */
+export function slotHolder(slotsDir: string, slot: number, pool: string): string | null {
+  const c = readClaim(join(slotsDir, String(slot)))
+  return c && c.pool === pool ? c.instanceId : null
+}
+
+function readClaim(file: string): SlotClaim | null {
+  try {
+    const c = JSON.parse(readFileSync(file, 'utf8')) as SlotClaim
+    return typeof c.pool === 'string' && typeof c.instanceId === 'string' && typeof c.netns === 'string' && typeof c.at === 'number' ? c : null
+  } catch {
+    return null // being written, or garbage: treated as stale in the second pass only after its writer is done
+  }
+}
+
+export function releaseSlot(slotsDir: string, slot: number, pool: string, instanceId: string): void {
+  const file = join(slotsDir, String(slot))
+  const c = readClaim(file)
+  if (c && c.pool === pool && c.instanceId === instanceId) rmSync(file, { force: true })
 }

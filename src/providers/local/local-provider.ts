@@ -21,7 +21,10 @@ import {
 } from '../provider.js'
 import {
   claimSlot,
+  namespacesOf,
   planIsolation,
+  slotHolder,
+  SLOTS_DIR,
   poolTag,
   releaseSlot,
   setupSessionNetwork,
@@ -107,7 +110,7 @@ export class LocalProvider implements Provider {
     this.#settings = parseLocalProviderSettings(ctx.settings)
     const data = resolve(ctx.dataDir)
     this.#root = join(data, 'instances')
-    this.#slotsDir = join(data, 'local-slots')
+    this.#slotsDir = SLOTS_DIR
     this.#sessionsDir = this.#settings.sessionsDir ? resolve(this.#settings.sessionsDir) : join(dirname(data), `${basename(data)}-sessions`)
     this.#tag = poolTag(ctx.poolId)
   }
@@ -126,14 +129,16 @@ export class LocalProvider implements Provider {
 
   async init(opts: OperationOptions): Promise<void> {
     mkdirSync(this.#root, { recursive: true, mode: 0o700 })
-    mkdirSync(this.#slotsDir, { recursive: true, mode: 0o700 })
     chmodSync(this.#root, 0o700)
-    chmodSync(this.#slotsDir, 0o700)
     // Sessions may pass through (to their own home) but not list who else has one.
     mkdirSync(this.#sessionsDir, { recursive: true, mode: 0o711 })
     chmodSync(this.#sessionsDir, 0o711)
     if (!HAS_PROC) opts.log.warn('local provider: no /proc; a reused pid cannot be told from the process we started')
     this.#plan = await planIsolation(this.#settings.isolation, this.#ctx.poolId, opts.log)
+    if (this.#plan.kind !== 'none') {
+      mkdirSync(this.#slotsDir, { recursive: true, mode: 0o700 })
+      chmodSync(dirname(this.#slotsDir), 0o700)
+    }
   }
 
   isolation(): IsolationReport {
@@ -219,6 +224,7 @@ export class LocalProvider implements Provider {
       }
       out.push(this.#toInstance(rec))
     }
+    await this.#sweepNamespaces(opts.log)
     // Processes no running record names (the server died between spawn and record): listed, so
     // that the pool reaps them as orphans; nothing of ours runs unseen.
     const known = new Set(out.filter((i) => i.state === 'running').map((i) => i.ref))
@@ -273,7 +279,12 @@ export class LocalProvider implements Provider {
     if (plan.kind !== 'none') {
       let n: number
       try {
-        n = claimSlot(this.#slotsDir, slotCount(this.#settings.isolation), spec.id, (holder) => this.#slotIsStale(holder))
+        n = claimSlot(
+          this.#slotsDir,
+          slotCount(this.#settings.isolation),
+          { pool: this.#ctx.poolId, instanceId: spec.id, netnsOf: (k) => slotOf(this.#settings.isolation, this.#tag, k).netns },
+          (holder) => this.#slotIsStale(holder),
+        )
       } catch (err) {
         throw new ProviderError(NAME, (err as Error).message, { cause: err, retryable: true })
       }
@@ -282,7 +293,7 @@ export class LocalProvider implements Provider {
         try {
           await setupSessionNetwork(plan, slot)
         } catch (err) {
-          releaseSlot(this.#slotsDir, n, spec.id)
+          releaseSlot(this.#slotsDir, n, this.#ctx.poolId, spec.id)
           throw new ProviderError(NAME, `cannot create the network namespace of ${spec.id}: ${(err as Error).message}`, { cause: err, retryable: true })
         }
       }
@@ -390,10 +401,27 @@ export class LocalProvider implements Provider {
     return this.#toInstance(rec)
   }
 
+  /**
+   * Namespaces of this pool that no live session holds (its processes were killed behind our back
+   * and nobody destroyed it, or a create died half-way): removed, with their slot claims.
+   */
+  async #sweepNamespaces(log: Logger): Promise<void> {
+    const plan = this.#plan
+    if (!plan || plan.kind !== 'netns') return
+    for (const n of namespacesOf(this.#tag)) {
+      const holder = slotHolder(this.#slotsDir, n, this.#ctx.poolId)
+      if (holder && !this.#slotIsStale(holder)) continue
+      const slot = slotOf(this.#settings.isolation, this.#tag, n)
+      log.info({ netns: slot.netns, instanceId: holder }, 'local: removing a network namespace no live session holds')
+      await this.#releaseIsolation(holder ?? '', slot, undefined)
+    }
+  }
+
   /** A slot is stale when its holder has no running record and no create under way. */
   #slotIsStale(holder: string): boolean {
     if (!isInstanceId(holder)) return true
-    if (this.#locks.has(holder)) return false
+    // A create under way, in this process or another sharing the data directory.
+    if (this.#locks.has(holder) || existsSync(join(this.#root, holder, LOCK_FILE))) return false
     const rec = this.#readRecord(holder)
     return !rec || rec.state === 'terminated' || !this.#isAlive(rec)
   }
@@ -403,7 +431,7 @@ export class LocalProvider implements Provider {
     const plan = this.#isolationPlan()
     if (slot) {
       await teardownSessionNetwork(plan, slot)
-      releaseSlot(this.#slotsDir, slot.slot, instanceId)
+      releaseSlot(this.#slotsDir, slot.slot, this.#ctx.poolId, instanceId)
     }
     // A session's files go with it (its account is reused by a later session); see docs/security.md.
     if (home && slot) rmSync(home, { recursive: true, force: true })
@@ -467,9 +495,10 @@ export class LocalProvider implements Provider {
     throw new ProviderError(NAME, `process group ${pgid} of instance ${instanceId} survived SIGKILL`, { retryable: true })
   }
 
+  /** Running, with the start time recorded and this instance's marker: a forged record is never adopted. */
   #isAlive(rec: LocalInstanceRecord): boolean {
     const stat = readProcStat(rec.pid)
-    return isRunningState(stat) && stat.startTime === rec.startTime
+    return isRunningState(stat) && stat.startTime === rec.startTime && (!HAS_PROC || carriesMarker(rec.pid, this.#ctx.poolId, rec.instanceId))
   }
 
   #toInstance(rec: LocalInstanceRecord): ProviderInstance {
