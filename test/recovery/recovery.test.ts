@@ -228,11 +228,12 @@ describe('restart and recovery', () => {
     await provider.init({ log: pino({ level: 'silent' }) })
     const id = newInstanceId()
     const template = makeLocalDemoTemplate({ name: 'demo' })
+    // The grace counts from the resource's own creation time, which is before create() returns.
+    const bornAt = Date.now()
     const made = await provider.create(
       { id, poolId: 'studiopool', template, basePath: `/s/${id}/`, labels: { [LABEL_POOL]: 'studiopool', [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: 'demo' }, progressUrl: 'http://127.0.0.1:9/', progressToken: 'x', appToken: 'x', ownerId: null, sessionUrl: 'http://127.0.0.1:9/' },
       { log: pino({ level: 'silent' }) },
     )
-    const bornAt = Date.now()
     const pid = livePids(dataDir).get(id)!
     assert.ok(isAlive(pid))
     const c0 = await workerCycles(s, key)
