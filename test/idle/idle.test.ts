@@ -350,7 +350,10 @@ templates:
           const t0 = Date.now()
           await stopGatewayProcess(gw.child)
           gw = await startGatewayProcess()
-          await waitFor(async () => (await request(`${gwBase}/s/${id}/counter`, { dispatcher: client, headers: { cookie } }).then(async (r) => (await r.body.dump(), r.statusCode))) === 200, 5000, 'the new gateway to route the session')
+          let lastStatus = 0
+          await waitFor(async () => (lastStatus = await request(`${gwBase}/s/${id}/counter`, { dispatcher: client, headers: { cookie } }).then(async (r) => (await r.body.dump(), r.statusCode))) === 200, 5000, 'the new gateway to route the session').catch((err: Error) => {
+            throw new Error(`${err.message} (last status ${lastStatus})\n${gw.output()}`)
+          })
           restartGap = Date.now() - t0
         }
       })

@@ -383,7 +383,7 @@ describe('local provider: a server killed between spawn and record (issue 9, ite
     const child = spawn('sleep', ['1000'], {
       detached: true,
       stdio: 'ignore',
-      env: { PATH: process.env.PATH ?? '', STUDIOPOOL_POOL: POOL, STUDIOPOOL_INSTANCE_ID: id, STUDIOPOOL_TEMPLATE: 'sh' },
+      env: { PATH: process.env.PATH ?? '', STUDIOPOOL_POOL: POOL, STUDIOPOOL_SCOPE: provider.scope, STUDIOPOOL_INSTANCE_ID: id, STUDIOPOOL_TEMPLATE: 'sh' },
     })
     child.unref()
     started.add(child.pid!)

@@ -10,6 +10,7 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, describe, test } from 'node:test'
+import { localScope } from '../../src/providers/local/index.js'
 import { STORE_KINDS } from '../helpers/stores.js'
 import { waitFor } from '../helpers/stores.js'
 import { api, DEMO_APP, isAlive, killAll, spawnServer, type ServerProcess } from '../helpers/server-process.js'
@@ -39,8 +40,8 @@ interface View {
   template: string
 }
 
-/** Group leaders carrying this pool's marker: every session process the local provider started. */
-function markedSessions(): Map<number, string> {
+/** Group leaders carrying the provider's marker (its scope): every session process it started. */
+function markedSessions(scope: string): Map<number, string> {
   const out = new Map<number, string>()
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue
@@ -49,7 +50,7 @@ function markedSessions(): Map<number, string> {
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
       if (Number(f[2]) !== Number(name) || f[0] === 'Z') continue
       const env = readFileSync(`/proc/${name}/environ`, 'latin1').split('\0')
-      if (!env.includes(`STUDIOPOOL_POOL=${POOL}`)) continue
+      if (!env.includes(`STUDIOPOOL_SCOPE=${scope}`)) continue
       const id = env.find((kv) => kv.startsWith('STUDIOPOOL_INSTANCE_ID='))?.slice('STUDIOPOOL_INSTANCE_ID='.length)
       if (id) out.set(Number(name), id)
     } catch {
@@ -71,6 +72,7 @@ for (const kind of STORE_KINDS) {
   describe(`kill -9 loop (${kind.name})`, () => {
     const cwd = mkdtempSync(join(tmpdir(), `sp-killloop-${kind.name}-`))
     const dataDir = join(cwd, 'data')
+    const scope = localScope(POOL, dataDir)
     let server: ServerProcess | undefined
     after(async () => {
       await server?.kill('SIGKILL')
@@ -134,13 +136,13 @@ for (const kind of STORE_KINDS) {
         // 3. Every session process has its record and its live instance (orphans reaped after the 1 s grace).
         const liveIds = new Set(live.map((i) => i.instanceId))
         await waitFor(
-          () => [...markedSessions()].every(([pid, id]) => liveIds.has(id) && recordOf(dataDir, id)?.pid === pid),
-          `round ${round}: no session process without its record and live instance (${JSON.stringify([...markedSessions()])})`,
+          () => [...markedSessions(scope)].every(([pid, id]) => liveIds.has(id) && recordOf(dataDir, id)?.pid === pid),
+          `round ${round}: no session process without its record and live instance (${JSON.stringify([...markedSessions(scope)])})`,
           15_000,
           100,
         )
         const perInstance = new Map<string, number>()
-        for (const id of markedSessions().values()) perInstance.set(id, (perInstance.get(id) ?? 0) + 1)
+        for (const id of markedSessions(scope).values()) perInstance.set(id, (perInstance.get(id) ?? 0) + 1)
         assert.ok([...perInstance.values()].every((n) => n === 1), `round ${round}: an instance has two processes`)
         // 4. History closed for every ended assignment.
         const hist = await api<{ history: { instanceId: string; endedAt: string | null }[] }>(srv.url, key, 'GET', '/api/v1/history?limit=10000')

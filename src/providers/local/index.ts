@@ -2,6 +2,7 @@ import type { Provider, ProviderContext } from '../provider.js'
 import { LocalProvider } from './local-provider.js'
 
 export { LocalProvider, refOf, type LocalInstanceRecord } from './local-provider.js'
+export { localScope } from './local-isolation.js'
 export {
   localTemplateSettingsSchema,
   localProviderSettingsSchema,

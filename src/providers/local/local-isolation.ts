@@ -65,9 +65,12 @@ export interface SessionSlot {
   readonly veth: string
 }
 
-/** A short tag of the pool id, so that two pools on one host never share namespace or interface names. */
-export function poolTag(poolId: string): string {
-  return createHash('sha256').update(poolId).digest('hex').slice(0, 4)
+/**
+ * The scope of one local provider: its pool id and its data directory. Two servers on one host
+ * (even with the same pool id) never share namespace or interface names, slot claims or markers.
+ */
+export function localScope(poolId: string, dataDir: string): string {
+  return createHash('sha256').update(`${poolId}\0${dataDir}`).digest('hex').slice(0, 6)
 }
 
 export function slotCount(s: IsolationSettings): number {
@@ -82,7 +85,7 @@ export function slotOf(s: IsolationSettings, tag: string, slot: number): Session
     hostIp: ipv4(base + 1),
     sessionIp: ipv4(base + 2),
     netns: `sp${tag}-${slot}`,
-    veth: `sp${tag}v${slot}`, // ≤ 15 characters up to slot 99999 (IFNAMSIZ)
+    veth: `sp${tag}v${slot}`, // 'sp' + 6 + 'v' + 5 digits: 14 characters, within IFNAMSIZ (15)
   }
 }
 
@@ -145,8 +148,7 @@ function nftRules(tag: string): string {
  * Decides the isolation of this server's sessions and prepares the host (the nftables table).
  * Throws when `mode: required` and full isolation (`netns` with its firewall) cannot be had.
  */
-export async function planIsolation(s: IsolationSettings, poolId: string, log: Logger): Promise<IsolationPlan> {
-  const tag = poolTag(poolId)
+export async function planIsolation(s: IsolationSettings, tag: string, log: Logger): Promise<IsolationPlan> {
   const shBin = which('sh') ?? '/bin/sh'
   const isRoot = typeof process.getuid === 'function' && process.getuid() === 0
   const cidr = `${ipv4(s.subnet[0])}/${s.subnet[1]}`

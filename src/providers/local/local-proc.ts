@@ -117,9 +117,9 @@ function readEnviron(pid: number): Map<string, string> | null {
 }
 
 /** The process carries the marker the local provider puts in every session's environment. */
-export function carriesMarker(pid: number, poolId: string, instanceId: string): boolean {
+export function carriesMarker(pid: number, scope: string, instanceId: string): boolean {
   const env = readEnviron(pid)
-  return env !== null && env.get('STUDIOPOOL_POOL') === poolId && env.get('STUDIOPOOL_INSTANCE_ID') === instanceId
+  return env !== null && env.get('STUDIOPOOL_SCOPE') === scope && env.get('STUDIOPOOL_INSTANCE_ID') === instanceId
 }
 
 export interface MarkedProcess {
@@ -130,10 +130,10 @@ export interface MarkedProcess {
 }
 
 /**
- * Group leaders (pid = pgid) that carry this pool's marker, optionally of one instance: how the
+ * Group leaders (pid = pgid) that carry this provider's marker (its scope), optionally of one instance: how the
  * provider finds a session process whose record was never written (the server died mid-spawn).
  */
-export function findMarked(poolId: string, instanceId?: string): MarkedProcess[] {
+export function findMarked(scope: string, instanceId?: string): MarkedProcess[] {
   if (!HAS_PROC) return []
   const out: MarkedProcess[] = []
   for (const name of readdirSync('/proc')) {
@@ -144,7 +144,7 @@ export function findMarked(poolId: string, instanceId?: string): MarkedProcess[]
     const stat = readProcStat(pid)
     if (!stat || stat.pgid !== pid || !isRunningState(stat)) continue
     const env = readEnviron(pid)
-    if (!env || env.get('STUDIOPOOL_POOL') !== poolId) continue
+    if (!env || env.get('STUDIOPOOL_SCOPE') !== scope) continue
     const id = env.get('STUDIOPOOL_INSTANCE_ID')
     if (!id || (instanceId !== undefined && id !== instanceId)) continue
     out.push({ pid, startTime: stat.startTime, instanceId: id, template: env.get('STUDIOPOOL_TEMPLATE') ?? '' })

@@ -25,7 +25,7 @@ import {
   planIsolation,
   slotHolder,
   SLOTS_DIR,
-  poolTag,
+  localScope,
   releaseSlot,
   setupSessionNetwork,
   slotCount,
@@ -102,6 +102,8 @@ export class LocalProvider implements Provider {
   /** Where session homes live (outside the data directory) and where slot claims are kept. */
   readonly #sessionsDir: string
   readonly #slotsDir: string
+  /** `localScope(poolId, dataDir)`: names, slot claims and the marker every session process carries. */
+  readonly scope: string
   readonly #tag: string
   #plan: IsolationPlan | null = null
 
@@ -112,7 +114,8 @@ export class LocalProvider implements Provider {
     this.#root = join(data, 'instances')
     this.#slotsDir = SLOTS_DIR
     this.#sessionsDir = this.#settings.sessionsDir ? resolve(this.#settings.sessionsDir) : join(dirname(data), `${basename(data)}-sessions`)
-    this.#tag = poolTag(ctx.poolId)
+    this.scope = localScope(ctx.poolId, data)
+    this.#tag = this.scope
   }
 
   /** Bookkeeping of one instance (record, output.log, lock): inside the data directory, never readable by sessions. */
@@ -134,7 +137,7 @@ export class LocalProvider implements Provider {
     mkdirSync(this.#sessionsDir, { recursive: true, mode: 0o711 })
     chmodSync(this.#sessionsDir, 0o711)
     if (!HAS_PROC) opts.log.warn('local provider: no /proc; a reused pid cannot be told from the process we started')
-    this.#plan = await planIsolation(this.#settings.isolation, this.#ctx.poolId, opts.log)
+    this.#plan = await planIsolation(this.#settings.isolation, this.#tag, opts.log)
     if (this.#plan.kind !== 'none') {
       mkdirSync(this.#slotsDir, { recursive: true, mode: 0o700 })
       chmodSync(dirname(this.#slotsDir), 0o700)
@@ -183,7 +186,7 @@ export class LocalProvider implements Provider {
         }
         // A server killed between spawn() and writing the record leaves a process no record names:
         // find it by the marker it carries in its environment and end it before starting another.
-        for (const { pid } of findMarked(this.#ctx.poolId, spec.id)) {
+        for (const { pid } of findMarked(this.scope, spec.id)) {
           if (existing && existing.state === 'running' && existing.pid === pid) continue
           opts.log.warn({ instanceId: spec.id, pid }, 'local: ending a process of this instance that has no record (server died mid-spawn)')
           await this.#terminateGroup(spec.id, pid, 0, opts.log)
@@ -228,7 +231,7 @@ export class LocalProvider implements Provider {
     // Processes no running record names (the server died between spawn and record): listed, so
     // that the pool reaps them as orphans; nothing of ours runs unseen.
     const known = new Set(out.filter((i) => i.state === 'running').map((i) => i.ref))
-    for (const m of findMarked(this.#ctx.poolId)) {
+    for (const m of findMarked(this.scope)) {
       const ref = refOf(m)
       if (known.has(ref) || this.#locks.has(m.instanceId)) continue
       out.push({
@@ -250,7 +253,7 @@ export class LocalProvider implements Provider {
     const found = this.#records().find((r) => refOf(r) === ref)
     if (!found) {
       // Not recorded: signalled only if it carries this pool's marker (a process that lost its record).
-      const m = findMarked(this.#ctx.poolId).find((p) => refOf(p) === ref)
+      const m = findMarked(this.scope).find((p) => refOf(p) === ref)
       if (m) await this.#locked(m.instanceId, () => this.#terminateGroup(m.instanceId, m.pid, 0, opts.log))
       return
     }
@@ -282,7 +285,7 @@ export class LocalProvider implements Provider {
         n = claimSlot(
           this.#slotsDir,
           slotCount(this.#settings.isolation),
-          { pool: this.#ctx.poolId, instanceId: spec.id, netnsOf: (k) => slotOf(this.#settings.isolation, this.#tag, k).netns },
+          { pool: this.scope, instanceId: spec.id, netnsOf: (k) => slotOf(this.#settings.isolation, this.#tag, k).netns },
           (holder) => this.#slotIsStale(holder),
         )
       } catch (err) {
@@ -293,7 +296,7 @@ export class LocalProvider implements Provider {
         try {
           await setupSessionNetwork(plan, slot)
         } catch (err) {
-          releaseSlot(this.#slotsDir, n, this.#ctx.poolId, spec.id)
+          releaseSlot(this.#slotsDir, n, this.scope, spec.id)
           throw new ProviderError(NAME, `cannot create the network namespace of ${spec.id}: ${(err as Error).message}`, { cause: err, retryable: true })
         }
       }
@@ -339,6 +342,7 @@ export class LocalProvider implements Provider {
       HOST: host,
       BASE_PATH: spec.basePath,
       STUDIOPOOL_POOL: spec.poolId,
+      STUDIOPOOL_SCOPE: this.scope,
       STUDIOPOOL_INSTANCE_ID: spec.id,
       STUDIOPOOL_TEMPLATE: spec.template.name,
       STUDIOPOOL_SESSION_URL: spec.sessionUrl,
@@ -368,7 +372,7 @@ export class LocalProvider implements Provider {
       throw new ProviderError(NAME, `cannot start "${argv[0]}": ${(err as NodeJS.ErrnoException).code ?? err.message}`, { cause: err })
     }
     // Everything from here to writeRecord is synchronous. Should the server die in between anyway,
-    // the process carries STUDIOPOOL_POOL and STUDIOPOOL_INSTANCE_ID: list() and create() find it by them.
+    // the process carries STUDIOPOOL_SCOPE and STUDIOPOOL_INSTANCE_ID: list() and create() find it by them.
     const stat = readProcStat(pid)
     const rec: LocalInstanceRecord = {
       version: 1,
@@ -409,7 +413,7 @@ export class LocalProvider implements Provider {
     const plan = this.#plan
     if (!plan || plan.kind !== 'netns') return
     for (const n of namespacesOf(this.#tag)) {
-      const holder = slotHolder(this.#slotsDir, n, this.#ctx.poolId)
+      const holder = slotHolder(this.#slotsDir, n, this.scope)
       if (holder && !this.#slotIsStale(holder)) continue
       const slot = slotOf(this.#settings.isolation, this.#tag, n)
       log.info({ netns: slot.netns, instanceId: holder }, 'local: removing a network namespace no live session holds')
@@ -431,7 +435,7 @@ export class LocalProvider implements Provider {
     const plan = this.#isolationPlan()
     if (slot) {
       await teardownSessionNetwork(plan, slot)
-      releaseSlot(this.#slotsDir, slot.slot, this.#ctx.poolId, instanceId)
+      releaseSlot(this.#slotsDir, slot.slot, this.scope, instanceId)
     }
     // A session's files go with it (its account is reused by a later session); see docs/security.md.
     if (home && slot) rmSync(home, { recursive: true, force: true })
@@ -465,7 +469,7 @@ export class LocalProvider implements Provider {
     // only does once our group is gone entirely (the pgid holds the pid number): nothing to signal.
     const ours = !(leader && HAS_PROC && leader.startTime !== rec.startTime)
     if (ours && groupMembers(rec.pgid).length > 0) {
-      if (leader && HAS_PROC && !carriesMarker(rec.pid, this.#ctx.poolId, rec.instanceId)) {
+      if (leader && HAS_PROC && !carriesMarker(rec.pid, this.scope, rec.instanceId)) {
         log.warn({ instanceId: rec.instanceId, pid: rec.pid }, 'local: the record names a process that is not this instance\'s; not signalling it')
       } else {
         await this.#terminateGroup(rec.instanceId, rec.pgid, graceMs, log)
@@ -498,7 +502,7 @@ export class LocalProvider implements Provider {
   /** Running, with the start time recorded and this instance's marker: a forged record is never adopted. */
   #isAlive(rec: LocalInstanceRecord): boolean {
     const stat = readProcStat(rec.pid)
-    return isRunningState(stat) && stat.startTime === rec.startTime && (!HAS_PROC || carriesMarker(rec.pid, this.#ctx.poolId, rec.instanceId))
+    return isRunningState(stat) && stat.startTime === rec.startTime && (!HAS_PROC || carriesMarker(rec.pid, this.scope, rec.instanceId))
   }
 
   #toInstance(rec: LocalInstanceRecord): ProviderInstance {
