@@ -417,7 +417,8 @@ export class LocalProvider implements Provider {
       if (holder && !this.#slotIsStale(holder)) continue
       const slot = slotOf(this.#settings.isolation, this.#tag, n)
       log.info({ netns: slot.netns, instanceId: holder }, 'local: removing a network namespace no live session holds')
-      await this.#releaseIsolation(holder ?? '', slot, undefined)
+      await teardownSessionNetwork(plan, slot)
+      if (holder) releaseSlot(this.#slotsDir, n, this.scope, holder)
     }
   }
 
@@ -433,7 +434,9 @@ export class LocalProvider implements Provider {
   /** Gives back what an instance held besides its processes: namespace, slot, home. Idempotent. */
   async #releaseIsolation(instanceId: string, slot: SessionSlot | null, home: string | undefined): Promise<void> {
     const plan = this.#isolationPlan()
-    if (slot) {
+    // Only while the slot is still this instance's: an old record of a slot that was given back
+    // and claimed by another session must never tear down that session's network.
+    if (slot && slotHolder(this.#slotsDir, slot.slot, this.scope) === instanceId) {
       await teardownSessionNetwork(plan, slot)
       releaseSlot(this.#slotsDir, slot.slot, this.scope, instanceId)
     }
