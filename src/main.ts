@@ -169,7 +169,7 @@ export async function start(opts: StartOptions): Promise<Running> {
     const hub = new RouteHub()
     const links: Links = {
       sessionUrl: (id) => sessionUrl(config.gateway, config.server.publicUrl, id),
-      launchUrl: (id, userId) => launchUrl(config.gateway, config.server.publicUrl, id, tokens.issueLaunch({ instanceId: id, userId })),
+      launchUrl: (id, userId, requester) => launchUrl(config.gateway, config.server.publicUrl, id, tokens.issueLaunch({ instanceId: id, userId, requester })),
     }
     const pool = new PoolService({ config, store, providers, routes: hub, log: log.child({ component: 'pool' }), metrics, faults: opts.faults, unavailable, appToken: (id, gen) => deriveAppToken(secret, id, gen) })
     cleanups.push(() => pool.close())

@@ -234,7 +234,7 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       if (!inst || inst.ownerId !== user.userId || !LIVE_STATES.includes(inst.state as never)) {
         return html(reply, 404, messagePage('No such session', 'This session has ended or is not yours.', { viewer: viewerOf(req) }))
       }
-      return reply.redirect(await deps.links.launchUrl(inst.id, user.userId), 303)
+      return reply.redirect(await deps.links.launchUrl(inst.id, user.userId, inst.keyName), 303)
     })
 
     scope.post('/launch', { schema: { hide: true } }, async (req, reply) => {
@@ -244,7 +244,7 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       const t = TEMPLATE_RE.test(name) ? config.templates.find((x) => x.name === name) : undefined
       if (!t) return html(reply, 404, messagePage('No such template', 'That template does not exist (any more).', { viewer: viewerOf(req) }))
       if (!mayUse(t, user)) return html(reply, 403, messagePage('Not allowed', `You may not use the template “${t.displayName}”. Ask an administrator to add you to one of its groups.`, { viewer: viewerOf(req) }))
-      await deps.pool.request({ userId: user.userId, template: t.name, keyName: 'dashboard' })
+      await deps.pool.request({ userId: user.userId, template: t.name, keyName: 'dashboard', byOwner: true })
       return reply.redirect(`/?done=launched#t-${t.name}`, 303)
     })
 
