@@ -98,7 +98,9 @@ export function switchUserPage(opts: { current: string; target: string; action: 
         `<form method="post" action="${esc(opts.action)}"><button class="btn" type="submit">Continue as ${esc(opts.target)}</button></form>` +
         `<a class="btn alt" href="${esc(opts.stayHref)}">Stay ${esc(opts.current)}</a>`,
     ),
-    headers: { 'x-frame-options': 'DENY', 'content-security-policy': "frame-ancestors 'none'; form-action 'self'" },
+    // `origin`, not the gateway's usual no-referrer: with no-referrer the browser sends `Origin: null`
+    // on the form's POST, which the gateway must refuse; `origin` never sends the path (the token) either.
+    headers: { 'x-frame-options': 'DENY', 'content-security-policy': "frame-ancestors 'none'; form-action 'self'", 'referrer-policy': 'origin' },
   }
 }
 

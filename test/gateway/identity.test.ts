@@ -220,6 +220,7 @@ describe('identity to apps, one encoding, requester-scoped cookies, and the swit
       assert.equal(page.statusCode, 200)
       assert.equal(page.headers['set-cookie'], undefined, 'no switch on GET')
       assert.equal(page.headers['x-frame-options'], 'DENY')
+      assert.equal(page.headers['referrer-policy'], 'origin', 'the POST carries a real Origin, and no Referer holds the token')
       assert.match(String(page.headers['content-security-policy']), /frame-ancestors 'none'/)
       const html = await page.body.text()
       assert.match(html, /You are signed in as <strong>bob<\/strong>\. This link opens <strong>alice<\/strong>’s session\./)
