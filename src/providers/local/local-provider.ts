@@ -194,6 +194,7 @@ export class LocalProvider implements Provider {
       instanceId: spec.id,
       workdir: dir,
       host: HOST,
+      appToken: spec.appToken,
     }
     const argv = settings.command.map((a) => substitute(a, tokens))
     let program = argv[0]!
