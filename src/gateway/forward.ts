@@ -156,9 +156,10 @@ export function buildRequestHeaders(ctx: ForwardContext, upgrade: boolean, frame
   let out = ctx.heads.forward
   const add = ctx.upstream
   if (add.length) {
-    const names: string[] = []
-    for (let i = 0; i < add.length; i += 2) names.push(add[i]!)
-    out = dropNamed(out, names)
+    // Identity fields were already dropped by scanRequestHeaders; only a template's own names (Authorization…) cost a copy.
+    let names: string[] | null = null
+    for (let i = 0; i < add.length; i += 2) if (!isIdentityHeader(add[i]!)) (names ??= []).push(add[i]!)
+    if (names) out = dropNamed(out, names)
     for (let i = 0; i < add.length; i++) out.push(add[i]!)
   }
   out.push('host', ctx.route.entry.hostHeader === 'preserve' ? ctx.host : (ctx.route.targetHost ?? ctx.host))
