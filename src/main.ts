@@ -117,7 +117,8 @@ export async function start(opts: StartOptions): Promise<Running> {
     }
     const login = decideLogin(config, reach)
     if (login.refused) {
-      log.warn({ configured: login.configured }, `DASHBOARD LOGIN IS OFF: dashboard.login is "${login.configured}", but ${login.refused.reason}. To sign users in: ${login.refused.fix}.`)
+      const detail = login.refused.detail ? ` (${login.refused.detail})` : ''
+      log.warn({ configured: login.configured }, `DASHBOARD LOGIN IS OFF: dashboard.login is "${login.configured}", but ${login.refused.reason}${detail}. To sign users in: ${login.refused.fix}.`)
     } else if (login.effective === 'dev' && reach.some((r) => r.sessionsReachLoopback)) {
       log.warn('dev login is on although sessions can reach this server from loopback (dashboard.allowDevLoginFromSessions): code in any session can sign in as any user')
     }

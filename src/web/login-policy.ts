@@ -16,8 +16,11 @@ export interface LoginPolicy {
   readonly configured: LoginMode
   /** What is offered: the configured mode, or `off` when it was refused. */
   readonly effective: LoginMode
-  /** Why the configured mode was refused, and what to do; absent when it was not. */
-  readonly refused?: { readonly reason: string; readonly fix: string }
+  /**
+   * Why the configured mode was refused, and what to do; absent when it was not. `reason` is shown on
+   * the public login page too; `detail` (internal addresses and networks) goes to the log only.
+   */
+  readonly refused?: { readonly reason: string; readonly fix: string; readonly detail?: string }
 }
 
 /**
@@ -34,7 +37,7 @@ export interface LoginPolicy {
  */
 export function decideLogin(config: Pick<Config, 'server' | 'dashboard'>, reach: readonly SessionReach[]): LoginPolicy {
   const configured = config.dashboard.login
-  const refuse = (reason: string, fix: string): LoginPolicy => ({ configured, effective: 'off', refused: { reason, fix } })
+  const refuse = (reason: string, fix: string, detail?: string): LoginPolicy => ({ configured, effective: 'off', refused: { reason, fix, ...(detail ? { detail } : {}) } })
   const loopbackReachers = reach.filter((r) => r.sessionsReachLoopback).map((r) => r.provider)
 
   if (configured === 'dev') {
@@ -48,8 +51,9 @@ export function decideLogin(config: Pick<Config, 'server' | 'dashboard'>, reach:
     }
     if (config.server.trustProxy.length) {
       return refuse(
-        `server.trustProxy is set (${config.server.trustProxy.join(', ')}): behind a proxy on this machine every client looks like loopback, so anyone could sign in under any name`,
+        'server.trustProxy is set: behind a proxy on this machine every client looks like loopback, so anyone could sign in under any name',
         'use dashboard.login: oidc, or header with the proxy in dashboard.header.trustedProxies',
+        `server.trustProxy: ${config.server.trustProxy.join(', ')}`,
       )
     }
     if (loopbackReachers.length && !config.dashboard.allowDevLoginFromSessions) {
@@ -73,8 +77,9 @@ export function decideLogin(config: Pick<Config, 'server' | 'dashboard'>, reach:
         const hit = overlapping(trusted, net)
         if (hit.length) {
           return refuse(
-            `dashboard.header.trustedProxies (${hit.join(', ')}) lies within ${net}, a network sessions of the ${r.provider} provider connect from, so code inside a session could send the user header itself`,
+            `dashboard.header.trustedProxies lies within a network sessions of the ${r.provider} provider connect from, so code inside a session could send the user header itself`,
             'list only the login proxy\'s own address, outside the session networks',
+            `trustedProxies ${hit.join(', ')} within ${net}`,
           )
         }
       }
