@@ -5,14 +5,17 @@
  * on the login page and in POST /login's answer (LOGIN_DISABLED). Real server, real sockets.
  */
 import assert from 'node:assert/strict'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { createServer, request as httpRequest, type Server } from 'node:http'
+import { execFileSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http'
+import { createServer as createTlsServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { after, describe, test } from 'node:test'
 import pino from 'pino'
+import { Agent, fetch as undiciFetch } from 'undici'
 import { loadConfig } from '../../src/config/load.js'
 import { start, type Running } from '../../src/main.js'
 import { decideLogin } from '../../src/web/login-policy.js'
@@ -55,28 +58,50 @@ async function serve(yaml: string): Promise<Started> {
   return s
 }
 
+/** A throwaway certificate for 127.0.0.1 (openssl); undefined where openssl is missing. */
+function selfSigned(): { key: Buffer; cert: Buffer } | undefined {
+  const dir = mkdtempSync(join(tmpdir(), 'sp-tls-'))
+  try {
+    const [key, cert] = [join(dir, 'key.pem'), join(dir, 'cert.pem')]
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' })
+    return { key: readFileSync(key), cert: readFileSync(cert) }
+  } catch {
+    return undefined
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
 /**
- * A reverse proxy on loopback in front of the server, as in docs/gateway.md's nginx/Caddy setups
- * (TLS is terminated there in production; this one speaks plain HTTP, which changes nothing here:
- * what matters is that every client reaches studiopool from 127.0.0.1).
+ * A TLS-terminating reverse proxy on loopback in front of the server, as in docs/gateway.md's
+ * nginx/Caddy setups: every client, wherever it is, reaches studiopool from 127.0.0.1. Plain HTTP
+ * where openssl is missing (the decision does not depend on the proxy's own TLS).
  */
-async function startProxy(): Promise<{ port: number; target(port: number): void; server: Server }> {
+async function startProxy(): Promise<{ port: number; base: string; target(port: number): void }> {
   let targetPort = 0
-  const server = createServer((req, res) => {
+  const handler = (req: IncomingMessage, res: ServerResponse) => {
     const up = httpRequest({ host: '127.0.0.1', port: targetPort, method: req.method, path: req.url, headers: { ...req.headers, 'x-forwarded-for': '203.0.113.9', 'x-forwarded-proto': 'https' } }, (r) => {
       res.writeHead(r.statusCode ?? 502, r.headers)
       r.pipe(res)
     })
     up.on('error', () => res.destroy())
     req.pipe(up)
-  })
+  }
+  const tls = selfSigned()
+  const server = tls ? createTlsServer(tls, handler) : createServer(handler)
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
   after(() => new Promise<void>((r) => server.close(() => r())))
-  return { port: (server.address() as AddressInfo).port, target: (p) => (targetPort = p), server }
+  const port = (server.address() as AddressInfo).port
+  return { port, base: `${tls ? 'https' : 'http'}://127.0.0.1:${port}`, target: (p) => (targetPort = p) }
 }
 
+/** A client that accepts the proxy's throwaway certificate. */
+const insecure = new Agent({ connect: { rejectUnauthorized: false } })
+after(() => insecure.close())
+const fetch = (url: string, init: Parameters<typeof undiciFetch>[1] = {}) => undiciFetch(url, { dispatcher: insecure, ...init })
+
 /** The dev login form's POST, as a remote browser (or script) would send it. */
-async function postLogin(base: string, user: string, accept = 'application/json'): Promise<Response> {
+async function postLogin(base: string, user: string, accept = 'application/json') {
   const page = await fetch(`${base}/login`)
   const html = await page.text()
   const csrf = /name="csrf" value="([^"]+)"/.exec(html)?.[1] ?? 'none'
@@ -90,11 +115,12 @@ async function postLogin(base: string, user: string, accept = 'application/json'
 }
 
 describe('dev login is refused where it could be borrowed', () => {
-  test('a remote client behind a loopback TLS proxy (publicUrl https, trustProxy loopback) cannot use dev login, and the start warns', async () => {
+  test('a remote client behind a loopback TLS proxy (publicUrl https, trustProxy loopback) cannot use dev login, and the start warns', async (t) => {
     const proxy = await startProxy()
     const s = await serve(`server:\n  publicUrl: https://127.0.0.1:${proxy.port}\n  trustProxy: [loopback]\n`)
     proxy.target(s.running.address!.port)
-    const via = `http://127.0.0.1:${proxy.port}`
+    const via = proxy.base
+    t.diagnostic(`through ${via.startsWith('https') ? 'a TLS' : 'a plain-HTTP (no openssl here)'} proxy`)
     assert.match(s.logs(), /DASHBOARD LOGIN IS OFF: dashboard.login is \\"dev\\", but server.publicUrl is https:\/\/127.0.0.1:\d+, not plain http on a loopback address/)
     assert.match(s.logs(), /To sign users in: use dashboard.login: oidc, or header behind a login proxy/)
 
@@ -108,7 +134,7 @@ describe('dev login is refused where it could be borrowed', () => {
 
     const post = await postLogin(via, 'admin')
     assert.equal(post.status, 403)
-    assert.deepEqual(Object.keys(await post.json()), ['error'])
+    assert.deepEqual(Object.keys((await post.json()) as object), ['error'])
     const again = await postLogin(via, 'admin')
     assert.equal(((await again.json()) as { error: { code: string } }).error.code, 'LOGIN_DISABLED')
     assert.equal(again.headers.getSetCookie().length, 0, 'no cookie')
