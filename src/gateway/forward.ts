@@ -88,7 +88,8 @@ export function scanRequestHeaders(raw: readonly string[]): RequestHeads {
       default:
         if ((name.length === 2 && name.toLowerCase() === 'te')) continue
         // Identity claims are the gateway's to make (issue 8): X-Forwarded-User, Remote-User, X-Auth-Request-*, X-Studiopool-*…
-        if (mayClaimIdentity(name) && isIdentityHeader(name.toLowerCase())) continue
+        // Underscore spellings too: CGI-style servers (Rook/httpuv, WSGI) read X_Forwarded_User as X-Forwarded-User.
+        if (mayClaimIdentity(name) && isIdentityHeader(name.toLowerCase().replaceAll('_', '-'))) continue
         out.push(name, value)
     }
   }

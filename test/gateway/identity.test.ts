@@ -42,6 +42,8 @@ const SPOOFED = {
   'Remote-Groups': 'admins',
   'X-Studiopool-Admin': '1',
   'X-STUDIOPOOL-USER': 'root',
+  X_Forwarded_User: 'root',
+  'remote_user': 'root',
 }
 
 describe('identity to apps, one encoding, requester-scoped cookies, and the switch-user question', () => {
@@ -97,7 +99,7 @@ describe('identity to apps, one encoding, requester-scoped cookies, and the swit
     // The upstream's WebSocket handshake request, as the app saw it.
     const upgrade = await upgradeHeaders(`ws://127.0.0.1:${g.port}/s/${a2.instanceId}/ws`, { cookie: dashboardCookie('alice'), ...SPOOFED })
     assert.equal(upgrade['x-forwarded-user'], 'alice')
-    for (const name of ['remote-user', 'x-remote-user', 'x-auth-request-user', 'x-studiopool-admin', 'x-studiopool-user', 'x-forwarded-email']) assert.equal(upgrade[name], undefined, name)
+    for (const name of ['remote-user', 'x-remote-user', 'x-auth-request-user', 'x-studiopool-admin', 'x-studiopool-user', 'x-forwarded-email', 'x_forwarded_user', 'remote_user']) assert.equal(upgrade[name], undefined, name)
   })
 
   test("the template's upstreamHeaders reach the app on HTTP and WebSocket, with the app token; the client's own are replaced, and the token is never logged", async () => {
