@@ -159,7 +159,8 @@ export function buildRequestHeaders(ctx: ForwardContext, upgrade: boolean, frame
   if (add.length) {
     // Identity fields were already dropped by scanRequestHeaders; only a template's own names (Authorization…) cost a copy.
     let names: string[] | null = null
-    for (let i = 0; i < add.length; i += 2) if (!isIdentityHeader(add[i]!)) (names ??= []).push(add[i]!)
+    // …and their underscore spellings, which CGI-style servers read as the same field.
+    for (let i = 0; i < add.length; i += 2) if (!isIdentityHeader(add[i]!)) (names ??= []).push(add[i]!, add[i]!.replaceAll('-', '_'))
     if (names) out = dropNamed(out, names)
     for (let i = 0; i < add.length; i++) out.push(add[i]!)
   }

@@ -109,6 +109,8 @@ describe('identity to apps, one encoding, requester-scoped cookies, and the swit
     assert.equal(h.authorization, `token ${token}`)
     assert.equal(h['x-app-owner'], `owner=alice id=${a.instanceId}`)
     assert.equal(g.tokens.appToken(a.instanceId, a.generation), token, 'TokenService.appToken is deriveAppToken with the gateway secret')
+    const cgi = await seenBy(`/s/${a.instanceId}/echo`, { cookie, x_app_owner: 'owner=root' })
+    assert.equal(cgi['x_app_owner'], undefined, 'the underscore spelling of a template header is dropped too')
     const upgrade = await upgradeHeaders(`ws://127.0.0.1:${g.port}/s/${a.instanceId}/ws`, { cookie, authorization: 'Bearer nope' })
     assert.equal(upgrade.authorization, `token ${token}`)
     // A new generation (a replaced instance) gets a new token.
