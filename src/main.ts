@@ -21,7 +21,7 @@ import { StoreRouteSync } from './pool/store-route-sync.js'
 import { Worker } from './pool/worker.js'
 import type { Provider } from './providers/provider.js'
 import { loadProvider } from './providers/registry.js'
-import { decideLogin, type SessionReach } from './web/login-policy.js'
+import { decideLogin, proxyTrustWarnings, type SessionReach } from './web/login-policy.js'
 import { createStore } from './store/sql-store.js'
 import type { Store } from './store/store.js'
 
@@ -122,6 +122,7 @@ export async function start(opts: StartOptions): Promise<Running> {
     } else if (login.effective === 'dev' && reach.some((r) => r.sessionsReachLoopback)) {
       log.warn('dev login is on although sessions can reach this server from loopback (dashboard.allowDevLoginFromSessions): code in any session can sign in as any user')
     }
+    for (const w of proxyTrustWarnings(config, reach)) log.warn(w)
 
     const secret = config.gateway.secret ?? (await store.setMetaIfAbsent('gateway.secret', randomBytes(32).toString('base64url')))
     const tokens = createTokenService(secret, { launchTtlMs: config.gateway.launchTokenTtlMs, cookieTtlMs: config.gateway.cookieTtlMs })

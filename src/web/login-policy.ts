@@ -87,3 +87,24 @@ export function decideLogin(config: Pick<Config, 'server' | 'dashboard'>, reach:
   }
   return { configured, effective: configured }
 }
+
+/**
+ * `server.trustProxy` entries that sessions could connect from: the gateway and the API would believe
+ * a session's own X-Forwarded-For/-Proto/-Host (its client address, scheme and host, not an identity;
+ * identity headers are never taken from clients). One warning line each, for the start-up log.
+ */
+export function proxyTrustWarnings(config: Pick<Config, 'server'>, reach: readonly SessionReach[]): string[] {
+  const trusted = peerSet(config.server.trustProxy)
+  const out: string[] = []
+  const loopbackReachers = reach.filter((r) => r.sessionsReachLoopback).map((r) => r.provider)
+  if (loopbackReachers.length && coversLoopback(trusted)) {
+    out.push(`server.trustProxy trusts loopback, and sessions of the ${loopbackReachers.join(', ')} provider can connect from loopback: they can set the X-Forwarded-For/-Proto/-Host the gateway believes. List only the proxy's own address.`)
+  }
+  for (const r of reach) {
+    for (const net of r.sessionNetworks) {
+      const hit = overlapping(trusted, net)
+      if (hit.length) out.push(`server.trustProxy (${hit.join(', ')}) lies within ${net}, a network sessions of the ${r.provider} provider connect from: they can set the X-Forwarded-For/-Proto/-Host the gateway believes.`)
+    }
+  }
+  return out
+}

@@ -146,6 +146,14 @@ describe('dev login is refused where it could be borrowed', () => {
     assert.match(await admin.text(), /Sign-in is turned off/)
   })
 
+  test('a trusted proxy address that sessions can connect from is warned about at start', async () => {
+    const s = await serve('server:\n  trustProxy: [loopback, 10.213.0.9]\nproviders:\n  fake:\n    isolation: { sessionsReachLoopback: true, sessionNetworks: [10.213.0.0/16] }\n')
+    assert.match(s.logs(), /server.trustProxy trusts loopback, and sessions of the fake provider can connect from loopback: they can set the X-Forwarded-For\/-Proto\/-Host the gateway believes/)
+    assert.match(s.logs(), /server.trustProxy \(10.213.0.9\) lies within 10.213.0.0\/16/)
+    const quiet = await serve('server:\n  trustProxy: [192.0.2.1]\nproviders:\n  fake:\n    isolation: { sessionsReachLoopback: true, sessionNetworks: [10.213.0.0/16] }\n')
+    assert.doesNotMatch(quiet.logs(), /server.trustProxy (trusts|\()/)
+  })
+
   test('an http loopback public URL with a trusted proxy is refused too', async () => {
     const s = await serve('server:\n  trustProxy: [127.0.0.1]\n')
     assert.match(s.logs(), /server.trustProxy is set: behind a proxy on this machine every client looks like loopback, so anyone could sign in under any name \(server.trustProxy: 127.0.0.1\)/)
