@@ -22,6 +22,7 @@ import { StoreRouteSync } from './pool/store-route-sync.js'
 import { Worker } from './pool/worker.js'
 import type { Provider } from './providers/provider.js'
 import { loadProvider } from './providers/registry.js'
+import { decideLogin, proxyTrustWarnings, type SessionReach } from './web/login-policy.js'
 import { createStore } from './store/sql-store.js'
 import type { Store } from './store/store.js'
 
@@ -111,6 +112,21 @@ export async function start(opts: StartOptions): Promise<Running> {
     }
     for (const [name, why] of unavailable) log.error({ template: name }, `template "${name}" is unavailable: ${why}`)
 
+    // Logins that sessions (or anyone behind a same-host proxy) could borrow are refused (issue 8).
+    const reach: SessionReach[] = []
+    for (const [name, p] of providers) {
+      const r = p.isolation?.()
+      if (r) reach.push({ provider: name, sessionsReachLoopback: r.sessionsReachLoopback, sessionNetworks: r.sessionNetworks })
+    }
+    const login = decideLogin(config, reach)
+    if (login.refused) {
+      const detail = login.refused.detail ? ` (${login.refused.detail})` : ''
+      log.warn({ configured: login.configured }, `DASHBOARD LOGIN IS OFF: dashboard.login is "${login.configured}", but ${login.refused.reason}${detail}. To sign users in: ${login.refused.fix}.`)
+    } else if (login.effective === 'dev' && reach.some((r) => r.sessionsReachLoopback)) {
+      log.warn('dev login is on although sessions can reach this server from loopback (dashboard.allowDevLoginFromSessions): code in any session can sign in as any user')
+    }
+    for (const w of proxyTrustWarnings(config, reach)) log.warn(w)
+
     const secret = config.gateway.secret ?? (await store.setMetaIfAbsent('gateway.secret', randomBytes(32).toString('base64url')))
     const tokens = createTokenService(secret, { launchTtlMs: config.gateway.launchTokenTtlMs, cookieTtlMs: config.gateway.cookieTtlMs })
 
@@ -158,7 +174,7 @@ export async function start(opts: StartOptions): Promise<Running> {
     const hub = new RouteHub()
     const links: Links = {
       sessionUrl: (id) => sessionUrl(config.gateway, config.server.publicUrl, id),
-      launchUrl: (id, userId) => launchUrl(config.gateway, config.server.publicUrl, id, tokens.issueLaunch({ instanceId: id, userId })),
+      launchUrl: (id, userId, requester) => launchUrl(config.gateway, config.server.publicUrl, id, tokens.issueLaunch({ instanceId: id, userId, requester })),
     }
     const pool = new PoolService({ config, store, providers, routes: hub, log: log.child({ component: 'pool' }), metrics, faults: opts.faults, unavailable, appToken: (id, gen) => deriveAppToken(secret, id, gen) })
     cleanups.push(() => pool.close())
@@ -197,7 +213,7 @@ export async function start(opts: StartOptions): Promise<Running> {
         plugins: [
           async (a) => {
             const { registerDashboard } = await import('./web/dashboard.js')
-            await registerDashboard(a, { ...deps, tokens, routes: hub })
+            await registerDashboard(a, { ...deps, tokens, routes: hub, login })
           },
           ...(opts.plugins ?? []),
         ],

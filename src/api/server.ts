@@ -13,6 +13,7 @@ import { GetStatusPayload, getStatus } from './commands/get-status.js'
 import { RequestSessionPayload, requestSession } from './commands/request-session.js'
 import { AssignmentSchema, ErrorEnvelope, InstanceId, InstanceSchema, SessionGrant } from './schemas.js'
 import { restRoutes } from './routes/rest.js'
+import { peerSet } from '../gateway/peers.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -56,7 +57,8 @@ export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promi
     // Per-request log lines off (the metrics histogram counts requests); the non-deprecated way in Fastify 5.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: deps.config.server.bodyLimit,
-    trustProxy: deps.config.server.trustProxy.length ? [...deps.config.server.trustProxy] : false,
+    // The same peer grammar as the gateway's (gateway/peers.ts), so both believe the same proxies.
+    trustProxy: deps.config.server.trustProxy.length ? trustedPeer(deps.config.server.trustProxy) : false,
     return503OnClosing: true,
     ...(opts.serverFactory ? { serverFactory: opts.serverFactory } : {}),
     // No type coercion: `{"userId": 123}` is a wrong type, not the string "123". Query strings are parsed by hand.
@@ -264,4 +266,10 @@ export function errorHandler(err: FastifyError | AppError | Error, req: FastifyR
   }
   req.log.error({ err }, 'unhandled error')
   void reply.code(500).send({ error: { code: 'INTERNAL', message: 'internal error' } })
+}
+
+/** Fastify's trust function for `server.trustProxy` (every hop in the set is believed, as with a list). */
+function trustedPeer(list: readonly string[]): (address: string, hop: number) => boolean {
+  const set = peerSet(list)
+  return (address) => set.match(address)
 }

@@ -4,8 +4,11 @@ import type { Assignment, Instance } from '../domain/instance.js'
 export interface Links {
   /** The clean session URL, `…/s/<id>/`. */
   sessionUrl(instanceId: string): string
-  /** The launch URL: the session URL with a short-lived, single-use token for that user. */
-  launchUrl(instanceId: string, userId: string): Promise<string> | string
+  /**
+   * The launch URL: the session URL with a short-lived, single-use token for that user. `requester`
+   * (the instance's keyName) scopes the cookie the link gives to that requester's sessions.
+   */
+  launchUrl(instanceId: string, userId: string, requester?: string | null): Promise<string> | string
 }
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString())

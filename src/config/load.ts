@@ -5,6 +5,8 @@ import { Value } from '@sinclair/typebox/value'
 import { parse as parseYaml } from 'yaml'
 import { parseDuration } from '../domain/duration.js'
 import { TEMPLATE_NAME_RE } from '../domain/ids.js'
+import { checkUpstreamHeader } from '../domain/upstream-headers.js'
+import { peerProblems } from '../gateway/peers.js'
 import type { ErrorDetail } from '../domain/errors.js'
 import { ConfigSchema, type RawConfig, type RawTemplate } from './schema.js'
 import type { Config, TemplateConfig } from './types.js'
@@ -339,6 +341,9 @@ function normalize(raw: RawConfig, env: NodeJS.ProcessEnv, cwd: string, problems
   if (login === 'oidc' && !d.oidc) problems.push({ path: '/dashboard/oidc', message: 'login: oidc needs dashboard.oidc' })
   if (login === 'header' && !d.header) problems.push({ path: '/dashboard/header', message: 'login: header needs dashboard.header with trustedProxies' })
 
+  for (const m of peerProblems(s.trustProxy ?? [])) problems.push({ path: '/server/trustProxy', message: m })
+  for (const m of peerProblems(d.header?.trustedProxies ?? [])) problems.push({ path: '/dashboard/header/trustedProxies', message: m })
+
   const split = raw.split ?? {}
   return {
     server: {
@@ -376,6 +381,7 @@ function normalize(raw: RawConfig, env: NodeJS.ProcessEnv, cwd: string, problems
     },
     dashboard: {
       login,
+      allowDevLoginFromSessions: d.allowDevLoginFromSessions ?? false,
       admins: d.admins ?? [],
       adminGroups: d.adminGroups ?? [],
       oidc: d.oidc
@@ -435,8 +441,22 @@ function normalizeTemplate(name: string, t: RawTemplate, problems: ErrorDetail[]
       }
     }),
     pricePerHour: t.pricePerHour ?? 0,
+    upstreamHeaders: upstreamHeaders(t.upstreamHeaders ?? {}, `${p}/upstreamHeaders`, problems),
     settings: (settings as Record<string, unknown> | undefined) ?? {},
   }
+}
+
+function upstreamHeaders(raw: Record<string, string>, path: string, problems: ErrorDetail[]): Record<string, string> {
+  const out: Record<string, string> = {}
+  const seen = new Set<string>()
+  for (const [name, value] of Object.entries(raw)) {
+    const issues = checkUpstreamHeader(name, value)
+    if (seen.has(name.toLowerCase())) issues.push(`"${name}" is given twice`)
+    seen.add(name.toLowerCase())
+    for (const message of issues) problems.push({ path: `${path}/${name}`, message })
+    if (!issues.length) out[name] = value
+  }
+  return out
 }
 
 function deepFreeze<T>(o: T): T {

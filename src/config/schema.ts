@@ -30,6 +30,12 @@ export const TemplateSchema = Type.Object(
     allowedGroups: Type.Optional(StrList),
     activityIgnore: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 500 }), { maxItems: 50 })),
     pricePerHour: Type.Optional(Type.Number({ minimum: 0 })),
+    /**
+     * Header fields the gateway sends on every upstream request and WebSocket upgrade of this
+     * template's instances (`Authorization: 'token {{appToken}}'`); tokens `{{appToken}}`, `{{user}}`,
+     * `{{instanceId}}`. Client-sent fields of the same names are dropped. Checked in load.ts.
+     */
+    upstreamHeaders: Type.Optional(Type.Record(Type.String(), Type.String(), { maxProperties: 20 })),
     /** Provider-specific settings; validated by the provider. */
     local: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
     ec2: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
@@ -130,6 +136,12 @@ export const ConfigSchema = Type.Object(
       Type.Object(
         {
           login: Type.Optional(Type.Union([Type.Literal('dev'), Type.Literal('oidc'), Type.Literal('header'), Type.Literal('off')])),
+          /**
+           * Dev login is refused while a provider reports that sessions reach this machine's loopback
+           * listeners; `true` allows it anyway (one person on a laptop, whose sessions are theirs). Never
+           * allows it behind a proxy or on a non-loopback public URL.
+           */
+          allowDevLoginFromSessions: Type.Optional(Type.Boolean()),
           admins: Type.Optional(StrList),
           adminGroups: Type.Optional(StrList),
           oidc: Type.Optional(

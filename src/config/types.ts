@@ -61,7 +61,10 @@ export interface Config {
     readonly stringToReplace: string | null
   }
   readonly dashboard: {
+    /** As configured; the login actually offered is decided at start (web/login-policy.ts) and may be `off`. */
     readonly login: 'dev' | 'oidc' | 'header' | 'off'
+    /** Dev login even while sessions can reach loopback (see web/login-policy.ts); default false. */
+    readonly allowDevLoginFromSessions: boolean
     readonly admins: readonly string[]
     readonly adminGroups: readonly string[]
     readonly oidc: {
@@ -112,6 +115,11 @@ export interface TemplateConfig {
   /** Request paths (regex sources, relative to the session root) that are keep-alive polling, not activity. */
   readonly activityIgnore: readonly string[]
   readonly pricePerHour: number
+  /**
+   * Header fields the gateway sends upstream for this template's instances, values with `{{appToken}}`,
+   * `{{user}}`, `{{instanceId}}` tokens (domain/upstream-headers.ts). Absent or empty = none.
+   */
+  readonly upstreamHeaders?: Readonly<Record<string, string>>
   /** The provider's own per-template settings (validated by the provider's schema). */
   readonly settings: Readonly<Record<string, unknown>>
 }

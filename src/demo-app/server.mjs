@@ -66,9 +66,21 @@ function send(res, status, type, body, headers = {}) {
   res.end(body)
 }
 
+/**
+ * The session's owner as the gateway vouches for it: X-Forwarded-User (and X-Forwarded-Groups when
+ * the login knows them). The gateway removes any such header a browser sends, so this is the owner
+ * even when the user tries to be someone else (issue 8).
+ */
+function ownerOf(req) {
+  const user = req.headers['x-forwarded-user']
+  const groups = req.headers['x-forwarded-groups']
+  return { user: typeof user === 'string' && user ? user : null, groups: typeof groups === 'string' && groups ? groups.split(',') : [] }
+}
+
 function page(req) {
   pageViews++
-  const user = req.headers['x-forwarded-user'] ?? '(anonymous)'
+  const owner = ownerOf(req)
+  const user = owner.user ?? '(anonymous)'
   const rows = Object.entries(req.headers)
     .map(([k, v]) => `<tr><th>${escapeHtml(k)}</th><td>${escapeHtml(Array.isArray(v) ? v.join(', ') : v)}</td></tr>`)
     .join('')
@@ -83,6 +95,10 @@ th{white-space:nowrap;color:#5a6675}td{word-break:break-all}code{background:#eef
 #log{font-family:monospace;font-size:.85rem;min-height:3rem;white-space:pre-wrap}
 </style></head><body>
 <h1>Hello, <span id="user">${escapeHtml(user)}</span></h1>
+<div class="card">
+<p>Session owner: <strong id="owner">${escapeHtml(owner.user ?? '(none: not behind the studiopool gateway)')}</strong>${owner.groups.length ? `, groups <span id="groups">${escapeHtml(owner.groups.join(', '))}</span>` : ''}.
+The gateway sets <code>X-Forwarded-User</code> for the owner and removes any identity header a browser sends.</p>
+</div>
 <div class="card">
 <p>This is a studiopool demo session. Instance <code id="instance">${escapeHtml(instanceId)}</code>,
 base path <code>${escapeHtml(basePath)}</code>, started ${escapeHtml(startedAt.toISOString())}.</p>
@@ -132,7 +148,7 @@ function handle(req, res) {
   if (path === '/healthz') return send(res, 200, 'text/plain', 'ok\n')
   if (path === '/' || path === '/index.html') return send(res, 200, 'text/html; charset=utf-8', page(req))
   if (path === '/headers') {
-    return send(res, 200, 'application/json', JSON.stringify({ method: req.method, url: req.url, path, headers: req.headers, instanceId }))
+    return send(res, 200, 'application/json', JSON.stringify({ method: req.method, url: req.url, path, headers: req.headers, instanceId, owner: ownerOf(req) }))
   }
   if (path === '/counter') return send(res, 200, 'application/json', JSON.stringify({ pageViews, requests }))
   if (path === '/echo') {

@@ -55,6 +55,13 @@ describe('demo session app', () => {
     assert.equal(page.status, 200)
     const html = await page.text()
     assert.ok(html.includes('alice&lt;script&gt;'), 'the user is shown, escaped')
+    assert.ok(html.includes('Session owner: <strong id="owner">alice&lt;script&gt;</strong>'), 'the owner from X-Forwarded-User')
+    const withGroups = await (await fetch(`${base}/`, { headers: { 'x-forwarded-user': 'bob', 'x-forwarded-groups': 'r-users,staff' } })).text()
+    assert.ok(withGroups.includes('<strong id="owner">bob</strong>, groups <span id="groups">r-users, staff</span>'))
+    const anonymous = await (await fetch(`${base}/`)).text()
+    assert.ok(anonymous.includes('(none: not behind the studiopool gateway)'))
+    const owner = (await (await fetch(`${base}/headers`, { headers: { 'x-forwarded-user': 'bob' } })).json()) as { owner: { user: string; groups: string[] } }
+    assert.deepEqual(owner.owner, { user: 'bob', groups: [] })
     assert.ok(html.includes('<code id="instance">abc</code>'))
     assert.ok(html.includes("new URL('ws', location.href)"), 'the page connects to ./ws')
     assert.equal((await fetch(`${base}/s/abc`)).status, 200, 'the base path without its slash is the root')

@@ -25,6 +25,13 @@ export interface RouteEntry {
    * that do not count as user activity: the app's own keep-alive polling (DESIGN.md contract 3).
    */
   readonly activityIgnore?: readonly string[]
+  /**
+   * The requester (API key name) that created the session, part of its identity (issue 8): a cookie
+   * from one requester's launch link opens only that requester's sessions. Absent = null.
+   */
+  readonly requester?: string | null
+  /** The template's `upstreamHeaders` (values still holding their `{{…}}` tokens; never the secrets). */
+  readonly upstreamHeaders?: Readonly<Record<string, string>>
 }
 
 export type RouteEvent =

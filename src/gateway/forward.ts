@@ -3,6 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
 import { Agent as UndiciAgent } from 'undici'
 import type { Dispatcher } from 'undici'
+import { isIdentityHeader } from '../domain/upstream-headers.js'
 import type { CompiledRoute } from './route-table.js'
 
 /**
@@ -86,12 +87,21 @@ export function scanRequestHeaders(raw: readonly string[]): RequestHeads {
         continue
       default:
         if ((name.length === 2 && name.toLowerCase() === 'te')) continue
+        // Identity claims are the gateway's to make (issue 8): X-Forwarded-User, Remote-User, X-Auth-Request-*, X-Studiopool-*…
+        // Underscore spellings too: CGI-style servers (Rook/httpuv, WSGI) read X_Forwarded_User as X-Forwarded-User.
+        if (mayClaimIdentity(name) && isIdentityHeader(name.toLowerCase().replaceAll('_', '-'))) continue
         out.push(name, value)
     }
   }
   const extra = connectionTokens(h.connection)
   if (extra !== null) h.forward = dropNamed(out, extra)
   return h
+}
+
+/** Every identity field starts with x or r (domain/upstream-headers.ts): one char test before lowercasing. */
+function mayClaimIdentity(name: string): boolean {
+  const c = name.charCodeAt(0) | 0x20
+  return c === 120 /* x */ || c === 114 /* r */
 }
 
 function dropNamed(list: string[], names: readonly string[]): string[] {
@@ -120,6 +130,12 @@ export interface ForwardContext {
   readonly cookie: string | undefined
   /** Set-Cookie headers with this name are dropped from the app's responses (the app must not replace the gateway's cookie). */
   readonly cookieName: string
+  /**
+   * Fields the gateway adds for the app, as a flat `[name, value, …]` list: the owner's identity
+   * (X-Forwarded-User, -Groups) and the template's upstreamHeaders. Client fields of these names are
+   * dropped first. Lowercase names.
+   */
+  readonly upstream: readonly string[]
 }
 
 /** Names listed in a `Connection` header, other than the usual tokens. */
@@ -137,8 +153,17 @@ function connectionTokens(value: string | undefined): string[] | null {
 
 /** The header list sent upstream: the client's fields minus hop-by-hop, plus Host, X-Forwarded-*, X-RStudio-Root-Path. */
 export function buildRequestHeaders(ctx: ForwardContext, upgrade: boolean, frameBody = true): string[] {
-  // The client's list is this request's own: extended in place, not copied.
-  const out = ctx.heads.forward
+  // The client's list is this request's own: extended in place, not copied (unless we drop names from it).
+  let out = ctx.heads.forward
+  const add = ctx.upstream
+  if (add.length) {
+    // Identity fields were already dropped by scanRequestHeaders; only a template's own names (Authorization…) cost a copy.
+    let names: string[] | null = null
+    // …and their underscore spellings, which CGI-style servers read as the same field.
+    for (let i = 0; i < add.length; i += 2) if (!isIdentityHeader(add[i]!)) (names ??= []).push(add[i]!, add[i]!.replaceAll('-', '_'))
+    if (names) out = dropNamed(out, names)
+    for (let i = 0; i < add.length; i++) out.push(add[i]!)
+  }
   out.push('host', ctx.route.entry.hostHeader === 'preserve' ? ctx.host : (ctx.route.targetHost ?? ctx.host))
   out.push('x-forwarded-for', ctx.priorForwardedFor ? `${ctx.priorForwardedFor}, ${ctx.clientIp}` : ctx.clientIp)
   out.push('x-forwarded-proto', ctx.proto, 'x-forwarded-host', ctx.host)

@@ -10,12 +10,14 @@ import type { ActivitySink, NonceLedger, RouteEntry, RouteSource } from '../doma
 import { createForwarder, scanRequestHeaders, writeRawStatus } from './forward.js'
 import type { Closeable, ForwardContext, ForwardHooks, RequestHeads } from './forward.js'
 import { createGatewayMetrics, statusClass } from './metrics.js'
-import { badGatewayPage, endedPage, forbiddenPage, loginPage, notFoundPage, pausedPage, progressPage, unavailablePage } from './pages.js'
+import { badGatewayPage, endedPage, forbiddenPage, loginPage, notFoundPage, pausedPage, progressPage, switchRefusedPage, switchUserPage, unavailablePage } from './pages.js'
 import type { Page } from './pages.js'
+import { peerSet } from './peers.js'
 import { compileRoute, RouteTable } from './route-table.js'
 import type { CompiledRoute } from './route-table.js'
-import { LAUNCH_PARAM, sessionUrl } from './tokens.js'
-import type { SessionClaims, TokenService } from './tokens.js'
+import { headerSafe, renderUpstreamHeader } from '../domain/upstream-headers.js'
+import { LAUNCH_PARAM, MAX_COOKIE_REQUESTERS, sessionUrl, SWITCH_PARAM } from './tokens.js'
+import type { LaunchClaims, SessionClaims, TokenService } from './tokens.js'
 
 export interface GatewayOptions {
   readonly config: Config['gateway']
@@ -32,7 +34,7 @@ export interface GatewayOptions {
   readonly fallbackUpgrade?: (req: IncomingMessage, socket: Duplex, head: Buffer) => void
   /** Default `/login` (relative to publicUrl); the login page links to `${dashboardLoginUrl}?next=<url>`. */
   readonly dashboardLoginUrl?: string
-  /** `Config['server']['trustProxy']`: peers whose X-Forwarded-For/-Proto/-Host we believe (exact addresses, or `loopback`). */
+  /** `Config['server']['trustProxy']`: peers whose X-Forwarded-For/-Proto/-Host we believe (gateway/peers.ts grammar). */
   readonly trustProxy?: readonly string[]
 }
 
@@ -80,8 +82,8 @@ export function createGateway(opts: GatewayOptions): Gateway {
   })()
   const subdomain = cfg.mode === 'subdomain' && cfg.sessionDomain ? cfg.sessionDomain.toLowerCase() : null
   const allowedOrigins = new Set([publicOrigin, ...cfg.allowedOrigins.map((o) => o.replace(/\/+$/, ''))])
-  const trust = new Set(opts.trustProxy ?? [])
-  const trustLoopback = trust.has('loopback')
+  const trust = peerSet(opts.trustProxy ?? [])
+  const trustsAny = trust.loopback || trust.ranges.length > 0
   const cookieName = cfg.cookieName
   const defaultRoute: CompiledRoute | null = cfg.defaultUrl
     ? compileRoute({
@@ -186,11 +188,7 @@ export function createGateway(opts: GatewayOptions): Gateway {
   }
 
   function isTrusted(req: IncomingMessage): boolean {
-    if (trust.size === 0) return false
-    const a = req.socket.remoteAddress ?? ''
-    if (trust.has(a)) return true
-    if (a.startsWith('::ffff:') && trust.has(a.slice(7))) return true
-    return trustLoopback && (a === '127.0.0.1' || a === '::1' || a === '::ffff:127.0.0.1')
+    return trustsAny && trust.match(req.socket.remoteAddress ?? '')
   }
 
   function cookieValues(header: string | undefined): string[] {
@@ -231,7 +229,10 @@ export function createGateway(opts: GatewayOptions): Gateway {
   }
 
   function mayUse(claims: SessionClaims, route: RouteEntry): boolean {
-    return (route.ownerId !== null && claims.userId === route.ownerId) || (cfg.adminAccess && claims.admin)
+    if (cfg.adminAccess && claims.admin) return true
+    if (route.ownerId === null || claims.userId !== route.ownerId) return false
+    // A launch-link cookie opens only sessions of the requesters it names (issue 8); a dashboard login, all of the user's.
+    return claims.requesters === undefined || claims.requesters.includes(scopeOf(route.requester))
   }
 
   /** The session URL without the launch token: path (+query) in path mode, absolute in subdomain mode. */
@@ -242,6 +243,7 @@ export function createGateway(opts: GatewayOptions): Gateway {
     if (q >= 0) {
       const params = new URLSearchParams(rest.slice(q + 1))
       params.delete(LAUNCH_PARAM)
+      params.delete(SWITCH_PARAM)
       const s = params.toString()
       if (s) query = '?' + s
     }
@@ -282,12 +284,66 @@ export function createGateway(opts: GatewayOptions): Gateway {
     return `${cookieName}=${value}; Path=/; Max-Age=${Math.floor(opts.tokens.cookieTtlMs / 1000)}; HttpOnly; SameSite=Lax${secureCookie ? '; Secure' : ''}`
   }
 
-  /** `?sp_token=…` present: trade it for the cookie, then redirect to the clean URL. */
+  /** The first valid session cookie, with its value (the switch form's secret is bound to it). */
+  function currentCookie(header: string | undefined): { claims: SessionClaims; value: string } | undefined {
+    for (const v of cookieValues(header)) {
+      const c = opts.tokens.verifySession(v)
+      if (c) return { claims: c, value: v }
+    }
+    return undefined
+  }
+
+  /**
+   * The cookie a redeemed launch link sets: scoped to the session's requester. A cookie of the same
+   * user is kept when it already opens the session (an unscoped dashboard login, or a scope that names
+   * this requester), or widened with this requester otherwise (most recent MAX_COOKIE_REQUESTERS kept).
+   */
+  function launchCookie(claims: LaunchClaims, current: SessionClaims | undefined): string | undefined {
+    const scope = scopeOf(claims.requester)
+    const same = current && current.userId === claims.userId ? current : undefined
+    if (same && (same.requesters === undefined || same.requesters.includes(scope))) return undefined
+    const requesters = [...(same?.requesters ?? []).filter((r) => r !== scope), scope].slice(-MAX_COOKIE_REQUESTERS)
+    return sessionCookie(opts.tokens.issueSession({ userId: claims.userId, admin: false, groups: [], requesters }))
+  }
+
+  /** A POST of the switch form: Origin must be one of ours (browsers always send it on a form POST). */
+  function postFromUs(req: IncomingMessage): boolean {
+    const site = req.headers['sec-fetch-site']
+    if (typeof site === 'string' && site !== 'same-origin') return false
+    const origin = req.headers.origin
+    if (typeof origin !== 'string' || origin === 'null') return false
+    return originAllowed(origin, (isTrusted(req) && firstValue(req.headers['x-forwarded-host'])) || req.headers.host || pub.host)
+  }
+
+  /**
+   * `?sp_token=…` present: trade it for the cookie, then redirect to the clean URL. In a browser that
+   * holds another user's valid cookie, ask first (issue 8): the GET shows "continue as …?" without
+   * consuming the token; only a POST of that page's form, from our origin and carrying the one-shot
+   * secret bound to the nonce and the current cookie, consumes it and switches.
+   */
   async function redeemLaunch(req: IncomingMessage, res: ServerResponse, id: string, rest: string, token: string): Promise<void> {
     const clean = cleanUrl(id, rest)
     const claims = opts.tokens.verifyLaunch(token)
+    const cur = currentCookie(req.headers.cookie)
+    const current = cur?.claims
+    const valid = claims !== undefined && claims.instanceId === id
+    if (valid && cur && cur.claims.userId !== claims.userId) {
+      const presented = queryParam(rest, SWITCH_PARAM)
+      if (req.method !== 'POST' || presented === null) {
+        const q = new URLSearchParams(rest.slice(rest.indexOf('?') + 1))
+        q.set(SWITCH_PARAM, opts.tokens.switchProof(claims.nonce, cur.value))
+        sendPage(res, switchUserPage({ current: cur.claims.userId, target: claims.userId, action: `?${q}`, stayHref: dashboardUrl }))
+        return
+      }
+      req.resume()
+      if (!postFromUs(req) || !opts.tokens.checkSwitchProof(claims.nonce, cur.value, presented)) {
+        log.info({ instanceId: id }, 'launch link switch refused (origin or form secret)')
+        sendPage(res, switchRefusedPage(dashboardUrl))
+        return
+      }
+    }
     let first = false
-    if (claims && claims.instanceId === id) {
+    if (valid) {
       try {
         first = await opts.nonces.consumeOnce(claims.nonce, claims.expiresAt)
       } catch (err) {
@@ -296,15 +352,14 @@ export function createGateway(opts: GatewayOptions): Gateway {
         return
       }
     }
-    const current = claimsOf(req.headers.cookie)
-    if (claims && first) {
-      // Keep an existing, richer cookie of the same user (an admin's dashboard login) rather than downgrading it.
-      const keep = current && current.userId === claims.userId
-      res.writeHead(302, {
+    if (valid && first) {
+      const cookie = launchCookie(claims, current)
+      // 303 after the switch form's POST, so the browser GETs the session.
+      res.writeHead(req.method === 'POST' ? 303 : 302, {
         location: clean,
         'cache-control': 'no-store',
         'referrer-policy': 'no-referrer',
-        ...(keep ? {} : { 'set-cookie': sessionCookie(opts.tokens.issueSession({ userId: claims.userId, admin: false, groups: [] })) }),
+        ...(cookie ? { 'set-cookie': cookie } : {}),
       })
       res.end()
       return
@@ -321,9 +376,7 @@ export function createGateway(opts: GatewayOptions): Gateway {
   }
 
   function launchToken(rest: string): string | null {
-    const q = rest.indexOf('?')
-    if (q < 0 || rest.indexOf(LAUNCH_PARAM + '=', q) < 0) return null
-    return new URLSearchParams(rest.slice(q + 1)).get(LAUNCH_PARAM)
+    return queryParam(rest, LAUNCH_PARAM)
   }
 
   function handleRequest(req: IncomingMessage, res: ServerResponse): void {
@@ -350,9 +403,36 @@ export function createGateway(opts: GatewayOptions): Gateway {
     const route = table.get(id)
     if (!route) return sendPage(res, endedPage(dashboardUrl))
     const e = route.entry
-    if (!mayUse(claims, e)) return sendPage(res, forbiddenPage(dashboardUrl))
+    if (!mayUse(claims, e)) return sendPage(res, forbiddenPage(dashboardUrl, claims.userId === e.ownerId))
     if (e.state !== 'ready' || route.hostname === null) return sendPage(res, stateRoutePage(e))
-    forward(req, res, heads, route, r.prefix, rest)
+    if (e.upstreamHeaders && !SAFE_METHODS.has(req.method ?? 'GET') && !fromOwnPage(req, heads)) {
+      log.info({ instanceId: id, origin: heads.origin }, 'cross-origin request to an app-token session refused')
+      return crossOrigin(req, res)
+    }
+    forward(req, res, heads, route, r.prefix, rest, claims)
+  }
+
+  /**
+   * The gateway vouches for requests to a template with upstreamHeaders (the app token), so the app's
+   * own CSRF defence can no longer tell them apart: Jupyter skips its XSRF and Origin checks for
+   * token-authenticated requests. So a state-changing request must come from the session's own pages
+   * (or from no browser page at all): `Sec-Fetch-Site` same-origin or none, and an `Origin` of ours.
+   * A sibling session on the same site (subdomain mode) or another site is refused.
+   */
+  function fromOwnPage(req: IncomingMessage, heads: RequestHeads): boolean {
+    const site = req.headers['sec-fetch-site']
+    if (typeof site === 'string' && site !== 'same-origin' && site !== 'none') return false
+    if (heads.origin === undefined) return true
+    if (heads.origin === 'null') return false
+    const host = (isTrusted(req) && heads.xForwardedHost?.split(',')[0]!.trim()) || heads.host || pub.host
+    return originAllowed(heads.origin, host)
+  }
+
+  function crossOrigin(req: IncomingMessage, res: ServerResponse): void {
+    const body = JSON.stringify({ error: { code: 'FORBIDDEN', message: 'a request from another site to this session was refused' } })
+    res.writeHead(403, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(body) })
+    res.end(body)
+    req.resume()
   }
 
   function stateRoutePage(e: RouteEntry): Page {
@@ -371,7 +451,28 @@ export function createGateway(opts: GatewayOptions): Gateway {
     }
   }
 
-  function context(req: IncomingMessage, heads: RequestHeads, route: CompiledRoute, prefix: string, rest: string): ForwardContext {
+  /** The owner's identity and the template's upstreamHeaders, per route (its owner and generation are fixed). */
+  const upstreamCache = new WeakMap<CompiledRoute, readonly string[]>()
+  function upstreamFields(route: CompiledRoute, claims: SessionClaims | undefined): readonly string[] {
+    const e = route.entry
+    if (e.ownerId === null) return NO_FIELDS
+    let base = upstreamCache.get(route)
+    if (base === undefined) {
+      const list: string[] = ['x-forwarded-user', headerSafe(e.ownerId)]
+      const tpl = e.upstreamHeaders
+      if (tpl) {
+        // Never logged: the values may hold the app token.
+        const values = { appToken: opts.tokens.appToken(e.instanceId, e.generation), user: e.ownerId, instanceId: e.instanceId }
+        for (const [name, value] of Object.entries(tpl)) list.push(name.toLowerCase(), renderUpstreamHeader(value, values))
+      }
+      upstreamCache.set(route, (base = list))
+    }
+    // Groups only when the login knows them and they are the owner's own (not an admin's visiting).
+    if (claims && claims.userId === e.ownerId && claims.groups.length) return [...base, 'x-forwarded-groups', headerSafe(claims.groups.join(','))]
+    return base
+  }
+
+  function context(req: IncomingMessage, heads: RequestHeads, route: CompiledRoute, prefix: string, rest: string, claims?: SessionClaims): ForwardContext {
     const strip = prefix !== '' && route.entry.pathMode === 'strip'
     const encrypted = (req.socket as { encrypted?: boolean }).encrypted === true
     // X-Forwarded-* are believed only from the peers in server.trustProxy.
@@ -390,6 +491,7 @@ export function createGateway(opts: GatewayOptions): Gateway {
       priorForwardedFor: trusted ? heads.xForwardedFor : undefined,
       cookie: stripOwnCookie(heads.cookie),
       cookieName,
+      upstream: route === defaultRoute ? NO_FIELDS : upstreamFields(route, claims),
     }
   }
 
@@ -428,8 +530,8 @@ export function createGateway(opts: GatewayOptions): Gateway {
     },
   }
 
-  function forward(req: IncomingMessage, res: ServerResponse, heads: RequestHeads, route: CompiledRoute, prefix: string, rest: string): void {
-    const x = forwarder.http(req, res, context(req, heads, route, prefix, rest), sessionHooks)
+  function forward(req: IncomingMessage, res: ServerResponse, heads: RequestHeads, route: CompiledRoute, prefix: string, rest: string, claims: SessionClaims): void {
+    const x = forwarder.http(req, res, context(req, heads, route, prefix, rest, claims), sessionHooks)
     // Tracked only while open: a synchronous failure has already called onDone.
     if (!x.done) track(route.entry.instanceId, x)
   }
@@ -490,7 +592,7 @@ export function createGateway(opts: GatewayOptions): Gateway {
     const route = table.get(r.id)
     if (!route) return writeRawStatus(socket, 404)
     if (!mayUse(claims, route.entry)) return writeRawStatus(socket, 403)
-    const ctx = context(req, heads, route, r.prefix, r.rest)
+    const ctx = context(req, heads, route, r.prefix, r.rest, claims)
     if (!originAllowed(heads.origin, ctx.host)) {
       log.warn({ instanceId: r.id, origin: req.headers.origin }, 'cross-origin WebSocket refused')
       return writeRawStatus(socket, 403)
@@ -560,6 +662,26 @@ export function createGateway(opts: GatewayOptions): Gateway {
       await flushActivity()
     },
   }
+}
+
+const NO_FIELDS: readonly string[] = Object.freeze([])
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS'])
+
+/** One query parameter of a path, or null; cheap when the name is absent. */
+function queryParam(rest: string, name: string): string | null {
+  const q = rest.indexOf('?')
+  if (q < 0 || rest.indexOf(name + '=', q) < 0) return null
+  return new URLSearchParams(rest.slice(q + 1)).get(name)
+}
+
+function firstValue(v: string | string[] | undefined): string | undefined {
+  const s = Array.isArray(v) ? v[0] : v
+  return s?.split(',')[0]!.trim() || undefined
+}
+
+/** A route's requester as a cookie scope entry: '' for a session without one. */
+function scopeOf(requester: string | null | undefined): string {
+  return requester ?? ''
 }
 
 /** The Host field from raw headers, without building node's headers object. */

@@ -15,7 +15,8 @@ const CSS = `
 font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;background:var(--bg);color:var(--fg)}
 main{background:var(--card);border:1px solid var(--bd);border-radius:10px;padding:2rem 2.25rem;max-width:34rem;width:calc(100% - 2rem)}
 h1{font-size:1.3rem;margin:0 0 .75rem}p{margin:.5rem 0;color:var(--mut)}a{color:var(--acc)}
-.btn{display:inline-block;margin-top:1rem;padding:.5rem 1rem;border-radius:6px;background:var(--acc);color:#fff;text-decoration:none}
+.btn{display:inline-block;margin-top:1rem;padding:.5rem 1rem;border-radius:6px;background:var(--acc);color:#fff;text-decoration:none;border:0;font:inherit;cursor:pointer}
+form{display:inline}.alt{margin-left:1rem}
 progress{width:100%;height:1rem;margin:.75rem 0}.brand{font-size:.8rem;letter-spacing:.08em;text-transform:uppercase;color:var(--mut);margin-bottom:.5rem}
 code{font-size:.9em}`
 
@@ -82,7 +83,42 @@ export function loginPage(loginHref: string, message = 'Please sign in to open t
   return { status: 401, html: layout('Sign in needed', `<p>${esc(message)}</p><a class="btn" href="${esc(loginHref)}">Sign in</a>`) }
 }
 
-export function forbiddenPage(dashboardUrl: string): Page {
+/**
+ * A launch link opened in a browser signed in as someone else (issue 8, login CSRF): ask, never switch
+ * silently. "Continue" is a POST to the same link with a one-shot form secret; "Stay" changes nothing.
+ * Not framable, so the button cannot be clicked through another site's page.
+ */
+export function switchUserPage(opts: { current: string; target: string; action: string; stayHref: string }): Page {
+  return {
+    status: 200,
+    html: layout(
+      `Continue as ${opts.target}?`,
+      `<p>You are signed in as <strong>${esc(opts.current)}</strong>. This link opens <strong>${esc(opts.target)}</strong>’s session.</p>` +
+        `<p>Continue only if you expected to work as ${esc(opts.target)}: you would be signed out as ${esc(opts.current)} in this browser.</p>` +
+        `<form method="post" action="${esc(opts.action)}"><button class="btn" type="submit">Continue as ${esc(opts.target)}</button></form>` +
+        `<a class="btn alt" href="${esc(opts.stayHref)}">Stay ${esc(opts.current)}</a>`,
+    ),
+    // `origin`, not the gateway's usual no-referrer: with no-referrer the browser sends `Origin: null`
+    // on the form's POST, which the gateway must refuse; `origin` never sends the path (the token) either.
+    headers: { 'x-frame-options': 'DENY', 'content-security-policy': "frame-ancestors 'none'; form-action 'self'", 'referrer-policy': 'origin' },
+  }
+}
+
+/** The "continue as …?" form came from elsewhere, or too late. */
+export function switchRefusedPage(dashboardUrl: string): Page {
+  return {
+    status: 403,
+    html: layout('This confirmation has expired', `<p>The confirmation was not sent from its own page, or you signed in as someone else meanwhile. Nothing was changed. Open the link again to be asked once more.</p><a class="btn" href="${esc(dashboardUrl)}">Dashboard</a>`),
+  }
+}
+
+export function forbiddenPage(dashboardUrl: string, otherRequester = false): Page {
+  if (otherRequester) {
+    return {
+      status: 403,
+      html: layout('Open this session from its own application', `<p>This browser was signed in by a link from another application, which opens only the sessions that application asked for. Open this session from the application that gave it to you, or sign in to the dashboard.</p><a class="btn" href="${esc(dashboardUrl)}">Dashboard</a>`),
+    }
+  }
   return {
     status: 403,
     html: layout('Not your session', `<p>This session belongs to another user. Sign in as its owner, or open your own sessions from the dashboard.</p><a class="btn" href="${esc(dashboardUrl)}">Dashboard</a>`),

@@ -1,5 +1,6 @@
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import type { Config } from '../config/types.js'
+import { deriveAppToken } from '../domain/app-token.js'
 
 /**
  * Launch tokens and session cookies: `v1.<kid>.<payload>.<mac>`, all base64url, where
@@ -14,10 +15,19 @@ import type { Config } from '../config/types.js'
  *   (`n`); redeeming one calls `NonceLedger.consumeOnce`, which makes them single-use.
  * - Verified cookies are cached for a few seconds (bounded), so the per-request cost of a hot
  *   session is one Map lookup; expiry is still checked on every hit.
+ * - One encoding (issue 8): every part is unpadded base64url in its canonical form (what
+ *   `Buffer.toString('base64url')` writes for those bytes), the MAC is exactly 32 bytes, and the
+ *   payload is the JSON we would write. Node's decoder ignores padding, junk and stray trailing
+ *   bits, so `<mac>==`, `<mac>!!` or a re-encoded MAC would otherwise verify: they are refused.
+ * - Launch tokens and cookies name the requester (the API key name) that created the session
+ *   (`r` / `s`): a cookie obtained from requester K's launch link opens only sessions K created.
+ *   Dashboard-login cookies carry no such scope and open all of the user's own sessions.
  */
 export interface LaunchClaims {
   readonly instanceId: string
   readonly userId: string
+  /** The requester (key name) that created the session; null when it has none (auth: none, system). */
+  readonly requester: string | null
   readonly nonce: string
   /** Epoch ms. */
   readonly expiresAt: number
@@ -27,17 +37,34 @@ export interface SessionClaims {
   readonly userId: string
   readonly admin: boolean
   readonly groups: readonly string[]
+  /**
+   * Requesters whose sessions this cookie opens (from launch links); undefined for a dashboard
+   * login, which opens every session of the user.
+   */
+  readonly requesters?: readonly string[]
   /** Epoch ms. */
   readonly expiresAt: number
 }
 
+/** At most this many requesters in one cookie's scope (the most recent kept). */
+export const MAX_COOKIE_REQUESTERS = 16
+
 export interface TokenService {
-  issueLaunch(claims: { instanceId: string; userId: string }): string
+  issueLaunch(claims: { instanceId: string; userId: string; requester?: string | null }): string
   /** Claims when the signature and expiry are good; does not consume the nonce (the gateway does). */
   verifyLaunch(token: string): LaunchClaims | undefined
   /** The session cookie's value. */
-  issueSession(claims: { userId: string; admin: boolean; groups: readonly string[] }): string
+  issueSession(claims: { userId: string; admin: boolean; groups: readonly string[]; requesters?: readonly string[] }): string
   verifySession(value: string): SessionClaims | undefined
+  /**
+   * The one-shot form secret of the "continue as …?" page (a launch link opened in a browser holding
+   * another user's cookie): bound to the launch token's nonce and to that cookie, so it is worthless
+   * on another page, in another browser or after the cookie changes.
+   */
+  switchProof(nonce: string, cookieValue: string): string
+  checkSwitchProof(nonce: string, cookieValue: string, presented: string): boolean
+  /** The per-instance app token (domain/app-token.ts) under the current secret: what upstreamHeaders' `{{appToken}}` becomes. */
+  appToken(instanceId: string, generation: number): string
   readonly launchTtlMs: number
   readonly cookieTtlMs: number
 }
@@ -74,6 +101,9 @@ export function createTokenService(
     if (!keys.has(k.kid)) keys.set(k.kid, k)
   }
   const cache = new Map<string, { claims: SessionClaims; until: number }>()
+  const appTokens = new Map<string, string>()
+  const switchKey = createHmac('sha256', secret).update('studiopool/launch-switch/v1').digest()
+  const proof = (nonce: string, cookieValue: string) => createHmac('sha256', switchKey).update(`${nonce}\0${cookieValue}`).digest()
 
   function sign(purpose: 'launch' | 'session', payload: object): string {
     const body = `${VERSION}.${current.kid}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`
@@ -90,12 +120,17 @@ export function createTokenService(
     if (parts.length !== 3 || parts[0] !== VERSION) return undefined
     const key = keys.get(parts[1]!)
     if (!key) return undefined
-    const given = Buffer.from(token.slice(lastDot + 1), 'base64url')
+    const given = canonicalBytes(token.slice(lastDot + 1))
     const expected = createHmac('sha256', key[purpose]).update(body).digest()
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined
+    if (!given || given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined
+    const raw = canonicalBytes(parts[2]!)
+    if (!raw) return undefined
     try {
-      const payload: unknown = JSON.parse(Buffer.from(parts[2]!, 'base64url').toString('utf8'))
-      if (typeof payload !== 'object' || payload === null) return undefined
+      const text = raw.toString('utf8')
+      const payload: unknown = JSON.parse(text)
+      if (typeof payload !== 'object' || payload === null || Array.isArray(payload)) return undefined
+      // The payload we wrote: no other spelling of the same claims (whitespace, escapes, key order).
+      if (JSON.stringify(payload) !== text) return undefined
       const p = payload as Record<string, unknown>
       if (typeof p.e !== 'number' || p.e <= now()) return undefined
       return p
@@ -107,16 +142,36 @@ export function createTokenService(
   return {
     launchTtlMs: opts.launchTtlMs,
     cookieTtlMs: opts.cookieTtlMs,
-    issueLaunch({ instanceId, userId }) {
-      return sign('launch', { i: instanceId, u: userId, n: randomBytes(16).toString('base64url'), e: now() + opts.launchTtlMs })
+    issueLaunch({ instanceId, userId, requester }) {
+      const r = typeof requester === 'string' ? { r: requester } : {}
+      return sign('launch', { i: instanceId, u: userId, ...r, n: randomBytes(16).toString('base64url'), e: now() + opts.launchTtlMs })
     },
     verifyLaunch(token) {
       const p = open('launch', token)
       if (!p || typeof p.i !== 'string' || typeof p.u !== 'string' || typeof p.n !== 'string') return undefined
-      return { instanceId: p.i, userId: p.u, nonce: p.n, expiresAt: p.e as number }
+      if (p.r !== undefined && typeof p.r !== 'string') return undefined
+      return { instanceId: p.i, userId: p.u, requester: p.r ?? null, nonce: p.n, expiresAt: p.e as number }
     },
-    issueSession({ userId, admin, groups }) {
-      return sign('session', { u: userId, a: admin ? 1 : 0, g: [...groups], e: now() + opts.cookieTtlMs })
+    issueSession({ userId, admin, groups, requesters }) {
+      const s = requesters ? { s: [...requesters].slice(-MAX_COOKIE_REQUESTERS) } : {}
+      return sign('session', { u: userId, a: admin ? 1 : 0, g: [...groups], ...s, e: now() + opts.cookieTtlMs })
+    },
+    switchProof(nonce, cookieValue) {
+      return proof(nonce, cookieValue).toString('base64url')
+    },
+    checkSwitchProof(nonce, cookieValue, presented) {
+      const given = typeof presented === 'string' && presented.length <= 64 ? canonicalBytes(presented) : undefined
+      const expected = proof(nonce, cookieValue)
+      return given !== undefined && given.length === expected.length && timingSafeEqual(given, expected)
+    },
+    appToken(instanceId, generation) {
+      const k = `${instanceId}\0${generation}`
+      let t = appTokens.get(k)
+      if (t === undefined) {
+        if (appTokens.size >= CACHE_MAX) appTokens.clear()
+        appTokens.set(k, (t = deriveAppToken(secret, instanceId, generation)))
+      }
+      return t
     },
     verifySession(value) {
       const t = now()
@@ -127,10 +182,12 @@ export function createTokenService(
       }
       const p = open('session', value)
       if (!p || typeof p.u !== 'string' || !Array.isArray(p.g)) return undefined
+      if (p.s !== undefined && !(Array.isArray(p.s) && p.s.every((r) => typeof r === 'string'))) return undefined
       const claims: SessionClaims = Object.freeze({
         userId: p.u,
         admin: p.a === 1,
         groups: Object.freeze(p.g.filter((g): g is string => typeof g === 'string')),
+        ...(p.s !== undefined ? { requesters: Object.freeze([...(p.s as string[])]) } : {}),
         expiresAt: p.e as number,
       })
       // Bounded: a flood of distinct valid cookies only costs us a cleared cache.
@@ -139,6 +196,18 @@ export function createTokenService(
       return claims
     },
   }
+}
+
+const B64URL = /^[A-Za-z0-9_-]+$/
+
+/**
+ * The bytes of an unpadded base64url string, only when it is the one canonical spelling of them;
+ * undefined for padding, other characters, or unused low bits set in the last character.
+ */
+export function canonicalBytes(s: string): Buffer | undefined {
+  if (!B64URL.test(s) || s.length % 4 === 1) return undefined
+  const b = Buffer.from(s, 'base64url')
+  return b.toString('base64url') === s ? b : undefined
 }
 
 type GatewayUrlConfig = Pick<Config['gateway'], 'mode' | 'sessionDomain'>
@@ -158,6 +227,8 @@ export function sessionUrl(gw: GatewayUrlConfig, publicUrl: string, instanceId: 
 
 /** The query parameter that carries a launch token. */
 export const LAUNCH_PARAM = 'sp_token'
+/** The query parameter of the "continue as …?" form's POST (gateway/gateway.ts). */
+export const SWITCH_PARAM = 'sp_switch'
 
 /**
  * The launch URL handed to the requester: the clean URL plus `?sp_token=<token>`. The gateway

@@ -52,7 +52,10 @@ export interface RequestResult {
 export interface RequestInput {
   readonly userId: string
   readonly template?: string
+  /** The requester (API key name; `dashboard` for a signed-in user): part of the session's identity. */
   readonly keyName?: string | null
+  /** The user asks for themselves (the dashboard): their live session is theirs whichever requester made it. */
+  readonly byOwner?: boolean
 }
 
 interface ClaimJob {
@@ -126,7 +129,7 @@ export class PoolService {
     try {
       // The user's live instance, else a warm one: one store call either way (assignWarm checks first).
       const claim = await this.#claimWarm({ template: t.name, userId: input.userId, keyName })
-      if (claim.existing) return this.#result(claim.existing, 'existing')
+      if (claim.existing) return this.#existing(claim.existing, input, keyName)
       const claimed = claim.assigned
       if (claimed) {
         this.#d.metrics?.assignments.inc({ template: t.name, kind: 'warm' })
@@ -137,7 +140,7 @@ export class PoolService {
     } catch (err) {
       if (!(err instanceof LiveInstanceExistsError)) throw err
       const again = await store.findLive(input.userId, t.name)
-      if (again) return this.#result(again, 'existing')
+      if (again) return this.#existing(again, input, keyName)
       throw err
     }
 
@@ -179,9 +182,9 @@ export class PoolService {
       if (!(err instanceof LiveInstanceExistsError)) throw err
       const again = await store.findLive(input.userId, t.name)
       if (!again) throw err
-      return this.#result(again, 'existing')
+      return this.#existing(again, input, keyName)
     }
-    if (outcome === 'existing') return this.#result(inst, 'existing')
+    if (outcome === 'existing') return this.#existing(inst, input, keyName)
     await this.#audit(inst.id, outcome === 'cold' ? 'assigned' : 'queued', keyName, { userId: input.userId })
     if (evict) {
       this.#version++
@@ -231,6 +234,21 @@ export class PoolService {
         }
       }
     }
+  }
+
+  /**
+   * The user's live instance, for the requester that created it (issue 8: the requester is part of a
+   * session's identity). Another requester gets 409, never a link into it: the instance row read in the
+   * same statement that would have claimed one decides, so the answer is atomic on both stores. Not a
+   * second session: one live instance per user and template is the store's invariant, and a user's
+   * data (home, volumes) is per user, so two sessions would share it behind two requesters' backs.
+   */
+  #existing(inst: Instance, input: RequestInput, keyName: string | null): Promise<RequestResult> {
+    if (!input.byOwner && inst.keyName !== keyName) {
+      this.#d.metrics?.requests.inc({ template: inst.template, outcome: 'conflict' })
+      throw new ConflictError(`user "${input.userId}" has a live session of template "${inst.template}" requested by another application; end it there first, or ask that application`)
+    }
+    return this.#result(inst, 'existing')
   }
 
   async #result(inst: Instance, outcome: RequestOutcome): Promise<RequestResult> {
@@ -645,6 +663,8 @@ export class PoolService {
       generation: inst.generation,
       failureReason: inst.failureReason,
       ...(t?.activityIgnore.length ? { activityIgnore: t.activityIgnore } : {}),
+      requester: inst.keyName,
+      ...(t?.upstreamHeaders && Object.keys(t.upstreamHeaders).length ? { upstreamHeaders: t.upstreamHeaders } : {}),
     }
   }
 

@@ -13,6 +13,7 @@ import { renderAdminView, type HistoryFilters } from './admin-view.js'
 import { ASSETS } from './assets.js'
 import { stateChart } from './chart.js'
 import { csrfField, esc, layout, messagePage, type Viewer } from './html.js'
+import { decideLogin, type LoginPolicy } from './login-policy.js'
 import { OidcLogin } from './oidc.js'
 import { addressMatcher, isInstanceId, isLoopback, peerAddress, SessionKit, type DashboardUser } from './session.js'
 import { renderUserView } from './user-view.js'
@@ -22,6 +23,8 @@ export interface DashboardDeps extends ApiDeps {
   readonly tokens: TokenService
   /** Live route changes (progress, state) for server-sent events. */
   readonly routes: RouteSource
+  /** The login offered (web/login-policy.ts, decided at start); default: `dashboard.login` with no provider reports. */
+  readonly login?: LoginPolicy
 }
 
 type Form = Record<string, string>
@@ -54,8 +57,11 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
   const secret = config.gateway.secret ?? (await deps.store.setMetaIfAbsent('gateway.secret', randomBytes(32).toString('base64url')))
   const kit = new SessionKit({ tokens: deps.tokens, secret, config })
   const dash = config.dashboard
+  const policy = deps.login ?? decideLogin(config, [])
+  // The login actually offered: `off` when the configured one was refused at start.
+  const login = policy.effective
   const publicBase = config.server.publicUrl.replace(/\/+$/, '')
-  const oidc = dash.login === 'oidc' && dash.oidc ? new OidcLogin(dash.oidc, `${publicBase}/login/callback`) : undefined
+  const oidc = login === 'oidc' && dash.oidc ? new OidcLogin(dash.oidc, `${publicBase}/login/callback`) : undefined
   const trustedProxy = addressMatcher(dash.header?.trustedProxies ?? [])
   const stateCookieName = `${kit.cookieName}_login`
   const csp = cspHeader(config)
@@ -99,7 +105,7 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
 
     function headerIdentity(req: FastifyRequest): { userId: string; groups: string[] } | undefined {
       const h = dash.header
-      if (dash.login !== 'header' || !h || !trustedProxy(peerAddress(req))) return undefined
+      if (login !== 'header' || !h || !trustedProxy(peerAddress(req))) return undefined
       const user = req.headers[h.userHeader]
       if (typeof user !== 'string' || !user.trim() || user.length > 200 || /[\u0000-\u001f\u007f]/.test(user)) return undefined
       const g = req.headers[h.groupsHeader]
@@ -111,8 +117,11 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
 
     /** The signed-in user: the session cookie, or (header mode) the trusted proxy's header. */
     function currentUser(req: FastifyRequest): DashboardUser | undefined {
-      if (dash.login === 'off') return undefined
-      const s = kit.read(req)
+      if (login === 'off') return undefined
+      // A cookie from a launch link is scoped to one requester's sessions (gateway/tokens.ts): it is not
+      // a dashboard login, which would list and open every session of the user.
+      const read = kit.read(req)
+      const s = read && read.claims.requesters === undefined ? read : undefined
       const fromHeader = headerIdentity(req)
       let user: DashboardUser | undefined
       if (fromHeader) {
@@ -134,7 +143,11 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
     function pageUser(req: FastifyRequest, reply: FastifyReply): DashboardUser | undefined {
       const user = currentUser(req)
       if (!user) {
-        if (dash.login === 'off') {
+        if (policy.refused) {
+          void html(reply, 403, loginRefusedPage(policy))
+          return undefined
+        }
+        if (login === 'off') {
           void html(reply, 404, layout(`<section class="panel narrow"><h1>The dashboard is off</h1><p>This server runs with <code>dashboard.login: off</code>. The API is documented at <a href="/api/docs">/api/docs</a>.</p></section>`, { title: 'Dashboard off' }))
           return undefined
         }
@@ -221,7 +234,7 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       if (!inst || inst.ownerId !== user.userId || !LIVE_STATES.includes(inst.state as never)) {
         return html(reply, 404, messagePage('No such session', 'This session has ended or is not yours.', { viewer: viewerOf(req) }))
       }
-      return reply.redirect(await deps.links.launchUrl(inst.id, user.userId), 303)
+      return reply.redirect(await deps.links.launchUrl(inst.id, user.userId, inst.keyName), 303)
     })
 
     scope.post('/launch', { schema: { hide: true } }, async (req, reply) => {
@@ -231,7 +244,7 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       const t = TEMPLATE_RE.test(name) ? config.templates.find((x) => x.name === name) : undefined
       if (!t) return html(reply, 404, messagePage('No such template', 'That template does not exist (any more).', { viewer: viewerOf(req) }))
       if (!mayUse(t, user)) return html(reply, 403, messagePage('Not allowed', `You may not use the template “${t.displayName}”. Ask an administrator to add you to one of its groups.`, { viewer: viewerOf(req) }))
-      await deps.pool.request({ userId: user.userId, template: t.name, keyName: 'dashboard' })
+      await deps.pool.request({ userId: user.userId, template: t.name, keyName: 'dashboard', byOwner: true })
       return reply.redirect(`/?done=launched#t-${t.name}`, 303)
     })
 
@@ -439,8 +452,9 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
     scope.get('/login', { schema: { hide: true } }, async (req, reply) => {
       const q = req.query as Record<string, unknown>
       const next = kit.safeNext(q.next)
-      switch (dash.login) {
+      switch (login) {
         case 'off':
+          if (policy.refused) return html(reply, 403, loginRefusedPage(policy))
           return html(reply, 404, messagePage('Sign-in is off', 'This server runs without a dashboard login (dashboard.login: off).', { back: { href: '/api/docs', label: 'API documentation' } }))
         case 'header': {
           const id = headerIdentity(req)
@@ -470,7 +484,14 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
     })
 
     scope.post('/login', { schema: { hide: true } }, async (req, reply) => {
-      if (dash.login !== 'dev') return html(reply, 404, messagePage('Not here', 'This server does not use the development login.'))
+      if (login !== 'dev' && policy.configured === 'dev' && policy.refused) {
+        // A stable code for scripts, the same explanation for people.
+        if (!String(req.headers.accept ?? '').includes('text/html')) {
+          return reply.code(403).header('cache-control', 'no-store').send({ error: { code: 'LOGIN_DISABLED', message: `dev login is off: ${policy.refused.reason}` } })
+        }
+        return html(reply, 403, loginRefusedPage(policy))
+      }
+      if (login !== 'dev') return html(reply, 404, messagePage('Not here', 'This server does not use the development login.'))
       if (!isLoopback(peerAddress(req))) return html(reply, 403, devOnlyLoopback())
       const form = formOf(req)
       const st = readLoginState(req)
@@ -486,7 +507,7 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
     })
 
     scope.get('/login/callback', { schema: { hide: true } }, async (req, reply) => {
-      if (dash.login !== 'oidc' || !oidc) return html(reply, 404, messagePage('Not here', 'This server does not use OpenID Connect.'))
+      if (login !== 'oidc' || !oidc) return html(reply, 404, messagePage('Not here', 'This server does not use OpenID Connect.'))
       const st = readLoginState(req)
       const q = req.query as Record<string, unknown>
       const again = { back: { href: '/login', label: 'Sign in again' } }
@@ -512,7 +533,7 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       const user = postUser(req, reply)
       if (!user) return reply
       void reply.header('set-cookie', kit.clearSessionCookie())
-      const note = dash.login === 'header' ? ' Your organisation’s login proxy may sign you in again on your next visit.' : ''
+      const note = login === 'header' ? ' Your organisation’s login proxy may sign you in again on your next visit.' : ''
       return html(reply, 200, messagePage('Signed out', `You are signed out of studiopool.${note}`, { back: { href: '/login', label: 'Sign in again' } }))
     })
   })
@@ -543,6 +564,18 @@ function titleFor(status: number): string {
 function cspHeader(config: Config): string {
   const sub = config.gateway.mode === 'subdomain' && config.gateway.sessionDomain ? ` *.${config.gateway.sessionDomain}` : ''
   return `default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'${sub}; frame-ancestors 'none'; base-uri 'none'`
+}
+
+/** Why the configured login is off (the same words as the start-up warning), with the code for scripts. */
+function loginRefusedPage(policy: LoginPolicy): string {
+  const r = policy.refused!
+  return layout(
+    `<section class="panel narrow" aria-labelledby="h-off"><h1 id="h-off">Sign-in is turned off</h1>` +
+      `<p>This server is configured with <code>dashboard.login: ${esc(policy.configured)}</code>, but ${esc(r.reason)}. So it does not sign anyone in.</p>` +
+      `<p>What the operator can do: ${esc(r.fix)}. See docs/security.md, “Logins”.</p>` +
+      `<p class="muted">Error code <code>LOGIN_DISABLED</code>. Session links handed out by applications still work.</p></section>`,
+    { title: 'Sign-in is off' },
+  )
 }
 
 function devOnlyLoopback(): string {

@@ -1,8 +1,8 @@
 import { createHmac, timingSafeEqual } from 'node:crypto'
-import { BlockList, isIP } from 'node:net'
 import type { FastifyRequest } from 'fastify'
 import type { Config } from '../config/types.js'
-import { sessionUrl, type SessionClaims, type TokenService } from '../gateway/tokens.js'
+import { isLoopback, peerSet, unmapped } from '../gateway/peers.js'
+import { canonicalBytes, sessionUrl, type SessionClaims, type TokenService } from '../gateway/tokens.js'
 
 /**
  * Dashboard sessions ride on the gateway's own session cookie (`tokens.issueSession`), so one
@@ -143,11 +143,14 @@ export class SessionKit {
     const dot = value.indexOf('.')
     if (dot < 0) return undefined
     const body = value.slice(0, dot)
-    const given = Buffer.from(value.slice(dot + 1), 'base64url')
+    // One encoding, as for tokens (gateway/tokens.ts): a padded or re-encoded MAC or body is refused.
+    const given = canonicalBytes(value.slice(dot + 1))
     const expected = createHmac('sha256', this.#stateKey).update(body).digest()
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined
+    if (!given || given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined
+    const raw = canonicalBytes(body)
+    if (!raw) return undefined
     try {
-      const p = JSON.parse(Buffer.from(body, 'base64url').toString('utf8')) as Record<string, unknown>
+      const p = JSON.parse(raw.toString('utf8')) as Record<string, unknown>
       return typeof p.e === 'number' && p.e > Date.now() ? p : undefined
     } catch {
       return undefined
@@ -173,40 +176,15 @@ export function cookieValues(header: string | undefined, name: string): string[]
 
 /** The socket's peer address: never a header (X-Forwarded-For is the client's to write). */
 export function peerAddress(req: FastifyRequest): string {
-  const a = req.raw.socket?.remoteAddress ?? ''
-  return a.startsWith('::ffff:') && isIP(a.slice(7)) === 4 ? a.slice(7) : a
+  return unmapped(req.raw.socket?.remoteAddress ?? '')
 }
 
-export function isLoopback(addr: string): boolean {
-  return addr === '::1' || /^127\.\d+\.\d+\.\d+$/.test(addr)
-}
+export { isLoopback }
 
-/**
- * Addresses from `dashboard.header.trustedProxies`: single addresses, CIDR ranges
- * (`10.0.0.0/8`, `fd00::/8`), or the word `loopback`.
- */
+/** Addresses from `dashboard.header.trustedProxies`, in the one peer grammar (gateway/peers.ts). */
 export function addressMatcher(list: readonly string[]): (addr: string) => boolean {
-  const bl = new BlockList()
-  let loopback = false
-  for (const raw of list) {
-    const entry = raw.trim()
-    if (entry === 'loopback' || entry === 'localhost') {
-      loopback = true
-      continue
-    }
-    const [ip, bits] = entry.split('/')
-    const family = isIP(ip ?? '')
-    if (!family) continue
-    const type = family === 4 ? 'ipv4' : 'ipv6'
-    if (bits === undefined) bl.addAddress(ip!, type)
-    else if (/^\d{1,3}$/.test(bits)) bl.addSubnet(ip!, Number(bits), type)
-  }
-  return (addr) => {
-    if (!addr) return false
-    if (loopback && isLoopback(addr)) return true
-    const family = isIP(addr)
-    return family !== 0 && bl.check(addr, family === 4 ? 'ipv4' : 'ipv6')
-  }
+  const set = peerSet(list)
+  return (addr) => set.match(addr)
 }
 
 export function isInstanceId(id: unknown): id is string {

@@ -557,5 +557,25 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
         console.log(`# ${name}: listAssignedIds(10k rows, 5k assigned) ${listMs.toFixed(1)} ms; getInstance ${getMs.toFixed(2)} ms avg; countActive ${countMs.toFixed(1)} ms`)
         // Timings are printed, not asserted (CI machines vary): `npm run bench:api` checks the target.
       }))
+
+    test("assignWarm answers another requester's claim with the user's live row, its requester intact, and claims nothing (the pool's 409)", () =>
+      withStore(async (s) => {
+        await s.insertInstance(row({ state: 'ready', createdAt: 1 }))
+        await s.insertInstance(row({ state: 'ready', createdAt: 2 }))
+        // Two requesters race for one user: one instance is assigned; every other answer is that row.
+        const claims = Array.from({ length: 10 }, (_, i) => ({ template: 'rstudio', userId: 'alice', keyName: i % 2 ? 'portal-b' : 'portal-a' }))
+        const results = await Promise.allSettled(claims.map((c, i) => s.assignWarm([c], 100 + i)))
+        const ok = results.filter((r): r is PromiseFulfilledResult<Awaited<ReturnType<Store['assignWarm']>>> => r.status === 'fulfilled').map((r) => r.value[0]!)
+        for (const r of results) if (r.status === 'rejected') assert.ok(r.reason instanceof LiveInstanceExistsError, String(r.reason))
+        const assigned = ok.filter((r) => r.assigned)
+        assert.equal(assigned.length, 1, 'one claim got an instance')
+        const winner = assigned[0]!.assigned!
+        for (const r of ok.filter((x) => x.existing)) assert.deepEqual([r.existing!.id, r.existing!.keyName], [winner.id, winner.keyName])
+        const [after] = await s.assignWarm([{ template: 'rstudio', userId: 'alice', keyName: winner.keyName === 'portal-a' ? 'portal-b' : 'portal-a' }], 500)
+        assert.equal(after?.existing?.keyName, winner.keyName, "the other requester sees the winner's key name")
+        assert.equal((await s.listInstances({ ownerId: 'alice' })).length, 1)
+        assert.equal((await s.listInstances({ assigned: false, states: ['ready'] })).length, 1, 'the other free instance is still free')
+        assert.equal((await s.listHistory({ userId: 'alice' })).length, 1)
+      }))
   })
 }

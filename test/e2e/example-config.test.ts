@@ -41,7 +41,10 @@ test('examples/studiopool.yaml loads from another working directory; {{configDir
   assert.equal(t.jupyter!.hostHeader, 'preserve')
   assert.equal(t.jupyter!.healthPath, '{{basePath}}api')
   assert.ok(command('jupyter').includes('--NotebookApp.base_url={{basePath}}'))
-  assert.ok(command('jupyter').includes('--NotebookApp.token='))
+  // Jupyter checks the per-instance app token, which the gateway sends on every request (issue 8).
+  assert.ok(!command('jupyter').some((a) => a.startsWith('--NotebookApp.token')), 'no "no token" flag')
+  assert.equal((t.jupyter!.settings.env as Record<string, string>).JUPYTER_TOKEN, '{{appToken}}')
+  assert.deepEqual(t.jupyter!.upstreamHeaders, { Authorization: 'token {{appToken}}' })
   // Shiny and RStudio run as if at /.
   assert.equal(t.shiny!.pathMode, 'strip')
   assert.equal(t.rstudio!.pathMode, 'strip')

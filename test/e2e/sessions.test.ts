@@ -116,9 +116,14 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
     const xsrf = jar.get('_xsrf')
     assert.ok(xsrf, 'Jupyter set its _xsrf cookie on the tree page')
 
-    // Jupyter's XSRF check stays on: without the header a POST is refused.
+    // Jupyter checks its token (JUPYTER_TOKEN={{appToken}}), which only the gateway sends: straight to its port, it refuses us.
+    const address = (await s.running.store!.getInstance(instanceId))!.address!
+    const direct = await fetch(`${address}/s/${instanceId}/api/kernels`, { redirect: 'manual' })
+    assert.equal(direct.status, 403, 'Jupyter refuses a request without its token')
+    await direct.arrayBuffer()
+    // Token-authenticated requests skip Jupyter's own XSRF check, so the gateway refuses a POST from another site instead.
     const json = { 'content-type': 'application/json' }
-    const refused = await http(`${base}api/kernels`, jar, { method: 'POST', headers: json, body: '{"name":"python3"}' })
+    const refused = await http(`${base}api/kernels`, jar, { method: 'POST', headers: { ...json, origin: 'https://evil.example' }, body: '{"name":"python3"}' })
     assert.equal(refused.status, 403)
     const created = await http(`${base}api/kernels`, jar, { method: 'POST', headers: { ...json, 'x-xsrftoken': xsrf }, body: '{"name":"python3"}' })
     assert.equal(created.status, 201, created.text.slice(0, 300))

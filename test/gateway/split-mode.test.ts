@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url'
 import { after, before, describe, test } from 'node:test'
 import { Agent, request } from 'undici'
 import type { RouteEntry } from '../../src/domain/routes.js'
+import { deriveAppToken } from '../../src/domain/app-token.js'
 import { createTokenService } from '../../src/gateway/tokens.js'
 import { route, SECRET, startUpstream, waitFor } from './helpers.js'
 import type { Upstream } from './helpers.js'
@@ -86,6 +87,16 @@ describe('split mode: gateway and API feed in two processes', () => {
     assert.equal(second.statusCode, 401)
     await second.body.dump()
     await waitFor(() => feed!.messages.some((m) => Array.isArray(m.activity) && (m.activity as { id: string }[]).some((e) => e.id === r1.instanceId)), 5000, 'activity at the feed')
+  })
+
+  test("a template's upstreamHeaders travel with the route; the gateway process computes the app token from its own copy of the secret", async () => {
+    const r4 = route({ address: app.url, ownerId: 'alice', upstreamHeaders: { Authorization: 'token {{appToken}}' } })
+    sendFeed({ op: 'upsert', route: r4 })
+    await waitFor(async () => (await status(r4.instanceId)) === 200, 5000, 'r4 routable')
+    const r = await request(`http://127.0.0.1:${gw!.port}/s/${r4.instanceId}/echo`, { dispatcher: client, headers: { cookie, 'x-forwarded-user': 'root' } })
+    const seen = ((await r.body.json()) as { headers: Record<string, string> }).headers
+    assert.equal(seen.authorization, `token ${deriveAppToken(SECRET, r4.instanceId, r4.generation)}`)
+    assert.equal(seen['x-forwarded-user'], 'alice')
   })
 
   test('with the API down existing routes keep working; when it returns the gateway resyncs', async () => {

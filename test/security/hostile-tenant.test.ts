@@ -220,6 +220,11 @@ describe('hostile tenant: local sessions', { skip }, () => {
       for (const name of ['read the store', 'list the data directory', "read the server's environment", "read bob's record", "signal bob's process", 'signal the server', "connect to bob's port", "use carol's demo app directly"]) {
         assert.equal(all.get(name)?.ok, true, `${name} succeeds unisolated: ${all.get(name)?.detail}`)
       }
+      // What holds whatever the account: Jupyter checks the app token only the gateway sends, and
+      // no login trusts a connection from a session (dev login is off while sessions reach loopback).
+      for (const name of ["use bob's Jupyter directly", "open bob's kernel WebSocket directly", 'dev login as bob', 'header login as bob']) {
+        assert.equal(all.get(name)?.ok, false, `${name} fails even unisolated: ${all.get(name)?.detail}`)
+      }
     })
   })
 })

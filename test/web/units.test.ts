@@ -72,7 +72,9 @@ describe('dashboard helpers', () => {
     assert.equal(m('127.0.0.9'), true)
     assert.equal(m(''), false)
     assert.equal(addressMatcher([])('127.0.0.1'), false)
-    assert.equal(isLoopback('::ffff:127.0.0.1'), false, 'callers unwrap IPv4-mapped addresses first')
+    // One grammar for every trusted-peer list (gateway/peers.ts): IPv4-mapped peers are unwrapped there.
+    assert.equal(isLoopback('::ffff:127.0.0.1'), true)
+    assert.equal(m('::ffff:10.0.0.5'), true)
   })
 
   it('draws the chart from samples, escapes, and says when there is nothing', () => {

@@ -11,10 +11,13 @@ export const RequestSessionPayload = Type.Object({ userId: UserId, template: Typ
  */
 export async function requestSession(deps: ApiDeps, caller: Caller, payload: Static<typeof RequestSessionPayload>) {
   requireRole(caller.principal, 'requester')
-  const r = await deps.pool.request({ userId: payload.userId, template: payload.template, keyName: keyNameOf(caller.principal) })
+  const p = caller.principal
+  // A signed-in user asking for themselves owns their live session whichever requester made it.
+  const byOwner = p.kind === 'user' && p.userId === payload.userId
+  const r = await deps.pool.request({ userId: payload.userId, template: payload.template, keyName: keyNameOf(p), byOwner })
   return {
     instanceId: r.instance.id,
-    url: await deps.links.launchUrl(r.instance.id, payload.userId),
+    url: await deps.links.launchUrl(r.instance.id, payload.userId, r.instance.keyName),
     state: r.instance.state,
     queuePosition: r.queuePosition,
     outcome: r.outcome,

@@ -6,6 +6,7 @@ import {
   LABEL_POOL,
   LABEL_TEMPLATE,
   type InstanceSpec,
+  type IsolationReport,
   type OperationOptions,
   type Provider,
   type ProviderCapabilities,
@@ -25,6 +26,10 @@ const NAME = 'fake'
  *   backend of its own.
  * - `latencyMs` (default 0): every call waits this long, for benchmarks.
  * - `supportsSuspend` (default true): whether stop/start are offered.
+ * - `isolation` (provider-wide; a test and development knob): the IsolationReport `isolation()`
+ *   returns, `{isolated?, sessionsReachLoopback?, sessionNetworks?, notes?}` (defaults: true, false,
+ *   [], []), to drive the login rules that depend on it (issue 8). Absent: no `isolation()` at all,
+ *   as the fake runs no session code.
  * - `validationError` (template only): `validateTemplate` reports this text, to exercise a server
  *   refusing one broken template while serving the others.
  */
@@ -34,6 +39,7 @@ export interface FakeSettings {
   readonly cloud: string | null
   readonly latencyMs: number
   readonly supportsSuspend: boolean
+  readonly isolation: IsolationReport | null
 }
 
 const KNOWN_TEMPLATE_KEYS = new Set(['startDelayMs', 'address', 'validationError'])
@@ -106,7 +112,12 @@ export class FakeProvider implements Provider {
       this.stop = undefined
       this.start = undefined
     }
+    const report = this.settings.isolation
+    if (report) this.isolation = () => report
   }
+
+  /** Set only when `settings.isolation` is given. */
+  isolation?: () => IsolationReport
 
   // --- fault injection and inspection ---------------------------------------------------
 
@@ -312,5 +323,18 @@ export function parseFakeSettings(raw: Readonly<Record<string, unknown>> | undef
     cloud: typeof s.cloud === 'string' ? s.cloud : null,
     latencyMs: num(s.latencyMs, 0),
     supportsSuspend: s.supportsSuspend !== false,
+    isolation: parseIsolation(s.isolation),
   }
+}
+
+function parseIsolation(v: unknown): IsolationReport | null {
+  if (!v || typeof v !== 'object' || Array.isArray(v)) return null
+  const o = v as Record<string, unknown>
+  const strings = (x: unknown) => (Array.isArray(x) ? x.filter((e): e is string => typeof e === 'string') : [])
+  return Object.freeze({
+    isolated: o.isolated !== false,
+    sessionsReachLoopback: o.sessionsReachLoopback === true,
+    sessionNetworks: Object.freeze(strings(o.sessionNetworks)),
+    notes: Object.freeze(strings(o.notes)),
+  })
 }
