@@ -8,7 +8,8 @@ R = {}
 def attempt(name, fn):
     try:
         out = fn()
-        R[name] = {"ok": bool(out) if out is not None else True, "detail": str(out)[:160]}
+        # Returning None or False means the attack got an answer that refused it.
+        R[name] = {"ok": out is not None and out is not False, "detail": str(out)[:160]}
     except Exception as e:  # any failure is the attack failing
         R[name] = {"ok": False, "detail": (type(e).__name__ + ": " + str(e))[:160]}
 
