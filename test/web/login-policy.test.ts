@@ -234,3 +234,20 @@ describe('decideLogin (the rules, one by one)', () => {
     assert.equal(decideLogin(h(['127.0.0.1']), []).effective, 'header', 'no report')
   })
 })
+
+describe('the admin dashboard says when sessions are not isolated', () => {
+  test('a banner names the provider and what it cannot isolate; none when everything is isolated', async () => {
+    const admin = 'dashboard:\n  admins: [ada]\n  allowDevLoginFromSessions: true\n'
+    const open = await serve(`${admin}providers:\n  fake:\n    isolation: { isolated: false, sessionsReachLoopback: true, notes: ['sessions run as the server account'] }\n`)
+    const page = await fetch(`${open.url}/admin`, { headers: { cookie: await fetchLogin(open.url, 'ada') } })
+    assert.equal(page.status, 200)
+    const html = await page.text()
+    assert.match(html, /<h2 id="h-iso">Sessions are not isolated<\/h2>/)
+    assert.match(html, /<strong>fake<\/strong>: sessions run as the server account/)
+
+    const closed = await serve(`${admin}providers:\n  fake:\n    isolation: { isolated: true, sessionsReachLoopback: false, notes: ['isolated'] }\n`)
+    const quiet = await fetch(`${closed.url}/admin`, { headers: { cookie: await fetchLogin(closed.url, 'ada') } })
+    assert.equal(quiet.status, 200)
+    assert.doesNotMatch(await quiet.text(), /Sessions are not isolated/)
+  })
+})
