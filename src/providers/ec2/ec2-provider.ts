@@ -202,7 +202,7 @@ export class Ec2Provider implements Provider {
     const problems = this.validateTemplate(template)
     if (problems.length) {
       // A configuration bug, found at launch: the instance fails with the problems as its reason.
-      throw new ProviderError(PROVIDER, `template ${template.name} has invalid ec2 settings: ${problems.join('; ')}`, { retryable: false })
+      throw new ProviderError(PROVIDER, `template ${template.name} has invalid ec2 settings: ${problems.join('; ')}`, { retryable: false, kind: 'config' })
     }
     return this.#templates.get(template)!
   }
