@@ -204,6 +204,11 @@ function parsePort(v: string): number {
 }
 
 program.parseAsync(process.argv).catch((err: unknown) => {
+  // A configuration the server can only judge at start (a provider's needs): exit 2, as for load errors.
+  if (err instanceof ConfigError) {
+    process.stderr.write(`${err.message}\n`)
+    process.exit(2)
+  }
   if (err instanceof ApiError) {
     process.stderr.write(`\nstudiopool: ${err.code}: ${err.message}\n`)
     process.exit(err.status === 0 ? 1 : err.status >= 500 ? 3 : 2)

@@ -81,6 +81,11 @@ export interface IsolationReport {
 export interface ProviderCapabilities {
   /** stop/start keep the disk (suspend/resume). */
   readonly supportsSuspend: boolean
+  /**
+   * Instances run on other machines (VMs): a loopback callback URL would point at the instance
+   * itself, so the server refuses to start such a template with one (issue 9). Default false.
+   */
+  readonly remoteInstances?: boolean
 }
 
 /**
@@ -111,6 +116,8 @@ export interface Provider {
    * only logs a failure. Labels not named are kept. Throws ProviderError; an absent ref resolves.
    */
   relabel?(ref: string, labels: Readonly<Record<string, string>>, opts: OperationOptions): Promise<void>
+  /** The SSH key pair instances of this template get (the seed's GET_STATUS `keyName`); undefined when none. */
+  keyPairName?(template: TemplateConfig): string | undefined
   /** What this provider isolates; absent means sessions do not run on a host the server shares (nothing to report). */
   isolation?(): IsolationReport
   /** Releases clients. Local processes are NOT killed: they survive a server restart and are found again by list(). */

@@ -107,7 +107,7 @@ function mapState(name: string | undefined): ProviderInstance['state'] {
  */
 export class Ec2Provider implements Provider {
   readonly name = 'ec2'
-  readonly capabilities: ProviderCapabilities = { supportsSuspend: true }
+  readonly capabilities: ProviderCapabilities = { supportsSuspend: true, remoteInstances: true }
 
   readonly #ctx: ProviderContext
   readonly #settings: Ec2ProviderSettings
@@ -194,6 +194,10 @@ export class Ec2Provider implements Provider {
     this.#templates.set(template, { settings: parsed.settings, userData: ud.text })
     this.#templatesByName.set(template.name, template)
     return []
+  }
+
+  keyPairName(template: TemplateConfig): string | undefined {
+    return parseTemplateSettings(template.name, template.settings).settings?.keyName
   }
 
   #template(template: TemplateConfig): { settings: Ec2TemplateSettings; userData: string } {
