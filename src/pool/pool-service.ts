@@ -283,7 +283,9 @@ export class PoolService {
    * owner keeps a concurrent warm claim from taking the same one.
    */
   async #claimFree(tx: StoreTx, t: TemplateConfig, userId: string, keyName: string | null, now: number): Promise<Instance | undefined> {
-    const free = await tx.listInstances({ template: t.name, assigned: false, states: FREE_LIVE, limit: 20 })
+    // With the breaker open a free row still being created is the probe, likely to fail: not for a user.
+    const open = this.#breaker.state(t.name)?.open
+    const free = (await tx.listInstances({ template: t.name, assigned: false, states: FREE_LIVE, limit: 20 })).filter((f) => !open || f.state !== 'provisioning')
     free.sort((a, b) => READINESS[a.state]! - READINESS[b.state]! || a.createdAt - b.createdAt)
     for (const f of free) {
       const n = await tx.updateInstance(f.id, { ownerId: userId, keyName, assignedAt: now, lastActivityAt: now, updatedAt: now }, { states: [f.state], ownerId: null, generation: f.generation })

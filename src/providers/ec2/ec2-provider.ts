@@ -450,6 +450,23 @@ export class Ec2Provider implements Provider {
     }
   }
 
+  /**
+   * CreateTags on the instance (and nothing else): the owner and assignment on claim, the instanceId
+   * on a hand-over. Our pool and template tags are never rewritten; docs/aws.md's policy allows
+   * CreateTags only on this pool's instances and only for these keys. An unknown ref resolves.
+   */
+  async relabel(ref: string, labels: Readonly<Record<string, string>>, opts: OperationOptions): Promise<void> {
+    if (!EC2_ID_RE.test(ref)) return
+    const tags = Object.entries(labels).filter(([k]) => k !== LABEL_POOL && k !== LABEL_TEMPLATE)
+    if (!tags.length) return
+    try {
+      await this.#call('CreateTags', opts, () => this.#api.createTags({ Resources: [ref], Tags: tags.map(([Key, Value]) => ({ Key, Value })) }, opts.signal), ref)
+    } catch (err) {
+      if (isNotFound(err)) return
+      throw err
+    }
+  }
+
   async close(): Promise<void> {
     this.#api.destroy()
   }
