@@ -64,7 +64,7 @@ for (const kind of STORE_KINDS) {
         h.provider.failCreate = () => Object.assign(new Error("EACCES: permission denied, mkdir '/data/instances/x'"), { code: 'EACCES' })
         h.worker.start()
         // Over two seconds of worker cycles every 50 ms, at most a handful of creates (backoff ≥ 50 ms, growing to 200–400 ms).
-        await waitFor(() => h.pool.breakers()[0]?.open, 'the breaker to open')
+        await waitFor(() => h.pool.breakers()[0]?.open, 'the breaker to open', 30_000)
         const t0 = Date.now()
         await waitFor(() => Date.now() - t0 > 1500, 'time to pass under worker cycles', 3000, 100)
         const creates = h.provider.calls.create
@@ -102,7 +102,7 @@ for (const kind of STORE_KINDS) {
       try {
         h.provider.failCreate = () => new Error('fails at once')
         await h.pool.topUp()
-        await waitFor(() => h.provider.calls.create >= 5, 'the failing creates to run')
+        await waitFor(() => h.provider.calls.create >= 5, 'the failing creates to run', 30_000)
         for (let i = 0; i < 5; i++) {
           const t0 = performance.now()
           const r = await request(`http://127.0.0.1:${(srv.address() as AddressInfo).port}/`)
