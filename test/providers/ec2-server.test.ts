@@ -15,6 +15,7 @@ import { RunInstancesCommand, type RunInstancesCommandInput } from '@aws-sdk/cli
 import { call, command, startServer, type TestServer } from '../api/helpers.js'
 import { dropSchemas } from '../helpers/pg.js'
 import { STORE_KINDS, waitFor } from '../helpers/stores.js'
+import { fetchLogin } from '../web/helpers.js'
 import { FakeEc2 } from './ec2-fake-aws.js'
 
 after(dropSchemas)
@@ -22,6 +23,7 @@ after(dropSchemas)
 const ARENA = 'arena-requester-key-0123456789'
 const YAML = `
 pool: { id: seed-pool, maxInstances: 5 }
+dashboard: { login: dev, admins: [ops] }
 server: { instanceCallbackUrl: "http://10.0.0.10:8080" }
 providers: { ec2: { region: eu-central-1 } }
 templates:
@@ -69,6 +71,10 @@ for (const kind of STORE_KINDS) {
       assert.match(t.unavailableReason, /ec2:RunInstances/)
       const metrics = await call(s.url, 'GET', '/metrics', { key: s.adminKey })
       assert.match(metrics.text, /studiopool_template_unavailable\{template="rstudio"\} 1/)
+      const cookie = await fetchLogin(s.url, 'ops')
+      const admin = await call(s.url, 'GET', '/admin', { headers: { cookie, accept: 'text/html' } })
+      assert.equal(admin.status, 200)
+      assert.match(admin.text, /title="[^"]*AWS denied ec2:RunInstances[^"]*">unavailable</, 'the admin dashboard shows the template unavailable with the cause')
 
       // The operator fixes the policy: the worker's re-probe (after the backoff) launches, the breaker closes.
       aws.allow('RunInstances')
