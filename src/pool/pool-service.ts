@@ -739,6 +739,8 @@ export class PoolService {
         progressTokenHash: f.progressTokenHash,
         startedAt: f.startedAt ?? now,
         readyAt: f.readyAt,
+        // Idle time counts from now: the user may have waited in the queue longer than the idle timeout.
+        lastActivityAt: now,
         updatedAt: now,
       },
       { states: ['queued'] },
