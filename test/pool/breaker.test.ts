@@ -11,7 +11,14 @@ import type { AddressInfo } from 'node:net'
 import { request } from 'undici'
 import { AppError, ProviderError } from '../../src/domain/errors.js'
 import { CreateBreaker } from '../../src/pool/create-breaker.js'
+import { newInstanceId } from '../../src/domain/ids.js'
 import { STORE_KINDS, waitFor } from '../helpers/stores.js'
+
+/**
+ * A pool id of this test's own: Postgres advisory-lock keys (the pool lock, worker leadership) derive
+ * from it and are database-wide, so a shared id would make this test wait on other runs against the same database.
+ */
+const ownPool = () => `t-${newInstanceId().slice(0, 10)}`
 import { appServer, makeHarness } from './harness.js'
 
 const app = await appServer()
@@ -59,7 +66,7 @@ describe('CreateBreaker', () => {
 for (const kind of STORE_KINDS) {
   describe(`provider failures on ${kind.name}`, () => {
     test('a create that fails at once with minFree 1 does not loop; requests get 503 PROVIDER_UNAVAILABLE with the cause and Retry-After and create nothing; a re-probe closes the breaker', async () => {
-      const h = makeHarness(await kind.make(), YAML, { appUrl: app.url, backoff: { baseMs: 100, maxMs: 400 } })
+      const h = makeHarness(await kind.make({ poolId: ownPool() }), YAML, { appUrl: app.url, backoff: { baseMs: 100, maxMs: 400 } })
       try {
         h.provider.failCreate = () => Object.assign(new Error("EACCES: permission denied, mkdir '/data/instances/x'"), { code: 'EACCES' })
         h.worker.start()
@@ -96,7 +103,7 @@ for (const kind of STORE_KINDS) {
     })
 
     test('the fail → top-up → create path leaves the microtask queue: with no backoff at all a real socket is still answered promptly', async () => {
-      const h = makeHarness(await kind.make(), YAML, { appUrl: app.url, backoff: { baseMs: 0, maxMs: 0 } })
+      const h = makeHarness(await kind.make({ poolId: ownPool() }), YAML, { appUrl: app.url, backoff: { baseMs: 0, maxMs: 0 } })
       const srv = createServer((_req, res) => res.end('alive'))
       await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r))
       try {

@@ -11,6 +11,12 @@ import { LIVE_STATES } from '../../src/domain/instance.js'
 import { newInstanceId } from '../../src/domain/ids.js'
 import type { Store } from '../../src/store/store.js'
 import { STORE_KINDS, waitFor } from '../helpers/stores.js'
+
+/**
+ * A pool id of this test's own: Postgres advisory-lock keys (the pool lock, worker leadership) derive
+ * from it and are database-wide, so a shared id would make this test wait on other runs against the same database.
+ */
+const ownPool = () => `t-${newInstanceId().slice(0, 10)}`
 import { makeHarness, type Harness } from './harness.js'
 
 /** An app whose health check fails until `open()`: every instance "takes a while to start". */
@@ -60,7 +66,7 @@ for (const kind of STORE_KINDS) {
     test('MAX_INSTANCES=3, minFree 1, slow starts: requests take the warm instance that is still starting; three instances, never a queue beside a free one', async () => {
       const app = await gatedApp()
       apps.push(app)
-      const h = makeHarness(await kind.make(), YAML, { appUrl: app.url })
+      const h = makeHarness(await kind.make({ poolId: ownPool() }), YAML, { appUrl: app.url })
       harnesses.push(h)
       await h.pool.topUp()
       const warm = await waitFor(async () => (await h.store.listInstances({ states: ['starting'], assigned: false }))[0], 'the warm instance to be starting')
@@ -88,7 +94,7 @@ for (const kind of STORE_KINDS) {
     test('a queued request takes a free instance the moment it finishes starting, without a worker cycle or a new create', async () => {
       const app = await gatedApp()
       apps.push(app)
-      const h = makeHarness(await kind.make(), YAML.replace('minFree: 1', 'minFree: 0'), { appUrl: app.url })
+      const h = makeHarness(await kind.make({ poolId: ownPool() }), YAML.replace('minFree: 1', 'minFree: 0'), { appUrl: app.url })
       harnesses.push(h)
       // Two users hold instances; a free one is starting (left by a replica, or by an older server); two users wait.
       const a = await h.pool.request({ userId: 'a' })

@@ -44,7 +44,9 @@ for (const kind of STORE_KINDS) {
       const cloud = FakeCloud.named(cloudName)
       const config = loadConfig({ text: YAML, env: {}, cwd: tmp })
       const providerA = new FakeProvider({ poolId: 'rec', settings: { address: app.url } }, { cloud })
-      const a = makeHarness(await kind.make({ poolId: 'rec' }), YAML, { appUrl: app.url, provider: providerA })
+      // Store pool ids of this run's own: the Postgres advisory-lock keys derive from them and are database-wide.
+      const storePool = `rec-${newInstanceId().slice(0, 10)}`
+      const a = makeHarness(await kind.make({ poolId: storePool }), YAML, { appUrl: app.url, provider: providerA })
       let warmUser: string
       let coldUser: string
       const owners = new Map<string, string>()
@@ -68,7 +70,7 @@ for (const kind of STORE_KINDS) {
         await a.close() // the store is "lost"; the provider's resources stay
       }
 
-      const store = await kind.make({ poolId: 'rec' })
+      const store = await kind.make({ poolId: storePool })
       const providerB = new FakeProvider({ poolId: 'rec', settings: { address: app.url } }, { cloud })
       const report = await recoverFromProviders({ config, store, providers: new Map([['fake', providerB]]), log })
       const live = providerB.instances().filter((r) => r.state !== 'terminated')
@@ -142,7 +144,7 @@ templates:
         await provider.create(spec(free), { log })
         // A warm claim: the pool relabels in the background.
         await provider.relabel(w.ref, { [LABEL_INSTANCE]: warm, [LABEL_OWNER]: 'bob', 'studiopool:assigned-at': '1700000001000' }, { log })
-        const store = await kind.make({ poolId: 'rec-ec2' })
+        const store = await kind.make({ poolId: `rec-ec2-${newInstanceId().slice(0, 10)}` })
         const report = await recoverFromProviders({ config, store, providers: new Map([['ec2', provider]]), log })
         assert.equal(report.instances.length, 3)
         assert.equal(report.assignments, 2)
