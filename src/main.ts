@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net'
 import type { Duplex } from 'node:stream'
 import pino, { type Logger } from 'pino'
 import type { FastifyInstance } from 'fastify'
-import { withPublicUrl } from './config/load.js'
+import { ConfigError, instanceCallbackBase, isLoopbackUrl, withPublicUrl } from './config/load.js'
 import type { Config } from './config/types.js'
 import { Keyring } from './api/keyring.js'
 import type { ApiDeps } from './api/context.js'
@@ -62,6 +62,25 @@ export function createLogger(level: string): Logger {
 }
 
 /**
+ * Instances on other machines post progress to the callback URL: a loopback one would reach the
+ * instance itself (issue 9). Throws ConfigError (exit 2) naming the setting.
+ */
+function refuseLoopbackCallback(config: Config, provider: string): void {
+  const callback = instanceCallbackBase(config)
+  if (!isLoopbackUrl(callback.url)) return
+  const names = config.templates.filter((t) => t.provider === provider).map((t) => `"${t.name}"`)
+  throw new ConfigError(
+    [
+      {
+        path: '/server/instanceCallbackUrl',
+        message: `template ${names.join(', ')} runs on ${provider} instances, which cannot reach the progress URL ${callback.url} (from ${callback.setting}): it is a loopback address. Set server.instanceCallbackUrl (or STUDIOPOOL_INSTANCE_CALLBACK_URL, or SERVICE_URL) to an address the instances can reach`,
+      },
+    ],
+    'start',
+  )
+}
+
+/**
  * The composition root: config → store → providers → pool → api + gateway on one listener
  * (or one role, DESIGN.md "One package, one binary, several roles").
  */
@@ -99,10 +118,13 @@ export async function start(opts: StartOptions): Promise<Running> {
       if (!p) {
         try {
           p = await loadProvider(t.provider, { poolId: config.pool.id, dataDir: config.server.dataDir, settings: config.providers[t.provider] ?? {}, log: log.child({ provider: t.provider }) })
+          // Checked before init (which may talk to the cloud): a configuration error, not an outage.
+          if (p.capabilities.remoteInstances) refuseLoopbackCallback(config, t.provider)
           await p.init({ log })
           providers.set(t.provider, p)
           cleanups.push(() => p!.close())
         } catch (err) {
+          if (err instanceof ConfigError) throw err
           unavailable.set(t.name, `provider ${t.provider}: ${(err as Error).message}`)
           continue
         }
@@ -176,7 +198,9 @@ export async function start(opts: StartOptions): Promise<Running> {
       sessionUrl: (id) => sessionUrl(config.gateway, config.server.publicUrl, id),
       launchUrl: (id, userId, requester) => launchUrl(config.gateway, config.server.publicUrl, id, tokens.issueLaunch({ instanceId: id, userId, requester })),
     }
-    const pool = new PoolService({ config, store, providers, routes: hub, log: log.child({ component: 'pool' }), metrics, faults: opts.faults, unavailable, appToken: (id, gen) => deriveAppToken(secret, id, gen) })
+    const progressBase = instanceCallbackBase(config).url.replace(/\/+$/, '')
+    const progressUrl = (id: string) => `${progressBase}/api/v1/instances/${id}/progress`
+    const pool = new PoolService({ config, store, providers, routes: hub, log: log.child({ component: 'pool' }), metrics, faults: opts.faults, unavailable, progressUrl, appToken: (id, gen) => deriveAppToken(secret, id, gen) })
     cleanups.push(() => pool.close())
     await pool.publishAll()
 

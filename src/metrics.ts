@@ -8,6 +8,7 @@ export function createMetrics() {
     registry,
     instances: new Gauge({ name: 'studiopool_instances', help: 'Instances by template, state and assignment', labelNames: ['template', 'state', 'assigned'], registers: [registry] }),
     queueLength: new Gauge({ name: 'studiopool_queue_length', help: 'Requests waiting for capacity', labelNames: ['template'], registers: [registry] }),
+    templateUnavailable: new Gauge({ name: 'studiopool_template_unavailable', help: '1 while the template\'s provider breaker is open (creates failing; requests get 503 PROVIDER_UNAVAILABLE)', labelNames: ['template'], registers: [registry] }),
     requests: new Counter({ name: 'studiopool_requests_total', help: 'Session requests by outcome (existing, warm, cold, queued, rejected, error)', labelNames: ['template', 'outcome'], registers: [registry] }),
     assignments: new Counter({ name: 'studiopool_assignments_total', help: 'Instances assigned to users', labelNames: ['template', 'kind'], registers: [registry] }),
     releases: new Counter({ name: 'studiopool_releases_total', help: 'Assignments ended, by reason', labelNames: ['template', 'reason'], registers: [registry] }),

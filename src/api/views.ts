@@ -1,4 +1,6 @@
+import type { Config } from '../config/types.js'
 import type { Assignment, Instance } from '../domain/instance.js'
+import type { Provider } from '../providers/provider.js'
 
 /** How the API builds session addresses (the gateway's token service behind it). */
 export interface Links {
@@ -13,11 +15,26 @@ export interface Links {
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString())
 
-/** The public shape of an instance (GET_STATUS, REST), with its tags spread in, as the seed did (`...tags`). */
-export function instanceView(inst: Instance, links: Links, queuePosition: number | null = null) {
+/**
+ * The SSH key pair of the template's instances, as the seed's GET_STATUS `keyName` reported it
+ * (issue 9); undefined where the provider has none.
+ */
+export function keyPairOf(deps: { readonly config: Config; readonly providers: ReadonlyMap<string, Provider> }, template: string): string | undefined {
+  const t = deps.config.templates.find((x) => x.name === template)
+  return t ? deps.providers.get(t.provider)?.keyPairName?.(t) : undefined
+}
+
+/**
+ * The public shape of an instance (GET_STATUS, REST), with its tags spread in, as the seed did (`...tags`).
+ * `keyName` is the seed's: the EC2 key pair, absent where there is none; the name of the API key that
+ * requested the session is `requesterKey`.
+ */
+export function instanceView(inst: Instance, links: Links, queuePosition: number | null = null, keyPair?: string) {
+  // A tag named `keyName` must not pass for the key pair where there is none.
+  const { keyName: _tagKeyName, ...tags } = inst.tags
   return {
     // Tags first, so that a tag named like a field (`url`, `userId`…) can never override it.
-    ...inst.tags,
+    ...tags,
     instanceId: inst.id,
     url: links.sessionUrl(inst.id),
     state: inst.state,
@@ -27,7 +44,8 @@ export function instanceView(inst: Instance, links: Links, queuePosition: number
     progressMessage: inst.progressMessage,
     queuePosition,
     generation: inst.generation,
-    keyName: inst.keyName,
+    ...(keyPair ? { keyName: keyPair } : {}),
+    requesterKey: inst.keyName,
     failureReason: inst.failureReason,
     endReason: inst.endReason,
     createdAt: iso(inst.createdAt),

@@ -97,6 +97,40 @@ interface InstanceOut {
   failureReason: string | null
 }
 
+program
+  .command('recover')
+  .description('rebuild instances, owners and open assignments from the providers\' labels into an empty store (server stopped)')
+  .option('-c, --config <file>', 'configuration file (default ./studiopool.yaml when present)')
+  .option('--data-dir <dir>', 'data directory (default ./data)')
+  .option('--force', 'also when the store is not empty: add only the instances it does not know')
+  .option('--json', 'print the report as JSON')
+  .action(async (o: { config?: string; dataDir?: string; force?: boolean; json?: boolean }) => {
+    const config = loadConfig({ file: o.config, overrides: { dataDir: o.dataDir } })
+    const { runRecover } = await import('../recover-main.js')
+    let report
+    try {
+      report = await runRecover(config, { force: o.force })
+    } catch (err) {
+      if ((err as { code?: string }).code === 'CONFLICT') {
+        process.stderr.write(`studiopool recover: ${(err as Error).message}\n`)
+        process.exit(2)
+      }
+      throw err
+    }
+    if (o.json) {
+      process.stdout.write(`${JSON.stringify(report, null, 2)}\n`)
+    } else {
+      const owned = report.instances.filter((i) => i.ownerId).length
+      process.stdout.write(
+        `studiopool recover: ${report.listed} resources listed; ${report.instances.length} instances recovered (${owned} assigned, ${report.instances.length - owned} free), ${report.assignments} open assignments, ${report.skipped.length} skipped\n`,
+      )
+      if (report.instances.length) process.stdout.write(`\n${formatTable(report.instances as unknown as Record<string, unknown>[], ['instanceId', 'template', 'provider', 'ref', 'state', 'ownerId'])}\n`)
+      if (report.skipped.length) process.stdout.write(`\nskipped:\n${formatTable(report.skipped as unknown as Record<string, unknown>[], ['ref', 'provider', 'instanceId', 'reason'])}\n`)
+      for (const f of report.failedProviders) process.stdout.write(`\nprovider ${f.provider} could not be listed (its resources were not recovered): ${f.error}\n`)
+    }
+    if (report.failedProviders.length) process.exitCode = 3
+  })
+
 withClient(program.command('request'))
   .description('request a session for a user (REQUEST_SESSION)')
   .requiredOption('-u, --user <userId>', 'the user the session is for')
@@ -204,6 +238,11 @@ function parsePort(v: string): number {
 }
 
 program.parseAsync(process.argv).catch((err: unknown) => {
+  // A configuration the server can only judge at start (a provider's needs): exit 2, as for load errors.
+  if (err instanceof ConfigError) {
+    process.stderr.write(`${err.message}\n`)
+    process.exit(2)
+  }
   if (err instanceof ApiError) {
     process.stderr.write(`\nstudiopool: ${err.code}: ${err.message}\n`)
     process.exit(err.status === 0 ? 1 : err.status >= 500 ? 3 : 2)

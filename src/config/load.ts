@@ -179,6 +179,7 @@ function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv, hasFile:
   if (port !== undefined) server().port = port
   if (env.STUDIOPOOL_HOST) server().host = env.STUDIOPOOL_HOST
   if (env.STUDIOPOOL_PUBLIC_URL) server().publicUrl = env.STUDIOPOOL_PUBLIC_URL.replace(/\/+$/, '')
+  if (env.STUDIOPOOL_INSTANCE_CALLBACK_URL) server().instanceCallbackUrl = env.STUDIOPOOL_INSTANCE_CALLBACK_URL.replace(/\/+$/, '')
   if (env.STUDIOPOOL_DATA_DIR) server().dataDir = env.STUDIOPOOL_DATA_DIR
   if (env.STUDIOPOOL_LOG_LEVEL) server().logLevel = env.STUDIOPOOL_LOG_LEVEL
   const dbUrl = env.STUDIOPOOL_DATABASE_URL ?? env.DATABASE_URL
@@ -228,6 +229,8 @@ function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv, hasFile:
     } else {
       raw.templates = { demo: demoTemplate() }
     }
+    // The seed's MAX_INSTANCES capped its one kind of instance: the environment-built template too, not only the pool.
+    if (max !== undefined) for (const t of Object.values(raw.templates as Record<string, Record<string, unknown>>)) t.maxInstances = max
   }
   // MIN_FREE_INSTANCES and TIMEOUT_INSTANCE apply to the default template.
   const minFree = envInt(env.MIN_FREE_INSTANCES)
@@ -350,6 +353,7 @@ function normalize(raw: RawConfig, env: NodeJS.ProcessEnv, cwd: string, problems
       host,
       port,
       publicUrl,
+      instanceCallbackUrl: (s.instanceCallbackUrl ?? split.serviceUrl ?? null)?.replace(/\/+$/, '') ?? null,
       dataDir,
       bodyLimit: s.bodyLimit ?? DEFAULTS.bodyLimit,
       trustProxy: s.trustProxy ?? [],
@@ -468,6 +472,30 @@ function deepFreeze<T>(o: T): T {
 }
 
 /** A copy with another public URL (used when the port was 0 and is known only after listen). */
+/**
+ * Where instances post progress, and the setting it comes from (for error messages): the explicit
+ * `server.instanceCallbackUrl`, else `SERVICE_URL` (the seed's address of the pool service, also
+ * `split.serviceUrl`), else `server.publicUrl`.
+ */
+export function instanceCallbackBase(cfg: Config): { url: string; setting: string } {
+  if (cfg.server.instanceCallbackUrl && cfg.server.instanceCallbackUrl !== cfg.split.serviceUrl) {
+    return { url: cfg.server.instanceCallbackUrl, setting: 'server.instanceCallbackUrl (STUDIOPOOL_INSTANCE_CALLBACK_URL)' }
+  }
+  if (cfg.server.instanceCallbackUrl) return { url: cfg.server.instanceCallbackUrl, setting: 'SERVICE_URL (split.serviceUrl)' }
+  return { url: cfg.server.publicUrl, setting: 'server.publicUrl (STUDIOPOOL_PUBLIC_URL; by default the listen address)' }
+}
+
+/** True for addresses that, on another machine, point at that machine itself. */
+export function isLoopbackUrl(url: string): boolean {
+  let host: string
+  try {
+    host = new URL(url).hostname.replace(/^\[|\]$/g, '').toLowerCase()
+  } catch {
+    return false
+  }
+  return host === 'localhost' || host.endsWith('.localhost') || /^127\./.test(host) || host === '::1' || host === '0.0.0.0' || host === '::' || /^::ffff:127\./.test(host)
+}
+
 export function withPublicUrl(cfg: Config, publicUrl: string): Config {
   return deepFreeze({ ...cfg, server: { ...cfg.server, publicUrl } })
 }

@@ -52,6 +52,8 @@ export const ConfigSchema = Type.Object(
           host: Type.Optional(Type.String({ minLength: 1 })),
           port: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535 })),
           publicUrl: Type.Optional(Type.String({ pattern: '^https?://[^/]+$' })),
+          /** Base URL instances on other machines (ec2) post progress to; default SERVICE_URL, else publicUrl. */
+          instanceCallbackUrl: Type.Optional(Type.String({ pattern: '^https?://[^/?#]+(/[^?#]*)?$' })),
           dataDir: Type.Optional(Type.String({ minLength: 1 })),
           bodyLimit: Type.Optional(Type.Integer({ minimum: 1024, maximum: 100 * 1024 * 1024 })),
           trustProxy: Type.Optional(StrList),

@@ -11,6 +11,12 @@ export interface Config {
     readonly port: number
     /** Base URL users reach the gateway at, e.g. `https://sessions.example.org`; used for launch links. */
     readonly publicUrl: string
+    /**
+     * Base URL that instances post progress to (`…/api/v1/instances/<id>/progress`) when it is not
+     * `publicUrl`: `server.instanceCallbackUrl`, else `SERVICE_URL`/`split.serviceUrl`; null = publicUrl.
+     * See instanceCallbackBase() in config/load.ts.
+     */
+    readonly instanceCallbackUrl: string | null
     readonly dataDir: string
     /** Maximum request body, bytes. */
     readonly bodyLimit: number

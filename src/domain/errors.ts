@@ -81,14 +81,61 @@ export class UnauthorizedError extends AppError {
   }
 }
 
-/** A provider call failed. `retryable` tells the worker whether to try again. */
+/**
+ * Why a provider call failed, for the pool's backoff and circuit breaker (issue 9):
+ * `transient` (throttling, 5xx, network, no capacity right now) is retried after a backoff;
+ * `auth` (denied action, rejected credentials), `config` (invalid image, subnet, parameter),
+ * `missing` (image, program or directory not found) and `quota` (an account limit) will not
+ * go away by themselves, and open the template's breaker; `unknown` counts as non-transient.
+ */
+export const PROVIDER_FAILURE_KINDS = ['transient', 'auth', 'config', 'missing', 'quota', 'unknown'] as const
+export type ProviderFailureKind = (typeof PROVIDER_FAILURE_KINDS)[number]
+
+/** A provider call failed. `retryable` tells the worker whether to try again; `kind` says why. */
 export class ProviderError extends AppError {
   readonly provider: string
   readonly retryable: boolean
-  constructor(provider: string, message: string, opts: { retryable?: boolean; cause?: unknown; code?: 'PROVIDER_ERROR' | 'PROVIDER_UNAVAILABLE' } = {}) {
-    super(opts.code ?? 'PROVIDER_ERROR', message, { cause: opts.cause })
+  readonly kind: ProviderFailureKind
+  constructor(
+    provider: string,
+    message: string,
+    opts: { retryable?: boolean; cause?: unknown; code?: 'PROVIDER_ERROR' | 'PROVIDER_UNAVAILABLE'; kind?: ProviderFailureKind; retryAfter?: number } = {},
+  ) {
+    super(opts.code ?? 'PROVIDER_ERROR', message, { cause: opts.cause, retryAfter: opts.retryAfter })
     this.provider = provider
     this.retryable = opts.retryable ?? false
+    this.kind = opts.kind ?? (this.retryable ? 'transient' : opts.code === 'PROVIDER_UNAVAILABLE' ? 'auth' : 'unknown')
+  }
+}
+
+/**
+ * The failure kind of any error a create threw: a ProviderError's own, else from a Node error code
+ * (a provider that let one through: EACCES on an instance directory, ENOENT for a program).
+ */
+export function failureKind(err: unknown): ProviderFailureKind {
+  if (err instanceof ProviderError) return err.kind
+  const code = (err as { code?: unknown } | null)?.code
+  switch (code) {
+    case 'EACCES':
+    case 'EPERM':
+    case 'EROFS':
+      return 'auth'
+    case 'ENOENT':
+    case 'ENOTDIR':
+      return 'missing'
+    case 'ENOSPC':
+    case 'EDQUOT':
+    case 'EMFILE':
+    case 'ENFILE':
+      return 'quota'
+    case 'ECONNRESET':
+    case 'ECONNREFUSED':
+    case 'ETIMEDOUT':
+    case 'EAI_AGAIN':
+    case 'EAGAIN':
+      return 'transient'
+    default:
+      return 'unknown'
   }
 }
 

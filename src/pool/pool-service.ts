@@ -7,7 +7,8 @@ import { newInstanceId } from '../domain/ids.js'
 import { type EndReason, type Instance, isLive, LIVE_STATES } from '../domain/instance.js'
 import type { RouteEntry } from '../domain/routes.js'
 import type { Metrics } from '../metrics.js'
-import { LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL, LABEL_TEMPLATE, type InstanceSpec, type IsolationReport, type Provider } from '../providers/provider.js'
+import { LABEL_ASSIGNED_AT, LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL, LABEL_REQUESTER, LABEL_TEMPLATE, type InstanceSpec, type IsolationReport, type Provider } from '../providers/provider.js'
+import { CreateBreaker, type BackoffOptions, type BreakerState } from './create-breaker.js'
 import { LiveInstanceExistsError, type Store, type StoreTx, type WarmClaimInput, type WarmClaimResult } from '../store/store.js'
 
 /** Where the pool publishes route changes (the gateway's RouteHub in-process). */
@@ -39,6 +40,8 @@ export interface PoolDeps {
   readonly progressUrl?: (instanceId: string) => string
   /** The per-instance app token (domain/app-token.ts with the gateway secret); tests may leave it out. */
   readonly appToken?: (instanceId: string, generation: number) => string
+  /** Backoff and breaker for failed creates (create-breaker.ts DEFAULT_BACKOFF); tests shorten it. */
+  readonly backoff?: Partial<BackoffOptions>
 }
 
 export type RequestOutcome = 'existing' | 'warm' | 'cold' | 'queued'
@@ -65,6 +68,15 @@ interface ClaimJob {
 }
 
 const MAX_START_ATTEMPTS = 3
+/** Free instances a queued request or a new one may be given, most advanced first. */
+const FREE_LIVE = ['ready', 'starting', 'provisioning'] as const
+const READINESS: Record<string, number> = { ready: 0, starting: 1, provisioning: 2 }
+/**
+ * Resolves on the next turn of the event loop. The fail → free capacity → top-up → create path runs
+ * through it, so that a provider that fails at once (and a store whose driver resolves synchronously,
+ * better-sqlite3) can never keep the loop in the microtask queue and starve I/O (issue 9).
+ */
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve))
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex')
 
 /**
@@ -91,11 +103,20 @@ export class PoolService {
   #topUpAgain = false
   /** Warm claims waiting for the next batch (see #claimWarm). */
   readonly #claims: ClaimJob[] = []
+  /** Backoff and circuit breaker for creates, per template. */
+  readonly #breaker: CreateBreaker
+  readonly #backoffTimers = new Map<string, NodeJS.Timeout>()
 
   constructor(deps: PoolDeps) {
     this.#d = deps
     this.#templates = new Map(deps.config.templates.map((t) => [t.name, t]))
     this.#now = deps.now ?? Date.now
+    this.#breaker = new CreateBreaker(deps.backoff ?? {}, this.#now, (template, st) => {
+      deps.metrics?.templateUnavailable.set({ template }, st?.open ? 1 : 0)
+      if (!st) deps.log.info({ template }, 'provider create succeeded; the template is available again')
+      else if (st.open) deps.log.error({ template, kind: st.kind, failures: st.failures, retryInMs: st.nextAttemptAt - this.#now() }, `template "${template}" is unavailable: ${st.cause}`)
+      else deps.log.warn({ template, kind: st.kind, failures: st.failures, retryInMs: st.nextAttemptAt - this.#now() }, 'provider create failed; backing off')
+    })
   }
 
   template(name: string): TemplateConfig {
@@ -104,8 +125,23 @@ export class PoolService {
     return t
   }
 
+  /** Why the template cannot serve now: a problem found at start, or its open breaker (with the cause). */
   unavailableReason(template: string): string | undefined {
-    return this.#d.unavailable?.get(template)
+    return this.#d.unavailable?.get(template) ?? this.#breaker.openReason(template)
+  }
+
+  /** Templates whose creates are failing (backoff or open breaker), for /readyz, the dashboard, metrics. */
+  breakers(): BreakerState[] {
+    return this.#breaker.all()
+  }
+
+  #providerUnavailable(t: TemplateConfig): ProviderError {
+    const st = this.#breaker.state(t.name)
+    return new ProviderError(t.provider, `template "${t.name}" is unavailable: ${st?.cause ?? 'its provider is failing'}`, {
+      code: 'PROVIDER_UNAVAILABLE',
+      kind: st?.kind,
+      retryAfter: this.#breaker.retryAfter(t.name),
+    })
   }
 
   /** What each provider in use isolates (DESIGN.md contract 5), for /readyz, the admin view and the login rules. */
@@ -121,7 +157,7 @@ export class PoolService {
   /** Seed REQUEST_RSTUDIO: the user's live instance, a warm one, a new one within caps, or the queue. */
   async request(input: RequestInput): Promise<RequestResult> {
     const t = this.template(input.template ?? this.#d.config.pool.defaultTemplate)
-    const why = this.unavailableReason(t.name)
+    const why = this.#d.unavailable?.get(t.name)
     if (why) throw new AppError('TEMPLATE_UNAVAILABLE', `template "${t.name}" is not available: ${why}`)
     const keyName = input.keyName ?? null
     const { store } = this.#d
@@ -134,6 +170,7 @@ export class PoolService {
       if (claimed) {
         this.#d.metrics?.assignments.inc({ template: t.name, kind: 'warm' })
         this.#publish(claimed)
+        this.#relabelSoon(claimed)
         this.#background(this.topUp())
         return this.#result(claimed, 'warm')
       }
@@ -145,20 +182,28 @@ export class PoolService {
     }
 
     let evict: Instance | undefined
-    let outcome: RequestOutcome
+    let outcome: RequestOutcome | 'claimed'
     let inst: Instance
+    let probe: string | undefined
     try {
       ;({ inst, outcome, evict } = await store.withPoolLock(async (tx) => {
         const live = await tx.findLive(input.userId, t.name)
         if (live) return { inst: live, outcome: 'existing' as const, evict: undefined }
         const now = this.#now()
+        // A free instance that is still starting beats a cold start (issue 9): it is closer to ready.
+        const claimed = await this.#claimFree(tx, t, input.userId, keyName, now)
+        if (claimed) return { inst: claimed, outcome: 'claimed' as const, evict: undefined }
+        // An open breaker: nothing is created or queued until a probe succeeds.
+        if (this.#breaker.state(t.name)?.open && !this.#breaker.wouldPermit(t.name)) throw this.#providerUnavailable(t)
         const counts = await tx.countActive()
         const templateCount = counts.byTemplate[t.name] ?? 0
         const underTemplate = templateCount < t.maxInstances
         const underPool = counts.total < this.#d.config.pool.maxInstances
         const base = { template: t.name, ownerId: input.userId, keyName, createdAt: now, updatedAt: now, assignedAt: now, lastActivityAt: now }
         if (underTemplate && underPool) {
-          const row = await tx.insertInstance({ ...base, id: newInstanceId(), state: 'provisioning', startedAt: now, progress: 0, progressMessage: 'asking the provider for an instance' })
+          const id = newInstanceId()
+          if (this.#breaker.permit(t.name, id)) probe = id
+          const row = await tx.insertInstance({ ...base, id, state: 'provisioning', startedAt: now, progress: 0, progressMessage: 'asking the provider for an instance' })
           await this.#openAssignment(tx, row, input.userId, keyName)
           return { inst: row, outcome: 'cold' as const, evict: undefined }
         }
@@ -178,6 +223,7 @@ export class PoolService {
         return { inst: row, outcome: 'queued' as const, evict: victim }
       }))
     } catch (err) {
+      if (probe) this.#breaker.release(t.name, probe)
       if (err instanceof PoolFullError) this.#d.metrics?.requests.inc({ template: t.name, outcome: 'rejected' })
       if (!(err instanceof LiveInstanceExistsError)) throw err
       const again = await store.findLive(input.userId, t.name)
@@ -185,6 +231,14 @@ export class PoolService {
       return this.#existing(again, input, keyName)
     }
     if (outcome === 'existing') return this.#existing(inst, input, keyName)
+    if (outcome === 'claimed') {
+      await this.#audit(inst.id, 'assigned', keyName, { userId: input.userId, state: inst.state })
+      this.#d.metrics?.assignments.inc({ template: t.name, kind: 'warm' })
+      this.#publish(inst)
+      this.#relabelSoon(inst)
+      this.#background(this.topUp())
+      return this.#result(inst, 'warm')
+    }
     await this.#audit(inst.id, outcome === 'cold' ? 'assigned' : 'queued', keyName, { userId: input.userId })
     if (evict) {
       this.#version++
@@ -249,6 +303,25 @@ export class PoolService {
       throw new ConflictError(`user "${input.userId}" has a live session of template "${inst.template}" requested by another application; end it there first, or ask that application`)
     }
     return this.#result(inst, 'existing')
+  }
+
+  /**
+   * Gives the user a free instance of the template that is not ready yet (ready ones went to
+   * assignWarm), the most advanced first. Inside the pool lock; the compare-and-set on a free
+   * owner keeps a concurrent warm claim from taking the same one.
+   */
+  async #claimFree(tx: StoreTx, t: TemplateConfig, userId: string, keyName: string | null, now: number): Promise<Instance | undefined> {
+    // With the breaker open a free row still being created is the probe, likely to fail: not for a user.
+    const open = this.#breaker.state(t.name)?.open
+    const free = (await tx.listInstances({ template: t.name, assigned: false, states: FREE_LIVE, limit: 20 })).filter((f) => !open || f.state !== 'provisioning')
+    free.sort((a, b) => READINESS[a.state]! - READINESS[b.state]! || a.createdAt - b.createdAt)
+    for (const f of free) {
+      const n = await tx.updateInstance(f.id, { ownerId: userId, keyName, assignedAt: now, lastActivityAt: now, updatedAt: now }, { states: [f.state], ownerId: null, generation: f.generation })
+      if (!n) continue
+      await this.#openAssignment(tx, n, userId, keyName)
+      return n
+    }
+    return undefined
   }
 
   async #result(inst: Instance, outcome: RequestOutcome): Promise<RequestResult> {
@@ -339,8 +412,12 @@ export class PoolService {
     if (this.#closed || this.#busy.has(inst.id)) return
     const t = this.#templates.get(inst.template)
     if (!t) return
+    // Backing off after failed creates (or an open breaker whose probe is another instance): the
+    // row stays `provisioning` and the worker's first cycle after the delay creates it.
+    if (!this.#breaker.permit(t.name, inst.id)) return this.#afterBackoff(t.name)
     this.#busy.add(inst.id)
     let failure: string | undefined
+    let created = false
     try {
       const token = randomBytes(24).toString('base64url')
       const now = this.#now()
@@ -349,12 +426,17 @@ export class PoolService {
         { progressTokenHash: sha256(token), updatedAt: now, progress: Math.max(inst.progress, 5), progressMessage: inst.generation > 0 ? 'your session is being restored' : 'asking the provider for an instance' },
         { states: ['provisioning'], generation: inst.generation },
       )
-      if (!ready) return
+      if (!ready) {
+        this.#breaker.release(t.name, inst.id)
+        return
+      }
       this.#publish(ready)
       const provider = this.#provider(t.name)
       const spec = this.#spec(ready, t, token)
       await this.#d.faults?.beforeProviderCreate?.(inst.id)
       const res = await provider.create(spec, { log: this.#d.log })
+      created = true
+      this.#breaker.succeeded(t.name)
       await this.#d.faults?.afterProviderCreate?.(inst.id)
       const at = this.#now()
       const next = await this.#d.store.updateInstance(
@@ -371,17 +453,48 @@ export class PoolService {
       await this.#audit(inst.id, 'provisioned', null, { ref: res.ref, generation: inst.generation })
       this.#publish(next)
       this.#busy.delete(inst.id)
+      // Claimed by a user while it was being created: its tags get the owner now.
+      if (next.ownerId && !spec.labels[LABEL_OWNER]) this.#relabelSoon(next)
+      // A free instance that can now be handed to a queued request (serveQueue hands over starting ones).
+      else if (!next.ownerId) this.#background(this.serveQueue())
       this.#background(this.watchStart(next.id))
     } catch (err) {
       this.#d.metrics?.providerErrors.inc({ provider: t.provider, op: 'create' })
       const retryable = err instanceof ProviderError && err.retryable
-      this.#d.log.warn({ instanceId: inst.id, err: errText(err), retryable }, 'provider create failed')
+      // After the create succeeded the failure is the store's, not the provider's: no backoff for it.
+      const st = created ? undefined : this.#breaker.failed(t.name, err, errText(err))
+      if (st) this.#afterBackoff(t.name)
+      this.#d.log.warn({ instanceId: inst.id, err: errText(err), retryable, kind: st?.kind, breakerOpen: st?.open }, 'provider create failed')
       // A retryable error (throttling) is left in `provisioning`: the worker's next cycle tries again.
       if (!retryable) failure = errText(err)
     } finally {
       this.#busy.delete(inst.id)
     }
     if (failure !== undefined) await this.fail(inst.id, failure)
+  }
+
+  /**
+   * Once the template's backoff has passed, creates what waited for it (rows left `provisioning`,
+   * the queue, the warm pool) without waiting for the worker's next cycle. One timer per template,
+   * unref'd, and not tracked by drain(): a five-minute backoff must not hold up a shutdown.
+   */
+  #afterBackoff(template: string): void {
+    if (this.#closed || this.#backoffTimers.has(template)) return
+    const at = this.#breaker.state(template)?.nextAttemptAt ?? this.#now()
+    const timer = setTimeout(() => {
+      this.#backoffTimers.delete(template)
+      if (this.#closed) return
+      this.#background(
+        (async () => {
+          const rows = await this.#d.store.listInstances({ template, states: ['provisioning'], limit: 100 })
+          for (const r of rows) if (!r.providerRef && !this.#busy.has(r.id)) this.#background(this.provision(r))
+          await this.serveQueue()
+          await this.topUp()
+        })(),
+      )
+    }, Math.max(0, at - this.#now()) + 1)
+    timer.unref()
+    this.#backoffTimers.set(template, timer)
   }
 
   #spec(inst: Instance, t: TemplateConfig, token: string): InstanceSpec {
@@ -391,7 +504,7 @@ export class PoolService {
       [LABEL_TEMPLATE]: t.name,
       'studiopool:generation': String(inst.generation),
     }
-    if (inst.ownerId) labels[LABEL_OWNER] = inst.ownerId
+    Object.assign(labels, ownerLabels(inst))
     const progressUrl = this.#d.progressUrl?.(inst.id) ?? `${this.#d.config.server.publicUrl}/api/v1/instances/${inst.id}/progress`
     const basePath = `/s/${inst.id}/`
     return {
@@ -429,6 +542,8 @@ export class PoolService {
           if (next) {
             await this.#audit(id, 'ready', null, { generation: inst.generation })
             this.#publish(next)
+            // A free instance just became ready: queued requests take it now, not a worker cycle later.
+            if (!next.ownerId) this.#background(this.serveQueue())
           }
           return
         }
@@ -456,7 +571,8 @@ export class PoolService {
     if (inst.providerRef) {
       await this.#provider(inst.template).destroy(inst.providerRef, { log: this.#d.log }).catch((err) => this.#d.log.warn({ instanceId: id, err: errText(err) }, 'destroy after failure failed'))
     }
-    if (inst.ownerId && inst.generation + 1 < MAX_START_ATTEMPTS) {
+    // With the template's breaker open a retry would fail the same way: the session ends with the cause.
+    if (inst.ownerId && inst.generation + 1 < MAX_START_ATTEMPTS && !this.#breaker.state(inst.template)?.open) {
       const next = await this.#d.store.updateInstance(
         id,
         { state: 'provisioning', startedAt: now, generation: inst.generation + 1, providerRef: null, address: null, progress: 0, progressMessage: `retrying: ${reason}`.slice(0, 500), failureReason: reason.slice(0, 1000), updatedAt: now },
@@ -477,7 +593,7 @@ export class PoolService {
     if (!next) return
     await this.#audit(id, 'failed', null, { reason })
     this.#publish(next)
-    this.#background(this.#afterCapacityFreed())
+    this.#background(nextTurn().then(() => this.#afterCapacityFreed()))
   }
 
   /**
@@ -536,35 +652,135 @@ export class PoolService {
     return next
   }
 
-  /** Promotes queued requests, oldest first, while the caps allow. */
+  /**
+   * Serves queued requests, oldest first (issue 9): each takes a free instance of its template
+   * when there is one (ready or starting: it is handed over, see below), else a new one while the
+   * caps allow and the template's breaker permits a create. New instances are made for the queue
+   * only when no free one exists: a free one still being created is waited for (it is handed over
+   * as soon as it runs).
+   *
+   * Handing over: the queued row keeps its instanceId and URL (the user already has them) and takes
+   * the free instance's resource, state, address and progress; the free row ends as terminated
+   * without touching the resource, and the resource's labels are rewritten (relabel) to name the
+   * queued row and its owner. Templates that keep the path prefix (`pathMode: keep`) built their app
+   * for the free instance's own base path, and templates with `upstreamHeaders` check an app token
+   * derived from the free instance's id, so there the free one is recycled instead (stopped to make
+   * room, then the queued request gets a new one).
+   */
   async serveQueue(): Promise<void> {
     if (this.#closed) return
+    // Cheap check without the lock: a free instance becoming ready calls this every time.
+    if (!(await this.#d.store.listQueued(undefined, 1)).length) return
+    const handed: { q: Instance; from: Instance }[] = []
+    const evicted: Instance[] = []
     const promoted = await this.#d.store.withPoolLock(async (tx) => {
       const queued = await tx.listQueued(undefined, 500)
       if (!queued.length) return []
       const counts = await tx.countActive()
+      const freeRows = await tx.listInstances({ assigned: false, states: FREE_LIVE, limit: 1000 })
+      freeRows.sort((a, b) => READINESS[a.state]! - READINESS[b.state]! || a.createdAt - b.createdAt)
+      const free = new Map<string, Instance[]>()
+      for (const f of freeRows) {
+        if (!free.has(f.template)) free.set(f.template, [])
+        free.get(f.template)!.push(f)
+      }
       const out: Instance[] = []
       let total = counts.total
       for (const q of queued) {
-        if (total >= this.#d.config.pool.maxInstances) break
         const t = this.#templates.get(q.template)
-        if (!t || (counts.byTemplate[q.template] ?? 0) >= t.maxInstances) continue
+        if (!t) continue
         const now = this.#now()
+        const mine = free.get(q.template) ?? []
+        // 1. A free instance that runs (ready or starting).
+        const i = mine.findIndex((f) => f.state !== 'provisioning' && f.providerRef)
+        if (i >= 0) {
+          const f = mine.splice(i, 1)[0]!
+          // Also recycled: an app that checks the gateway's app token, which is per instance id.
+          if (t.pathMode === 'keep' || Object.keys(t.upstreamHeaders ?? {}).length > 0) {
+            const v = await tx.updateInstance(f.id, { state: 'stopping', updatedAt: now, progressMessage: 'making room for a queued request' }, { states: [f.state], ownerId: null })
+            if (v) evicted.push(v)
+            continue
+          }
+          const moved = await this.#handOver(tx, f, q, now)
+          if (moved) handed.push({ q: moved, from: f })
+          continue
+        }
+        // 2. One still being created: wait for it rather than create another.
+        if (mine.some((f) => f.state === 'provisioning')) {
+          mine.splice(mine.findIndex((f) => f.state === 'provisioning'), 1)
+          continue
+        }
+        // 3. A new instance, within the caps and the breaker.
+        if (total >= this.#d.config.pool.maxInstances) continue
+        if ((counts.byTemplate[q.template] ?? 0) >= t.maxInstances) continue
+        if (!this.#breaker.permit(q.template, q.id)) continue
         const n = await tx.updateInstance(q.id, { state: 'provisioning', startedAt: now, updatedAt: now, progress: 0, progressMessage: 'asking the provider for an instance' }, { states: ['queued'] })
-        if (!n) continue
+        if (!n) {
+          this.#breaker.release(q.template, q.id)
+          continue
+        }
         counts.byTemplate[q.template] = (counts.byTemplate[q.template] ?? 0) + 1
         total++
         out.push(n)
       }
       return out
     })
+    for (const { q, from } of handed) {
+      this.#d.metrics?.assignments.inc({ template: q.template, kind: 'queued' })
+      await this.#audit(q.id, 'handed-over', null, { from: from.id, state: q.state })
+      await this.#audit(from.id, 'handed-over', null, { to: q.id })
+      this.#version++
+      this.#d.routes.remove(from.id, 'handed over')
+      this.#publish(q)
+      this.#relabelSoon(q)
+      if (q.state === 'starting') this.#background(this.watchStart(q.id))
+    }
+    for (const v of evicted) {
+      this.#version++
+      this.#d.routes.remove(v.id, 'evicted')
+      this.#background(this.#destroy(v, 'evicted'))
+    }
     for (const inst of promoted) {
       this.#d.metrics?.assignments.inc({ template: inst.template, kind: 'queued' })
       await this.#audit(inst.id, 'dequeued', null, {})
       this.#publish(inst)
       this.#background(this.provision(inst))
     }
-    if (promoted.length) for (const t of new Set(promoted.map((p) => p.template))) await this.#publishQueue(t)
+    const changed = new Set([...promoted, ...handed.map((h) => h.q)].map((p) => p.template))
+    for (const t of changed) await this.#publishQueue(t)
+  }
+
+  /** The queued row `q` takes the free instance `f`'s resource (see serveQueue). Undefined when either changed meanwhile. */
+  async #handOver(tx: StoreTx, f: Instance, q: Instance, now: number): Promise<Instance | undefined> {
+    const gone = await tx.updateInstance(
+      f.id,
+      { state: 'terminated', endedAt: now, updatedAt: now, providerRef: null, address: null, progressMessage: `handed over to queued request ${q.id}` },
+      { states: [f.state], ownerId: null, generation: f.generation },
+    )
+    if (!gone) return undefined
+    const moved = await tx.updateInstance(
+      q.id,
+      {
+        state: f.state,
+        providerRef: f.providerRef,
+        address: f.address,
+        progress: f.progress,
+        progressMessage: f.progressMessage,
+        progressTokenHash: f.progressTokenHash,
+        startedAt: f.startedAt ?? now,
+        readyAt: f.readyAt,
+        // Idle time counts from now: the user may have waited in the queue longer than the idle timeout.
+        lastActivityAt: now,
+        updatedAt: now,
+      },
+      { states: ['queued'] },
+    )
+    if (!moved) {
+      // Released meanwhile: the free instance stays free.
+      await tx.updateInstance(f.id, { state: f.state, endedAt: null, providerRef: f.providerRef, address: f.address, progressMessage: f.progressMessage, updatedAt: now }, { states: ['terminated'] })
+      return undefined
+    }
+    return moved
   }
 
   /**
@@ -582,6 +798,7 @@ export class PoolService {
         do {
           this.#topUpAgain = false
           await this.#topUpOnce()
+          if (this.#topUpAgain) await nextTurn()
         } while (this.#topUpAgain && !this.#closed)
       } finally {
         this.#topUp = undefined
@@ -592,7 +809,8 @@ export class PoolService {
 
   async #topUpOnce(): Promise<void> {
     if (this.#closed) return
-    const wanting = this.#d.config.templates.filter((t) => t.minFree > 0 && !this.#d.unavailable?.has(t.name))
+    // Templates backing off after failed creates are skipped: the worker's first cycle after the delay tops them up.
+    const wanting = this.#d.config.templates.filter((t) => t.minFree > 0 && !this.#d.unavailable?.has(t.name) && this.#breaker.wouldPermit(t.name))
     const FREE_STATES = ['provisioning', 'starting', 'ready'] as const
     // Cheap check without the lock: most calls find every warm pool full.
     const short: TemplateConfig[] = []
@@ -609,10 +827,14 @@ export class PoolService {
       for (const t of short) {
         const free = await tx.countInstances({ template: t.name, assigned: false, states: FREE_STATES, limit: t.minFree })
         let want = t.minFree - free
+        // An open breaker lets one create through, the probe; the rest wait for its outcome.
+        if (this.#breaker.state(t.name)?.open) want = Math.min(want, 1)
         let count = counts.byTemplate[t.name] ?? 0
         while (want > 0 && count < t.maxInstances && total < this.#d.config.pool.maxInstances) {
           const now = this.#now()
-          out.push(await tx.insertInstance({ id: newInstanceId(), template: t.name, state: 'provisioning', ownerId: null, keyName: null, createdAt: now, updatedAt: now, startedAt: now, progress: 0, progressMessage: 'warming up' }))
+          const id = newInstanceId()
+          if (!this.#breaker.permit(t.name, id)) break
+          out.push(await tx.insertInstance({ id, template: t.name, state: 'provisioning', ownerId: null, keyName: null, createdAt: now, updatedAt: now, startedAt: now, progress: 0, progressMessage: 'warming up' }))
           want--
           count++
           total++
@@ -637,6 +859,27 @@ export class PoolService {
     if (!next) throw new ConflictError('instance changed concurrently')
     this.#publish(next)
     return next
+  }
+
+  /**
+   * Records the owner and the assignment in the resource's labels (DESIGN.md contract 4), so that
+   * `studiopool recover` can rebuild owners from the providers. Best effort and in the background:
+   * never on the warm hit's path, a failure is logged and the store stays the truth.
+   */
+  #relabelSoon(inst: Instance): void {
+    const t = this.#templates.get(inst.template)
+    const provider = t && this.#d.providers.get(t.provider)
+    if (!provider?.relabel || !inst.providerRef) return
+    const ref = inst.providerRef
+    const labels = { [LABEL_INSTANCE]: inst.id, ...ownerLabels(inst) }
+    this.#background(
+      nextTurn()
+        .then(() => provider.relabel!(ref, labels, { log: this.#d.log }))
+        .catch((err) => {
+          this.#d.metrics?.providerErrors.inc({ provider: provider.name, op: 'relabel' })
+          this.#d.log.warn({ instanceId: inst.id, ref, err: errText(err) }, 'relabel failed; the owner is in the store only')
+        }),
+    )
   }
 
   /** Publishes every live instance to the route table (start-up, resync). */
@@ -725,8 +968,19 @@ export class PoolService {
 
   async close(): Promise<void> {
     this.#closed = true
+    for (const t of this.#backoffTimers.values()) clearTimeout(t)
+    this.#backoffTimers.clear()
     await this.drain(5)
   }
+}
+
+/** The owner and assignment labels of an assigned instance (none for a free one). */
+export function ownerLabels(inst: Pick<Instance, 'ownerId' | 'keyName' | 'assignedAt'>): Record<string, string> {
+  if (!inst.ownerId) return {}
+  const out: Record<string, string> = { [LABEL_OWNER]: inst.ownerId }
+  if (inst.assignedAt !== null) out[LABEL_ASSIGNED_AT] = String(inst.assignedAt)
+  if (inst.keyName) out[LABEL_REQUESTER] = inst.keyName
+  return out
 }
 
 /** 1-based queue position per queued instance, per template, oldest first (as store.queuePosition). */

@@ -113,8 +113,12 @@ export class Worker {
         if (r.state !== 'terminated') live.set(r.instanceId, r)
       }
       const known = new Set<string>()
+      // Refs too: a resource handed over to a queued request (pool serveQueue) may still carry the
+      // free instance's id in its labels when its relabel failed or the provider has none.
+      const knownRefs = new Set<string>()
       for (const inst of byProvider.get(name) ?? []) {
         known.add(inst.id)
+        if (inst.providerRef) knownRefs.add(inst.providerRef)
         if (pool.isBusy(inst.id)) continue
         const res = inst.providerRef ? refs.get(inst.providerRef) : undefined
         const found = res && res.state !== 'terminated' ? res : live.get(inst.id)
@@ -166,7 +170,7 @@ export class Worker {
       const now = this.#now()
       const seen = new Set<string>()
       for (const r of resources) {
-        if (r.state === 'terminated' || known.has(r.instanceId)) continue
+        if (r.state === 'terminated' || known.has(r.instanceId) || knownRefs.has(r.ref)) continue
         seen.add(r.ref)
         const row = r.instanceId ? await store.getInstance(r.instanceId) : undefined
         const ended = row && (row.state === 'terminated' || row.state === 'failed')

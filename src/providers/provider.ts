@@ -12,6 +12,9 @@ export const LABEL_POOL = 'studiopool:pool'
 export const LABEL_INSTANCE = 'studiopool:instance'
 export const LABEL_TEMPLATE = 'studiopool:template'
 export const LABEL_OWNER = 'studiopool:owner'
+/** Set with the owner: when the assignment began (epoch ms) and the requester key's name. */
+export const LABEL_ASSIGNED_AT = 'studiopool:assigned-at'
+export const LABEL_REQUESTER = 'studiopool:requester'
 
 export interface InstanceSpec {
   /** studiopool instanceId; `create` is idempotent on it. */
@@ -78,6 +81,11 @@ export interface IsolationReport {
 export interface ProviderCapabilities {
   /** stop/start keep the disk (suspend/resume). */
   readonly supportsSuspend: boolean
+  /**
+   * Instances run on other machines (VMs): a loopback callback URL would point at the instance
+   * itself, so the server refuses to start such a template with one (issue 9). Default false.
+   */
+  readonly remoteInstances?: boolean
 }
 
 /**
@@ -102,6 +110,14 @@ export interface Provider {
   destroy(ref: string, opts: OperationOptions): Promise<void>
   stop?(ref: string, opts: OperationOptions): Promise<void>
   start?(ref: string, opts: OperationOptions): Promise<void>
+  /**
+   * Merges `labels` into the resource's labels (the owner and assignment on claim, the instanceId on
+   * a hand-over), so that list() reports them. Optional; the pool calls it in the background and
+   * only logs a failure. Labels not named are kept. Throws ProviderError; an absent ref resolves.
+   */
+  relabel?(ref: string, labels: Readonly<Record<string, string>>, opts: OperationOptions): Promise<void>
+  /** The SSH key pair instances of this template get (the seed's GET_STATUS `keyName`); undefined when none. */
+  keyPairName?(template: TemplateConfig): string | undefined
   /** What this provider isolates; absent means sessions do not run on a host the server shares (nothing to report). */
   isolation?(): IsolationReport
   /** Releases clients. Local processes are NOT killed: they survive a server restart and are found again by list(). */

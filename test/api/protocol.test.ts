@@ -91,7 +91,9 @@ templates:
       assert.equal(inst.template, 'demo')
       assert.equal(inst.state, 'ready')
       assert.equal(inst.progress, 100)
-      assert.equal(inst.keyName, 'arena')
+      // The seed's keyName is the EC2 key pair: absent for the local demo app; the API key's name is requesterKey.
+      assert.equal(inst.keyName, undefined)
+      assert.equal(inst.requesterKey, 'arena')
       assert.equal(inst.Purpose, 'RStudio')
       assert.equal(inst.course, 'stats-101')
       for (const f of ['createdAt', 'assignedAt', 'lastActivityAt']) assert.ok(!Number.isNaN(Date.parse(inst[f])), f)

@@ -2,6 +2,7 @@ import pino from 'pino'
 import { loadConfig } from '../../src/config/load.js'
 import type { Config } from '../../src/config/types.js'
 import { RouteHub } from '../../src/gateway/route-hub.js'
+import type { BackoffOptions } from '../../src/pool/create-breaker.js'
 import { PoolService, type FaultHooks } from '../../src/pool/pool-service.js'
 import { Worker } from '../../src/pool/worker.js'
 import { FakeProvider } from '../../src/providers/fake/index.js'
@@ -21,13 +22,16 @@ export interface Harness {
 }
 
 /** A pool over a real store and the fake provider, as main.ts composes it (without HTTP). */
-export function makeHarness(store: Store, yaml: string, opts: { appUrl: string; faults?: FaultHooks; provider?: FakeProvider; now?: () => number }): Harness {
+export function makeHarness(store: Store, yaml: string, opts: { appUrl: string; faults?: FaultHooks; provider?: FakeProvider; now?: () => number; backoff?: Partial<BackoffOptions> }): Harness {
   const config = loadConfig({ text: yaml, env: {}, cwd: '/tmp' })
   const provider = opts.provider ?? new FakeProvider({ poolId: config.pool.id, settings: { address: opts.appUrl } })
   const providers = new Map([['fake', provider]])
   const log = pino({ level: 'silent' })
   const hub = new RouteHub()
-  const pool = new PoolService({ config, store, providers, routes: hub, log, faults: opts.faults, now: opts.now })
+  // Backoff after failed creates in milliseconds, not seconds, unless a test sets it: the engine's
+  // tests assert what happens after a failure, not how long the pool waits.
+  const backoff = opts.backoff ?? { baseMs: 5, maxMs: 50 }
+  const pool = new PoolService({ config, store, providers, routes: hub, log, faults: opts.faults, now: opts.now, backoff })
   const worker = new Worker({ config, store, pool, providers, log, now: opts.now })
   return {
     config,

@@ -12,6 +12,7 @@
  * - `DryRun: true` answers DryRunOperation.
  */
 import {
+  CreateTagsCommand,
   DescribeInstancesCommand,
   EC2Client,
   EC2ServiceException,
@@ -49,6 +50,8 @@ export class FakeEc2 {
   readonly failures = new Map<string, Error[]>()
   /** RunInstances calls that launch, then lose their response (a timeout after AWS accepted the request). */
   lostRunResponses = 0
+  /** Operations denied by IAM (see deny()). */
+  readonly denied = new Set<string>()
   #seq = 0
 
   constructor(opts: { pageSize?: number } = {}) {
@@ -66,6 +69,27 @@ export class FakeEc2 {
     this.mock.on(TerminateInstancesCommand).callsFake((input: { InstanceIds?: string[] }) => (this.#fail('TerminateInstances'), this.change(input, 'terminated')))
     this.mock.on(StopInstancesCommand).callsFake((input: { InstanceIds?: string[] }) => (this.#fail('StopInstances'), this.change(input, 'stopped')))
     this.mock.on(StartInstancesCommand).callsFake((input: { InstanceIds?: string[] }) => (this.#fail('StartInstances'), this.change(input, 'pending')))
+    this.mock.on(CreateTagsCommand).callsFake((input: { Resources?: string[]; Tags?: { Key?: string; Value?: string }[] }) => {
+      this.#fail('CreateTags')
+      for (const id of input.Resources ?? []) {
+        const inst = this.instances.get(id)
+        if (!inst) throw awsError('InvalidInstanceID.NotFound', `The instance ID '${id}' does not exist`)
+        for (const t of input.Tags ?? []) if (t.Key !== undefined) inst.tags[t.Key] = t.Value ?? ''
+      }
+      return {}
+    })
+  }
+
+  /**
+   * Every call of `operation` fails as an IAM denial does (UnauthorizedOperation naming the action),
+   * until `allow(operation)`.
+   */
+  deny(operation: string): void {
+    this.denied.add(operation)
+  }
+
+  allow(operation: string): void {
+    this.denied.delete(operation)
   }
 
   /** Queues errors for the next calls of `operation` (e.g. 'RunInstances'). */
@@ -74,6 +98,9 @@ export class FakeEc2 {
   }
 
   #fail(operation: string): void {
+    if (this.denied.has(operation)) {
+      throw awsError('UnauthorizedOperation', `You are not authorized to perform this operation. User: arn:aws:sts::123456789012:assumed-role/studiopool/i-0abc is not authorized to perform: ec2:${operation} on resource: arn:aws:ec2:eu-central-1:123456789012:instance/* because no identity-based policy allows the ec2:${operation} action. Encoded authorization failure message: AbCdEf0123`, 403)
+    }
     const err = this.failures.get(operation)?.shift()
     if (err) throw err
   }

@@ -41,7 +41,7 @@ describe('fake provider', () => {
     await p.describe([a.ref, b.ref], op)
     await p.list(op)
     await p.destroy(a.ref, op)
-    assert.deepEqual(p.calls, { create: 2, describe: 1, list: 1, destroy: 1, stop: 0, start: 0 })
+    assert.deepEqual(p.calls, { create: 2, describe: 1, list: 1, destroy: 1, stop: 0, start: 0, relabel: 0 })
     p.resetCalls()
     assert.equal(p.calls.create, 0)
   })

@@ -60,12 +60,28 @@ function markedSessions(scope: string): Map<number, string> {
   return out
 }
 
-function recordOf(dataDir: string, id: string): { pid: number; state: string } | null {
+function recordOf(dataDir: string, id: string): { pid: number; state: string; labels: Record<string, string> } | null {
   try {
-    return JSON.parse(readFileSync(join(dataDir, 'instances', id, 'instance.json'), 'utf8')) as { pid: number; state: string }
+    return JSON.parse(readFileSync(join(dataDir, 'instances', id, 'instance.json'), 'utf8')) as { pid: number; state: string; labels: Record<string, string> }
   } catch {
     return null
   }
+}
+
+/** The instance a process belongs to now: its record's label (a queued request may have been handed it), else its marker. */
+function holderOf(dataDir: string, markerId: string): string {
+  return recordOf(dataDir, markerId)?.labels['studiopool:instance'] ?? markerId
+}
+
+/** The record of a live instance: its own, or the one of the free instance it was handed. */
+function recordFor(dataDir: string, instanceId: string): { pid: number; state: string } | null {
+  const own = recordOf(dataDir, instanceId)
+  if (own) return own
+  for (const id of readdirSync(join(dataDir, 'instances'))) {
+    const r = recordOf(dataDir, id)
+    if (r?.labels['studiopool:instance'] === instanceId && r.state === 'running') return r
+  }
+  return null
 }
 
 for (const kind of STORE_KINDS) {
@@ -130,19 +146,19 @@ for (const kind of STORE_KINDS) {
         assert.equal(new Set(owners).size, owners.length, `round ${round}: a user holds two instances: ${owners.join(', ')}`)
         // 2. Every live instance has its process.
         for (const i of live.filter((v) => v.state === 'ready')) {
-          const rec = recordOf(dataDir, i.instanceId)
+          const rec = recordFor(dataDir, i.instanceId)
           assert.ok(rec && rec.state === 'running' && isAlive(rec.pid), `round ${round}: ready instance ${i.instanceId} has no live process`)
         }
         // 3. Every session process has its record and its live instance (orphans reaped after the 1 s grace).
         const liveIds = new Set(live.map((i) => i.instanceId))
         await waitFor(
-          () => [...markedSessions(scope)].every(([pid, id]) => liveIds.has(id) && recordOf(dataDir, id)?.pid === pid),
+          () => [...markedSessions(scope)].every(([pid, id]) => liveIds.has(holderOf(dataDir, id)) && recordOf(dataDir, id)?.pid === pid),
           `round ${round}: no session process without its record and live instance (${JSON.stringify([...markedSessions(scope)])})`,
           15_000,
           100,
         )
         const perInstance = new Map<string, number>()
-        for (const id of markedSessions(scope).values()) perInstance.set(id, (perInstance.get(id) ?? 0) + 1)
+        for (const id of markedSessions(scope).values()) perInstance.set(holderOf(dataDir, id), (perInstance.get(holderOf(dataDir, id)) ?? 0) + 1)
         assert.ok([...perInstance.values()].every((n) => n === 1), `round ${round}: an instance has two processes`)
         // 4. History closed for every ended assignment.
         const hist = await api<{ history: { instanceId: string; endedAt: string | null }[] }>(srv.url, key, 'GET', '/api/v1/history?limit=10000')

@@ -4,7 +4,7 @@ import { LIVE_STATES } from '../../domain/instance.js'
 import { coalescerFor, RawJson } from '../coalesce.js'
 import { canAccess, roleOf, type ApiDeps, type Caller } from '../context.js'
 import { InstanceId, UserId } from '../schemas.js'
-import { instanceView } from '../views.js'
+import { instanceView, keyPairOf } from '../views.js'
 
 export const GetStatusPayload = Type.Object({ instanceId: Type.Optional(InstanceId), userId: Type.Optional(UserId) }, { additionalProperties: true })
 
@@ -39,7 +39,7 @@ export async function getStatus(deps: ApiDeps, caller: Caller, payload: Static<t
   // Someone else's instance looks exactly like a missing one: ids must not be probed.
   if (!inst || !canAccess(p, inst, payload.userId)) throw new NotFoundError('no such instance')
   const pos = inst.state === 'queued' ? await deps.store.queuePosition(inst.id) : null
-  return { instance: instanceView(inst, deps.links, pos) }
+  return { instance: instanceView(inst, deps.links, pos, keyPairOf(deps, inst.template)) }
 }
 
 /**

@@ -8,7 +8,7 @@ import { deleteInstance } from '../commands/delete-instance.js'
 import { getStatus } from '../commands/get-status.js'
 import { requestSession } from '../commands/request-session.js'
 import { InstanceId, TemplateName, UserId } from '../schemas.js'
-import { assignmentView, instanceView } from '../views.js'
+import { assignmentView, instanceView, keyPairOf } from '../views.js'
 
 const err = { 400: { $ref: 'Error#' }, 401: { $ref: 'Error#' }, 403: { $ref: 'Error#' }, 404: { $ref: 'Error#' } }
 const IdParams = Type.Object({ id: InstanceId })
@@ -62,7 +62,7 @@ export async function restRoutes(app: FastifyInstance, deps: ApiDeps): Promise<v
       const { userId } = req.query as { userId: string }
       const rows = await deps.store.listInstances({ ownerId: userId, states: LIVE_STATES })
       const visible = rows.filter((i) => canAccess(p(req), i, userId))
-      return { sessions: await Promise.all(visible.map(async (i) => instanceView(i, deps.links, i.state === 'queued' ? await deps.store.queuePosition(i.id) : null))) }
+      return { sessions: await Promise.all(visible.map(async (i) => instanceView(i, deps.links, i.state === 'queued' ? await deps.store.queuePosition(i.id) : null, keyPairOf(deps, i.template)))) }
     },
   )
 
@@ -73,7 +73,7 @@ export async function restRoutes(app: FastifyInstance, deps: ApiDeps): Promise<v
       requireRole(p(req), 'proxy')
       const q = req.query as { state?: string; template?: string; userId?: string; limit?: string }
       const rows = await deps.store.listInstances({ states: parseStates(q.state) ?? LIVE_STATES, template: q.template, ownerId: q.userId, limit: Math.min(Number(q.limit ?? 1000), 10_000) })
-      return { instances: rows.map((i) => instanceView(i, deps.links)) }
+      return { instances: rows.map((i) => instanceView(i, deps.links, null, keyPairOf(deps, i.template))) }
     },
   )
 
@@ -104,7 +104,7 @@ export async function restRoutes(app: FastifyInstance, deps: ApiDeps): Promise<v
           : action === 'restart' ? await deps.pool.restart(id, actor)
           : action === 'suspend' ? await deps.pool.suspend(id, actor)
           : await deps.pool.resume(id, actor)
-        return { instance: instanceView(next ?? inst, deps.links) }
+        return { instance: instanceView(next ?? inst, deps.links, null, keyPairOf(deps, inst.template)) }
       },
     )
   }

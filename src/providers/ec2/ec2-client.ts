@@ -1,4 +1,5 @@
 import {
+  CreateTagsCommand,
   DescribeInstancesCommand,
   EC2Client,
   RunInstancesCommand,
@@ -7,6 +8,8 @@ import {
   TerminateInstancesCommand,
 } from '@aws-sdk/client-ec2'
 import type {
+  CreateTagsCommandInput,
+  CreateTagsCommandOutput,
   DescribeInstancesCommandInput,
   DescribeInstancesCommandOutput,
   RunInstancesCommandInput,
@@ -33,6 +36,8 @@ export interface Ec2Api {
   terminateInstances(input: TerminateInstancesCommandInput, signal?: AbortSignal): Promise<TerminateInstancesCommandOutput>
   stopInstances(input: StopInstancesCommandInput, signal?: AbortSignal): Promise<StopInstancesCommandOutput>
   startInstances(input: StartInstancesCommandInput, signal?: AbortSignal): Promise<StartInstancesCommandOutput>
+  /** Adds or overwrites tags (relabel: the owner on claim). */
+  createTags(input: CreateTagsCommandInput, signal?: AbortSignal): Promise<CreateTagsCommandOutput>
   destroy(): void
 }
 
@@ -53,6 +58,7 @@ export function createEc2Api(opts: { region?: string } = {}): Ec2Api {
     terminateInstances: (input, signal) => client.send(new TerminateInstancesCommand(input), { abortSignal: signal }),
     stopInstances: (input, signal) => client.send(new StopInstancesCommand(input), { abortSignal: signal }),
     startInstances: (input, signal) => client.send(new StartInstancesCommand(input), { abortSignal: signal }),
+    createTags: (input, signal) => client.send(new CreateTagsCommand(input), { abortSignal: signal }),
     destroy: () => client.destroy(),
   }
 }

@@ -72,6 +72,9 @@ const AUTH_CODES = new Set([
   'TokenProviderError',
 ])
 
+/** Account limits: only the operator (a limit increase) can fix them. */
+const QUOTA_CODES = new Set(['InstanceLimitExceeded', 'VcpuLimitExceeded', 'VolumeLimitExceeded', 'AddressLimitExceeded', 'MaxSpotFleetRequestCountExceeded'])
+
 /** Instance ids we did not find: absent, not an error, for describe and terminate. */
 export const NOT_FOUND_CODES = new Set(['InvalidInstanceID.NotFound', 'InvalidInstanceID.Malformed'])
 
@@ -190,7 +193,9 @@ export function toProviderError(err: unknown, operation: string, context = ''): 
     return new ProviderError(PROVIDER, `${iamAction(operation)}${where}: the instance is not in a state that allows it: ${cleanMessage(err)}`, { retryable: true, cause: err })
   }
   // Invalid AMI, security group, key pair, subnet, parameter: a configuration problem; AWS's message says which.
-  return new ProviderError(PROVIDER, `${iamAction(operation)} failed${where}: ${code ? code + ': ' : ''}${cleanMessage(err)}`, { retryable: false, cause: err })
+  // The kind feeds the pool's circuit breaker (issue 9): none of these goes away by retrying.
+  const kind = QUOTA_CODES.has(code) ? 'quota' : /\.NotFound$/.test(code) ? 'missing' : 'config'
+  return new ProviderError(PROVIDER, `${iamAction(operation)} failed${where}: ${code ? code + ': ' : ''}${cleanMessage(err)}`, { retryable: false, kind, cause: err })
 }
 
 /** A sentence an analyst can read on the progress page. */

@@ -107,7 +107,7 @@ function mapState(name: string | undefined): ProviderInstance['state'] {
  */
 export class Ec2Provider implements Provider {
   readonly name = 'ec2'
-  readonly capabilities: ProviderCapabilities = { supportsSuspend: true }
+  readonly capabilities: ProviderCapabilities = { supportsSuspend: true, remoteInstances: true }
 
   readonly #ctx: ProviderContext
   readonly #settings: Ec2ProviderSettings
@@ -196,13 +196,17 @@ export class Ec2Provider implements Provider {
     return []
   }
 
+  keyPairName(template: TemplateConfig): string | undefined {
+    return parseTemplateSettings(template.name, template.settings).settings?.keyName
+  }
+
   #template(template: TemplateConfig): { settings: Ec2TemplateSettings; userData: string } {
     const cached = this.#templates.get(template)
     if (cached) return cached
     const problems = this.validateTemplate(template)
     if (problems.length) {
       // A configuration bug, found at launch: the instance fails with the problems as its reason.
-      throw new ProviderError(PROVIDER, `template ${template.name} has invalid ec2 settings: ${problems.join('; ')}`, { retryable: false })
+      throw new ProviderError(PROVIDER, `template ${template.name} has invalid ec2 settings: ${problems.join('; ')}`, { retryable: false, kind: 'config' })
     }
     return this.#templates.get(template)!
   }
@@ -442,6 +446,23 @@ export class Ec2Provider implements Provider {
           cause: err,
         })
       }
+      throw err
+    }
+  }
+
+  /**
+   * CreateTags on the instance (and nothing else): the owner and assignment on claim, the instanceId
+   * on a hand-over. Our pool and template tags are never rewritten; docs/aws.md's policy allows
+   * CreateTags only on this pool's instances and only for these keys. An unknown ref resolves.
+   */
+  async relabel(ref: string, labels: Readonly<Record<string, string>>, opts: OperationOptions): Promise<void> {
+    if (!EC2_ID_RE.test(ref)) return
+    const tags = Object.entries(labels).filter(([k]) => k !== LABEL_POOL && k !== LABEL_TEMPLATE)
+    if (!tags.length) return
+    try {
+      await this.#call('CreateTags', opts, () => this.#api.createTags({ Resources: [ref], Tags: tags.map(([Key, Value]) => ({ Key, Value })) }, opts.signal), ref)
+    } catch (err) {
+      if (isNotFound(err)) return
       throw err
     }
   }

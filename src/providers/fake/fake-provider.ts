@@ -44,12 +44,13 @@ export interface FakeSettings {
 
 const KNOWN_TEMPLATE_KEYS = new Set(['startDelayMs', 'address', 'validationError'])
 
-export type FakeMethod = 'create' | 'describe' | 'list' | 'destroy' | 'stop' | 'start'
+export type FakeMethod = 'create' | 'describe' | 'list' | 'destroy' | 'stop' | 'start' | 'relabel'
 
 /** One resource in the fake backend. */
 export interface FakeResource {
   readonly ref: string
-  readonly instanceId: string
+  /** Follows the instance label (a relabel may move the resource to another instance). */
+  instanceId: string
   readonly template: string
   readonly labels: Record<string, string>
   readonly createdAt: number
@@ -89,7 +90,7 @@ export class FakeProvider implements Provider {
   readonly name = NAME
   readonly capabilities: ProviderCapabilities
   /** Calls per method since construction (or `resetCalls()`). */
-  readonly calls: Record<FakeMethod, number> = { create: 0, describe: 0, list: 0, destroy: 0, stop: 0, start: 0 }
+  readonly calls: Record<FakeMethod, number> = { create: 0, describe: 0, list: 0, destroy: 0, stop: 0, start: 0, relabel: 0 }
   /**
    * Hook consulted on every create that would make a new resource: return (or throw) an Error to
    * fail that create. Idempotent re-creates of a live resource do not consult it.
@@ -99,7 +100,7 @@ export class FakeProvider implements Provider {
   readonly poolId: string
   readonly settings: FakeSettings
   readonly #now: () => number
-  readonly #faults: Record<FakeMethod, Error[]> = { create: [], describe: [], list: [], destroy: [], stop: [], start: [] }
+  readonly #faults: Record<FakeMethod, Error[]> = { create: [], describe: [], list: [], destroy: [], stop: [], start: [], relabel: [] }
 
   constructor(ctx: Pick<ProviderContext, 'poolId' | 'settings'>, opts: { now?: () => number; cloud?: FakeCloud } = {}) {
     this.poolId = ctx.poolId
@@ -266,6 +267,15 @@ export class FakeProvider implements Provider {
       r.runningAt = this.#now() + delay
       r.state = delay > 0 ? 'pending' : 'running'
     }
+  }
+
+  /** Merges labels (the pool: owner and assignment on claim). Our pool and template labels are kept. */
+  async relabel(ref: string, labels: Readonly<Record<string, string>>, opts: OperationOptions): Promise<void> {
+    await this.#enter('relabel', opts)
+    const r = this.cloud.resources.get(ref)
+    if (!r || r.labels[LABEL_POOL] !== this.poolId) return
+    Object.assign(r.labels, labels, { [LABEL_POOL]: this.poolId, [LABEL_TEMPLATE]: r.template })
+    r.instanceId = r.labels[LABEL_INSTANCE] ?? r.instanceId
   }
 
   async close(): Promise<void> {}

@@ -269,6 +269,22 @@ export class LocalProvider implements Provider {
     })
   }
 
+  /**
+   * Merges labels into the record (the owner on a claim; on a hand-over, the queued instance that
+   * now holds this process). The record stays where it is and the process keeps its marker: both
+   * name the instance that started it.
+   */
+  async relabel(ref: string, labels: Readonly<Record<string, string>>, _opts: OperationOptions): Promise<void> {
+    if (!REF_RE.test(ref)) return
+    const found = this.#records().find((r) => refOf(r) === ref)
+    if (!found) return
+    await this.#locked(found.instanceId, async () => {
+      const rec = this.#readRecord(found.instanceId)
+      if (!rec || refOf(rec) !== ref) return
+      this.#writeRecord({ ...rec, labels: { ...rec.labels, ...labels } })
+    })
+  }
+
   async close(): Promise<void> {
     // Processes are deliberately left running: a restarted server finds them with list().
   }
@@ -518,7 +534,8 @@ export class LocalProvider implements Provider {
     }
     return {
       ref: refOf(rec),
-      instanceId: rec.instanceId,
+      // After a hand-over the label names the instance that holds the process now.
+      instanceId: rec.labels[LABEL_INSTANCE] ?? rec.instanceId,
       template: rec.template,
       state: alive ? 'running' : 'terminated',
       address: alive ? rec.address : null,
