@@ -98,10 +98,11 @@ for (const kind of STORE_KINDS) {
       try {
         await b.worker.runOnce()
         await waitFor(async () => (await store.listInstances({ states: ['ready'] })).length === live.length, 'the recovered instances to be ready')
-        const back = await b.pool.request({ userId: 'warm-user' })
+        // The same requester as before (the requester is part of a session's identity, issue 8).
+        const back = await b.pool.request({ userId: 'warm-user', keyName: 'arena' })
         assert.equal(back.outcome, 'existing')
         assert.equal(back.instance.id, warmUser)
-        assert.equal((await b.pool.request({ userId: 'cold-user' })).instance.id, coldUser)
+        assert.equal((await b.pool.request({ userId: 'cold-user', keyName: 'portal' })).instance.id, coldUser)
         await b.worker.runOnce()
         assert.equal(providerB.instances().filter((r) => r.state !== 'terminated').length, live.length, 'nothing was reaped as an orphan')
       } finally {
