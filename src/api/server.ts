@@ -8,6 +8,8 @@ import { AppError, isAppError, UnauthorizedError, ValidationError } from '../dom
 import type { Principal } from '../domain/keys.js'
 import type { ApiDeps, Caller } from './context.js'
 import { RawJson } from './coalesce.js'
+import { registerStrictJson } from './json-body.js'
+import { isSafeText } from '../domain/ids.js'
 import { DeletePayload, deleteInstance } from './commands/delete-instance.js'
 import { GetStatusPayload, getStatus } from './commands/get-status.js'
 import { RequestSessionPayload, requestSession } from './commands/request-session.js'
@@ -61,12 +63,32 @@ export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promi
     ...(opts.serverFactory ? { serverFactory: opts.serverFactory } : {}),
     // No type coercion: `{"userId": 123}` is a wrong type, not the string "123". Query strings are parsed by hand.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
+    // A path that does not decode (`/api/v1/keys/%ED%A0%80`) gets the envelope too, not Fastify's own shape.
+    frameworkErrors: (err, _req, rep) => {
+      const reply = rep as unknown as FastifyReply
+      const status = err.statusCode && err.statusCode < 500 ? 400 : 503
+      void reply.code(status).send({ error: { code: status === 400 ? 'INVALID_REQUEST' : 'PROVIDER_UNAVAILABLE', message: status === 400 ? 'malformed URL or request' : 'not ready' } })
+    },
   })
 
   app.setErrorHandler(errorHandler)
   // JSON only: without this, a text/plain body reaches the schema as a string ("must be object")
   // instead of being refused with "send JSON".
   app.removeContentTypeParser('text/plain')
+  registerStrictJson(app)
+  // Ids arrive in query strings and paths too: a NUL reached Postgres as `sessions?userId=%00` and
+  // came back 500. Every query value and path parameter is refused with 400 when it holds a control
+  // character or a lone surrogate, before any schema or handler sees it (issue 9 item 8).
+  app.addHook('preValidation', async (req) => {
+    for (const [where, bag] of [['querystring', req.query], ['params', req.params]] as const) {
+      if (!bag || typeof bag !== 'object') continue
+      for (const [k, v] of Object.entries(bag as Record<string, unknown>)) {
+        for (const s of Array.isArray(v) ? v : [v]) {
+          if ((typeof s === 'string' && !isSafeText(s)) || !isSafeText(k)) throw new ValidationError(`control character in ${where} parameter`, [{ path: `/${where}/${isSafeText(k) ? k : '?'}`, message: 'control characters and lone surrogates are not allowed' }])
+        }
+      }
+    }
+  })
   app.setNotFoundHandler((req, reply) => {
     void reply.code(404).send({ error: { code: 'NOT_FOUND', message: `no route for ${req.method} ${req.url.split('?')[0]}` } })
   })

@@ -1,5 +1,6 @@
 import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsync } from 'fastify'
+import { MAX_EPOCH_MS } from '../../domain/ids.js'
 import type { ActivitySink, NonceLedger, RouteEvent, RouteSource } from '../../domain/routes.js'
 
 export interface GatewayFeedOptions {
@@ -12,11 +13,11 @@ export interface GatewayFeedOptions {
 
 const InstanceId = Type.String({ pattern: '^[a-z2-7]{20}$' })
 const ActivityBody = Type.Object(
-  { entries: Type.Array(Type.Object({ id: InstanceId, at: Type.Integer({ minimum: 0 }) }, { additionalProperties: false }), { maxItems: 10_000 }) },
+  { entries: Type.Array(Type.Object({ id: InstanceId, at: Type.Integer({ minimum: 0, maximum: MAX_EPOCH_MS }) }, { additionalProperties: false }), { maxItems: 10_000 }) },
   { additionalProperties: false },
 )
 const NonceBody = Type.Object(
-  { nonce: Type.String({ minLength: 16, maxLength: 128, pattern: '^[A-Za-z0-9_-]+$' }), expiresAt: Type.Integer({ minimum: 0 }) },
+  { nonce: Type.String({ minLength: 16, maxLength: 128, pattern: '^[A-Za-z0-9_-]+$' }), expiresAt: Type.Integer({ minimum: 0, maximum: MAX_EPOCH_MS }) },
   { additionalProperties: false },
 )
 
