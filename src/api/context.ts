@@ -23,6 +23,8 @@ export interface ApiDeps {
   readonly providers: ReadonlyMap<string, Provider>
   /** The split-mode gateway feed (route stream, activity, nonces), served to proxy and admin keys. */
   readonly gatewayFeed?: { readonly routes: RouteSource; readonly activity: ActivitySink; readonly nonces: NonceLedger }
+  /** True once the server is shutting down (SIGTERM): /readyz answers 503. */
+  readonly draining?: () => boolean
   /** Registers more routes (the dashboard) inside the same server. */
   readonly plugins?: readonly ((app: FastifyInstance) => Promise<void> | void)[]
 }

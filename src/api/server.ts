@@ -9,6 +9,7 @@ import type { Principal } from '../domain/keys.js'
 import type { ApiDeps, Caller } from './context.js'
 import { RawJson } from './coalesce.js'
 import { registerStrictJson } from './json-body.js'
+import { checkReadiness } from './readiness.js'
 import { isSafeText } from '../domain/ids.js'
 import { DeletePayload, deleteInstance } from './commands/delete-instance.js'
 import { GetStatusPayload, getStatus } from './commands/get-status.js'
@@ -158,20 +159,13 @@ export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promi
   app.post('/api/commands', commandRoute, handleCommand)
 
   app.get('/healthz', { schema: { tags: ['health'], summary: 'alive', security: [] } }, async () => ({ status: 'ok' }))
-  app.get('/readyz', { schema: { tags: ['health'], summary: 'store and providers reachable', security: [] } }, async (_req, reply) => {
-    const checks: Record<string, string> = {}
-    try {
-      await deps.store.ping()
-      checks.store = 'ok'
-    } catch (err) {
-      checks.store = `failing: ${(err as Error).message}`
-    }
-    for (const t of deps.config.templates) {
-      const why = deps.pool.unavailableReason(t.name)
-      checks[`template:${t.name}`] = why ? `unavailable: ${why}` : 'ok'
-    }
-    const ok = checks.store === 'ok'
-    return reply.code(ok ? 200 : 503).send({ status: ok ? 'ready' : 'not ready', checks })
+  app.get('/readyz', { schema: { tags: ['health'], summary: 'store writable, a template can serve, not shutting down (503 with reasons otherwise)', security: [] } }, async (_req, reply) => {
+    const r = await checkReadiness({
+      store: deps.store,
+      templates: deps.config.templates.map((t) => ({ name: t.name, unavailable: deps.pool.unavailableReason(t.name) })),
+      draining: deps.draining,
+    })
+    return reply.code(r.ready ? 200 : 503).send({ status: r.ready ? 'ready' : 'not ready', checks: r.checks })
   })
   app.get('/metrics', { schema: { tags: ['health'], summary: 'Prometheus metrics (admin or proxy key)' }, onRequest: authenticate }, async (req, reply) => {
     const p = req.principal!
@@ -263,7 +257,8 @@ export function errorHandler(err: FastifyError | AppError | Error, req: FastifyR
   if (isAppError(err)) {
     if (err.retryAfter) void reply.header('retry-after', String(err.retryAfter))
     if (err.statusCode === 401) void reply.header('www-authenticate', 'Bearer')
-    if (err.statusCode >= 500) req.log.warn({ code: err.code, msg: err.message }, 'request failed')
+    // A store outage is logged once by the store guard when it begins, not once per request.
+    if (err.statusCode >= 500 && err.code !== 'STORE_UNAVAILABLE') req.log.warn({ code: err.code, msg: err.message }, 'request failed')
     void reply.code(err.statusCode).send({ error: err.toJSON() })
     return
   }

@@ -31,6 +31,10 @@ export const DEFAULTS = {
   poolId: 'studiopool',
   poolMaxInstances: 100,
   pgPoolSize: 10,
+  pgConnectTimeout: '5s', // a new connection, or a wait for a free pooled one
+  pgStatementTimeout: '10s', // Postgres' statement_timeout
+  pgQueryTimeout: '15s', // the client's own limit, for a server that does not answer at all
+  pgIdleInTransactionTimeout: '60s',
   workerInterval: '5s',
   orphanGrace: '10m',
   retainEnded: '7d',
@@ -309,7 +313,17 @@ function normalize(raw: RawConfig, env: NodeJS.ProcessEnv, cwd: string, problems
   const st = raw.store ?? { driver: 'sqlite' as const }
   const store: Config['store'] =
     st.driver === 'postgres'
-      ? { driver: 'postgres', url: resolveSecret(st.url, env, cwd, '/store/url', problems), poolSize: st.poolSize ?? DEFAULTS.pgPoolSize }
+      ? {
+          driver: 'postgres',
+          url: resolveSecret(st.url, env, cwd, '/store/url', problems),
+          poolSize: st.poolSize ?? DEFAULTS.pgPoolSize,
+          timeouts: {
+            connectMs: ms(st.connectTimeout, DEFAULTS.pgConnectTimeout, '/store/connectTimeout', problems),
+            statementMs: ms(st.statementTimeout, DEFAULTS.pgStatementTimeout, '/store/statementTimeout', problems),
+            queryMs: ms(st.queryTimeout, DEFAULTS.pgQueryTimeout, '/store/queryTimeout', problems),
+            idleInTransactionMs: ms(undefined, DEFAULTS.pgIdleInTransactionTimeout, '/store', problems),
+          },
+        }
       : { driver: 'sqlite', path: st.path ? (isAbsolute(st.path) ? st.path : resolve(cwd, st.path)) : resolve(dataDir, 'studiopool.db') }
 
   const templatesRaw = raw.templates ?? {}

@@ -80,7 +80,14 @@ export const ConfigSchema = Type.Object(
       Type.Union([
         Type.Object({ driver: Type.Literal('sqlite'), path: Type.Optional(Type.String({ minLength: 1 })) }, { additionalProperties: false }),
         Type.Object(
-          { driver: Type.Literal('postgres'), url: Secret, poolSize: Type.Optional(Type.Integer({ minimum: 1, maximum: 200 })) },
+          {
+            driver: Type.Literal('postgres'),
+            url: Secret,
+            poolSize: Type.Optional(Type.Integer({ minimum: 1, maximum: 200 })),
+            connectTimeout: Type.Optional(Duration),
+            statementTimeout: Type.Optional(Duration),
+            queryTimeout: Type.Optional(Duration),
+          },
           { additionalProperties: false },
         ),
       ]),

@@ -33,6 +33,7 @@ import type {
   NewInstance,
   StateSample,
   Store,
+  StoreHealth,
   StoreOps,
   StoreTx,
   UpdateCondition,
@@ -41,6 +42,7 @@ import type { Database, InstancesTable, AssignmentsTable, ApiKeysTable, AuditLog
 import { advisoryKey, openPostgres, openSqlite, uniqueViolation } from './dialects.js'
 import type { OpenedDb, StoreConfig } from './dialects.js'
 import { migrationProvider } from './migrations/index.js'
+import { guardStore } from './store-guard.js'
 import type { SqlDialect } from './migrations/index.js'
 
 export type { StoreConfig } from './dialects.js'
@@ -53,7 +55,7 @@ export interface StoreOptions {
 
 /** Opens the store, runs pending migrations and returns it. Call `close()` when done. */
 export async function createStore(cfg: StoreConfig, opts: StoreOptions): Promise<Store> {
-  const opened = cfg.driver === 'sqlite' ? openSqlite(cfg.path) : openPostgres(cfg.url, cfg.poolSize, opts.log)
+  const opened = cfg.driver === 'sqlite' ? openSqlite(cfg.path) : openPostgres(cfg.url, cfg.poolSize, opts.log, cfg.timeouts)
   const store = new SqlStore(opened, opts)
   try {
     await store.migrate()
@@ -61,7 +63,7 @@ export async function createStore(cfg: StoreConfig, opts: StoreOptions): Promise
     await store.close().catch(() => {})
     throw err
   }
-  return store
+  return guardStore(store, { log: opts.log })
 }
 
 /**
@@ -726,6 +728,15 @@ class SqlStore extends SqlOps implements Store {
 
   async ping(): Promise<void> {
     await sql`select 1`.execute(this.#db)
+  }
+
+  async probeWrite(now: number): Promise<void> {
+    await this.setMeta('readyz.probe', String(now))
+  }
+
+  health(): StoreHealth {
+    // Filled in by the guard (store-guard.ts), which sees every call.
+    return {}
   }
 
   transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
