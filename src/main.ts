@@ -80,7 +80,7 @@ export async function start(opts: StartOptions): Promise<Running> {
     log.warn('AUTHENTICATION IS OFF (auth.mode: none): anyone who reaches this port can request, read and delete sessions')
   }
 
-  const store = await createStore(config.store, { log, poolId: config.pool.id })
+  const store = await createStore(config.store, { log, poolId: config.pool.id, dataDir: config.server.dataDir })
   const cleanups: (() => Promise<void>)[] = [() => store.close()]
   const closeAll = async () => {
     for (const c of cleanups.reverse()) await c().catch((err) => log.warn({ err: (err as Error).message }, 'close step failed'))

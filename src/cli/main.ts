@@ -1,5 +1,6 @@
 import { Command, Option } from 'commander'
 import { ConfigError, loadConfig } from '../config/load.js'
+import { StartupRefusedError } from '../domain/errors.js'
 import { ApiClient, ApiError } from './client.js'
 import { renderProgress, formatTable } from './format.js'
 
@@ -52,7 +53,7 @@ program
           ].join('\n') + '\n',
         )
       },
-    })
+    }).catch(refuseToStart)
     process.stdout.write(`studiopool ${o.role === 'all' ? '' : `(${o.role}) `}listening on ${running.url}  (dashboard ${running.url}/, API docs ${running.url}/api/docs)\n`)
     let stopping = false
     const stop = async (signal: string) => {
@@ -67,6 +68,15 @@ program
     process.on('SIGINT', () => void stop('SIGINT'))
     process.on('SIGTERM', () => void stop('SIGTERM'))
   })
+
+/** A damaged or emptied store that was in use: say what and what to do, exit 2 (issue 9 item 5). */
+function refuseToStart(err: unknown): never {
+  if (err instanceof StartupRefusedError) {
+    process.stderr.write(`${err.message}\n`)
+    process.exit(err.exitCode)
+  }
+  throw err
+}
 
 interface ClientOpts {
   url: string

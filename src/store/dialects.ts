@@ -12,6 +12,7 @@ import { Kysely, PostgresDialect, SqliteDialect, type SqliteDatabase, type Sqlit
 import type { Logger } from 'pino'
 import type { Database } from './tables.js'
 import type { SqlDialect } from './migrations/index.js'
+import { refuseDamaged } from './store-check.js'
 
 export type StoreConfig =
   | { readonly driver: 'sqlite'; readonly path: string }
@@ -46,14 +47,27 @@ export interface OpenedDb {
 /** How long a SQLite writer waits for another process's lock before SQLITE_BUSY, ms. */
 const SQLITE_BUSY_TIMEOUT_MS = 5000
 
-export function openSqlite(path: string): OpenedDb {
+export function openSqlite(path: string, opts: { integrityCheck?: boolean } = {}): OpenedDb {
   if (path !== ':memory:' && !path.startsWith('file:')) mkdirSync(dirname(path), { recursive: true })
   const database = new BetterSqlite3(path)
-  // WAL: readers never block the writer; NORMAL is durable across process crashes in WAL mode.
-  database.pragma('journal_mode = WAL')
-  database.pragma('synchronous = NORMAL')
-  database.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`)
-  database.pragma('foreign_keys = ON')
+  try {
+    // WAL: readers never block the writer; NORMAL is durable across process crashes in WAL mode.
+    database.pragma('journal_mode = WAL')
+    database.pragma('synchronous = NORMAL')
+    database.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`)
+    database.pragma('foreign_keys = ON')
+    if (opts.integrityCheck) {
+      // A garbage page in the middle used to start fine and then fail every worker cycle (issue 9 item 5).
+      const rows = database.pragma('quick_check') as { quick_check: string }[]
+      const problems = rows.map((r) => r.quick_check).filter((r) => r !== 'ok')
+      if (problems.length) refuseDamaged(path, problems)
+    }
+  } catch (err) {
+    database.close()
+    const code = (err as { code?: unknown }).code
+    if (code === 'SQLITE_NOTADB' || (typeof code === 'string' && code.startsWith('SQLITE_CORRUPT'))) refuseDamaged(path, [(err as Error).message])
+    throw err
+  }
   return { dialect: 'sqlite', sqlite: database, db: new Kysely<Database>({ dialect: new SqliteDialect({ database: withStatementCache(database) }) }) }
 }
 

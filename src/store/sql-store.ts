@@ -43,6 +43,8 @@ import { advisoryKey, openPostgres, openSqlite, uniqueViolation } from './dialec
 import type { OpenedDb, StoreConfig } from './dialects.js'
 import { migrationProvider } from './migrations/index.js'
 import { guardStore } from './store-guard.js'
+import { refuseEmptyInUse, writeMarker } from './store-check.js'
+import { existsSync, statSync } from 'node:fs'
 import type { SqlDialect } from './migrations/index.js'
 
 export type { StoreConfig } from './dialects.js'
@@ -51,14 +53,27 @@ export interface StoreOptions {
   readonly log: Logger
   /** Pool id (config.pool.id): the advisory-lock keys derive from it. */
   readonly poolId: string
+  /**
+   * The server's data directory. When given, the store refuses to start empty or damaged where
+   * the directory shows it was in use, and records that it is in use (store-check.ts).
+   */
+  readonly dataDir?: string
 }
 
 /** Opens the store, runs pending migrations and returns it. Call `close()` when done. */
 export async function createStore(cfg: StoreConfig, opts: StoreOptions): Promise<Store> {
-  const opened = cfg.driver === 'sqlite' ? openSqlite(cfg.path) : openPostgres(cfg.url, cfg.poolSize, opts.log, cfg.timeouts)
+  const dataDir = opts.dataDir
+  if (dataDir && cfg.driver === 'sqlite' && cfg.path !== ':memory:' && !cfg.path.startsWith('file:')) {
+    // Before opening, which would create the file.
+    if (!existsSync(cfg.path)) refuseEmptyInUse(cfg, dataDir, 'missing')
+    else if (statSync(cfg.path).size === 0) refuseEmptyInUse(cfg, dataDir, 'empty (0 bytes)')
+  }
+  const opened = cfg.driver === 'sqlite' ? openSqlite(cfg.path, { integrityCheck: dataDir !== undefined }) : openPostgres(cfg.url, cfg.poolSize, opts.log, cfg.timeouts)
   const store = new SqlStore(opened, opts)
   try {
+    if (dataDir && (await store.isEmpty())) refuseEmptyInUse(cfg, dataDir, 'empty (no studiopool tables)')
     await store.migrate()
+    if (dataDir) writeMarker(cfg, dataDir)
   } catch (err) {
     await store.close().catch(() => {})
     throw err
@@ -728,6 +743,16 @@ class SqlStore extends SqlOps implements Store {
 
   async ping(): Promise<void> {
     await sql`select 1`.execute(this.#db)
+  }
+
+  /** True when no studiopool table exists yet (a new store, or an emptied one). */
+  async isEmpty(): Promise<boolean> {
+    if (this.dialect === 'sqlite') {
+      const r = await sql<{ n: number }>`select count(*) as n from sqlite_master where type = 'table' and name = 'studiopool_migration'`.execute(this.#db)
+      return Number(r.rows[0]?.n ?? 0) === 0
+    }
+    const r = await sql<{ t: string | null }>`select to_regclass('studiopool_migration')::text as t`.execute(this.#db)
+    return !r.rows[0]?.t
   }
 
   async probeWrite(now: number): Promise<void> {
