@@ -54,15 +54,22 @@ program
         )
       },
     }).catch(refuseToStart)
-    process.stdout.write(`studiopool ${o.role === 'all' ? '' : `(${o.role}) `}listening on ${running.url}  (dashboard ${running.url}/, API docs ${running.url}/api/docs)\n`)
+    // Name only what this role serves (issue 9 item 10).
+    const u = running.url
+    const serves =
+      o.role === 'gateway' ? `sessions ${u}/s/…, health ${u}/healthz, ${u}/readyz, ${u}/metrics`
+      : o.role === 'worker' ? `health only: ${u}/healthz, ${u}/readyz, ${u}/metrics`
+      : `dashboard ${u}/, API docs ${u}/api/docs`
+    process.stdout.write(`studiopool ${o.role === 'all' ? '' : `(${o.role}) `}listening on ${u}  (${serves})\n`)
     let stopping = false
     const stop = async (signal: string) => {
       if (stopping) return
       stopping = true
       process.stdout.write(`studiopool: ${signal}, shutting down\n`)
-      const timer = setTimeout(() => process.exit(1), 15_000)
+      // Graceful (issue 9 item 9): in-flight requests get server.shutdownGrace, then the rest is closed.
+      const timer = setTimeout(() => process.exit(1), running.config.server.shutdownGraceMs + 15_000)
       timer.unref()
-      await running.close()
+      await running.shutdown(running.config.server.shutdownGraceMs)
       process.exit(0)
     }
     process.on('SIGINT', () => void stop('SIGINT'))

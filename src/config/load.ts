@@ -28,6 +28,8 @@ export const DEFAULTS = {
   port: 8080,
   dataDir: './data',
   bodyLimit: 1024 * 1024, // 1 MiB
+  bodyTimeout: '30s', // API and dashboard bodies; session traffic is never timed out this way
+  shutdownGrace: '10s', // in-flight requests may finish this long after SIGTERM
   poolId: 'studiopool',
   poolMaxInstances: 100,
   pgPoolSize: 10,
@@ -361,6 +363,8 @@ function normalize(raw: RawConfig, env: NodeJS.ProcessEnv, cwd: string, problems
       publicUrl,
       dataDir,
       bodyLimit: s.bodyLimit ?? DEFAULTS.bodyLimit,
+      bodyTimeoutMs: ms(s.bodyTimeout, DEFAULTS.bodyTimeout, '/server/bodyTimeout', problems),
+      shutdownGraceMs: ms(s.shutdownGrace, DEFAULTS.shutdownGrace, '/server/shutdownGrace', problems),
       trustProxy: s.trustProxy ?? [],
       logLevel: s.logLevel ?? 'info',
     },

@@ -48,6 +48,8 @@ export const ConfigSchema = Type.Object(
           publicUrl: Type.Optional(Type.String({ pattern: '^https?://[^/]+$' })),
           dataDir: Type.Optional(Type.String({ minLength: 1 })),
           bodyLimit: Type.Optional(Type.Integer({ minimum: 1024, maximum: 100 * 1024 * 1024 })),
+          bodyTimeout: Type.Optional(Duration),
+          shutdownGrace: Type.Optional(Duration),
           trustProxy: Type.Optional(StrList),
           logLevel: Type.Optional(Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)))),
         },

@@ -14,6 +14,10 @@ export interface Config {
     readonly dataDir: string
     /** Maximum request body, bytes. */
     readonly bodyLimit: number
+    /** API and dashboard requests must have sent their whole body within this long, ms (0 = no limit); else 408. Sessions are exempt. */
+    readonly bodyTimeoutMs: number
+    /** On SIGTERM, how long in-flight requests may take to finish before they are cut, ms. */
+    readonly shutdownGraceMs: number
     /** Addresses whose X-Forwarded-* headers we trust. */
     readonly trustProxy: readonly string[]
     readonly logLevel: string

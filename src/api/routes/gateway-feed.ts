@@ -9,6 +9,8 @@ export interface GatewayFeedOptions {
   readonly nonces: NonceLedger
   /** Comment line sent on idle streams so proxies keep them open and gateways notice a dead API. Default 15 s. */
   readonly heartbeatMs?: number
+  /** Aborted when the server shuts down: the stream ends cleanly (the gateway reconnects to another replica). */
+  readonly shuttingDown?: AbortSignal
 }
 
 const InstanceId = Type.String({ pattern: '^[a-z2-7]{20}$' })
@@ -48,9 +50,12 @@ export const gatewayFeedRoutes: FastifyPluginAsync<GatewayFeedOptions> = async (
     }
     const unsubscribe = opts.routes.subscribe(send)
     const beat = setInterval(() => res.write(': hb\n\n'), heartbeatMs)
+    const end = () => res.end()
+    opts.shuttingDown?.addEventListener('abort', end, { once: true })
     const stop = () => {
       clearInterval(beat)
       unsubscribe()
+      opts.shuttingDown?.removeEventListener('abort', end)
     }
     req.raw.on('close', stop)
     res.on('close', stop)
