@@ -129,3 +129,68 @@ describe('role probes: --role gateway', () => {
     assert.notEqual((await get(`${g.url}/s/${'a'.repeat(20)}/healthz`)).text, '{"status":"ok"}')
   })
 })
+
+/**
+ * Issue 9 item 4's finding, "40 simultaneous cold starts raised a running session's gateway latency
+ * (p99 274 ms, max 2.4 s)": in one process the gateway shares its event loop with synchronous work
+ * (SQLite calls, process spawning). The remedy documented in the README is the gateway role in its
+ * own process; this shows that it keeps serving an established session at full speed while the
+ * API process is frozen outright (SIGSTOP), the worst case of a busy event loop.
+ */
+describe('the gateway role is isolated from the API process', () => {
+  test('an established session is served while the API process is SIGSTOPped', async () => {
+    const kind = STORES[0]!
+    const { freePort } = await import('../helpers/wait.js')
+    const { startAppStub } = await import('../api/helpers.js')
+    const app = await startAppStub()
+    const ARENA = 'role-probes-requester-key-0123456789'
+    try {
+      const [apiPort, gwPort] = [await freePort(), await freePort()]
+      const gwUrl = `http://127.0.0.1:${gwPort}`
+      const apiDir = mkdtempSync(join(tmpdir(), 'sp-role-iso-'))
+      dirs.push(apiDir)
+      const a = await spawnServer({
+        cwd: apiDir,
+        args: ['--role', 'all', '--port', String(apiPort)],
+        env: { PROXY_KEY: PROXY, STUDIOPOOL_SECRET: SECRET, ARENA_POOL_SERVICE_KEY: ARENA, STUDIOPOOL_PUBLIC_URL: gwUrl },
+        config: `${await storeYaml(kind, apiDir)}server: { dataDir: ${JSON.stringify(join(apiDir, 'data'))} }\nworker: { interval: 1s }\ntemplates:\n  demo:\n    provider: fake\n    fake: { address: ${JSON.stringify(app.url)} }\n`,
+      })
+      procs.push(a)
+      const apiUrl = `http://127.0.0.1:${apiPort}`
+      // The launch link names gwUrl (publicUrl); the test follows its path on the gateway's actual port.
+      const g = await serve(kind, 'gateway', '  demo:\n    provider: fake\n', { SERVICE_URL: apiUrl, STUDIOPOOL_PUBLIC_URL: gwUrl })
+      const gw = g.url
+      await waitFor(async () => (await get(`${gw}/readyz`)).status === 200, 20_000, 'the gateway ready')
+      const r = await request(`${apiUrl}/api/v1/sessions`, { method: 'POST', headers: { authorization: `Bearer ${ARENA}`, 'content-type': 'application/json' }, body: JSON.stringify({ userId: 'alice' }) })
+      const grant = (await r.body.json()) as { instanceId: string; url: string }
+      assert.equal(r.statusCode, 200)
+      await waitFor(async () => (await get(`${apiUrl}/api/v1/instances/${grant.instanceId}?userId=alice`, ARENA)).json?.instance?.state === 'ready', 20_000, 'ready')
+      const launchUrl = new URL(grant.url)
+      const launch = await waitFor(async () => {
+        const l = await request(`${gw}${launchUrl.pathname}${launchUrl.search}`)
+        await l.body.dump()
+        return l.statusCode === 302 ? l : undefined
+      }, 10_000, 'the launch link through the gateway role')
+      const cookie = String(launch.headers['set-cookie']).split(';')[0]!
+      const session = `${gw}/s/${grant.instanceId}/`
+      assert.equal((await request(session, { headers: { cookie } })).statusCode, 200)
+
+      process.kill(a.pid, 'SIGSTOP')
+      try {
+        const times: number[] = []
+        for (let i = 0; i < 20; i++) {
+          const t0 = performance.now()
+          const res = await request(session, { headers: { cookie } })
+          await res.body.dump()
+          assert.equal(res.statusCode, 200)
+          times.push(performance.now() - t0)
+        }
+        assert.ok(Math.max(...times) < 500, `gateway latency with the API frozen: max ${Math.max(...times)} ms`)
+      } finally {
+        process.kill(a.pid, 'SIGCONT')
+      }
+    } finally {
+      await app.close()
+    }
+  })
+})
