@@ -58,12 +58,15 @@ export interface StoreOptions {
    * the directory shows it was in use, and records that it is in use (store-check.ts).
    */
   readonly dataDir?: string
+  /** Skip the empty-store refusal (still writes the marker): for a command that rebuilds an emptied store on purpose (`recover`). */
+  readonly allowEmptyInUse?: boolean
 }
 
 /** Opens the store, runs pending migrations and returns it. Call `close()` when done. */
 export async function createStore(cfg: StoreConfig, opts: StoreOptions): Promise<Store> {
   const dataDir = opts.dataDir
-  if (dataDir && cfg.driver === 'sqlite' && cfg.path !== ':memory:' && !cfg.path.startsWith('file:')) {
+  const refuseEmpty = dataDir !== undefined && !opts.allowEmptyInUse
+  if (refuseEmpty && cfg.driver === 'sqlite' && cfg.path !== ':memory:' && !cfg.path.startsWith('file:')) {
     // Before opening, which would create the file.
     if (!existsSync(cfg.path)) refuseEmptyInUse(cfg, dataDir, 'missing')
     else if (statSync(cfg.path).size === 0) refuseEmptyInUse(cfg, dataDir, 'empty (0 bytes)')
@@ -71,7 +74,7 @@ export async function createStore(cfg: StoreConfig, opts: StoreOptions): Promise
   const opened = cfg.driver === 'sqlite' ? openSqlite(cfg.path, { integrityCheck: dataDir !== undefined }) : openPostgres(cfg.url, cfg.poolSize, opts.log, cfg.timeouts)
   const store = new SqlStore(opened, opts)
   try {
-    if (dataDir && (await store.isEmpty())) refuseEmptyInUse(cfg, dataDir, 'empty (no studiopool tables)')
+    if (refuseEmpty && (await store.isEmpty())) refuseEmptyInUse(cfg, dataDir, 'empty (no studiopool tables)')
     await store.migrate()
     if (dataDir) writeMarker(cfg, dataDir)
   } catch (err) {
