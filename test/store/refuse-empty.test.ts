@@ -9,7 +9,7 @@
 import { after, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { closeSync, existsSync, mkdtempSync, openSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs'
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -111,6 +111,29 @@ describe('a 0-byte or damaged SQLite database is not a new install', () => {
     assert.ok(r.out.includes(db), r.out)
     assert.match(r.out, /is damaged/)
     assert.doesNotMatch(r.out, /worker cycle failed|listening on/)
+  })
+
+  test('without the marker (an install from before it): a WAL left by kill -9, or instance records, still show it was in use', async () => {
+    const dir = tempDir('sp-refuse-wal-')
+    const dataDir = join(dir, 'data')
+    const db = join(dataDir, 'studiopool.db')
+    const config = yaml(`store: { driver: sqlite, path: ${JSON.stringify(db)} }`, dataDir)
+    const s = await spawnServer({ cwd: dir, config })
+    assert.equal((await api(s.url, s.adminKey!, 'POST', '/api/v1/keys', { name: 'portal', role: 'requester' })).status, 201)
+    await s.kill('SIGKILL')
+    rmSync(join(dataDir, 'store-in-use.json'))
+    assert.ok(existsSync(`${db}-wal`), 'kill -9 leaves the WAL')
+    truncateSync(db, 0)
+    const r = await serveUntilExit(dir, config)
+    assert.equal(r.code, 2, r.out)
+    assert.match(r.out, /write-ahead log/)
+
+    rmSync(`${db}-wal`, { force: true })
+    rmSync(`${db}-shm`, { force: true })
+    mkdirSync(join(dataDir, 'instances', 'abcdefghijklmnopqrst'), { recursive: true })
+    const r2 = await serveUntilExit(dir, config)
+    assert.equal(r2.code, 2, r2.out)
+    assert.match(r2.out, /holds 1 instance record .*orphans/)
   })
 
   test('a new install (no marker, no records) starts, even with an empty file', async () => {
