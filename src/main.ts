@@ -145,6 +145,7 @@ export async function start(opts: StartOptions): Promise<Running> {
       if (gateway) gateway.handleUpgrade(req, socket, head)
       else socket.destroy()
     })
+    // Every role listens: the worker for its probes only (it used to listen nowhere, issue 9 item 10).
     {
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject)
