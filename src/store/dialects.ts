@@ -20,7 +20,7 @@ export type StoreConfig =
 
 /**
  * Postgres timeouts, ms (issue 9 item 4: a frozen server hung every call for as long as it was frozen).
- * `connectMs` bounds a new connection and the wait for a free pooled one; `statementMs` is the
+ * `connectMs` bounds a new connection (the wait for a free pooled one is bounded by 2 × `queryMs`); `statementMs` is the
  * server's statement_timeout; `queryMs` is the client's own limit for a server that does not answer
  * at all (SIGSTOP, a dead host without RST); `idleInTransactionMs` frees locks held by a stuck client.
  */
@@ -135,7 +135,17 @@ export function openPostgres(url: string, poolSize: number, log: Logger, timeout
     query_timeout: timeouts.queryMs,
     idle_in_transaction_session_timeout: timeouts.idleInTransactionMs,
   }
-  const pool = new pg.Pool({ ...cfg, max: Math.max(1, poolSize) })
+  // pg-pool uses one setting for "connect" and "wait for a free pooled connection". A burst of
+  // requests may rightly wait longer than a connect may take (200 at once behind the pool lock),
+  // so each new connection gets connectMs of its own (the client enforces it) and the wait for a
+  // pooled one is bounded by twice the longest a query may run: longer means a dead store.
+  const connectMs = timeouts.connectMs
+  class BoundedClient extends pg.Client {
+    constructor(c?: pg.ClientConfig) {
+      super({ ...c, connectionTimeoutMillis: connectMs })
+    }
+  }
+  const pool = new pg.Pool({ ...cfg, Client: BoundedClient, connectionTimeoutMillis: timeouts.queryMs > 0 ? 2 * timeouts.queryMs : 0, max: Math.max(1, poolSize) })
   // An idle client that loses its connection emits 'error' on the pool; unhandled, it would crash the process.
   pool.on('error', (err) => log.warn({ err: { message: err.message, code: (err as { code?: string }).code } }, 'postgres idle client error'))
   return {
