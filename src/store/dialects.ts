@@ -209,6 +209,21 @@ export function unavailableReason(err: unknown): string | undefined {
   return undefined
 }
 
+/**
+ * True when `err` says the connection to Postgres is gone or does not answer (refused, reset,
+ * connect or read timeout, terminated, server shutting down): every other call would wait for the
+ * same timeouts. Not for a statement timeout or SQLite's errors, after which other calls may work.
+ */
+export function isConnectionLoss(err: unknown): boolean {
+  if (typeof err !== 'object' || err === null) return false
+  const e = err as { code?: unknown; message?: unknown }
+  const code = typeof e.code === 'string' ? e.code : ''
+  const message = typeof e.message === 'string' ? e.message : ''
+  if (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE'].includes(code)) return true
+  if (/^08[0-9A-Z]{3}$/.test(code) || code === '57P01' || code === '57P02' || code === '57P03') return true
+  return /^Query read timeout$|timeout exceeded when trying to connect|Connection terminated|not queryable/i.test(message)
+}
+
 const SQLITE_UNIQUE_COLUMNS: Record<string, string> = {
   'instances.owner_id, instances.template': 'instances_live_owner_uq',
   'instances.id': 'instances_pkey',
