@@ -89,6 +89,8 @@ templates:
     rmSync(dir, { recursive: true, force: true })
   })
 
+  // "Fast" is bounded by the configured timeouts (1 s connect, 1.5 s read, /readyz's 2 s), with room
+  // for a loaded machine; without timeouts these calls hung for as long as Postgres was frozen.
   test('frozen: 503 STORE_UNAVAILABLE fast, /readyz 503 fast, the session still served; stopped: the same', async () => {
     const { cookie, sessionUrl } = await openSession(s, 'alice')
     assert.equal((await get(`${s.url}/readyz`)).status, 200)
@@ -102,12 +104,12 @@ templates:
       const ready = await timed(() => get(`${s.url}/readyz`))
       assert.equal(ready.value.status, 503, ready.value.text)
       assert.match(JSON.parse(ready.value.text).checks.store, /failing/)
-      assert.ok(ready.ms < 3500, `/readyz took ${ready.ms} ms`)
+      assert.ok(ready.ms < 4500, `/readyz took ${ready.ms} ms`)
 
       const call = await timed(() => api(s.url, ARENA, 'POST', '/api/v1/sessions', { userId: 'bob' }))
       assert.equal(call.value.status, 503, JSON.stringify(call.value.body))
       assert.equal(call.value.body.error.code, 'STORE_UNAVAILABLE')
-      assert.ok(call.ms < 6000, `the API call took ${call.ms} ms`)
+      assert.ok(call.ms < 8000, `the API call took ${call.ms} ms`)
       const withHeader = await request(`${s.url}/api/v1/templates`, { headers: { authorization: `Bearer ${ARENA}` } })
       await withHeader.body.dump()
       assert.equal(withHeader.statusCode, 503)
@@ -122,7 +124,7 @@ templates:
     const call = await timed(() => api(s.url, ARENA, 'POST', '/api/v1/sessions', { userId: 'carol' }))
     assert.equal(call.value.status, 503, JSON.stringify(call.value.body))
     assert.equal(call.value.body.error.code, 'STORE_UNAVAILABLE')
-    assert.ok(call.ms < 3000, `the API call took ${call.ms} ms`)
+    assert.ok(call.ms < 4000, `the API call took ${call.ms} ms`)
     const ready = await get(`${s.url}/readyz`)
     assert.equal(ready.status, 503)
     assert.equal((await get(sessionUrl, { cookie })).status, 200, 'the established session is proxied while Postgres is down')
