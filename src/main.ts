@@ -24,6 +24,9 @@ import type { Provider } from './providers/provider.js'
 import { loadProvider } from './providers/registry.js'
 import { decideLogin, proxyTrustWarnings, type SessionReach } from './web/login-policy.js'
 import { createStore } from './store/sql-store.js'
+import { checkReadiness } from './api/readiness.js'
+import { createProbeHandler } from './probes.js'
+import { armBodyTimeout, ServerLifecycle } from './server-lifecycle.js'
 import type { Store } from './store/store.js'
 
 export type Role = 'all' | 'api' | 'gateway' | 'worker'
@@ -51,6 +54,11 @@ export interface Running {
   readonly tokens: TokenService | null
   readonly metrics: Metrics
   close(): Promise<void>
+  /**
+   * SIGTERM (issue 9 item 9): /readyz 503, no new connections, close frames 1001 to proxied
+   * WebSockets and our SSE streams ended, in-flight requests finish within `graceMs`; then close().
+   */
+  shutdown(graceMs: number): Promise<void>
 }
 
 /** Pino with secrets redacted wherever they might appear. */
@@ -92,9 +100,9 @@ export async function start(opts: StartOptions): Promise<Running> {
 
   if (role === 'gateway') {
     const { runGatewayRole } = await import('./gateway/standalone.js')
-    const g = await runGatewayRole({ config, log })
+    const g = await runGatewayRole({ config, log, metrics: metrics.registry })
     const url = `http://${g.address.address.includes(':') ? `[${g.address.address}]` : g.address.address}:${g.address.port}`
-    return { config, url, address: g.address, store: null, pool: null, worker: null, app: null, gateway: null, tokens: null, metrics, close: g.close }
+    return { config, url, address: g.address, store: null, pool: null, worker: null, app: null, gateway: null, tokens: null, metrics, close: g.close, shutdown: g.shutdown }
   }
 
   if (config.auth.mode === 'none') {
@@ -102,7 +110,7 @@ export async function start(opts: StartOptions): Promise<Running> {
   }
 
   secureDataDir(config)
-  const store = await createStore(config.store, { log, poolId: config.pool.id })
+  const store = await createStore(config.store, { log, poolId: config.pool.id, dataDir: config.server.dataDir })
   secureStoreFile(config)
   const cleanups: (() => Promise<void>)[] = [() => store.close()]
   const closeAll = async () => {
@@ -157,9 +165,17 @@ export async function start(opts: StartOptions): Promise<Running> {
     // Fastify's handler exists from construction, but routes work only after ready(): until then, 503.
     let appReady = false
     let gateway: Gateway | undefined
+    // The worker role listens for its probes only (issue 9 item 10); set once the store and pool exist.
+    let workerProbes: ((req: IncomingMessage, res: ServerResponse) => boolean) | undefined
+    const lifecycle = new ServerLifecycle()
     const server: Server = createServer({ requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 72_000 })
+    lifecycle.attach(server)
     server.on('request', (req, res) => {
-      if (gateway) gateway.handleRequest(req, res)
+      if (role === 'worker') {
+        if (workerProbes?.(req, res)) return
+        res.writeHead(workerProbes ? 404 : 503, { 'content-type': 'application/json' })
+        res.end(workerProbes ? '{"error":{"code":"NOT_FOUND","message":"the worker role serves /healthz, /readyz and /metrics only"}}' : '{"error":{"code":"PROVIDER_UNAVAILABLE","message":"starting up"}}')
+      } else if (gateway) gateway.handleRequest(req, res)
       else if (fastifyHandler && appReady) fastifyHandler(req, res)
       else {
         res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1' })
@@ -170,7 +186,8 @@ export async function start(opts: StartOptions): Promise<Running> {
       if (gateway) gateway.handleUpgrade(req, socket, head)
       else socket.destroy()
     })
-    if (role !== 'worker') {
+    // Every role listens: the worker for its probes only (it used to listen nowhere, issue 9 item 10).
+    {
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject)
         server.listen(config.server.port, config.server.host, () => {
@@ -186,7 +203,7 @@ export async function start(opts: StartOptions): Promise<Running> {
           }),
       )
     }
-    const address = role !== 'worker' ? (server.address() as AddressInfo) : null
+    const address = server.address() as AddressInfo
     if (address && config.server.port === 0) {
       const host = address.address.includes(':') ? `[${address.address}]` : address.address
       const u = new URL(config.server.publicUrl)
@@ -211,6 +228,25 @@ export async function start(opts: StartOptions): Promise<Running> {
         worker.start()
         cleanups.push(() => worker!.stop())
       }
+      if (role === 'worker') {
+        const keys = new Keyring(store, config.auth.keys)
+        workerProbes = createProbeHandler({
+          readiness: () =>
+            checkReadiness({
+              store,
+              templates: config.templates.map((t) => ({ name: t.name, unavailable: pool.unavailableReason(t.name) })),
+              draining: () => lifecycle.draining(),
+              extra: { worker: () => (worker ? undefined : 'worker.enabled is false') },
+            }),
+          metrics: metrics.registry,
+          mayReadMetrics: async (key) => {
+            if (config.auth.mode === 'none') return true
+            if (key === undefined) return false
+            const p = await keys.authenticate({ authorization: `Bearer ${key}` }).catch(() => undefined)
+            return p?.kind === 'key' && p.role !== 'requester'
+          },
+        })
+      }
     } else {
       // API-only replicas learn of the worker's changes by reading the store.
       const sync = new StoreRouteSync(store, pool, hub, log)
@@ -233,7 +269,9 @@ export async function start(opts: StartOptions): Promise<Running> {
         log,
         metrics,
         providers,
-        gatewayFeed: { routes: hub, activity, nonces },
+        gatewayFeed: { routes: hub, activity, nonces, shuttingDown: lifecycle.shuttingDown },
+        draining: () => lifecycle.draining(),
+        shuttingDown: lifecycle.shuttingDown,
         plugins: [
           async (a) => {
             const { registerDashboard } = await import('./web/dashboard.js')
@@ -266,7 +304,11 @@ export async function start(opts: StartOptions): Promise<Running> {
         tokens,
         log: log.child({ component: 'gateway' }),
         metrics: metrics.registry,
-        fallback: (req, res) => fastifyHandler!(req, res),
+        fallback: (req, res) => {
+          // The API and the dashboard: bounded body time (sessions are exempt: uploads to apps may be slow).
+          armBodyTimeout(req, res, config.server.bodyTimeoutMs)
+          fastifyHandler!(req, res)
+        },
         trustProxy: config.server.trustProxy,
       })
 
@@ -278,9 +320,14 @@ export async function start(opts: StartOptions): Promise<Running> {
       }
     }
 
-    const url = config.server.publicUrl
+    // The worker role serves only its probes, on its own port: its banner names where it listens, not the public URL.
+    const url = role === 'worker' ? `http://${address.address.includes(':') ? `[${address.address}]` : address.address}:${address.port}` : config.server.publicUrl
     log.info({ url, role, templates: config.templates.map((t) => t.name), store: config.store.driver }, 'studiopool is running')
-    return { config, url, address, store, pool, worker, app, gateway: gateway ?? null, tokens, metrics, close: closeAll }
+    const shutdown = async (graceMs: number) => {
+      await lifecycle.drain([server], graceMs, () => gateway?.goAway())
+      await closeAll()
+    }
+    return { config, url, address, store, pool, worker, app, gateway: gateway ?? null, tokens, metrics, close: closeAll, shutdown }
   } catch (err) {
     await closeAll()
     throw err

@@ -8,6 +8,9 @@ import { AppError, isAppError, UnauthorizedError, ValidationError } from '../dom
 import type { Principal } from '../domain/keys.js'
 import type { ApiDeps, Caller } from './context.js'
 import { RawJson } from './coalesce.js'
+import { registerStrictJson } from './json-body.js'
+import { checkReadiness } from './readiness.js'
+import { isSafeText } from '../domain/ids.js'
 import { DeletePayload, deleteInstance } from './commands/delete-instance.js'
 import { GetStatusPayload, getStatus } from './commands/get-status.js'
 import { RequestSessionPayload, requestSession } from './commands/request-session.js'
@@ -63,12 +66,32 @@ export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promi
     ...(opts.serverFactory ? { serverFactory: opts.serverFactory } : {}),
     // No type coercion: `{"userId": 123}` is a wrong type, not the string "123". Query strings are parsed by hand.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
+    // A path that does not decode (`/api/v1/keys/%ED%A0%80`) gets the envelope too, not Fastify's own shape.
+    frameworkErrors: (err, _req, rep) => {
+      const reply = rep as unknown as FastifyReply
+      const status = err.statusCode && err.statusCode < 500 ? 400 : 503
+      void reply.code(status).send({ error: { code: status === 400 ? 'INVALID_REQUEST' : 'PROVIDER_UNAVAILABLE', message: status === 400 ? 'malformed URL or request' : 'not ready' } })
+    },
   })
 
   app.setErrorHandler(errorHandler)
   // JSON only: without this, a text/plain body reaches the schema as a string ("must be object")
   // instead of being refused with "send JSON".
   app.removeContentTypeParser('text/plain')
+  registerStrictJson(app)
+  // Ids arrive in query strings and paths too: a NUL reached Postgres as `sessions?userId=%00` and
+  // came back 500. Every query value and path parameter is refused with 400 when it holds a control
+  // character or a lone surrogate, before any schema or handler sees it (issue 9 item 8).
+  app.addHook('preValidation', async (req) => {
+    for (const [where, bag] of [['querystring', req.query], ['params', req.params]] as const) {
+      if (!bag || typeof bag !== 'object') continue
+      for (const [k, v] of Object.entries(bag as Record<string, unknown>)) {
+        for (const s of Array.isArray(v) ? v : [v]) {
+          if ((typeof s === 'string' && !isSafeText(s)) || !isSafeText(k)) throw new ValidationError(`control character in ${where} parameter`, [{ path: `/${where}/${isSafeText(k) ? k : '?'}`, message: 'control characters and lone surrogates are not allowed' }])
+        }
+      }
+    }
+  })
   app.setNotFoundHandler((req, reply) => {
     void reply.code(404).send({ error: { code: 'NOT_FOUND', message: `no route for ${req.method} ${req.url.split('?')[0]}` } })
   })
@@ -138,20 +161,13 @@ export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promi
   app.post('/api/commands', commandRoute, handleCommand)
 
   app.get('/healthz', { schema: { tags: ['health'], summary: 'alive', security: [] } }, async () => ({ status: 'ok' }))
-  app.get('/readyz', { schema: { tags: ['health'], summary: 'store and providers reachable', security: [] } }, async (_req, reply) => {
-    const checks: Record<string, string> = {}
-    try {
-      await deps.store.ping()
-      checks.store = 'ok'
-    } catch (err) {
-      checks.store = `failing: ${(err as Error).message}`
-    }
-    for (const t of deps.config.templates) {
-      const why = deps.pool.unavailableReason(t.name)
-      checks[`template:${t.name}`] = why ? `unavailable: ${why}` : 'ok'
-    }
-    const ok = checks.store === 'ok'
-    return reply.code(ok ? 200 : 503).send({ status: ok ? 'ready' : 'not ready', checks })
+  app.get('/readyz', { schema: { tags: ['health'], summary: 'store writable, a template can serve, not shutting down (503 with reasons otherwise)', security: [] } }, async (_req, reply) => {
+    const r = await checkReadiness({
+      store: deps.store,
+      templates: deps.config.templates.map((t) => ({ name: t.name, unavailable: deps.pool.unavailableReason(t.name) })),
+      draining: deps.draining,
+    })
+    return reply.code(r.ready ? 200 : 503).send({ status: r.ready ? 'ready' : 'not ready', checks: r.checks })
   })
   app.get('/metrics', { schema: { tags: ['health'], summary: 'Prometheus metrics (admin or proxy key)' }, onRequest: authenticate }, async (req, reply) => {
     const p = req.principal!
@@ -243,7 +259,8 @@ export function errorHandler(err: FastifyError | AppError | Error, req: FastifyR
   if (isAppError(err)) {
     if (err.retryAfter) void reply.header('retry-after', String(err.retryAfter))
     if (err.statusCode === 401) void reply.header('www-authenticate', 'Bearer')
-    if (err.statusCode >= 500) req.log.warn({ code: err.code, msg: err.message }, 'request failed')
+    // A store outage is logged once by the store guard when it begins, not once per request.
+    if (err.statusCode >= 500 && err.code !== 'STORE_UNAVAILABLE') req.log.warn({ code: err.code, msg: err.message }, 'request failed')
     void reply.code(err.statusCode).send({ error: err.toJSON() })
     return
   }

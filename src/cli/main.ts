@@ -1,5 +1,6 @@
 import { Command, Option } from 'commander'
 import { ConfigError, loadConfig } from '../config/load.js'
+import { StartupRefusedError } from '../domain/errors.js'
 import { ApiClient, ApiError } from './client.js'
 import { renderProgress, formatTable } from './format.js'
 
@@ -52,21 +53,37 @@ program
           ].join('\n') + '\n',
         )
       },
-    })
-    process.stdout.write(`studiopool ${o.role === 'all' ? '' : `(${o.role}) `}listening on ${running.url}  (dashboard ${running.url}/, API docs ${running.url}/api/docs)\n`)
+    }).catch(refuseToStart)
+    // Name only what this role serves (issue 9 item 10).
+    const u = running.url
+    const serves =
+      o.role === 'gateway' ? `sessions ${u}/s/…, health ${u}/healthz, ${u}/readyz, ${u}/metrics`
+      : o.role === 'worker' ? `health only: ${u}/healthz, ${u}/readyz, ${u}/metrics`
+      : `dashboard ${u}/, API docs ${u}/api/docs`
+    process.stdout.write(`studiopool ${o.role === 'all' ? '' : `(${o.role}) `}listening on ${u}  (${serves})\n`)
     let stopping = false
     const stop = async (signal: string) => {
       if (stopping) return
       stopping = true
       process.stdout.write(`studiopool: ${signal}, shutting down\n`)
-      const timer = setTimeout(() => process.exit(1), 15_000)
+      // Graceful (issue 9 item 9): in-flight requests get server.shutdownGrace, then the rest is closed.
+      const timer = setTimeout(() => process.exit(1), running.config.server.shutdownGraceMs + 15_000)
       timer.unref()
-      await running.close()
+      await running.shutdown(running.config.server.shutdownGraceMs)
       process.exit(0)
     }
     process.on('SIGINT', () => void stop('SIGINT'))
     process.on('SIGTERM', () => void stop('SIGTERM'))
   })
+
+/** A damaged or emptied store that was in use: say what and what to do, exit 2 (issue 9 item 5). */
+function refuseToStart(err: unknown): never {
+  if (err instanceof StartupRefusedError) {
+    process.stderr.write(`${err.message}\n`)
+    process.exit(err.exitCode)
+  }
+  throw err
+}
 
 interface ClientOpts {
   url: string

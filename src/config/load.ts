@@ -30,9 +30,15 @@ export const DEFAULTS = {
   port: 8080,
   dataDir: './data',
   bodyLimit: 1024 * 1024, // 1 MiB
+  bodyTimeout: '30s', // API and dashboard bodies; session traffic is never timed out this way
+  shutdownGrace: '10s', // in-flight requests may finish this long after SIGTERM
   poolId: 'studiopool',
   poolMaxInstances: 100,
   pgPoolSize: 10,
+  pgConnectTimeout: '5s', // a new connection, or a wait for a free pooled one
+  pgStatementTimeout: '10s', // Postgres' statement_timeout
+  pgQueryTimeout: '15s', // the client's own limit, for a server that does not answer at all
+  pgIdleInTransactionTimeout: '60s',
   workerInterval: '5s',
   orphanGrace: '10m',
   retainEnded: '7d',
@@ -314,7 +320,17 @@ function normalize(raw: RawConfig, env: NodeJS.ProcessEnv, cwd: string, problems
   const st = raw.store ?? { driver: 'sqlite' as const }
   const store: Config['store'] =
     st.driver === 'postgres'
-      ? { driver: 'postgres', url: resolveSecret(st.url, env, cwd, '/store/url', problems), poolSize: st.poolSize ?? DEFAULTS.pgPoolSize }
+      ? {
+          driver: 'postgres',
+          url: resolveSecret(st.url, env, cwd, '/store/url', problems),
+          poolSize: st.poolSize ?? DEFAULTS.pgPoolSize,
+          timeouts: {
+            connectMs: ms(st.connectTimeout, DEFAULTS.pgConnectTimeout, '/store/connectTimeout', problems),
+            statementMs: ms(st.statementTimeout, DEFAULTS.pgStatementTimeout, '/store/statementTimeout', problems),
+            queryMs: ms(st.queryTimeout, DEFAULTS.pgQueryTimeout, '/store/queryTimeout', problems),
+            idleInTransactionMs: ms(undefined, DEFAULTS.pgIdleInTransactionTimeout, '/store', problems),
+          },
+        }
       : { driver: 'sqlite', path: st.path ? (isAbsolute(st.path) ? st.path : resolve(cwd, st.path)) : resolve(dataDir, 'studiopool.db') }
 
   const templatesRaw = raw.templates ?? {}
@@ -356,6 +372,8 @@ function normalize(raw: RawConfig, env: NodeJS.ProcessEnv, cwd: string, problems
       instanceCallbackUrl: (s.instanceCallbackUrl ?? split.serviceUrl ?? null)?.replace(/\/+$/, '') ?? null,
       dataDir,
       bodyLimit: s.bodyLimit ?? DEFAULTS.bodyLimit,
+      bodyTimeoutMs: ms(s.bodyTimeout, DEFAULTS.bodyTimeout, '/server/bodyTimeout', problems),
+      shutdownGraceMs: ms(s.shutdownGrace, DEFAULTS.shutdownGrace, '/server/shutdownGrace', problems),
       trustProxy: s.trustProxy ?? [],
       logLevel: s.logLevel ?? 'info',
     },

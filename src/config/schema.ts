@@ -56,6 +56,8 @@ export const ConfigSchema = Type.Object(
           instanceCallbackUrl: Type.Optional(Type.String({ pattern: '^https?://[^/?#]+(/[^?#]*)?$' })),
           dataDir: Type.Optional(Type.String({ minLength: 1 })),
           bodyLimit: Type.Optional(Type.Integer({ minimum: 1024, maximum: 100 * 1024 * 1024 })),
+          bodyTimeout: Type.Optional(Duration),
+          shutdownGrace: Type.Optional(Duration),
           trustProxy: Type.Optional(StrList),
           logLevel: Type.Optional(Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)))),
         },
@@ -88,7 +90,14 @@ export const ConfigSchema = Type.Object(
       Type.Union([
         Type.Object({ driver: Type.Literal('sqlite'), path: Type.Optional(Type.String({ minLength: 1 })) }, { additionalProperties: false }),
         Type.Object(
-          { driver: Type.Literal('postgres'), url: Secret, poolSize: Type.Optional(Type.Integer({ minimum: 1, maximum: 200 })) },
+          {
+            driver: Type.Literal('postgres'),
+            url: Secret,
+            poolSize: Type.Optional(Type.Integer({ minimum: 1, maximum: 200 })),
+            connectTimeout: Type.Optional(Duration),
+            statementTimeout: Type.Optional(Duration),
+            queryTimeout: Type.Optional(Duration),
+          },
           { additionalProperties: false },
         ),
       ]),

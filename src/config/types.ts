@@ -20,6 +20,10 @@ export interface Config {
     readonly dataDir: string
     /** Maximum request body, bytes. */
     readonly bodyLimit: number
+    /** API and dashboard requests must have sent their whole body within this long, ms (0 = no limit); else 408. Sessions are exempt. */
+    readonly bodyTimeoutMs: number
+    /** On SIGTERM, how long in-flight requests may take to finish before they are cut, ms. */
+    readonly shutdownGraceMs: number
     /** Addresses whose X-Forwarded-* headers we trust. */
     readonly trustProxy: readonly string[]
     readonly logLevel: string
@@ -33,7 +37,15 @@ export interface Config {
     /** Requests per second per requester key (burst twice that); 0 = off. Admin and proxy keys are not limited. */
     readonly rateLimit: number
   }
-  readonly store: { readonly driver: 'sqlite'; readonly path: string } | { readonly driver: 'postgres'; readonly url: string; readonly poolSize: number }
+  readonly store:
+    | { readonly driver: 'sqlite'; readonly path: string }
+    | {
+        readonly driver: 'postgres'
+        readonly url: string
+        readonly poolSize: number
+        /** ms: connect (and wait for a pooled connection), server statement_timeout, client read timeout, idle in transaction. */
+        readonly timeouts: { readonly connectMs: number; readonly statementMs: number; readonly queryMs: number; readonly idleInTransactionMs: number }
+      }
   readonly pool: {
     /** Tag value put on every provider resource; identifies this pool for recovery and orphan reaping. */
     readonly id: string

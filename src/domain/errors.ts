@@ -13,6 +13,7 @@ export const ERROR_CODES = {
   FORBIDDEN: 403,
   LOGIN_DISABLED: 403,
   NOT_FOUND: 404,
+  REQUEST_TIMEOUT: 408,
   CONFLICT: 409,
   TOO_LARGE: 413,
   RATE_LIMITED: 429,
@@ -21,6 +22,7 @@ export const ERROR_CODES = {
   POOL_FULL: 503,
   PROVIDER_UNAVAILABLE: 503,
   TEMPLATE_UNAVAILABLE: 503,
+  STORE_UNAVAILABLE: 503,
 } as const
 
 export type ErrorCode = keyof typeof ERROR_CODES
@@ -143,6 +145,24 @@ export class PoolFullError extends AppError {
   constructor(message: string, retryAfter = 30) {
     super('POOL_FULL', message, { retryAfter })
   }
+}
+
+/**
+ * The store cannot answer now: Postgres refused, timed out or went away; SQLite's disk is full,
+ * failing or locked. A client should retry after `retryAfter` seconds (issue 9 item 4).
+ */
+export class StoreUnavailableError extends AppError {
+  constructor(message: string, opts: { cause?: unknown; retryAfter?: number } = {}) {
+    super('STORE_UNAVAILABLE', message, { cause: opts.cause, retryAfter: opts.retryAfter ?? 5 })
+  }
+}
+
+/**
+ * The server refuses to start, and says why and what to do (a damaged or emptied store whose data
+ * directory shows it was in use). The CLI prints the message and exits with `exitCode`.
+ */
+export class StartupRefusedError extends Error {
+  readonly exitCode = 2
 }
 
 export function isAppError(err: unknown): err is AppError {

@@ -31,3 +31,21 @@ export function isUserId(value: unknown): value is string {
 
 /** Template names: lowercase slug. */
 export const TEMPLATE_NAME_RE = /^[a-z][a-z0-9-]{0,62}$/
+
+/**
+ * The largest instant the API accepts, epoch ms: 9999-12-31T23:59:59.999Z. `new Date(1e20)` throws
+ * RangeError in toISOString() and Postgres bigint stops at 2^63, so every epoch is bounded here
+ * first (issue 9 item 8).
+ */
+export const MAX_EPOCH_MS = 253_402_300_799_999
+
+/** C0/C1 control characters, DEL, or a UTF-16 surrogate that is not half of a pair. */
+const UNSAFE_TEXT_RE = /[\u0000-\u001f\u007f-\u009f]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/
+
+/**
+ * True when text may be used as (part of) an id: no control characters (a NUL makes Postgres
+ * refuse the whole statement) and no lone surrogates (stored as invalid UTF-8, then never found).
+ */
+export function isSafeText(value: string): boolean {
+  return !UNSAFE_TEXT_RE.test(value)
+}

@@ -1,4 +1,5 @@
 import http from 'node:http'
+import { randomBytes } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
 import { Agent as UndiciAgent } from 'undici'
@@ -264,6 +265,12 @@ export interface ForwardHooks {
 /** Something the gateway can close when the route goes away. */
 export interface Closeable {
   close(): void
+  /**
+   * The server is shutting down (issue 9 item 9): a WebSocket sends close frames with 1001 (going
+   * away) to both ends, at frame boundaries; a proxied event stream ends cleanly. Other exchanges
+   * are left to finish within the shutdown grace.
+   */
+  goAway?(): void
 }
 
 export interface Forwarder {
@@ -309,6 +316,7 @@ class Exchange implements HttpExchange {
   aborted = false
   abort: ((err?: Error) => void) | null = null
   resume: (() => void) | null = null
+  eventStream = false
 
   constructor(
     readonly dispatcher: Dispatcher,
@@ -348,6 +356,14 @@ class Exchange implements HttpExchange {
     this.res.destroy()
   }
 
+  goAway(): void {
+    // An event stream never ends by itself; end ours at a chunk boundary (events are whole writes) and stop upstream.
+    if (!this.eventStream || this.done) return
+    this.finish(this.status)
+    this.res.end()
+    this.stopUpstream()
+  }
+
   onConnect(abort: (err?: Error) => void): void {
     this.abort = abort
     if (this.aborted) abort()
@@ -361,7 +377,10 @@ class Exchange implements HttpExchange {
     const out = buildResponseHeaders(raw, this.ctx)
     this.res.writeHead(status, statusText, out.headers)
     // Server-sent events: send the head now, not with the first event.
-    if (out.eventStream) this.res.flushHeaders()
+    if (out.eventStream) {
+      this.eventStream = true
+      this.res.flushHeaders()
+    }
     return true
   }
 
@@ -474,17 +493,60 @@ export function createForwarder(opts: { upstreamTimeoutMs: number; maxSockets?: 
       psock.on('close', close)
       hooks.onOpen()
       const frames = new WsFrameScanner(() => hooks.onClientMessage())
+      // Where each direction's frames begin and end, so that a close frame can be put between two.
+      const toUpstream = new WsFrameBoundary()
+      const toClient = new WsFrameBoundary()
       if (head.length) {
         frames.feed(head)
+        toUpstream.advance(head, false)
         psock.write(head)
       }
-      // client→upstream by hand, to see frame headers; upstream→client by pipe (it never counts).
+      let closedUp = false
+      let closedDown = false
+      const closeUpstream = () => {
+        if (closedUp) return
+        closedUp = true
+        psock.end(wsCloseFrame(1001, true))
+      }
+      const closeClient = () => {
+        if (closedDown) return
+        closedDown = true
+        socket.end(wsCloseFrame(1001, false))
+      }
+      // Both directions by hand: client→upstream to see frame headers (activity), both to know the frame boundaries.
       socket.on('data', (chunk: Buffer) => {
+        if (closedUp) return // our close frame went upstream; nothing follows it
         frames.feed(chunk)
+        if (leaving) {
+          const n = toUpstream.advance(chunk, true)
+          if (n > 0) psock.write(chunk.subarray(0, n))
+          if (toUpstream.atBoundary) closeUpstream()
+          return
+        }
+        toUpstream.advance(chunk, false)
         if (!psock.write(chunk)) socket.pause()
       })
       psock.on('drain', () => socket.resume())
-      psock.pipe(socket)
+      psock.on('data', (chunk: Buffer) => {
+        if (closedDown) return
+        if (leaving) {
+          const n = toClient.advance(chunk, true)
+          if (n > 0) socket.write(chunk.subarray(0, n))
+          if (toClient.atBoundary) closeClient()
+          return
+        }
+        toClient.advance(chunk, false)
+        if (!socket.write(chunk)) psock.pause()
+      })
+      socket.on('drain', () => psock.resume())
+      goAwayNow = () => {
+        if (toClient.atBoundary) closeClient()
+        if (toUpstream.atBoundary) closeUpstream()
+        // Mid-frame: the frame's rest is still forwarded (above), then the close frame follows it.
+        socket.resume()
+        psock.resume()
+        // A peer that never finishes its frame or never answers is cut when the grace is over.
+      }
       // The server's sockets allow half-open connections: pass a FIN on, then make sure
       // nothing lingers half-closed (a WebSocket's closing handshake is already over by then).
       const linger = () => setTimeout(close, 5_000).unref()
@@ -495,7 +557,17 @@ export function createForwarder(opts: { upstreamTimeoutMs: number; maxSockets?: 
       psock.once('end', linger)
     })
     preq.end()
-    return { close }
+    let leaving = false
+    let goAwayNow: (() => void) | null = null
+    return {
+      close,
+      goAway() {
+        if (leaving) return
+        leaving = true
+        if (goAwayNow) goAwayNow()
+        else close() // not upgraded yet: nothing to say goodbye to
+      },
+    }
   }
 
   return {
@@ -561,6 +633,56 @@ export class WsFrameScanner {
       if (opcode < 8) this.#onData()
     }
   }
+}
+
+/**
+ * Tracks RFC 6455 frame boundaries on one direction of a WebSocket byte stream (headers only, no
+ * payload copies), so that a close frame can be sent between two frames, never inside one.
+ */
+export class WsFrameBoundary {
+  #skip = 0
+  readonly #hdr = Buffer.alloc(14)
+  #hdrLen = 0
+
+  /** Between two frames: the next byte would start a new frame. */
+  get atBoundary(): boolean {
+    return this.#skip === 0 && this.#hdrLen === 0
+  }
+
+  /**
+   * Follows `buf` and returns how many of its bytes were consumed: all of them, or with
+   * `stopAtBoundary`, only those up to the first frame boundary (0 when already at one).
+   */
+  advance(buf: Buffer, stopAtBoundary: boolean): number {
+    let i = 0
+    const n = buf.length
+    if (stopAtBoundary && this.atBoundary) return 0
+    while (i < n) {
+      if (this.#skip > 0) {
+        const take = Math.min(this.#skip, n - i)
+        this.#skip -= take
+        i += take
+        if (stopAtBoundary && this.atBoundary) return i
+        continue
+      }
+      this.#hdr[this.#hdrLen++] = buf[i++]!
+      if (this.#hdrLen < 2 || this.#hdrLen !== headerLength(this.#hdr)) continue
+      const len7 = this.#hdr[1]! & 0x7f
+      this.#skip = len7 === 126 ? this.#hdr.readUInt16BE(2) : len7 === 127 ? this.#hdr.readUInt32BE(2) * 2 ** 32 + this.#hdr.readUInt32BE(6) : len7
+      this.#hdrLen = 0
+      if (stopAtBoundary && this.atBoundary) return i
+    }
+    return i
+  }
+}
+
+/** A close frame with `code`; masked (with a random key) when we speak as the client, to upstream. */
+export function wsCloseFrame(code: number, masked: boolean): Buffer {
+  const payload = Buffer.from([code >> 8, code & 0xff])
+  if (!masked) return Buffer.concat([Buffer.from([0x88, payload.length]), payload])
+  const mask = randomBytes(4)
+  for (let i = 0; i < payload.length; i++) payload[i] ^= mask[i % 4]
+  return Buffer.concat([Buffer.from([0x88, 0x80 | payload.length]), mask, payload])
 }
 
 function headerLength(h: Buffer): number {

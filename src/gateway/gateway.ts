@@ -32,6 +32,8 @@ export interface GatewayOptions {
   /** Everything that is not a session (API, dashboard). Tried before `config.defaultUrl`. */
   readonly fallback?: (req: IncomingMessage, res: ServerResponse) => void
   readonly fallbackUpgrade?: (req: IncomingMessage, socket: Duplex, head: Buffer) => void
+  /** Tried first for non-session requests: answers /healthz, /readyz and /metrics (the gateway role) and returns true, else false. */
+  readonly probes?: (req: IncomingMessage, res: ServerResponse) => boolean
   /** Default `/login` (relative to publicUrl); the login page links to `${dashboardLoginUrl}?next=<url>`. */
   readonly dashboardLoginUrl?: string
   /** `Config['server']['trustProxy']`: peers whose X-Forwarded-For/-Proto/-Host we believe (gateway/peers.ts grammar). */
@@ -47,6 +49,8 @@ export interface Gateway {
   close(): Promise<void>
   /** Writes pending activity now. */
   flushActivity(): Promise<void>
+  /** Shutting down: WebSockets get close frames 1001 both ways, proxied event streams end; other requests may finish. */
+  goAway(): void
 }
 
 const PREFIX_LEN = 3 // '/s/'
@@ -549,6 +553,7 @@ export function createGateway(opts: GatewayOptions): Gateway {
   }
 
   function notSession(req: IncomingMessage, res: ServerResponse): void {
+    if (opts.probes?.(req, res)) return
     if (opts.fallback) return opts.fallback(req, res)
     if (defaultRoute && defaultRoute.hostname !== null) {
       forwarder.http(req, res, context(req, scanRequestHeaders(req.rawHeaders), defaultRoute, '', req.url ?? '/'), defaultHooks)
@@ -630,6 +635,9 @@ export function createGateway(opts: GatewayOptions): Gateway {
     handleRequest,
     handleUpgrade,
     flushActivity,
+    goAway() {
+      for (const set of open.values()) for (const c of [...set]) c.goAway?.()
+    },
     async listen(port, host) {
       const s = http.createServer({ requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 65_000 }, handleRequest)
       s.on('upgrade', handleUpgrade)

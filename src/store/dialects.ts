@@ -12,10 +12,26 @@ import { Kysely, PostgresDialect, SqliteDialect, type SqliteDatabase, type Sqlit
 import type { Logger } from 'pino'
 import type { Database } from './tables.js'
 import type { SqlDialect } from './migrations/index.js'
+import { refuseDamaged } from './store-check.js'
 
 export type StoreConfig =
   | { readonly driver: 'sqlite'; readonly path: string }
-  | { readonly driver: 'postgres'; readonly url: string; readonly poolSize: number }
+  | { readonly driver: 'postgres'; readonly url: string; readonly poolSize: number; readonly timeouts?: PgTimeouts }
+
+/**
+ * Postgres timeouts, ms (issue 9 item 4: a frozen server hung every call for as long as it was frozen).
+ * `connectMs` bounds a new connection (the wait for a free pooled one is bounded by 2 × `queryMs`); `statementMs` is the
+ * server's statement_timeout; `queryMs` is the client's own limit for a server that does not answer
+ * at all (SIGSTOP, a dead host without RST); `idleInTransactionMs` frees locks held by a stuck client.
+ */
+export interface PgTimeouts {
+  readonly connectMs: number
+  readonly statementMs: number
+  readonly queryMs: number
+  readonly idleInTransactionMs: number
+}
+
+export const PG_TIMEOUT_DEFAULTS: PgTimeouts = { connectMs: 5_000, statementMs: 10_000, queryMs: 15_000, idleInTransactionMs: 60_000 }
 
 export interface OpenedDb {
   readonly dialect: SqlDialect
@@ -31,14 +47,27 @@ export interface OpenedDb {
 /** How long a SQLite writer waits for another process's lock before SQLITE_BUSY, ms. */
 const SQLITE_BUSY_TIMEOUT_MS = 5000
 
-export function openSqlite(path: string): OpenedDb {
+export function openSqlite(path: string, opts: { integrityCheck?: boolean } = {}): OpenedDb {
   if (path !== ':memory:' && !path.startsWith('file:')) mkdirSync(dirname(path), { recursive: true })
   const database = new BetterSqlite3(path)
-  // WAL: readers never block the writer; NORMAL is durable across process crashes in WAL mode.
-  database.pragma('journal_mode = WAL')
-  database.pragma('synchronous = NORMAL')
-  database.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`)
-  database.pragma('foreign_keys = ON')
+  try {
+    // WAL: readers never block the writer; NORMAL is durable across process crashes in WAL mode.
+    database.pragma('journal_mode = WAL')
+    database.pragma('synchronous = NORMAL')
+    database.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`)
+    database.pragma('foreign_keys = ON')
+    if (opts.integrityCheck) {
+      // A garbage page in the middle used to start fine and then fail every worker cycle (issue 9 item 5).
+      const rows = database.pragma('quick_check') as { quick_check: string }[]
+      const problems = rows.map((r) => r.quick_check).filter((r) => r !== 'ok')
+      if (problems.length) refuseDamaged(path, problems)
+    }
+  } catch (err) {
+    database.close()
+    const code = (err as { code?: unknown }).code
+    if (code === 'SQLITE_NOTADB' || (typeof code === 'string' && code.startsWith('SQLITE_CORRUPT'))) refuseDamaged(path, [(err as Error).message])
+    throw err
+  }
   return { dialect: 'sqlite', sqlite: database, db: new Kysely<Database>({ dialect: new SqliteDialect({ database: withStatementCache(database) }) }) }
 }
 
@@ -98,9 +127,25 @@ export function pgClientConfig(url: string): pg.ClientConfig {
   return { connectionString, types: pgTypes }
 }
 
-export function openPostgres(url: string, poolSize: number, log: Logger): OpenedDb {
-  const cfg = pgClientConfig(url)
-  const pool = new pg.Pool({ ...cfg, max: Math.max(1, poolSize) })
+export function openPostgres(url: string, poolSize: number, log: Logger, timeouts: PgTimeouts = PG_TIMEOUT_DEFAULTS): OpenedDb {
+  const cfg: pg.ClientConfig = {
+    ...pgClientConfig(url),
+    connectionTimeoutMillis: timeouts.connectMs,
+    statement_timeout: timeouts.statementMs,
+    query_timeout: timeouts.queryMs,
+    idle_in_transaction_session_timeout: timeouts.idleInTransactionMs,
+  }
+  // pg-pool uses one setting for "connect" and "wait for a free pooled connection". A burst of
+  // requests may rightly wait longer than a connect may take (200 at once behind the pool lock),
+  // so each new connection gets connectMs of its own (the client enforces it) and the wait for a
+  // pooled one is bounded by twice the longest a query may run: longer means a dead store.
+  const connectMs = timeouts.connectMs
+  class BoundedClient extends pg.Client {
+    constructor(c?: pg.ClientConfig) {
+      super({ ...c, connectionTimeoutMillis: connectMs })
+    }
+  }
+  const pool = new pg.Pool({ ...cfg, Client: BoundedClient, connectionTimeoutMillis: timeouts.queryMs > 0 ? 2 * timeouts.queryMs : 0, max: Math.max(1, poolSize) })
   // An idle client that loses its connection emits 'error' on the pool; unhandled, it would crash the process.
   pool.on('error', (err) => log.warn({ err: { message: err.message, code: (err as { code?: string }).code } }, 'postgres idle client error'))
   return {
@@ -133,6 +178,50 @@ export function uniqueViolation(err: unknown): { index: string } | undefined {
     return { index: SQLITE_UNIQUE_COLUMNS[cols] ?? cols }
   }
   return undefined
+}
+
+/**
+ * Why the store is unavailable, when `err` says it is (rather than a bug or a constraint): a short
+ * reason for the 503 and /readyz, or undefined. Postgres: no connection, a connection lost, a
+ * timeout, a server shutting down or out of resources. SQLite: disk full, I/O errors, a read-only
+ * or locked file, a damaged file.
+ */
+export function unavailableReason(err: unknown): string | undefined {
+  if (typeof err !== 'object' || err === null) return undefined
+  const e = err as { code?: unknown; message?: unknown }
+  const code = typeof e.code === 'string' ? e.code : ''
+  const message = typeof e.message === 'string' ? e.message : ''
+  if (code.startsWith('SQLITE_')) {
+    if (code === 'SQLITE_FULL') return 'disk full'
+    if (code.startsWith('SQLITE_IOERR')) return 'disk I/O error'
+    if (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED')) return 'database locked by another process'
+    if (code.startsWith('SQLITE_READONLY')) return 'database is read-only'
+    if (code.startsWith('SQLITE_CANTOPEN')) return 'cannot open the database file'
+    if (code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB') return 'database file is damaged'
+    if (code === 'SQLITE_PROTOCOL' || code === 'SQLITE_NOMEM') return code.slice(7).toLowerCase()
+    return undefined
+  }
+  if (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE'].includes(code)) return `cannot reach Postgres (${code})`
+  // SQLSTATE classes: 08 connection exception, 53 insufficient resources, 57 operator intervention
+  // (57014 is a statement_timeout), 58 system error; 25P03 idle-in-transaction timeout.
+  if (/^(08|53|57|58)[0-9A-Z]{3}$/.test(code) || code === '25P03') return code === '57014' ? 'Postgres statement timeout' : `Postgres unavailable (${code})`
+  if (/^Query read timeout$|timeout exceeded when trying to connect|Connection terminated|not queryable|Cannot use a pool after calling end|driver has already been destroyed/i.test(message)) return `Postgres unavailable (${message.slice(0, 80)})`
+  return undefined
+}
+
+/**
+ * True when `err` says the connection to Postgres is gone or does not answer (refused, reset,
+ * connect or read timeout, terminated, server shutting down): every other call would wait for the
+ * same timeouts. Not for a statement timeout or SQLite's errors, after which other calls may work.
+ */
+export function isConnectionLoss(err: unknown): boolean {
+  if (typeof err !== 'object' || err === null) return false
+  const e = err as { code?: unknown; message?: unknown }
+  const code = typeof e.code === 'string' ? e.code : ''
+  const message = typeof e.message === 'string' ? e.message : ''
+  if (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE'].includes(code)) return true
+  if (/^08[0-9A-Z]{3}$/.test(code) || code === '57P01' || code === '57P02' || code === '57P03') return true
+  return /^Query read timeout$|timeout exceeded when trying to connect|Connection terminated|not queryable/i.test(message)
 }
 
 const SQLITE_UNIQUE_COLUMNS: Record<string, string> = {

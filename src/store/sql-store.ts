@@ -33,6 +33,7 @@ import type {
   NewInstance,
   StateSample,
   Store,
+  StoreHealth,
   StoreOps,
   StoreTx,
   UpdateCondition,
@@ -41,6 +42,9 @@ import type { Database, InstancesTable, AssignmentsTable, ApiKeysTable, AuditLog
 import { advisoryKey, openPostgres, openSqlite, uniqueViolation } from './dialects.js'
 import type { OpenedDb, StoreConfig } from './dialects.js'
 import { migrationProvider } from './migrations/index.js'
+import { guardStore } from './store-guard.js'
+import { refuseEmptyInUse, writeMarker } from './store-check.js'
+import { existsSync, statSync } from 'node:fs'
 import type { SqlDialect } from './migrations/index.js'
 
 export type { StoreConfig } from './dialects.js'
@@ -49,19 +53,35 @@ export interface StoreOptions {
   readonly log: Logger
   /** Pool id (config.pool.id): the advisory-lock keys derive from it. */
   readonly poolId: string
+  /**
+   * The server's data directory. When given, the store refuses to start empty or damaged where
+   * the directory shows it was in use, and records that it is in use (store-check.ts).
+   */
+  readonly dataDir?: string
+  /** Skip the empty-store refusal (still writes the marker): for a command that rebuilds an emptied store on purpose (`recover`). */
+  readonly allowEmptyInUse?: boolean
 }
 
 /** Opens the store, runs pending migrations and returns it. Call `close()` when done. */
 export async function createStore(cfg: StoreConfig, opts: StoreOptions): Promise<Store> {
-  const opened = cfg.driver === 'sqlite' ? openSqlite(cfg.path) : openPostgres(cfg.url, cfg.poolSize, opts.log)
+  const dataDir = opts.dataDir
+  const refuseEmpty = dataDir !== undefined && !opts.allowEmptyInUse
+  if (refuseEmpty && cfg.driver === 'sqlite' && cfg.path !== ':memory:' && !cfg.path.startsWith('file:')) {
+    // Before opening, which would create the file.
+    if (!existsSync(cfg.path)) refuseEmptyInUse(cfg, dataDir, 'missing')
+    else if (statSync(cfg.path).size === 0) refuseEmptyInUse(cfg, dataDir, 'empty (0 bytes)')
+  }
+  const opened = cfg.driver === 'sqlite' ? openSqlite(cfg.path, { integrityCheck: dataDir !== undefined }) : openPostgres(cfg.url, cfg.poolSize, opts.log, cfg.timeouts)
   const store = new SqlStore(opened, opts)
   try {
+    if (refuseEmpty && (await store.isEmpty())) refuseEmptyInUse(cfg, dataDir, 'empty (no studiopool tables)')
     await store.migrate()
+    if (dataDir) writeMarker(cfg, dataDir)
   } catch (err) {
     await store.close().catch(() => {})
     throw err
   }
-  return store
+  return guardStore(store, { log: opts.log })
 }
 
 /**
@@ -726,6 +746,25 @@ class SqlStore extends SqlOps implements Store {
 
   async ping(): Promise<void> {
     await sql`select 1`.execute(this.#db)
+  }
+
+  /** True when no studiopool table exists yet (a new store, or an emptied one). */
+  async isEmpty(): Promise<boolean> {
+    if (this.dialect === 'sqlite') {
+      const r = await sql<{ n: number }>`select count(*) as n from sqlite_master where type = 'table' and name = 'studiopool_migration'`.execute(this.#db)
+      return Number(r.rows[0]?.n ?? 0) === 0
+    }
+    const r = await sql<{ t: string | null }>`select to_regclass('studiopool_migration')::text as t`.execute(this.#db)
+    return !r.rows[0]?.t
+  }
+
+  async probeWrite(now: number): Promise<void> {
+    await this.setMeta('readyz.probe', String(now))
+  }
+
+  health(): StoreHealth {
+    // Filled in by the guard (store-guard.ts), which sees every call.
+    return {}
   }
 
   transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {

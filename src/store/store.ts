@@ -124,6 +124,13 @@ export interface WarmClaimResult {
   readonly assigned?: Instance
 }
 
+export interface StoreHealth {
+  /** The last write that failed because the store was unavailable (not a constraint or a bug). */
+  readonly lastWriteError?: { readonly at: number; readonly reason: string }
+  /** The last call of any kind that failed that way. */
+  readonly lastError?: { readonly at: number; readonly reason: string }
+}
+
 export interface Store extends StoreOps {
   readonly dialect: 'sqlite' | 'postgres'
   /** Runs pending migrations. Idempotent; safe to call from several replicas at once. */
@@ -139,6 +146,10 @@ export interface Store extends StoreOps {
   assignWarm(claims: readonly WarmClaimInput[], now: number): Promise<WarmClaimResult[]>
   /** Cheap query for /readyz. */
   ping(): Promise<void>
+  /** A small write for /readyz (one meta row): fails when writes fail (disk full, read-only, no primary). */
+  probeWrite(now: number): Promise<void>
+  /** What the store has seen lately: the last failed write and the last failure, for /readyz. */
+  health(): StoreHealth
   transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>
   /**
    * A transaction that holds the pool's assignment lock for its whole length: every decision that

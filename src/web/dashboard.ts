@@ -290,12 +290,16 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       const ping = setInterval(() => res.write(': ping\n\n'), 15_000)
       // The stream ends with the cookie that opened it; the browser reconnects and is asked to sign in.
       const expiry = setTimeout(() => res.end(), Math.max(1_000, Math.min(kit.read(req)?.claims.expiresAt ?? Date.now() + 3_600_000, Date.now() + 2 ** 30) - Date.now()))
+      // A shutting-down server ends the stream cleanly; the browser reconnects (to another replica).
+      const end = () => res.end()
+      deps.shuttingDown?.addEventListener('abort', end, { once: true })
       const stop = () => {
         if (closed) return
         closed = true
         clearInterval(ping)
         clearTimeout(expiry)
         unsubscribe()
+        deps.shuttingDown?.removeEventListener('abort', end)
       }
       req.raw.on('close', stop)
       res.on('close', stop)

@@ -154,7 +154,8 @@ auth:
 ${FAKE}`,
       { GW_SECRET: 'gateway-secret-value', OPS_KEY: 'ops-key-0123456789' },
     )
-    assert.deepEqual(c.store, { driver: 'postgres', url: 'postgres://u:p@db/x', poolSize: 10 })
+    // Timeouts default to 5 s connect, 10 s statement, 15 s client read (issue 9 item 4).
+    assert.deepEqual(c.store, { driver: 'postgres', url: 'postgres://u:p@db/x', poolSize: 10, timeouts: { connectMs: 5000, statementMs: 10_000, queryMs: 15_000, idleInTransactionMs: 60_000 } })
     assert.equal(c.gateway.secret, 'gateway-secret-value')
     assert.deepEqual(c.auth.keys.map((k) => [k.name, k.role, k.key]), [['ops', 'admin', 'ops-key-0123456789'], ['lit', 'requester', 'literal-key-123456']])
     const ps = problems(`store: { driver: postgres, url: "file:no-such-file" }

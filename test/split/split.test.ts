@@ -141,7 +141,8 @@ templates:
 `,
     )
     api = await startApi()
-    run('worker', 'worker', null, {})
+    // The worker role listens too (its probes, issue 9 item 10): on a free port, not the default 8080.
+    run('worker', 'worker', await freePort(), {})
     run('gateway', 'gateway', gwPort, { SERVICE_URL: apiUrl() })
     await waitFor(async () => {
       const r = await request(`${gwUrl()}/s/${'a'.repeat(20)}/`, { dispatcher: client })

@@ -1,5 +1,6 @@
 import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsync } from 'fastify'
+import { MAX_EPOCH_MS } from '../../domain/ids.js'
 import type { ActivitySink, NonceLedger, RouteEvent, RouteSource } from '../../domain/routes.js'
 
 export interface GatewayFeedOptions {
@@ -8,15 +9,17 @@ export interface GatewayFeedOptions {
   readonly nonces: NonceLedger
   /** Comment line sent on idle streams so proxies keep them open and gateways notice a dead API. Default 15 s. */
   readonly heartbeatMs?: number
+  /** Aborted when the server shuts down: the stream ends cleanly (the gateway reconnects to another replica). */
+  readonly shuttingDown?: AbortSignal
 }
 
 const InstanceId = Type.String({ pattern: '^[a-z2-7]{20}$' })
 const ActivityBody = Type.Object(
-  { entries: Type.Array(Type.Object({ id: InstanceId, at: Type.Integer({ minimum: 0 }) }, { additionalProperties: false }), { maxItems: 10_000 }) },
+  { entries: Type.Array(Type.Object({ id: InstanceId, at: Type.Integer({ minimum: 0, maximum: MAX_EPOCH_MS }) }, { additionalProperties: false }), { maxItems: 10_000 }) },
   { additionalProperties: false },
 )
 const NonceBody = Type.Object(
-  { nonce: Type.String({ minLength: 16, maxLength: 128, pattern: '^[A-Za-z0-9_-]+$' }), expiresAt: Type.Integer({ minimum: 0 }) },
+  { nonce: Type.String({ minLength: 16, maxLength: 128, pattern: '^[A-Za-z0-9_-]+$' }), expiresAt: Type.Integer({ minimum: 0, maximum: MAX_EPOCH_MS }) },
   { additionalProperties: false },
 )
 
@@ -47,9 +50,12 @@ export const gatewayFeedRoutes: FastifyPluginAsync<GatewayFeedOptions> = async (
     }
     const unsubscribe = opts.routes.subscribe(send)
     const beat = setInterval(() => res.write(': hb\n\n'), heartbeatMs)
+    const end = () => res.end()
+    opts.shuttingDown?.addEventListener('abort', end, { once: true })
     const stop = () => {
       clearInterval(beat)
       unsubscribe()
+      opts.shuttingDown?.removeEventListener('abort', end)
     }
     req.raw.on('close', stop)
     res.on('close', stop)

@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { Type } from '@sinclair/typebox'
 import { NotFoundError, ValidationError } from '../../domain/errors.js'
+import { MAX_EPOCH_MS } from '../../domain/ids.js'
 import { INSTANCE_STATES, LIVE_STATES, type Assignment, type InstanceState } from '../../domain/instance.js'
 import { KEY_ROLES, type KeyRole } from '../../domain/keys.js'
 import { canAccess, keyNameOf, requireRole, roleOf, type ApiDeps } from '../context.js'
@@ -20,7 +21,8 @@ const QTime = (description: string) => Type.Optional(Type.String({ description: 
 function parseTime(v: string | undefined, path: string): number | undefined {
   if (v === undefined) return undefined
   const n = /^\d+$/.test(v) ? Number(v) : Date.parse(v)
-  if (!Number.isFinite(n)) throw new ValidationError('not a time', [{ path, message: 'use ISO 8601 or epoch milliseconds' }])
+  // Bounded: 1e20 made toISOString() throw RangeError, and Postgres' bigint refused 2^63 (issue 9 item 8).
+  if (!Number.isFinite(n) || n < 0 || n > MAX_EPOCH_MS) throw new ValidationError('not a time', [{ path, message: 'use ISO 8601 or epoch milliseconds between 1970 and 9999' }])
   return n
 }
 
