@@ -167,7 +167,9 @@ export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promi
       templates: deps.config.templates.map((t) => ({ name: t.name, unavailable: deps.pool.unavailableReason(t.name) })),
       draining: deps.draining,
     })
-    return reply.code(r.ready ? 200 : 503).send({ status: r.ready ? 'ready' : 'not ready', checks: r.checks })
+    // What each provider isolates (DESIGN.md contract 5); the notes only where something is not.
+    const isolation = deps.pool.isolation().map((i) => ({ provider: i.provider, isolated: i.isolated, ...(i.isolated ? {} : { notes: i.notes }) }))
+    return reply.code(r.ready ? 200 : 503).send({ status: r.ready ? 'ready' : 'not ready', checks: r.checks, isolation })
   })
   app.get('/metrics', { schema: { tags: ['health'], summary: 'Prometheus metrics (admin or proxy key)' }, onRequest: authenticate }, async (req, reply) => {
     const p = req.principal!

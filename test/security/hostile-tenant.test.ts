@@ -116,7 +116,7 @@ function record(dataDir: string, id: string): Record_ {
 }
 
 /** Starts the server (as `runAs` when given), three sessions, and runs the attacks in alice's kernel. */
-async function attackFromAlice(runAs: number | undefined): Promise<{ report: Report; serverUid: number; cleanup: () => Promise<void> }> {
+async function attackFromAlice(runAs: number | undefined): Promise<{ report: Report; serverUid: number; readyIsolation: unknown; cleanup: () => Promise<void> }> {
   const cwd = mkdtempSync(join(tmpdir(), 'studiopool-hostile-'))
   chmodSync(cwd, 0o711) // session accounts must pass through to their homes (<dataDir>-sessions)
   if (runAs !== undefined) chownSync(cwd, runAs, runAs)
@@ -167,7 +167,8 @@ async function attackFromAlice(runAs: number | undefined): Promise<{ report: Rep
     const out = await runInKernel(srv, aliceK, code)
     const line = out.split('\n').find((l) => l.startsWith('ATTACKS '))
     assert.ok(line, `the attack script printed its report:\n${out}`)
-    return { report: JSON.parse(line.slice('ATTACKS '.length)) as Report, serverUid: runAs ?? process.getuid!(), cleanup }
+    const ready = (await (await fetch(`${srv.url}/readyz`)).json()) as { isolation: unknown }
+    return { report: JSON.parse(line.slice('ATTACKS '.length)) as Report, serverUid: runAs ?? process.getuid!(), readyIsolation: ready.isolation, cleanup }
   } catch (err) {
     await cleanup()
     throw err
@@ -192,6 +193,7 @@ describe('hostile tenant: local sessions', { skip }, () => {
       assert.notEqual(res.report.uid, 0, 'not root')
       assert.notEqual(res.report.uid, res.serverUid, "not the server's account")
       assert.deepEqual(res.report.groups.filter((g) => g !== res.report.gid), [], 'no supplementary groups')
+      assert.deepEqual(res.readyIsolation, [{ provider: 'local', isolated: true }], '/readyz says the sessions are isolated')
     })
 
     test('every attack from inside alice\'s kernel fails', (t) => {
@@ -216,6 +218,9 @@ describe('hostile tenant: local sessions', { skip }, () => {
       const all = new Map(attacks(res.report))
       for (const [name, a] of all) t.diagnostic(`${a.ok ? 'SUCCEEDED' : 'failed   '} ${name}: ${a.detail}`)
       assert.equal(res.report.uid, NOBODY, "sessions run as the server's own account")
+      const ready = res.readyIsolation as { provider: string; isolated: boolean; notes: string[] }[]
+      assert.equal(ready[0]?.isolated, false, '/readyz says the sessions are not isolated')
+      assert.match(ready[0]!.notes.join(' '), /NOT isolated/)
       // What the warning says: the control plane's files and other sessions are open to every session.
       for (const name of ['read the store', 'list the data directory', "read the server's environment", "read bob's record", "signal bob's process", 'signal the server', "connect to bob's port", "use carol's demo app directly"]) {
         assert.equal(all.get(name)?.ok, true, `${name} succeeds unisolated: ${all.get(name)?.detail}`)

@@ -244,10 +244,14 @@ describe('the admin dashboard says when sessions are not isolated', () => {
     const html = await page.text()
     assert.match(html, /<h2 id="h-iso">Sessions are not isolated<\/h2>/)
     assert.match(html, /<strong>fake<\/strong>: sessions run as the server account/)
+    const ready = (await (await fetch(`${open.url}/readyz`)).json()) as { isolation: { provider: string; isolated: boolean; notes?: string[] }[] }
+    assert.deepEqual(ready.isolation, [{ provider: 'fake', isolated: false, notes: ['sessions run as the server account'] }])
 
     const closed = await serve(`${admin}providers:\n  fake:\n    isolation: { isolated: true, sessionsReachLoopback: false, notes: ['isolated'] }\n`)
     const quiet = await fetch(`${closed.url}/admin`, { headers: { cookie: await fetchLogin(closed.url, 'ada') } })
     assert.equal(quiet.status, 200)
     assert.doesNotMatch(await quiet.text(), /Sessions are not isolated/)
+    const calm = (await (await fetch(`${closed.url}/readyz`)).json()) as { isolation: unknown }
+    assert.deepEqual(calm.isolation, [{ provider: 'fake', isolated: true }])
   })
 })
