@@ -961,6 +961,11 @@ export class PoolService {
     this.#pending.add(tracked)
   }
 
+  /** A template's create is waiting out its backoff (a retry is scheduled): tests settle past it. */
+  get backingOff(): boolean {
+    return this.#backoffTimers.size > 0
+  }
+
   /** Waits until no background task is left (bounded by rounds, since tasks spawn tasks). */
   async drain(rounds = 50): Promise<void> {
     for (let i = 0; i < rounds && this.#pending.size; i++) await Promise.allSettled([...this.#pending])

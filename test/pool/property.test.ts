@@ -64,7 +64,8 @@ async function settle(h: Harness): Promise<void> {
       await h.pool.drain()
       const moving = await h.store.listInstances({ states: ['provisioning', 'starting', 'stopping'] })
       if (moving.length) await h.worker.runOnce()
-      return moving.length === 0
+      // A failed create schedules its retry after the (test-short) backoff: settled is after it ran.
+      return moving.length === 0 && !h.pool.backingOff
     },
     'the pool to settle',
     20_000,

@@ -241,8 +241,11 @@ describe('restart and recovery', () => {
     if (Date.now() - bornAt < 1500) assert.ok(isAlive(pid), 'not reaped before the grace')
     await waitFor(() => !isAlive(pid), 'the orphan reaped', 20_000, 100)
     assert.ok(Date.now() - bornAt >= 2000, 'reaped only after the grace')
-    const audit = (await api(s.url, key, 'GET', `/api/v1/audit?instanceId=${id}`)).body.events as { event: string; detail: { ref: string } }[]
-    assert.ok(audit.some((e) => e.event === 'orphan-reaped' && e.detail.ref === made.ref))
+    // Audited once the destroy has finished (the process goes first, then its namespace).
+    await waitFor(async () => {
+      const audit = (await api(s.url, key, 'GET', `/api/v1/audit?instanceId=${id}`)).body.events as { event: string; detail: { ref: string } }[]
+      return audit.some((e) => e.event === 'orphan-reaped' && e.detail.ref === made.ref)
+    }, 'the reaping audited', 10_000, 100)
     await provider.close()
     await s.kill()
   })

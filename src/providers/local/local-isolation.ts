@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { closeSync, existsSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeSync } from 'node:fs'
+import { closeSync, existsSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import type { Logger } from 'pino'
@@ -321,10 +321,18 @@ interface SlotClaim {
 
 /** A claim of another pool is given up only when its namespace is gone and the claim is old enough not to be a create under way. */
 const FOREIGN_CLAIM_GRACE_MS = 5 * 60_000
+/**
+ * A released slot rests this long before it is handed out again, while unused slots remain: a
+ * new session at a just-released address could otherwise be reached over a keep-alive connection
+ * the gateway still holds to the old one (undici keeps idle sockets for 30 s; a dead peer behind a
+ * deleted veth never answers them).
+ */
+const SLOT_COOLDOWN_MS = 2 * 60_000
 
 /**
- * Claims the lowest free slot: `<SLOTS_DIR>/<n>` created exclusively, so that two creates (in this
- * or another server process, of this or another pool) never share a uid or a subnet.
+ * Claims a slot: `<SLOTS_DIR>/<n>` created exclusively, so that two creates (in this or another
+ * server process, of this or another pool) never share a uid or a subnet. Never-used slots first,
+ * then slots released longer than the cool-down ago, then stale claims and resting slots.
  * `isStale(instanceId)` says whether a claim of this pool is over (its instance is gone).
  */
 export function claimSlot(
@@ -333,37 +341,65 @@ export function claimSlot(
   claim: { readonly pool: string; readonly instanceId: string; readonly netnsOf: (slot: number) => string },
   isStale: (holder: string) => boolean,
 ): number {
-  const taken = new Set<number>()
+  const present = new Set<number>()
   try {
-    for (const n of readdirSync(slotsDir)) if (/^\d+$/.test(n)) taken.add(Number(n))
+    for (const n of readdirSync(slotsDir)) if (/^\d+$/.test(n)) present.add(Number(n))
   } catch {
     // no slots yet
   }
-  for (let pass = 0; pass < 2; pass++) {
-    for (let n = 0; n < count; n++) {
-      const file = join(slotsDir, String(n))
-      if (taken.has(n)) {
-        if (pass === 0) continue
-        const holder = readClaim(file)
-        if (!holder && fileAgeMs(file) < 2000) continue // its writer is still at it
-        if (holder) {
-          if (holder.pool === claim.pool && holder.instanceId === claim.instanceId) return n
-          const stale = holder.pool === claim.pool ? isStale(holder.instanceId) : !existsSync(`/run/netns/${holder.netns}`) && Date.now() - holder.at > FOREIGN_CLAIM_GRACE_MS
-          if (!stale) continue
-        }
-        rmSync(file, { force: true })
-      }
-      try {
-        const fd = openSync(file, 'wx', 0o600)
-        writeSync(fd, JSON.stringify({ pool: claim.pool, instanceId: claim.instanceId, netns: claim.netnsOf(n), at: Date.now() } satisfies SlotClaim))
-        closeSync(fd)
-        return n
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
-      }
+  const take = (n: number, replace: boolean): boolean => {
+    const file = join(slotsDir, String(n))
+    if (replace) rmSync(file, { force: true })
+    try {
+      const fd = openSync(file, 'wx', 0o600)
+      writeSync(fd, JSON.stringify({ pool: claim.pool, instanceId: claim.instanceId, netns: claim.netnsOf(n), at: Date.now() } satisfies SlotClaim))
+      closeSync(fd)
+      return true
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      return false
     }
   }
+  for (let n = 0; n < count; n++) if (!present.has(n) && take(n, false)) return n
+  const now = Date.now()
+  const later: number[] = []
+  for (const n of present) {
+    if (n >= count) continue
+    const file = join(slotsDir, String(n))
+    const c = readSlotFile(file)
+    if (c === 'writing') continue
+    if (c !== null && 'releasedAt' in c) {
+      if (now - c.releasedAt > SLOT_COOLDOWN_MS) {
+        if (take(n, true)) return n
+      } else later.push(n)
+      continue
+    }
+    if (c !== null && c.pool === claim.pool && c.instanceId === claim.instanceId) return n
+    const stale = c === null || (c.pool === claim.pool ? isStale(c.instanceId) : !existsSync(`/run/netns/${c.netns}`) && now - c.at > FOREIGN_CLAIM_GRACE_MS)
+    if (stale) later.unshift(n)
+  }
+  for (const n of later) if (take(n, true)) return n
   throw new Error(`all ${count} session slots (uids and subnets) are in use`)
+}
+
+type SlotFile = SlotClaim | { readonly releasedAt: number }
+
+/** A claim, a release mark, null (garbage), or 'writing' (a claim of the last two seconds not written out yet). */
+function readSlotFile(file: string): SlotFile | null | 'writing' {
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch {
+    return null
+  }
+  try {
+    const c = JSON.parse(text) as Partial<SlotClaim> & { releasedAt?: number }
+    if (typeof c.releasedAt === 'number') return { releasedAt: c.releasedAt }
+    if (typeof c.pool === 'string' && typeof c.instanceId === 'string' && typeof c.netns === 'string' && typeof c.at === 'number') return c as SlotClaim
+  } catch {
+    // fall through
+  }
+  return fileAgeMs(file) < 2000 ? 'writing' : null
 }
 
 function fileAgeMs(file: string): number {
@@ -393,16 +429,16 @@ export function slotHolder(slotsDir: string, slot: number, pool: string): string
 }
 
 function readClaim(file: string): SlotClaim | null {
-  try {
-    const c = JSON.parse(readFileSync(file, 'utf8')) as SlotClaim
-    return typeof c.pool === 'string' && typeof c.instanceId === 'string' && typeof c.netns === 'string' && typeof c.at === 'number' ? c : null
-  } catch {
-    return null // being written, or garbage: treated as stale in the second pass only after its writer is done
-  }
+  const c = readSlotFile(file)
+  return c !== null && c !== 'writing' && !('releasedAt' in c) ? c : null
 }
 
+/** Gives the slot back (a release mark, so that it rests before reuse), if the claim is still this instance's. */
 export function releaseSlot(slotsDir: string, slot: number, pool: string, instanceId: string): void {
   const file = join(slotsDir, String(slot))
   const c = readClaim(file)
-  if (c && c.pool === pool && c.instanceId === instanceId) rmSync(file, { force: true })
+  if (!c || c.pool !== pool || c.instanceId !== instanceId) return
+  const tmp = `${file}.${process.pid}.tmp`
+  writeFileSync(tmp, JSON.stringify({ releasedAt: Date.now() }), { mode: 0o600 })
+  renameSync(tmp, file)
 }
