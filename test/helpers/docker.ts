@@ -105,9 +105,17 @@ export async function startDockerd(opts: StartDockerdOptions = {}): Promise<Test
   }
 
   let killed = false
+  /** Bridges of the daemon's networks, remembered so that a daemon killed with networks left leaves no interface behind. */
+  const bridges = new Set<string>()
   async function kill(): Promise<void> {
     if (killed) return
     killed = true
+    try {
+      const networks = await api<{ Id: string; Driver: string; Options: Record<string, string> | null }[]>('GET', '/networks')
+      for (const n of networks.body ?? []) if (n.Driver === 'bridge') bridges.add(n.Options?.['com.docker.network.bridge.name'] ?? `br-${n.Id.slice(0, 12)}`)
+    } catch {
+      // not answering (stopped): the bridges seen before are all we know
+    }
     if (pidAlive(pid)) {
       try {
         process.kill(pid, 'SIGTERM')
@@ -137,8 +145,9 @@ export async function startDockerd(opts: StartDockerdOptions = {}): Promise<Test
         // the daemon is gone already: its data directory goes below anyway
       }
     }
-    await agent.close()
+    await agent.close().catch(() => {})
     await kill()
+    for (const b of bridges) if (existsSync(`/sys/class/net/${b}`)) spawnSync('ip', ['link', 'del', b])
     // A daemon stopped with containers running may leave overlay mounts behind.
     const mounts = readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(dir + '/'))
     for (const m of mounts.reverse()) spawnSync('umount', ['-l', m])

@@ -57,6 +57,11 @@ export const dockerProviderSettingsSchema = Type.Object(
     hosts: Type.Optional(Type.Array(dockerHostSchema, { minItems: 1, maxItems: 100 })),
     /** Timeout of one Engine API call. Default 30 s. */
     requestTimeout: Type.Optional(Duration),
+    /**
+     * Timeout of the calls that make, start or stop a container, a network or a volume (slower under
+     * load than a list: a start sets up the network). Default 2 min.
+     */
+    startTimeout: Type.Optional(Duration),
     /** Timeout of one image pull. Default 10 min. */
     pullTimeout: Type.Optional(Duration),
     /** First wait before probing a host that stopped answering; doubles up to 60 s. Default 1 s. */
@@ -128,6 +133,7 @@ export type DockerMount = Static<typeof dockerMountSchema>
 export const DOCKER_DEFAULTS = {
   url: 'unix:///var/run/docker.sock',
   requestTimeoutMs: 30_000, // 30 seconds per Engine API call
+  startTimeoutMs: 120_000, // 2 minutes to create, start or stop a container
   pullTimeoutMs: 600_000, // 10 minutes per image pull
   downBackoffMs: 1_000, // first re-probe of a host that stopped answering; doubles
   maxDownBackoffMs: 60_000, // at most a minute between probes
@@ -149,6 +155,7 @@ export interface DockerHost {
 export interface DockerProviderSettings {
   readonly hosts: readonly DockerHost[]
   readonly requestTimeoutMs: number
+  readonly startTimeoutMs: number
   readonly pullTimeoutMs: number
   readonly downBackoffMs: number
 }
@@ -218,10 +225,11 @@ export function parseDockerProviderSettings(raw: Readonly<Record<string, unknown
     return ms ?? d
   }
   const requestTimeoutMs = dur(s.requestTimeout, DOCKER_DEFAULTS.requestTimeoutMs, 'requestTimeout')
+  const startTimeoutMs = dur(s.startTimeout, DOCKER_DEFAULTS.startTimeoutMs, 'startTimeout')
   const pullTimeoutMs = dur(s.pullTimeout, DOCKER_DEFAULTS.pullTimeoutMs, 'pullTimeout')
   const downBackoffMs = dur(s.downBackoff, DOCKER_DEFAULTS.downBackoffMs, 'downBackoff')
   if (problems.length) throw new Error(problems.join('; '))
-  return { hosts, requestTimeoutMs, pullTimeoutMs, downBackoffMs }
+  return { hosts, requestTimeoutMs, startTimeoutMs, pullTimeoutMs, downBackoffMs }
 }
 
 /**

@@ -68,6 +68,9 @@ class Semaphore {
   get waiting(): number {
     return this.#waiting.length
   }
+  get active(): number {
+    return this.#used
+  }
   async acquire(signal?: AbortSignal): Promise<() => void> {
     if (this.#used >= this.#max) {
       await new Promise<void>((resolve, reject) => {
@@ -174,6 +177,11 @@ export class DockerProvider implements Provider {
     for (const h of this.#hosts) this.#byName.set(h.host.name, h)
   }
 
+  /** Timeout of the calls that make, start or stop things. */
+  get #slow(): number {
+    return this.#settings.startTimeoutMs
+  }
+
   get settings(): DockerProviderSettings {
     return this.#settings
   }
@@ -188,9 +196,19 @@ export class DockerProvider implements Provider {
     return `studiopool-${this.#poolTag}-${instanceId}`
   }
 
-  /** Hosts and whether each answers (for readiness details and the dashboard). */
-  hostStatus(): { name: string; up: boolean; reason: string | null; live: number }[] {
-    return this.#hosts.map((h) => ({ name: h.host.name, up: h.downSince === null, reason: h.downSince === null ? null : h.downReason, live: h.live }))
+  /**
+   * Hosts, whether each answers, its live containers at the last look, and its starts under way
+   * and waiting for a slot (for readiness details and the dashboard).
+   */
+  hostStatus(): { name: string; up: boolean; reason: string | null; live: number; starting: number; waiting: number }[] {
+    return this.#hosts.map((h) => ({
+      name: h.host.name,
+      up: h.downSince === null,
+      reason: h.downSince === null ? null : h.downReason,
+      live: h.live,
+      starting: h.starts ? h.starts.active : h.inflight,
+      waiting: h.starts ? h.starts.waiting : 0,
+    }))
   }
 
   async init(opts: OperationOptions): Promise<void> {
@@ -268,7 +286,7 @@ export class DockerProvider implements Provider {
           if (sameGeneration && (live || suspended)) return this.#toInstance(h, c, null)
           // An exited container of this instance, or one of an older generation: replaced.
           opts.log.info({ instanceId: spec.id, host: h.host.name, container: c.Id.slice(0, 12), state: c.State }, 'docker: removing an earlier container of this instance')
-          await this.#onHost(h, (cl) => cl.containerRemove(c.Id, { signal: opts.signal }))
+          await this.#onHost(h, (cl) => cl.containerRemove(c.Id, { signal: opts.signal, timeoutMs: this.#slow }))
         }
         if (matchesSelector(h.host, settings.hostSelector)) candidates.push({ h, count })
       }
@@ -315,24 +333,30 @@ export class DockerProvider implements Provider {
     const target = this.#resolve(ref)
     if (!target) return
     const { h, id } = target
-    if (!this.#usable(h)) {
-      // Nothing to do now: when the host answers again, the container is listed, unknown to the
-      // store, and reaped as an orphan.
+    // A host that does not answer: nothing to do now. When it answers again the container is
+    // listed, unknown to the store, and reaped as an orphan; destroy resolves (idempotent).
+    const unreachable = (): void => {
       opts.log.warn({ ref, host: h.host.name }, 'docker: destroy on a host that does not answer; the container is reaped when it is back')
       h.lastSeen.delete(ref)
-      return
     }
-    const c = await this.#onHost(h, (cl) => cl.containerInspect(id, { signal: opts.signal }))
+    if (!this.#usable(h)) return unreachable()
+    let c: ContainerInspect | undefined
+    try {
+      c = await this.#onHost(h, (cl) => cl.containerInspect(id, { signal: opts.signal }))
+    } catch (err) {
+      if (isUnavailable(err)) return unreachable()
+      throw err
+    }
     if (!c || fromDockerLabels(c.Config.Labels)[LABEL_POOL] !== this.#ctx.poolId) return
     const instanceId = fromDockerLabels(c.Config.Labels)[LABEL_INSTANCE] ?? id
     await this.#locked(instanceId, async () => {
       const grace = stopGraceOf(c)
       if (c.State.Running) {
-        await this.#onHost(h, (cl) => cl.containerStop(id, Math.ceil(grace / 1000), { signal: opts.signal })).catch((err: unknown) => {
+        await this.#onHost(h, (cl) => cl.containerStop(id, Math.ceil(grace / 1000), { signal: opts.signal, timeoutMs: this.#slow })).catch((err: unknown) => {
           if (!(err instanceof DockerApiError && err.status === 404)) throw err
         })
       }
-      await this.#onHost(h, (cl) => cl.containerRemove(id, { signal: opts.signal }))
+      await this.#onHost(h, (cl) => cl.containerRemove(id, { signal: opts.signal, timeoutMs: this.#slow }))
       h.lastSeen.delete(ref)
     })
   }
@@ -347,7 +371,7 @@ export class DockerProvider implements Provider {
     // Renamed first: a server that dies between the two calls leaves a running container, which
     // lists as running whatever its name.
     if (!c.Name.endsWith(SUSPENDED_SUFFIX)) await this.#onHost(h, (cl) => cl.containerRename(id, base + SUSPENDED_SUFFIX, { signal: opts.signal }))
-    await this.#onHost(h, (cl) => cl.containerStop(id, Math.ceil(stopGraceOf(c) / 1000), { signal: opts.signal }))
+    await this.#onHost(h, (cl) => cl.containerStop(id, Math.ceil(stopGraceOf(c) / 1000), { signal: opts.signal, timeoutMs: this.#slow }))
   }
 
   async start(ref: string, opts: OperationOptions): Promise<void> {
@@ -358,7 +382,7 @@ export class DockerProvider implements Provider {
     if (!c) throw new ProviderError(NAME, `container ${id.slice(0, 12)} is not on host ${h.host.name}`)
     const release = h.starts ? await h.starts.acquire(opts.signal) : () => {}
     try {
-      await this.#onHost(h, (cl) => cl.containerStart(id, { signal: opts.signal }))
+      await this.#onHost(h, (cl) => cl.containerStart(id, { signal: opts.signal, timeoutMs: this.#slow }))
     } finally {
       release()
     }
@@ -432,7 +456,7 @@ export class DockerProvider implements Provider {
         c.volumeCreate(
           volume,
           { [toDockerLabelKey(LABEL_POOL)]: spec.poolId, [toDockerLabelKey(LABEL_OWNER)]: spec.ownerId!, [DOCKER_LABEL_KIND]: 'home' },
-          { signal },
+          { signal, timeoutMs: this.#slow },
         ),
       )
       mounts.push({ Type: 'volume', Source: volume, Target: s.home.mountPath })
@@ -487,7 +511,7 @@ export class DockerProvider implements Provider {
     const name = this.containerName(spec.id)
     let id: string
     try {
-      id = await this.#onHost(h, (c) => c.containerCreate(name, body, { signal }))
+      id = await this.#onHost(h, (c) => c.containerCreate(name, body, { signal, timeoutMs: this.#slow }))
     } catch (err) {
       if (!(err instanceof DockerApiError && err.status === 409)) throw err
       // Another server process created it a moment ago (the name is the lock): adopt it.
@@ -497,9 +521,9 @@ export class DockerProvider implements Provider {
       id = other.Id
     }
     try {
-      await this.#onHost(h, (c) => c.containerStart(id, { signal }))
+      await this.#onHost(h, (c) => c.containerStart(id, { signal, timeoutMs: this.#slow }))
     } catch (err) {
-      await this.#onHost(h, (c) => c.containerRemove(id)).catch(() => {})
+      await this.#onHost(h, (c) => c.containerRemove(id, { timeoutMs: this.#slow })).catch(() => {})
       throw err instanceof DockerApiError ? new ProviderError(NAME, `cannot start the container of ${spec.id} on ${h.host.name}: ${err.message}`, { cause: err, retryable: err.retryable }) : err
     }
     const inspected = await this.#onHost(h, (c) => c.containerInspect(id, { signal }))
@@ -551,7 +575,7 @@ export class DockerProvider implements Provider {
                   Options: { 'com.docker.network.bridge.enable_icc': 'false' },
                   Labels: { [toDockerLabelKey(LABEL_POOL)]: this.#ctx.poolId },
                 },
-                { signal: opts.signal },
+                { signal: opts.signal, timeoutMs: this.#slow },
               ),
             )
           } catch (err) {
