@@ -201,7 +201,8 @@ async function importTestImage(api: TestDockerd['api'], dir: string): Promise<vo
  * A small session app for containers, run by the host's node (bind-mounted /usr):
  * `GET /` → `{uid, gid, instanceId, user, home}`; `GET /write?name=&text=` and `GET /read?name=`
  * work in $HOME; `GET /probe?host=&port=` says whether a TCP connection opens
- * (`connected`, `refused`, `timeout` or an error code); `GET /exists?path=` whether a path exists.
+ * (`connected`, `refused`, `timeout` or an error code); `GET /exists?path=` whether a path exists;
+ * `GET /alloc` starts eating memory until the kernel kills the process.
  */
 export const TEST_APP = `
 const http = require('http'), fs = require('fs'), net = require('net'), path = require('path')
@@ -214,6 +215,7 @@ http.createServer((req, res) => {
   try {
     if (u.pathname === '/write') { fs.writeFileSync(path.join(home, path.basename(q('name'))), q('text')); return send(200, { ok: true }) }
     if (u.pathname === '/read') { return send(200, { text: fs.readFileSync(path.join(home, path.basename(q('name'))), 'utf8') }) }
+    if (u.pathname === '/alloc') { const hog = []; setInterval(() => { for (let i = 0; i < 8; i++) hog.push(Buffer.alloc(1 << 20, 1)) }, 5); return send(200, { ok: true }) }
     if (u.pathname === '/exists') { return send(200, { exists: fs.existsSync(q('path')) }) }
     if (u.pathname === '/probe') {
       const s = net.connect({ host: q('host'), port: Number(q('port')) })

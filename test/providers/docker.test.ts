@@ -202,6 +202,25 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
     await provider.destroy(inst.ref, op)
   })
 
+  it('an OOM kill is reported as such, with the memory limit', async () => {
+    const t = makeTemplate({ name: 'hog', provider: 'docker', minFree: 0, settings: testAppSettings({ memory: '64m' }) })
+    const inst = await provider.create(spec(t), op)
+    await app(inst, '/alloc')
+    const listed = await waitFor(async () => (await provider.list(op)).find((i) => i.ref === inst.ref && i.state === 'terminated'), 30_000, 'the OOM-killed container')
+    assert.equal(listed.message, 'the container was killed: out of memory (memory limit 64 MiB)')
+    await provider.destroy(inst.ref, op)
+  })
+
+  it('two server processes creating one instance at once make one container', async () => {
+    const s = spec(demo, 'gina')
+    const [one, two] = [makeProvider(), makeProvider()]
+    const [x, y] = await Promise.all([one.create(s, op), two.create(s, op)])
+    assert.equal(x.ref, y.ref)
+    const all = (await docker.api<unknown[]>('GET', `/containers/json?all=true&filters=${encodeURIComponent(JSON.stringify({ label: [`studiopool.instance=${s.id}`] }))}`)).body
+    assert.equal(all.length, 1)
+    await one.destroy(x.ref, op)
+  })
+
   it('a new provider object (server restart) finds and adopts the running container', async () => {
     const s = spec(demo, 'frank')
     const inst = await provider.create(s, op)

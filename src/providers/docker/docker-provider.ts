@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { TemplateConfig } from '../../config/types.js'
 import { ProviderError, ValidationError } from '../../domain/errors.js'
 import { isInstanceId } from '../../domain/ids.js'
@@ -36,6 +37,8 @@ const DOCKER_LABEL_KIND = 'studiopool.kind'
 const SUSPENDED_SUFFIX = '-suspended'
 /** Docker's rule for container and volume names. */
 const DOCKER_NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}$/
+/** How long a create that met a name conflict waits for the other creator's container to appear. */
+const ADOPT_WAIT_MS = 10_000
 /** `<host name>/<64 hex container id>`. */
 const REF_RE = /^([a-z0-9][a-z0-9-]{0,62})\/([0-9a-f]{64})$/
 
@@ -514,8 +517,15 @@ export class DockerProvider implements Provider {
       id = await this.#onHost(h, (c) => c.containerCreate(name, body, { signal, timeoutMs: this.#slow }))
     } catch (err) {
       if (!(err instanceof DockerApiError && err.status === 409)) throw err
-      // Another server process created it a moment ago (the name is the lock): adopt it.
-      const other = await this.#onHost(h, (c) => c.containerInspect(name, { signal }))
+      // Another server process created it a moment ago (the name is the lock): adopt it. The daemon
+      // reserves the name before the container exists, so a concurrent inspect may briefly miss it.
+      let other: ContainerInspect | undefined
+      const deadline = this.#now() + ADOPT_WAIT_MS
+      for (;;) {
+        other = await this.#onHost(h, (c) => c.containerInspect(name, { signal }))
+        if (other || this.#now() > deadline) break
+        await sleep(50, undefined, { signal })
+      }
       if (!other || fromDockerLabels(other.Config.Labels)[LABEL_INSTANCE] !== spec.id) throw err
       opts.log.info({ instanceId: spec.id, host: h.host.name }, 'docker: adopting the container another process created')
       id = other.Id
