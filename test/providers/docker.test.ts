@@ -93,8 +93,11 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
     assert.equal(me.instanceId, inst.instanceId)
     assert.equal(me.user, 'alice')
     assert.equal(me.sessionUrl, `http://gateway.test/s/${inst.instanceId}/`)
-    for (const path of ['/var/run/docker.sock', '/run/docker.sock', docker.socket]) {
-      assert.deepEqual(await app(inst, `/exists?path=${encodeURIComponent(path)}`), { exists: false }, `${path} is not in the container`)
+    // Sanity: the check does see what is there.
+    assert.deepEqual(await app(inst, `/exists?path=${encodeURIComponent('/usr/bin/node')}`), { exists: true })
+    // No Docker socket; none of the server's files (its checkout, the daemon's data root); none of its processes.
+    for (const path of ['/var/run/docker.sock', '/run/docker.sock', docker.socket, docker.dir, process.cwd(), `/proc/${process.pid}/environ`]) {
+      assert.deepEqual(await app(inst, `/exists?path=${encodeURIComponent(path)}`), { exists: false }, `${path} is not visible in the container`)
     }
     const c = await docker.api<{ HostConfig: { CapDrop: string[]; SecurityOpt: string[]; PidsLimit: number; Memory: number; NetworkMode: string }; Config: { Labels: Record<string, string> } }>(
       'GET',
