@@ -28,7 +28,7 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
   const providers: DockerProvider[] = []
 
   function makeProvider(poolId = POOL): DockerProvider {
-    const p = new DockerProvider({ poolId, dataDir: '/nonexistent', settings: { hosts: [{ name: 'h1', url: docker.url }], requestTimeout: '20s' }, log })
+    const p = new DockerProvider({ poolId, dataDir: '/nonexistent', settings: { hosts: [{ name: 'h1', url: docker.url }], requestTimeout: '20s', pullTimeout: '30s' }, log })
     providers.push(p)
     return p
   }
@@ -259,11 +259,17 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
     await provider.destroy(orphan.ref, op)
   })
 
-  it('a missing image with pullPolicy never, and an image that runs as root, are clear errors', async () => {
+  it('a missing image (pullPolicy never, or a failed pull), and an image that runs as root, are clear errors', async () => {
     const missing = makeTemplate({ name: 'missing', provider: 'docker', minFree: 0, settings: testAppSettings({ image: 'rocker/rstudio:4.4.1' }) })
     await assert.rejects(
       provider.create(spec(missing), op),
       (err: unknown) => err instanceof ProviderError && err.message.includes('"rocker/rstudio:4.4.1"') && err.message.includes('pullPolicy is never') && !err.retryable,
+    )
+    // ifNotPresent: a pull, which fails here (no registry can be reached; elsewhere the image does not exist).
+    const pulling = makeTemplate({ name: 'pull', provider: 'docker', minFree: 0, settings: testAppSettings({ image: 'studiopool/does-not-exist:1', pullPolicy: 'ifNotPresent' }) })
+    await assert.rejects(
+      provider.create(spec(pulling), op),
+      (err: unknown) => err instanceof ProviderError && err.message.includes('cannot pull image "studiopool/does-not-exist:1" on h1') && !err.retryable,
     )
     const settings = testAppSettings()
     delete settings.user
