@@ -115,6 +115,26 @@ describe('docker provider on several hosts (two real daemons)', { skip, timeout:
     for (const i of [...made, fifth]) await p.destroy(i.ref, op)
   })
 
+  it("places by the CPUs and memory templates ask for, against what each host offers", async () => {
+    const pool = 'size-pool'
+    const p = make(pool, [{ name: 'a', url: a.url, cpus: 2, memory: '1g' }, { name: 'b', url: b.url, cpus: 2, memory: '1g' }])
+    await p.init(op)
+    const big = makeTemplate({ name: 'big', provider: 'docker', minFree: 0, settings: testAppSettings({ cpus: 1.5, memory: '256m' }) })
+    const wide = makeTemplate({ name: 'wide', provider: 'docker', minFree: 0, settings: testAppSettings({ memory: '600m' }) })
+    const made: ProviderInstance[] = []
+    for (const t of [big, big]) made.push(await p.create({ ...spec(pool), template: t }, op))
+    assert.deepEqual(made.map(hostOf).sort(), ['a', 'b'], 'one 1.5-CPU session per 2-CPU host')
+    await assert.rejects(p.create({ ...spec(pool), template: big }, op), (err: unknown) => err instanceof ProviderError && /CPUs or memory/.test(err.message))
+    // 256 MiB used on each host: one 600 MiB session still fits on each, a second on neither.
+    for (const t of [wide, wide]) made.push(await p.create({ ...spec(pool), template: t }, op))
+    assert.deepEqual(made.slice(2).map(hostOf).sort(), ['a', 'b'])
+    await assert.rejects(p.create({ ...spec(pool), template: wide }, op), (err: unknown) => err instanceof ProviderError && /all full/.test(err.message))
+    const labels = await a.api<{ Config: { Labels: Record<string, string> } }>('GET', `/containers/${made.find((i) => hostOf(i) === 'a')!.ref.split('/')[1]}/json`)
+    assert.equal(labels.body.Config.Labels['studiopool.request.nanocpus'], '1500000000')
+    for (const i of made) assert.equal(i.labels['studiopool:request.nanocpus'], undefined, 'placement labels are not reported as studiopool labels')
+    for (const i of made) await p.destroy(i.ref, op)
+  })
+
   it('a host that stops answering: its sessions are lost, new ones go elsewhere, and it is used again when back', async () => {
     const pool = 'down-pool'
     const p = make(pool, [{ name: 'a', url: a.url }, { name: 'b', url: b.url }], { requestTimeout: '3s', downBackoff: '200ms' })

@@ -43,6 +43,10 @@ export const dockerHostSchema = Type.Object(
     maxConcurrentStarts: Type.Optional(Type.Integer({ minimum: 1 })),
     /** Matched by templates' `hostSelector`. */
     labels: Type.Optional(Labels),
+    /** CPUs the host offers to sessions (templates' `cpus` are placed against it). Default: the daemon's CPU count. */
+    cpus: Type.Optional(Type.Number({ exclusiveMinimum: 0 })),
+    /** Memory the host offers to sessions (templates' `memory`). Default: the daemon's total memory. */
+    memory: Type.Optional(Size),
     /** Host address container ports are published on. Default 127.0.0.1 (the gateway runs on this host). */
     publishIp: Type.Optional(Type.String({ minLength: 1 })),
     /** Host name or IP the gateway connects to for published ports. Default: publishIp, or the tcp URL's host when publishIp is 0.0.0.0. */
@@ -150,6 +154,9 @@ export interface DockerHost {
   readonly labels: Readonly<Record<string, string>>
   readonly publishIp: string
   readonly address: string
+  /** What the host offers to sessions; null: learned from the daemon (`GET /info`). */
+  readonly nanoCpus: number | null
+  readonly memoryBytes: number | null
 }
 
 export interface DockerProviderSettings {
@@ -206,6 +213,8 @@ export function parseDockerProviderSettings(raw: Readonly<Record<string, unknown
     }
     if (seen.has(h.name)) problems.push(`providers.docker.hosts.${i}.name: "${h.name}" is used twice`)
     seen.add(h.name)
+    const hostMemory = h.memory === undefined ? null : parseSize(h.memory)
+    if (hostMemory === undefined) problems.push(`providers.docker.hosts.${i}.memory: "${String(h.memory)}" is not a size (e.g. 64g)`)
     const publishIp = h.publishIp ?? DOCKER_DEFAULTS.publishIp
     const address = h.address ?? (publishIp === '0.0.0.0' ? (url.kind === 'tcp' ? url.host : '127.0.0.1') : publishIp)
     hosts.push({
@@ -216,6 +225,8 @@ export function parseDockerProviderSettings(raw: Readonly<Record<string, unknown
       labels: h.labels ?? {},
       publishIp,
       address,
+      nanoCpus: h.cpus === undefined ? null : Math.round(h.cpus * 1e9),
+      memoryBytes: hostMemory ?? null,
     })
   }
   const dur = (v: number | string | undefined, d: number, key: string): number => {

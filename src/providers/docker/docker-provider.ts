@@ -33,6 +33,9 @@ const NAME = 'docker'
 const LABEL_GENERATION = 'studiopool:generation'
 /** Docker-only label on home volumes (`home`), never on containers. */
 const DOCKER_LABEL_KIND = 'studiopool.kind'
+/** Docker-only labels on containers: what each asked for, so that placement needs no inspect per container. */
+const DOCKER_LABEL_CPUS = 'studiopool.request.nanocpus'
+const DOCKER_LABEL_MEMORY = 'studiopool.request.memory'
 /** Appended to a suspended container's name: Docker labels cannot change after create, names can. */
 const SUSPENDED_SUFFIX = '-suspended'
 /** Docker's rule for container and volume names. */
@@ -54,7 +57,7 @@ export function toDockerLabelKey(key: string): string {
 export function fromDockerLabels(labels: Readonly<Record<string, string>> | null | undefined): Record<string, string> {
   const out: Record<string, string> = {}
   for (const [k, v] of Object.entries(labels ?? {})) {
-    if (k === DOCKER_LABEL_KIND) continue
+    if (k === DOCKER_LABEL_KIND || k.startsWith('studiopool.request.')) continue
     out[k.startsWith('studiopool.') ? `studiopool:${k.slice('studiopool.'.length)}` : k] = v
   }
   return out
@@ -103,13 +106,26 @@ class Semaphore {
   }
 }
 
+/** A host that could take a new container, with what its live containers of this pool use. */
+interface Candidate {
+  readonly h: HostState
+  readonly count: number
+  readonly usedCpus: number
+  readonly usedMemory: number
+  readonly capacity: { nanoCpus: number; memoryBytes: number } | null
+}
+
 /** One Docker Engine host and what the provider knows about it. */
 interface HostState {
   readonly host: DockerHost
   readonly client: DockerClient
   readonly starts: Semaphore | null
-  /** Creates placed on this host and not finished yet (not in the daemon's list yet). */
+  /** Creates placed on this host and not finished yet (not in the daemon's list yet), and what they asked for. */
   inflight: number
+  inflightCpus: number
+  inflightMemory: number
+  /** What the host offers to sessions (settings, else the daemon's /info); null until known. */
+  capacity: { nanoCpus: number; memoryBytes: number } | null
   /** Live containers of this pool at the last list. */
   live: number
   /** Not answering since (epoch ms), or null. */
@@ -168,6 +184,9 @@ export class DockerProvider implements Provider {
       client: new DockerClient({ url: host.url, timeoutMs: this.#settings.requestTimeoutMs }),
       starts: host.maxConcurrentStarts ? new Semaphore(host.maxConcurrentStarts) : null,
       inflight: 0,
+      inflightCpus: 0,
+      inflightMemory: 0,
+      capacity: host.nanoCpus !== null && host.memoryBytes !== null ? { nanoCpus: host.nanoCpus, memoryBytes: host.memoryBytes } : null,
       live: 0,
       downSince: null,
       retryAt: 0,
@@ -220,6 +239,7 @@ export class DockerProvider implements Provider {
     const results = await Promise.allSettled(
       this.#hosts.map(async (h) => {
         await this.#onHost(h, (c) => c.ping({ signal: opts.signal }))
+        await this.#capacity(h, opts)
         await this.#ensureNetwork(h, null, opts)
       }),
     )
@@ -266,7 +286,7 @@ export class DockerProvider implements Provider {
       opts.signal?.throwIfAborted()
       const generation = spec.labels[LABEL_GENERATION]
       // One list per answering host: finds this instance's container wherever it is, and counts.
-      const candidates: { h: HostState; count: number }[] = []
+      const candidates: Candidate[] = []
       for (const h of this.#hosts) {
         if (!this.#usable(h)) continue
         let found: ContainerSummary[]
@@ -277,11 +297,17 @@ export class DockerProvider implements Provider {
           throw err
         }
         let count = 0
+        let usedCpus = 0
+        let usedMemory = 0
         for (const c of found) {
           const labels = fromDockerLabels(c.Labels)
           const live = isLiveState(c.State)
           if (labels[LABEL_INSTANCE] !== spec.id) {
-            if (live) count++
+            if (live) {
+              count++
+              usedCpus += Number(c.Labels?.[DOCKER_LABEL_CPUS] ?? 0) || 0
+              usedMemory += Number(c.Labels?.[DOCKER_LABEL_MEMORY] ?? 0) || 0
+            }
             continue
           }
           const sameGeneration = generation === undefined || labels[LABEL_GENERATION] === generation
@@ -291,10 +317,15 @@ export class DockerProvider implements Provider {
           opts.log.info({ instanceId: spec.id, host: h.host.name, container: c.Id.slice(0, 12), state: c.State }, 'docker: removing an earlier container of this instance')
           await this.#onHost(h, (cl) => cl.containerRemove(c.Id, { signal: opts.signal, timeoutMs: this.#slow }))
         }
-        if (matchesSelector(h.host, settings.hostSelector)) candidates.push({ h, count })
+        if (matchesSelector(h.host, settings.hostSelector)) {
+          const capacity = settings.nanoCpus || settings.memoryBytes ? await this.#capacity(h, opts).catch(() => null) : null
+          candidates.push({ h, count, usedCpus, usedMemory, capacity })
+        }
       }
-      const h = this.#place(candidates, spec)
+      const h = this.#place(candidates, spec, settings)
       h.inflight++
+      h.inflightCpus += settings.nanoCpus ?? 0
+      h.inflightMemory += settings.memoryBytes ?? 0
       try {
         const release = h.starts ? await h.starts.acquire(opts.signal) : () => {}
         try {
@@ -304,6 +335,8 @@ export class DockerProvider implements Provider {
         }
       } finally {
         h.inflight--
+        h.inflightCpus -= settings.nanoCpus ?? 0
+        h.inflightMemory -= settings.memoryBytes ?? 0
       }
     })
   }
@@ -486,6 +519,8 @@ export class DockerProvider implements Provider {
     for (const [k, v] of Object.entries({ ...s.labels, ...spec.labels, [LABEL_POOL]: spec.poolId, [LABEL_INSTANCE]: spec.id, [LABEL_TEMPLATE]: spec.template.name })) {
       labels[toDockerLabelKey(k)] = v
     }
+    if (s.nanoCpus) labels[DOCKER_LABEL_CPUS] = String(s.nanoCpus)
+    if (s.memoryBytes) labels[DOCKER_LABEL_MEMORY] = String(s.memoryBytes)
     const portKey = `${s.port}/tcp`
     const body = {
       Image: s.image,
@@ -608,14 +643,19 @@ export class DockerProvider implements Provider {
     return (await h.network).name
   }
 
-  /** The host with the most free capacity among candidates; throws when none can take one more. */
-  #place(candidates: readonly { h: HostState; count: number }[], spec: InstanceSpec): HostState {
+  /**
+   * The host with the most free slots among the candidates where the template's CPUs and memory
+   * fit; throws when none can take one more.
+   */
+  #place(candidates: readonly Candidate[], spec: InstanceSpec, s: DockerTemplateSettings): HostState {
     let best: { h: HostState; free: number; load: number } | null = null
-    for (const { h, count } of candidates) {
+    for (const { h, count, usedCpus, usedMemory, capacity } of candidates) {
       const load = count + h.inflight
       h.live = count
       const free = h.host.maxInstances === null ? Number.POSITIVE_INFINITY : h.host.maxInstances - load
       if (free <= 0) continue
+      if (capacity && s.nanoCpus && usedCpus + h.inflightCpus + s.nanoCpus > capacity.nanoCpus) continue
+      if (capacity && s.memoryBytes && usedMemory + h.inflightMemory + s.memoryBytes > capacity.memoryBytes) continue
       // Most free slots first; among unlimited (or equal) hosts, the least loaded; then file order.
       if (!best || free > best.free || (free === best.free && load < best.load)) best = { h, free, load }
     }
@@ -623,11 +663,21 @@ export class DockerProvider implements Provider {
       const down = this.#hosts.filter((h) => h.downSince !== null).map((h) => h.host.name)
       throw new ProviderError(
         NAME,
-        `no Docker host can take a container of template "${spec.template.name}"` + (down.length ? ` (not answering: ${down.join(', ')})` : ' (all full)'),
+        `no Docker host can take a container of template "${spec.template.name}"` +
+          (down.length ? ` (not answering: ${down.join(', ')})` : ' (all full: instances, CPUs or memory)'),
         { retryable: true, code: 'PROVIDER_UNAVAILABLE' },
       )
     }
     return best.h
+  }
+
+  /** What the host offers to sessions: its settings, else what the daemon reports (asked once). */
+  async #capacity(h: HostState, opts: OperationOptions): Promise<{ nanoCpus: number; memoryBytes: number }> {
+    if (!h.capacity) {
+      const info = await this.#onHost(h, (c) => c.info({ signal: opts.signal }))
+      h.capacity = { nanoCpus: h.host.nanoCpus ?? info.NCPU * 1e9, memoryBytes: h.host.memoryBytes ?? info.MemTotal }
+    }
+    return h.capacity
   }
 
   /** The pool's containers on one host, or (host down) what it last had, as lost. */
