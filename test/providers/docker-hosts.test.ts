@@ -156,19 +156,29 @@ describe('docker provider on several hosts (two real daemons)', { skip, timeout:
       assert.equal(p.hostStatus().find((h) => h.name === 'b')!.up, false)
       const described = await p.describe(onB.map((i) => i.ref), op)
       for (const i of onB) assert.equal(described.get(i.ref)?.state, 'terminated')
-      const replacement = await p.create(spec(pool), op)
+      // The pool replaces a lost session under the same instanceId, with the next generation.
+      const lost = onB[0]!
+      const base = spec(pool, lost.instanceId)
+      const replacement = await p.create({ ...base, labels: { ...base.labels, 'studiopool:generation': '1' } }, op)
       assert.equal(hostOf(replacement), 'a', 'placed on the host that answers')
       made.push(replacement)
+      const other = await p.create(spec(pool), op)
+      assert.equal(hostOf(other), 'a')
+      made.push(other)
 
       process.kill(b.pid, 'SIGCONT')
       resumed = true
-      await waitFor(async () => {
+      const back = await waitFor(async () => {
         const l = await p.list(op)
-        return onB.every((i) => l.find((x) => x.ref === i.ref)?.state === 'running')
+        return l.find((x) => x.ref === onB[1]!.ref)?.state === 'running' ? l : null
       }, 20_000, "b's containers to be listed running again once it answers")
+      // The replaced session's old container on b is superseded: removed, one live container per instance.
+      assert.deepEqual(back.filter((x) => x.instanceId === lost.instanceId && x.state !== 'terminated').map((x) => x.ref), [replacement.ref])
+      assert.equal((await b.api('GET', `/containers/${lost.ref.split('/')[1]}/json`)).status, 404, 'the superseded container is gone from b')
+      made.splice(made.indexOf(lost), 1)
       assert.equal(p.hostStatus().find((h) => h.name === 'b')!.up, true)
       const next = await p.create(spec(pool), op)
-      assert.equal(hostOf(next), 'b', 'b is used again (the less loaded host)')
+      assert.equal(hostOf(next), 'b', 'b is used again (the less loaded host: 1 container against 4)')
       made.push(next)
     } finally {
       if (!resumed) process.kill(b.pid, 'SIGCONT')

@@ -361,8 +361,32 @@ export class DockerProvider implements Provider {
   }
 
   async list(opts: OperationOptions): Promise<ProviderInstance[]> {
-    const all = await Promise.all(this.#hosts.map((h) => this.#listHost(h, opts)))
-    return all.flat()
+    const all = (await Promise.all(this.#hosts.map((h) => this.#listHost(h, opts)))).flat()
+    // A host that comes back after its sessions were replaced elsewhere still runs the old
+    // containers. A container of an instance that has a live container of a newer generation is
+    // superseded, as a create removes one on the host it creates on: removed here, so that every
+    // instance has one live container (the pool's orphan reaper skips instances it knows).
+    const newest = new Map<string, number>()
+    for (const i of all) {
+      if (i.state === 'terminated') continue
+      const g = Number(i.labels[LABEL_GENERATION] ?? 0)
+      if (g > (newest.get(i.instanceId) ?? -1)) newest.set(i.instanceId, g)
+    }
+    const out: ProviderInstance[] = []
+    for (const i of all) {
+      const g = Number(i.labels[LABEL_GENERATION] ?? 0)
+      if (i.state !== 'terminated' && g < (newest.get(i.instanceId) ?? g)) {
+        opts.log.info({ instanceId: i.instanceId, ref: i.ref, generation: g }, 'docker: removing a container superseded by a newer generation of its instance')
+        try {
+          await this.destroy(i.ref, opts)
+          continue
+        } catch (err) {
+          opts.log.warn({ ref: i.ref, err: (err as Error).message }, 'docker: cannot remove a superseded container; listed as it is')
+        }
+      }
+      out.push(i)
+    }
+    return out
   }
 
   async destroy(ref: string, opts: OperationOptions): Promise<void> {
