@@ -17,17 +17,26 @@ export interface DockerProxy {
   holdWhere(match: (method: string, path: string) => boolean): void
   /** Stops holding and lets every held request through. */
   passAll(): void
+  /** Stops holding and answers every held request 503 without passing it on (the daemon never sees it). */
+  dropAll(): void
   close(): Promise<void>
 }
 
 export async function startDockerProxy(targetSocket: string, socket: string): Promise<DockerProxy> {
   const agent = new Agent({ connect: { socketPath: targetSocket } })
   let match: ((method: string, path: string) => boolean) | null = null
-  const held: (() => void)[] = []
+  const held: ((forward: boolean) => void)[] = []
 
   async function forward(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = req.url ?? '/'
-    if (match && match(req.method ?? 'GET', path.replace(/^\/v[\d.]+/, ''))) await new Promise<void>((r) => held.push(r))
+    if (match && match(req.method ?? 'GET', path.replace(/^\/v[\d.]+/, ''))) {
+      const forward = await new Promise<boolean>((r) => held.push(r))
+      if (!forward) {
+        res.writeHead(503)
+        res.end('dropped by the test proxy')
+        return
+      }
+    }
     const headers: Record<string, string> = {}
     for (const [k, v] of Object.entries(req.headers)) if (!HOP.has(k) && typeof v === 'string') headers[k] = v
     const hasBody = req.method === 'POST' || req.method === 'PUT'
@@ -54,7 +63,11 @@ export async function startDockerProxy(targetSocket: string, socket: string): Pr
   await new Promise<void>((r) => server.listen(socket, r))
   const passAll = (): void => {
     match = null
-    for (const r of held.splice(0)) r()
+    for (const r of held.splice(0)) r(true)
+  }
+  const dropAll = (): void => {
+    match = null
+    for (const r of held.splice(0)) r(false)
   }
   return {
     url: `unix://${socket}`,
@@ -65,6 +78,7 @@ export async function startDockerProxy(targetSocket: string, socket: string): Pr
       match = m
     },
     passAll,
+    dropAll,
     async close() {
       passAll()
       server.closeAllConnections()

@@ -312,6 +312,11 @@ export class DockerProvider implements Provider {
           }
           const sameGeneration = generation === undefined || labels[LABEL_GENERATION] === generation
           const suspended = c.State === 'exited' && c.Names.some((n) => n.endsWith(SUSPENDED_SUFFIX))
+          if (sameGeneration && c.State === 'created') {
+            // Made but never started: its creator died between the two calls (a server killed mid-create).
+            opts.log.info({ instanceId: spec.id, host: h.host.name, container: c.Id.slice(0, 12) }, 'docker: starting a container another process created and did not start')
+            return this.#startCreated(h, c.Id, spec, opts, false)
+          }
           if (sameGeneration && (live || suspended)) return this.#toInstance(h, c, null)
           // An exited container of this instance, or one of an older generation: replaced.
           opts.log.info({ instanceId: spec.id, host: h.host.name, container: c.Id.slice(0, 12), state: c.State }, 'docker: removing an earlier container of this instance')
@@ -589,15 +594,25 @@ export class DockerProvider implements Provider {
       opts.log.info({ instanceId: spec.id, host: h.host.name }, 'docker: adopting the container another process created')
       id = other.Id
     }
+    const inst = await this.#startCreated(h, id, spec, opts)
+    opts.log.info({ instanceId: spec.id, host: h.host.name, container: id.slice(0, 12) }, 'docker: container started')
+    return inst
+  }
+
+  /** Starts a created container (in a start slot); one that cannot start is removed. */
+  async #startCreated(h: HostState, id: string, spec: InstanceSpec, opts: OperationOptions, inSlot = true): Promise<ProviderInstance> {
+    const signal = opts.signal
+    const release = !inSlot && h.starts ? await h.starts.acquire(signal) : () => {}
     try {
       await this.#onHost(h, (c) => c.containerStart(id, { signal, timeoutMs: this.#slow }))
     } catch (err) {
       await this.#onHost(h, (c) => c.containerRemove(id, { timeoutMs: this.#slow })).catch(() => {})
       throw err instanceof DockerApiError ? new ProviderError(NAME, `cannot start the container of ${spec.id} on ${h.host.name}: ${err.message}`, { cause: err, retryable: err.retryable }) : err
+    } finally {
+      release()
     }
     const inspected = await this.#onHost(h, (c) => c.containerInspect(id, { signal }))
     if (!inspected) throw new ProviderError(NAME, `the container of ${spec.id} vanished right after it started on ${h.host.name}`, { retryable: true })
-    opts.log.info({ instanceId: spec.id, host: h.host.name, container: id.slice(0, 12) }, 'docker: container started')
     return this.#inspectToInstance(h, inspected)
   }
 
