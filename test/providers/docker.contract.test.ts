@@ -3,7 +3,7 @@
  * private dockerd started for this file (test/helpers/docker.ts), containers of the imported
  * test image running the host's node.
  */
-import { after } from 'node:test'
+import { after, it } from 'node:test'
 import pino from 'pino'
 import { DockerProvider } from '../../src/providers/docker/index.js'
 import { CONTRACT_POOL_ID, providerContract } from '../contract/provider-contract.js'
@@ -17,7 +17,7 @@ after(async () => {
 })
 
 if (skip) {
-  providerContract({ name: `docker (skipped: ${skip})`, make: async () => { throw new Error(skip) }, skip: { suspend: skip, address: skip, concurrentCreate: skip } })
+  it('provider contract: docker', { skip }, () => {})
 } else {
   providerContract({
     name: 'docker',
