@@ -40,6 +40,7 @@ export const TemplateSchema = Type.Object(
     local: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
     ec2: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
     fake: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+    docker: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
   },
   { additionalProperties: false },
 )

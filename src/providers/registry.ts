@@ -8,6 +8,7 @@ const loaders: Record<string, () => Promise<{ createProvider: (ctx: ProviderCont
   local: () => import('./local/index.js'),
   fake: () => import('./fake/index.js'),
   ec2: () => import('./ec2/index.js'),
+  docker: () => import('./docker/index.js'),
 }
 
 export const PROVIDER_NAMES = Object.keys(loaders)
