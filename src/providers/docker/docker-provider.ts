@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import { KeyedSerializer } from '../keyed-serializer.js'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { TemplateConfig } from '../../config/types.js'
 import { ProviderError, ValidationError } from '../../domain/errors.js'
@@ -165,7 +166,7 @@ export class DockerProvider implements Provider {
   readonly #hosts: HostState[]
   readonly #byName = new Map<string, HostState>()
   /** Per-instanceId serialization of create/destroy within this server. */
-  readonly #locks = new Map<string, Promise<unknown>>()
+  readonly #locks = new KeyedSerializer()
   /** Short, stable name part for this pool (pool ids may hold characters Docker names refuse). */
   readonly #poolTag: string
   readonly #now: () => number
@@ -816,16 +817,8 @@ export class DockerProvider implements Provider {
     }
   }
 
-  async #locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.#locks.get(key) ?? Promise.resolve()
-    const run = prev.then(fn, fn)
-    const tail = run.catch(() => {})
-    this.#locks.set(key, tail)
-    try {
-      return await run
-    } finally {
-      if (this.#locks.get(key) === tail) this.#locks.delete(key)
-    }
+  #locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    return this.#locks.run(key, fn)
   }
 }
 

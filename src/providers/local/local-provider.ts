@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process'
+import { KeyedSerializer } from '../keyed-serializer.js'
 import { chmodSync, chownSync, closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { basename, dirname, join, resolve } from 'node:path'
@@ -96,7 +97,7 @@ export class LocalProvider implements Provider {
   readonly #settings: LocalProviderSettings
   readonly #root: string
   /** Per-instanceId serialization of create/destroy within this server. */
-  readonly #locks = new Map<string, Promise<unknown>>()
+  readonly #locks = new KeyedSerializer()
   /** Ports handed out recently, so that two creates in a row never get the same one before either binds. */
   readonly #recentPorts = new Map<number, number>()
   /** Where session homes live (outside the data directory) and where slot claims are kept. */
@@ -579,16 +580,8 @@ export class LocalProvider implements Provider {
     renameSync(tmp, file)
   }
 
-  async #locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.#locks.get(key) ?? Promise.resolve()
-    const run = prev.then(fn, fn)
-    const tail = run.catch(() => {})
-    this.#locks.set(key, tail)
-    try {
-      return await run
-    } finally {
-      if (this.#locks.get(key) === tail) this.#locks.delete(key)
-    }
+  #locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    return this.#locks.run(key, fn)
   }
 
   /** Binds port 0 on loopback, reads the port, closes; skips ports handed out in the last minute. */
