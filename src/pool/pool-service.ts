@@ -585,12 +585,18 @@ export class PoolService {
       }
       return
     }
+    // Only if nobody claimed it meanwhile (a request may take a free instance that is still being
+    // created): a claimed one is retried for its user, and its assignment must not stay open.
     const next = await this.#d.store.transaction(async (tx) => {
-      const n = await tx.updateInstance(id, { state: 'failed', failureReason: reason.slice(0, 1000), endedAt: now, endReason: 'failed', updatedAt: now, progressMessage: 'failed' }, { generation: inst.generation })
-      if (n && inst.ownerId) await tx.closeAssignment(id, now, 'failed', this.#cost(inst, now))
+      const n = await tx.updateInstance(id, { state: 'failed', failureReason: reason.slice(0, 1000), endedAt: now, endReason: 'failed', updatedAt: now, progressMessage: 'failed' }, { generation: inst.generation, ownerId: inst.ownerId })
+      if (n?.ownerId) await tx.closeAssignment(id, now, 'failed', this.#cost(inst, now))
       return n
     })
-    if (!next) return
+    if (!next) {
+      const cur = await this.#d.store.getInstance(id)
+      if (cur && isLive(cur.state) && cur.generation === inst.generation && cur.ownerId !== inst.ownerId) return this.fail(id, reason)
+      return
+    }
     await this.#audit(id, 'failed', null, { reason })
     this.#publish(next)
     this.#background(nextTurn().then(() => this.#afterCapacityFreed()))
@@ -961,9 +967,9 @@ export class PoolService {
     this.#pending.add(tracked)
   }
 
-  /** A template's create is waiting out its backoff (a retry is scheduled): tests settle past it. */
-  get backingOff(): boolean {
-    return this.#backoffTimers.size > 0
+  /** No background task runs and no retry waits out a backoff: what tests wait for before checking the pool's invariants. */
+  get quiet(): boolean {
+    return this.#pending.size === 0 && this.#backoffTimers.size === 0
   }
 
   /** Waits until no background task is left (bounded by rounds, since tasks spawn tasks). */

@@ -182,7 +182,10 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
       await page.goto(url)
       assert.equal(new URL(page.url()).pathname, `/s/${instanceId}/`)
       const summary = (re: string) =>
-        page.waitForFunction((src) => new RegExp(src).test(document.getElementById('summary')?.textContent ?? ''), re, { timeout: 20_000 })
+        page.waitForFunction((src) => new RegExp(src).test(document.getElementById('summary')?.textContent ?? ''), re, { timeout: 20_000 }).catch(async (err: Error) => {
+          const st = await s.command<{ instance: InstanceView }>('GET_STATUS', { instanceId, userId: 'bob' })
+          throw new Error(`${err.message}\n--- instance: ${JSON.stringify(st.body.instance)}\n--- output.log ---\n${s.outputLog(instanceId)}`)
+        })
       await summary('^norm: 100 draws, mean ')
       await page.locator('#hist img').waitFor({ timeout: 20_000 })
       const first = await page.locator('#summary').textContent()

@@ -64,8 +64,9 @@ async function settle(h: Harness): Promise<void> {
       await h.pool.drain()
       const moving = await h.store.listInstances({ states: ['provisioning', 'starting', 'stopping'] })
       if (moving.length) await h.worker.runOnce()
-      // A failed create schedules its retry after the (test-short) backoff: settled is after it ran.
-      return moving.length === 0 && !h.pool.backingOff
+      // A failed create schedules its retry after the (test-short) backoff: settled is after it ran
+      // and nothing it started is still running.
+      return moving.length === 0 && h.pool.quiet
     },
     'the pool to settle',
     20_000,
@@ -147,7 +148,10 @@ for (const kind of STORE_KINDS) {
           }
         }),
         { numRuns: kind.name === 'sqlite' ? 30 : 15, interruptAfterTimeLimit: 90_000, verbose: 1, ...(process.env.FC_SEED ? { seed: Number(process.env.FC_SEED), path: process.env.FC_PATH, endOnFailure: true } : {}) },
-      )
+      ).catch((err: Error & { cause?: Error }) => {
+        // The counterexample alone does not say which property broke: name it.
+        throw new Error(`${err.message}\ncause: ${err.cause?.message ?? "(none)"}`)
+      })
     })
   })
 }
