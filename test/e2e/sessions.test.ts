@@ -24,7 +24,8 @@ import {
   startE2eServer,
 } from './harness.js'
 
-const IDLE_MS = 3000
+// Long enough that a busy machine rendering the first plot or notebook page does not look idle (server pushes do not count).
+const IDLE_MS = 6000
 /** From the moment the client goes quiet: the idle timeout, one activity flush, one worker pass, the app's shutdown. */
 const CULL_DEADLINE_MS = IDLE_MS + 20_000
 
