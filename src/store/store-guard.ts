@@ -1,6 +1,6 @@
 import type { Logger } from 'pino'
 import { StoreUnavailableError } from '../domain/errors.js'
-import { isConnectionLoss, unavailableReason } from './dialects.js'
+import { isConnectionLoss, uniqueViolation, unavailableReason } from './dialects.js'
 import type { Store, StoreHealth } from './store.js'
 
 /** Methods that change the store; a failure of one of these makes /readyz fail for a while. */
@@ -21,6 +21,12 @@ const PASS_THROUGH = new Set<string>(['close', 'health', 'tryLead'])
  * it starts and when the store answers again, not once per request, and while the connection is
  * lost lets one call at a time try it and fails the rest at once.
  */
+/** A constraint the store enforced: an answer, not an outage. */
+function isConstraintError(err: Error): boolean {
+  const code = (err as { code?: unknown }).code
+  return uniqueViolation(err) !== undefined || (typeof code === 'string' && (code.startsWith('23') || code.startsWith('SQLITE_CONSTRAINT'))) || (err as { statusCode?: unknown }).statusCode !== undefined
+}
+
 export function guardStore(inner: Store, opts: { log: Logger; now?: () => number }): Store {
   const now = opts.now ?? Date.now
   let lastWriteError: StoreHealth['lastWriteError']
@@ -32,7 +38,9 @@ export function guardStore(inner: Store, opts: { log: Logger; now?: () => number
   let probing = false
 
   const failed = (method: string, err: unknown): never => {
-    const reason = unavailableReason(err)
+    // During an outage (the last call failed as unavailable, none succeeded since), an error the
+    // driver words differently (a pooled client dying half-way, a wrapped timeout) is the same outage.
+    const reason = unavailableReason(err) ?? (down && err instanceof Error && !isConstraintError(err) ? `store unavailable (${err.message.slice(0, 80)})` : undefined)
     if (reason === undefined) {
       // A constraint, a conflict, a bug: the store answered, so its connection is not lost.
       cutOff = undefined

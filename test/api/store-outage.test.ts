@@ -111,8 +111,8 @@ templates:
       assert.equal(call.value.body.error.code, 'STORE_UNAVAILABLE')
       assert.ok(call.ms < 8000, `the API call took ${call.ms} ms`)
       const withHeader = await request(`${s.url}/api/v1/templates`, { headers: { authorization: `Bearer ${ARENA}` } })
-      await withHeader.body.dump()
-      assert.equal(withHeader.statusCode, 503)
+      const withHeaderText = await withHeader.body.text()
+      assert.equal(withHeader.statusCode, 503, withHeaderText)
       assert.match(String(withHeader.headers['retry-after']), /^\d+$/)
     } finally {
       pgc.signalAll('SIGCONT')
