@@ -967,9 +967,12 @@ export class PoolService {
     this.#pending.add(tracked)
   }
 
-  /** No background task runs and no retry waits out a backoff: what tests wait for before checking the pool's invariants. */
+  /** No background task runs, no retry is scheduled and no template is within a backoff: what tests wait for before checking the pool's invariants. */
   get quiet(): boolean {
-    return this.#pending.size === 0 && this.#backoffTimers.size === 0
+    if (this.#pending.size > 0 || this.#backoffTimers.size > 0) return false
+    const now = this.#now()
+    for (const name of this.#templates.keys()) if ((this.#breaker.state(name)?.nextAttemptAt ?? 0) > now) return false
+    return true
   }
 
   /** Waits until no background task is left (bounded by rounds, since tasks spawn tasks). */

@@ -63,7 +63,8 @@ async function settle(h: Harness): Promise<void> {
     async () => {
       await h.pool.drain()
       const moving = await h.store.listInstances({ states: ['provisioning', 'starting', 'stopping'] })
-      if (moving.length) await h.worker.runOnce()
+      // A worker cycle also tops up what a backoff held back, once the backoff is over.
+      if (moving.length || !h.pool.quiet) await h.worker.runOnce()
       // A failed create schedules its retry after the (test-short) backoff: settled is after it ran
       // and nothing it started is still running.
       return moving.length === 0 && h.pool.quiet
