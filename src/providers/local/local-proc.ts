@@ -116,10 +116,25 @@ function readEnviron(pid: number): Map<string, string> | null {
   return out
 }
 
-/** The process carries the marker the local provider puts in every session's environment. */
-export function carriesMarker(pid: number, scope: string, instanceId: string): boolean {
-  const env = readEnviron(pid)
-  return env !== null && env.get('STUDIOPOOL_SCOPE') === scope && env.get('STUDIOPOOL_INSTANCE_ID') === instanceId
+/**
+ * Whether the process carries the marker the local provider puts in every session's environment:
+ * 'unknown' when its environment cannot be read or is empty (a process in the middle of an exec,
+ * as our wrappers are for a moment right after spawn, or a kernel thread), 'no' when it is another's.
+ */
+export function markerOf(pid: number, scope: string, instanceId: string): 'yes' | 'no' | 'unknown' {
+  let text: string
+  try {
+    text = readFileSync(`/proc/${pid}/environ`, 'latin1')
+  } catch {
+    return 'unknown'
+  }
+  if (text === '') return 'unknown'
+  const env = new Map<string, string>()
+  for (const kv of text.split('\0')) {
+    const eq = kv.indexOf('=')
+    if (eq > 0 && kv.startsWith('STUDIOPOOL_')) env.set(kv.slice(0, eq), kv.slice(eq + 1))
+  }
+  return env.get('STUDIOPOOL_SCOPE') === scope && env.get('STUDIOPOOL_INSTANCE_ID') === instanceId ? 'yes' : 'no'
 }
 
 export interface MarkedProcess {

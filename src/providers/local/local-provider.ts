@@ -37,7 +37,7 @@ import {
   type SessionSlot,
 } from './local-isolation.js'
 import { parseLocalProviderSettings, parseLocalTemplateSettings, type LocalProviderSettings, type LocalTemplateSettings } from './local-provider-config.js'
-import { HAS_PROC, carriesMarker, findExecutable, findMarked, groupMembers, isRunningState, killGroup, readProcStat } from './local-proc.js'
+import { HAS_PROC, findExecutable, markerOf, findMarked, groupMembers, isRunningState, killGroup, readProcStat } from './local-proc.js'
 
 const NAME = 'local'
 const HOST = '127.0.0.1'
@@ -489,13 +489,22 @@ export class LocalProvider implements Provider {
     // only does once our group is gone entirely (the pgid holds the pid number): nothing to signal.
     const ours = !(leader && HAS_PROC && leader.startTime !== rec.startTime)
     if (ours && groupMembers(rec.pgid).length > 0) {
-      if (leader && HAS_PROC && !carriesMarker(rec.pid, this.scope, rec.instanceId)) {
+      if (leader && HAS_PROC && (await this.#settledMarker(rec)) !== 'yes') {
         log.warn({ instanceId: rec.instanceId, pid: rec.pid }, 'local: the record names a process that is not this instance\'s; not signalling it')
       } else {
         await this.#terminateGroup(rec.instanceId, rec.pgid, graceMs, log)
       }
     }
     await this.#releaseIsolation(rec.instanceId, this.#slotOfRecord(rec), rec.home)
+  }
+
+  /** The marker once the leader's environment can be read (an exec in progress takes a moment); 'unknown' after half a second. */
+  async #settledMarker(rec: LocalInstanceRecord): Promise<'yes' | 'no' | 'unknown'> {
+    for (let i = 0; ; i++) {
+      const m = markerOf(rec.pid, this.scope, rec.instanceId)
+      if (m !== 'unknown' || i >= 20) return m
+      await sleep(POLL_MS)
+    }
   }
 
   /** SIGTERM to the group, up to `graceMs` for it to go, then SIGKILL. Resolves when the group is gone. */
@@ -522,7 +531,8 @@ export class LocalProvider implements Provider {
   /** Running, with the start time recorded and this instance's marker: a forged record is never adopted. */
   #isAlive(rec: LocalInstanceRecord): boolean {
     const stat = readProcStat(rec.pid)
-    return isRunningState(stat) && stat.startTime === rec.startTime && (!HAS_PROC || carriesMarker(rec.pid, this.scope, rec.instanceId))
+    // 'unknown' (an exec under way) counts as ours: pid and start time already match.
+    return isRunningState(stat) && stat.startTime === rec.startTime && (!HAS_PROC || markerOf(rec.pid, this.scope, rec.instanceId) !== 'no')
   }
 
   #toInstance(rec: LocalInstanceRecord): ProviderInstance {
