@@ -12,7 +12,7 @@ export function registerStrictJson(app: FastifyInstance): void {
   const parse = app.getDefaultJsonParser('error', 'error')
   app.removeContentTypeParser('application/json')
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
-    parse(req, body as string, (err: Error | null, value?: unknown) => {
+    void parse(req, body as string, (err: Error | null, value?: unknown) => {
       if (err) return done(err, undefined)
       const problem = findJsonProblem(body as string)
       if (problem) return done(new ValidationError(problem, [{ path: '/body', message: problem }]), undefined)

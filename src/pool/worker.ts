@@ -164,6 +164,10 @@ export class Worker {
             await pool.finishStop(inst, found?.ref ?? null)
             break
           }
+          case 'queued':
+          case 'failed':
+          case 'terminated':
+            break // not listed by listActive / nothing a provider holds
         }
       }
       // Orphans: tagged with our pool, running, and not an active instance in the store.

@@ -204,7 +204,10 @@ templates:
       const refs: string[] = []
       const walk = (v: unknown) => {
         if (Array.isArray(v)) v.forEach(walk)
-        else if (v && typeof v === 'object') for (const [k, x] of Object.entries(v)) k === '$ref' ? refs.push(String(x)) : walk(x)
+        else if (v && typeof v === 'object') for (const [k, x] of Object.entries(v)) {
+          if (k === '$ref') refs.push(String(x))
+          else walk(x)
+        }
       }
       walk(doc)
       for (const ref of refs) {

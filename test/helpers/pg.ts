@@ -24,7 +24,7 @@ async function client(): Promise<pg.Client> {
     await c.connect()
   } catch (err) {
     await c.end().catch(() => {})
-    throw new Error(`Postgres is not reachable at ${redact(PG_BASE_URL)}: ${(err as Error).message}. Start Postgres, point STUDIOPOOL_TEST_PG at one, or set STUDIOPOOL_SKIP_PG=1.`)
+    throw new Error(`Postgres is not reachable at ${redact(PG_BASE_URL)}: ${(err as Error).message}. Start Postgres, point STUDIOPOOL_TEST_PG at one, or set STUDIOPOOL_SKIP_PG=1.`, { cause: err })
   }
   admin = c
   return c

@@ -40,7 +40,7 @@ async function pgAdmin(): Promise<pg.Client> {
   try {
     await c.connect()
   } catch (err) {
-    throw new Error(`Postgres is not reachable at ${PG_URL}: ${(err as Error).message}. Start it, set STUDIOPOOL_TEST_PG, or STUDIOPOOL_SKIP_PG=1 to skip.`)
+    throw new Error(`Postgres is not reachable at ${PG_URL}: ${(err as Error).message}. Start it, set STUDIOPOOL_TEST_PG, or STUDIOPOOL_SKIP_PG=1 to skip.`, { cause: err })
   }
   admin = c
   cleanups.unshift(async () => {

@@ -143,7 +143,7 @@ async function attackFromAlice(runAs: number | undefined): Promise<{ report: Rep
     const bobAddr = new URL(bobRec.address)
     const carolAddr = new URL(carolRec.address)
     const aliceHost = new URL(aliceRec.address).hostname
-    // The host's end of alice's veth (…​.1 of her /30), when she has one.
+    // The host's end of alice's veth (….1 of her /30), when she has one.
     const hostAddrs = aliceHost.startsWith('127.') ? [] : [aliceHost.replace(/\.(\d+)$/, (_m, n: string) => `.${Number(n) - 1}`)]
     const params = {
       serverPid: srv.pid,

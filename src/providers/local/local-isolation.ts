@@ -267,7 +267,7 @@ export async function setupSessionNetwork(plan: IsolationPlan, slot: SessionSlot
     await sh(plan.bin.ip, ['-n', slot.netns, '-batch', '-'], inside.join('\n') + '\n')
   } catch (err) {
     await teardownSessionNetwork(plan, slot)
-    throw new Error(`ip: ${errLine(err)}`)
+    throw new Error(`ip: ${errLine(err)}`, { cause: err })
   }
 }
 

@@ -641,8 +641,8 @@ async function fileLock(path: string, signal: AbortSignal | undefined): Promise<
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
     }
-    let owner = 0
-    let ownerStart = ''
+    let owner: number
+    let ownerStart: string
     try {
       const text = readFileSync(path, 'utf8')
       if (text === '' && Date.now() - statSync(path).mtimeMs < 2000) {

@@ -1,0 +1,80 @@
+// Lint rules that hold the house style (see docs/architecture.md "Dependency rules").
+// Type-aware: promises must be awaited or voided on purpose, switches over unions exhaustive.
+import js from '@eslint/js'
+import tseslint from 'typescript-eslint'
+
+/** `no-restricted-imports` patterns for one layer. */
+const forbid = (...groups) => ({
+  'no-restricted-imports': ['error', { patterns: groups.map(([group, message]) => ({ group, message })) }],
+})
+
+export default tseslint.config(
+  { ignores: ['node_modules/**', 'dist/**', 'examples/**', '**/fixtures/**', 'src/demo-app/server.mjs', '.dbg/**'] },
+  js.configs.recommended,
+  ...tseslint.configs.recommended,
+  {
+    languageOptions: {
+      parserOptions: {
+        projectService: { allowDefaultProject: ['*.js', 'bin/*.js', 'scripts/*.mjs', 'bench/*.mjs'] },
+        tsconfigRootDir: import.meta.dirname,
+      },
+    },
+    rules: {
+      '@typescript-eslint/no-floating-promises': 'error',
+      '@typescript-eslint/no-misused-promises': ['error', { checksVoidReturn: { arguments: false, properties: false } }],
+      '@typescript-eslint/switch-exhaustiveness-check': ['error', { considerDefaultExhaustiveForUnions: true }],
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrors: 'none' }],
+      '@typescript-eslint/no-explicit-any': 'off',
+      '@typescript-eslint/no-non-null-assertion': 'off',
+      'no-empty': ['error', { allowEmptyCatch: true }],
+      'no-control-regex': 'off',
+    },
+  },
+  // Dependency directions. domain/ imports nothing of ours; providers import neither the store nor
+  // each other; the gateway never imports pool, store or providers.
+  {
+    files: ['src/domain/**/*.ts'],
+    rules: forbid([['../*', '!../domain/*'], 'domain/ imports nothing outside domain/']),
+  },
+  {
+    files: ['src/providers/**/*.ts'],
+    rules: forbid(
+      [['**/store/*', '**/store/**'], 'providers never import the store'],
+      [['**/pool/*', '**/pool/**'], 'providers never import the pool'],
+    ),
+  },
+  ...['local', 'ec2', 'docker', 'fake', 'slurm', 'kubernetes'].map((p) => ({
+    files: [`src/providers/${p}/**/*.ts`],
+    rules: forbid(
+      [['**/store/*', '**/store/**'], 'providers never import the store'],
+      [['**/pool/*', '**/pool/**'], 'providers never import the pool'],
+      [
+        ['local', 'ec2', 'docker', 'fake', 'slurm', 'kubernetes']
+          .filter((o) => o !== p)
+          .flatMap((o) => [`../${o}/*`, `../${o}`, `**/providers/${o}/**`]),
+        'a provider never imports another provider',
+      ],
+    ),
+  })),
+  {
+    files: ['src/gateway/**/*.ts'],
+    rules: forbid([
+      ['**/pool/*', '**/pool/**', '**/store/*', '**/store/**', '**/providers/*', '**/providers/**'],
+      'the gateway never imports the pool, the store or a provider',
+    ]),
+  },
+  {
+    files: ['test/**/*.ts', 'bench/**/*.ts', 'src/**/*.test.ts'],
+    rules: {
+      '@typescript-eslint/no-floating-promises': 'off',
+      '@typescript-eslint/no-misused-promises': 'off',
+      '@typescript-eslint/no-unused-vars': 'off',
+      'no-restricted-imports': 'off',
+    },
+  },
+  {
+    files: ['**/*.js', '**/*.mjs'],
+    ...tseslint.configs.disableTypeChecked,
+    languageOptions: { globals: { process: 'readonly', console: 'readonly', URL: 'readonly' } },
+  },
+)
