@@ -12,14 +12,22 @@ async function run({ kind, key, count, ms, sampleEvery, userPrefix, expectIds })
   let next = 0
   const deadline = ms ? performance.now() + ms : Infinity
   const t0 = performance.now()
-  const body = kind === 'warm' ? (i) => JSON.stringify({ command: 'REQUEST_RSTUDIO', payload: { userId: `${userPrefix}${i}` } }) : () => '{"command":"GET_STATUS","payload":{}}'
+  const body =
+    kind === 'warm'
+      ? (i) => JSON.stringify({ command: 'REQUEST_RSTUDIO', payload: { userId: `${userPrefix}${i}` } })
+      : () => '{"command":"GET_STATUS","payload":{}}'
   await Promise.all(
     Array.from({ length: concurrency }, async () => {
       for (;;) {
         const i = next++
         if ((count !== undefined && i >= count) || performance.now() > deadline) return
         const s = performance.now()
-        const r = await pool.request({ path: '/api/commands', method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: body(i) })
+        const r = await pool.request({
+          path: '/api/commands',
+          method: 'POST',
+          headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+          body: body(i),
+        })
         const sample = !sampleEvery || i % sampleEvery === 0
         let json
         if (sample) json = await r.body.json()
@@ -28,7 +36,8 @@ async function run({ kind, key, count, ms, sampleEvery, userPrefix, expectIds })
         let bad
         if (r.statusCode !== 200) bad = `HTTP ${r.statusCode} ${json?.error?.code ?? ''}`.trim()
         else if (sample && kind === 'warm' && json.outcome !== 'warm') bad = `outcome ${json.outcome}`
-        else if (sample && kind === 'status' && expectIds !== undefined && json.instances?.length !== expectIds) bad = `${json.instances?.length} ids, want ${expectIds}`
+        else if (sample && kind === 'status' && expectIds !== undefined && json.instances?.length !== expectIds)
+          bad = `${json.instances?.length} ids, want ${expectIds}`
         if (bad) errors[bad] = (errors[bad] ?? 0) + 1
       }
     }),

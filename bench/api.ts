@@ -25,7 +25,9 @@ import { pgClientConfig } from '../src/store/dialects.js'
 import type { Store } from '../src/store/store.js'
 import pg from 'pg'
 
-const STORES = (process.env.BENCH_STORES ?? 'sqlite,postgres').split(',').map((s) => s.trim()) as ('sqlite' | 'postgres')[]
+const STORES = (process.env.BENCH_STORES ?? 'sqlite,postgres').split(',').map((s) => s.trim()) as (
+  'sqlite' | 'postgres'
+)[]
 const SIZES = (process.env.BENCH_SIZES ?? '1000,10000').split(',').map(Number)
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 50)
 const WARM = Number(process.env.BENCH_WARM ?? 5000)
@@ -56,28 +58,43 @@ interface Result {
   readonly target?: number
 }
 
-
 /** The load client: a worker thread with its own event loop (and core), so latency is the server's. */
 class LoadClient {
   readonly #w: Worker
   #seq = 0
   constructor(url: string) {
-    this.#w = new Worker(new URL('./api-load-worker.mjs', import.meta.url), { workerData: { url, concurrency: CONCURRENCY } })
+    this.#w = new Worker(new URL('./api-load-worker.mjs', import.meta.url), {
+      workerData: { url, concurrency: CONCURRENCY },
+    })
   }
   /** Closed loop: `CONCURRENCY` clients, each sending its next request as soon as the last answered. */
-  run(job: { kind: 'warm' | 'status'; key: string; count?: number; ms?: number; sampleEvery?: number; userPrefix?: string; expectIds?: number }) {
+  run(job: {
+    kind: 'warm' | 'status'
+    key: string
+    count?: number
+    ms?: number
+    sampleEvery?: number
+    userPrefix?: string
+    expectIds?: number
+  }) {
     const id = ++this.#seq
-    return new Promise<{ n: number; rps: number; p50: number; p99: number; max: number; errors: Map<string, number> }>((resolve, reject) => {
-      const onMsg = (m: { type: string; id: number; result: { n: number; rps: number; p50: number; p99: number; max: number; errors: Record<string, number> } }) => {
-        if (m.type !== 'result' || m.id !== id) return
-        this.#w.off('message', onMsg)
-        this.#w.off('error', reject)
-        resolve({ ...m.result, errors: new Map(Object.entries(m.result.errors)) })
-      }
-      this.#w.on('message', onMsg)
-      this.#w.once('error', reject)
-      this.#w.postMessage({ type: 'run', id, job })
-    })
+    return new Promise<{ n: number; rps: number; p50: number; p99: number; max: number; errors: Map<string, number> }>(
+      (resolve, reject) => {
+        const onMsg = (m: {
+          type: string
+          id: number
+          result: { n: number; rps: number; p50: number; p99: number; max: number; errors: Record<string, number> }
+        }) => {
+          if (m.type !== 'result' || m.id !== id) return
+          this.#w.off('message', onMsg)
+          this.#w.off('error', reject)
+          resolve({ ...m.result, errors: new Map(Object.entries(m.result.errors)) })
+        }
+        this.#w.on('message', onMsg)
+        this.#w.once('error', reject)
+        this.#w.postMessage({ type: 'run', id, job })
+      },
+    )
   }
   async close(): Promise<void> {
     await new Promise<void>((resolve) => {
@@ -91,12 +108,37 @@ class LoadClient {
 /** Rows straight into the store (one transaction): `assigned` sessions of distinct users, `free` warm instances. */
 async function seed(store: Store, assigned: number, free: number): Promise<void> {
   const now = Date.now()
-  const base = { template: 'demo', state: 'ready' as const, providerRef: null, address: 'http://127.0.0.1:9', progress: 100, progressMessage: 'ready', createdAt: now - 3_600_000, updatedAt: now, startedAt: now - 3_600_000, readyAt: now - 3_500_000 }
+  const base = {
+    template: 'demo',
+    state: 'ready' as const,
+    providerRef: null,
+    address: 'http://127.0.0.1:9',
+    progress: 100,
+    progressMessage: 'ready',
+    createdAt: now - 3_600_000,
+    updatedAt: now,
+    startedAt: now - 3_600_000,
+    readyAt: now - 3_500_000,
+  }
   await store.transaction(async (tx) => {
     for (let i = 0; i < assigned; i++) {
-      await tx.insertInstance({ ...base, id: newInstanceId(), ownerId: `seeded-user-${i}`, keyName: 'arena', assignedAt: now - 60_000, lastActivityAt: now - 60_000 })
+      await tx.insertInstance({
+        ...base,
+        id: newInstanceId(),
+        ownerId: `seeded-user-${i}`,
+        keyName: 'arena',
+        assignedAt: now - 60_000,
+        lastActivityAt: now - 60_000,
+      })
     }
-    for (let i = 0; i < free; i++) await tx.insertInstance({ ...base, id: newInstanceId(), ownerId: null, keyName: null, createdAt: now - 3_600_000 + i })
+    for (let i = 0; i < free; i++)
+      await tx.insertInstance({
+        ...base,
+        id: newInstanceId(),
+        ownerId: null,
+        keyName: null,
+        createdAt: now - 3_600_000 + i,
+      })
   })
 }
 
@@ -127,7 +169,12 @@ templates:
     minFree: ${MIN_FREE}
     maxInstances: 100000
 `
-    const config = loadConfig({ text, env: { ARENA_POOL_SERVICE_KEY: ARENA, PROXY_KEY: PROXY }, cwd: dir, overrides: { port: 0, dataDir: dir, logLevel: 'silent' } })
+    const config = loadConfig({
+      text,
+      env: { ARENA_POOL_SERVICE_KEY: ARENA, PROXY_KEY: PROXY },
+      cwd: dir,
+      overrides: { port: 0, dataDir: dir, logLevel: 'silent' },
+    })
     // Seed through the Store API before the server starts (the server publishes what it finds).
     const t0 = performance.now()
     const seedStore = await createStore(config.store, { log, poolId: config.pool.id })
@@ -142,16 +189,48 @@ templates:
       // GET_STATUS first, while the store holds exactly `size` assigned instances; 1 s unmeasured first (JIT).
       await client.run({ kind: 'status', key: PROXY, ms: 1000, sampleEvery: 20 })
       const list = await client.run({ kind: 'status', key: PROXY, ms: LIST_MS, sampleEvery: 20, expectIds: size })
-      out.push({ store: kind, size, op: 'GET_STATUS {} (proxy key)', ...list, note: `${size} ids per answer${fmtErrors(list.errors)}`, target: size >= 10_000 ? TARGET_LIST_P99 : undefined })
-      const listReq = await client.run({ kind: 'status', key: ARENA, ms: Math.min(LIST_MS, 2000), sampleEvery: 20, expectIds: size })
-      out.push({ store: kind, size, op: 'GET_STATUS {} (requester key)', ...listReq, note: `${size} ids per answer${fmtErrors(listReq.errors)}` })
+      out.push({
+        store: kind,
+        size,
+        op: 'GET_STATUS {} (proxy key)',
+        ...list,
+        note: `${size} ids per answer${fmtErrors(list.errors)}`,
+        target: size >= 10_000 ? TARGET_LIST_P99 : undefined,
+      })
+      const listReq = await client.run({
+        kind: 'status',
+        key: ARENA,
+        ms: Math.min(LIST_MS, 2000),
+        sampleEvery: 20,
+        expectIds: size,
+      })
+      out.push({
+        store: kind,
+        size,
+        op: 'GET_STATUS {} (requester key)',
+        ...listReq,
+        note: `${size} ids per answer${fmtErrors(listReq.errors)}`,
+      })
 
       // Warm hits: WARMUP unmeasured (JIT, key cache, connections), then WARM measured.
       await client.run({ kind: 'warm', key: ARENA, count: WARMUP, ms: WARM_MAX_MS, userPrefix: 'warmup-' })
       await running.pool!.drain()
-      const warm = await client.run({ kind: 'warm', key: ARENA, count: WARM, ms: WARM_MAX_MS, userPrefix: 'bench-user-' })
+      const warm = await client.run({
+        kind: 'warm',
+        key: ARENA,
+        count: WARM,
+        ms: WARM_MAX_MS,
+        userPrefix: 'bench-user-',
+      })
       await running.pool!.drain()
-      out.unshift({ store: kind, size, op: 'REQUEST_RSTUDIO warm hit', ...warm, note: `seeded in ${(seedMs / 1000).toFixed(1)} s${fmtErrors(warm.errors)}`, target: TARGET_WARM_P99 })
+      out.unshift({
+        store: kind,
+        size,
+        op: 'REQUEST_RSTUDIO warm hit',
+        ...warm,
+        note: `seeded in ${(seedMs / 1000).toFixed(1)} s${fmtErrors(warm.errors)}`,
+        target: TARGET_WARM_P99,
+      })
     } finally {
       await client.close()
     }
@@ -166,7 +245,8 @@ templates:
   }
 }
 
-const fmtErrors = (e: Map<string, number>) => (e.size ? `; ERRORS: ${[...e].map(([k, v]) => `${v}× ${k}`).join(', ')}` : '')
+const fmtErrors = (e: Map<string, number>) =>
+  e.size ? `; ERRORS: ${[...e].map(([k, v]) => `${v}× ${k}`).join(', ')}` : ''
 
 function table(rows: Result[]): string {
   const head = ['store', 'instances', 'operation', 'requests', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'target', 'notes']
@@ -179,23 +259,34 @@ function table(rows: Result[]): string {
     r.p50.toFixed(1),
     r.p99.toFixed(1),
     r.max.toFixed(1),
-    r.target === undefined ? '' : `p99 < ${r.target} ms: ${r.p99 < r.target && !r.note.includes('ERRORS') ? 'PASS' : 'MISS'}`,
+    r.target === undefined
+      ? ''
+      : `p99 < ${r.target} ms: ${r.p99 < r.target && !r.note.includes('ERRORS') ? 'PASS' : 'MISS'}`,
     r.note,
   ])
   const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)))
-  const line = (cells: string[]) => cells.map((c, i) => (i >= 3 && i <= 7 ? c.padStart(w[i]!) : c.padEnd(w[i]!))).join('  ').trimEnd()
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => (i >= 3 && i <= 7 ? c.padStart(w[i]!) : c.padEnd(w[i]!)))
+      .join('  ')
+      .trimEnd()
   return [line(head), w.map((n) => '-'.repeat(n)).join('  '), ...body.map(line)].join('\n')
 }
 
 const started = performance.now()
 const results: Result[] = []
-console.log(`studiopool API benchmark: ${CONCURRENCY} concurrent clients (undici Pool, keep-alive, in a worker thread), ${WARM} measured warm hits per pass after ${WARMUP} unmeasured, GET_STATUS for ${LIST_MS / 1000} s; Node ${process.version}`)
+console.log(
+  `studiopool API benchmark: ${CONCURRENCY} concurrent clients (undici Pool, keep-alive, in a worker thread), ${WARM} measured warm hits per pass after ${WARMUP} unmeasured, GET_STATUS for ${LIST_MS / 1000} s; Node ${process.version}`,
+)
 for (const kind of STORES) {
   for (const size of SIZES) {
     try {
       const r = await pass(kind, size)
       results.push(...r)
-      for (const x of r) console.log(`  ${kind} ${size}: ${x.op}: ${x.rps.toFixed(0)} req/s, p50 ${x.p50.toFixed(1)} ms, p99 ${x.p99.toFixed(1)} ms${x.note.includes('ERRORS') ? ` ${x.note}` : ''}`)
+      for (const x of r)
+        console.log(
+          `  ${kind} ${size}: ${x.op}: ${x.rps.toFixed(0)} req/s, p50 ${x.p50.toFixed(1)} ms, p99 ${x.p99.toFixed(1)} ms${x.note.includes('ERRORS') ? ` ${x.note}` : ''}`,
+        )
     } catch (err) {
       console.log(`  ${kind} ${size}: FAILED: ${(err as Error).message}`)
       process.exitCode = 1
@@ -203,5 +294,7 @@ for (const kind of STORES) {
   }
 }
 console.log(`\n${table(results)}\n`)
-console.log(`Targets: REQUEST_RSTUDIO warm-hit p99 < ${TARGET_WARM_P99} ms; GET_STATUS list p99 < ${TARGET_LIST_P99} ms with 10,000 instances.`)
+console.log(
+  `Targets: REQUEST_RSTUDIO warm-hit p99 < ${TARGET_WARM_P99} ms; GET_STATUS list p99 < ${TARGET_LIST_P99} ms with 10,000 instances.`,
+)
 console.log(`Total ${((performance.now() - started) / 1000).toFixed(1)} s`)

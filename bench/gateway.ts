@@ -49,11 +49,21 @@ async function runGateway(): Promise<void> {
   const { pino } = await import('pino')
   const { Registry } = await import('prom-client')
   // BENCH_GATEWAY_SRC: another checkout's src/ (a git worktree of an earlier commit), for A/B runs with BENCH_AB.
-  const src = process.env.BENCH_GATEWAY_SRC ? new URL(`file://${process.env.BENCH_GATEWAY_SRC.replace(/\/+$/, '')}/`) : new URL('../src/', import.meta.url)
-  const { RouteHub } = (await import(new URL('gateway/route-hub.js', src).href)) as typeof import('../src/gateway/route-hub.js')
-  const { createGateway } = (await import(new URL('gateway/gateway.js', src).href)) as typeof import('../src/gateway/gateway.js')
-  const { createTokenService } = (await import(new URL('gateway/tokens.js', src).href)) as typeof import('../src/gateway/tokens.js')
-  const { createMemoryNonceLedger } = (await import(new URL('gateway/memory-nonce-ledger.js', src).href)) as typeof import('../src/gateway/memory-nonce-ledger.js')
+  const src = process.env.BENCH_GATEWAY_SRC
+    ? new URL(`file://${process.env.BENCH_GATEWAY_SRC.replace(/\/+$/, '')}/`)
+    : new URL('../src/', import.meta.url)
+  const { RouteHub } = (await import(
+    new URL('gateway/route-hub.js', src).href
+  )) as typeof import('../src/gateway/route-hub.js')
+  const { createGateway } = (await import(
+    new URL('gateway/gateway.js', src).href
+  )) as typeof import('../src/gateway/gateway.js')
+  const { createTokenService } = (await import(
+    new URL('gateway/tokens.js', src).href
+  )) as typeof import('../src/gateway/tokens.js')
+  const { createMemoryNonceLedger } = (await import(
+    new URL('gateway/memory-nonce-ledger.js', src).href
+  )) as typeof import('../src/gateway/memory-nonce-ledger.js')
   const { newInstanceId } = (await import(new URL('domain/ids.js', src).href)) as typeof import('../src/domain/ids.js')
   const secret = 'bench-secret-0123456789abcdef'
   const tokens = createTokenService(secret, { launchTtlMs: 60_000, cookieTtlMs: 3_600_000 })
@@ -104,7 +114,11 @@ async function runGateway(): Promise<void> {
       send({ usage: { rss: process.memoryUsage().rss } })
     }
   })
-  send({ port: addr.port, id, cookie: `sp_session=${tokens.issueSession({ userId: 'bench', admin: false, groups: [] })}` })
+  send({
+    port: addr.port,
+    id,
+    cookie: `sp_session=${tokens.issueSession({ userId: 'bench', admin: false, groups: [] })}`,
+  })
 }
 
 // ---------------------------------------------------------------- load client
@@ -209,7 +223,14 @@ async function runLoad(): Promise<void> {
     const secs = (performance.now() - t0) / 1000
     await pool.close()
     const sorted = lat.subarray(0, Math.min(n, lat.length)).sort()
-    return { requests: n, errors, bytes, rps: n / secs, p50: sorted[Math.floor(sorted.length * 0.5)]!, p99: sorted[Math.floor(sorted.length * 0.99)]! }
+    return {
+      requests: n,
+      errors,
+      bytes,
+      rps: n / secs,
+      p50: sorted[Math.floor(sorted.length * 0.5)]!,
+      p99: sorted[Math.floor(sorted.length * 0.99)]!,
+    }
   }
 
   async function wsRtt(job: WsJob) {
@@ -253,7 +274,10 @@ async function runLoad(): Promise<void> {
 
   process.on('message', (job: LoadJob | WsJob | WsIdleJob) => {
     const p = job.op === 'http' ? http1(job) : job.op === 'ws-rtt' ? wsRtt(job) : wsIdle(job)
-    p.then((result) => send({ result }), (err: Error) => send({ error: err.message }))
+    p.then(
+      (result) => send({ result }),
+      (err: Error) => send({ error: err.message }),
+    )
   })
   send({ ready: true })
 }
@@ -261,9 +285,17 @@ async function runLoad(): Promise<void> {
 // ---------------------------------------------------------------- orchestration
 const children: ChildProcess[] = []
 
-function startChild(args: string[], env: Record<string, string> = {}): Promise<{ proc: ChildProcess; first: Record<string, unknown> }> {
-  const prof = process.env.BENCH_PROF && args[0] === 'gateway' ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : []
-  const proc = fork(SELF, args, { execArgv: ['--import', 'tsx', '--expose-gc', ...prof], env: { ...process.env, ...env }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+function startChild(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ proc: ChildProcess; first: Record<string, unknown> }> {
+  const prof =
+    process.env.BENCH_PROF && args[0] === 'gateway' ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : []
+  const proc = fork(SELF, args, {
+    execArgv: ['--import', 'tsx', '--expose-gc', ...prof],
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  })
   children.push(proc)
   return new Promise((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`${args[0]} did not start`)), 30_000)
@@ -342,13 +374,33 @@ async function main(): Promise<void> {
   const chpPort = await freePort()
   const chpApi = await freePort()
   const chpToken = 'bench-chp-token'
-  const chp = spawn(process.execPath, [fileURLToPath(new URL('../node_modules/configurable-http-proxy/bin/configurable-http-proxy', import.meta.url)), '--ip', '127.0.0.1', '--port', String(chpPort), '--api-ip', '127.0.0.1', '--api-port', String(chpApi), '--log-level', 'warn'], {
-    env: { ...process.env, CONFIGPROXY_AUTH_TOKEN: chpToken },
-    stdio: ['ignore', 'ignore', 'inherit'],
-  })
+  const chp = spawn(
+    process.execPath,
+    [
+      fileURLToPath(new URL('../node_modules/configurable-http-proxy/bin/configurable-http-proxy', import.meta.url)),
+      '--ip',
+      '127.0.0.1',
+      '--port',
+      String(chpPort),
+      '--api-ip',
+      '127.0.0.1',
+      '--api-port',
+      String(chpApi),
+      '--log-level',
+      'warn',
+    ],
+    {
+      env: { ...process.env, CONFIGPROXY_AUTH_TOKEN: chpToken },
+      stdio: ['ignore', 'ignore', 'inherit'],
+    },
+  )
   children.push(chp)
   await waitHttp(`http://127.0.0.1:${chpApi}/api/routes`, { authorization: `token ${chpToken}` })
-  const add = await fetch(`http://127.0.0.1:${chpApi}/api/routes/s/${id}`, { method: 'POST', headers: { authorization: `token ${chpToken}`, 'content-type': 'application/json' }, body: JSON.stringify({ target: appUrl }) })
+  const add = await fetch(`http://127.0.0.1:${chpApi}/api/routes/s/${id}`, {
+    method: 'POST',
+    headers: { authorization: `token ${chpToken}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ target: appUrl }),
+  })
   if (add.status !== 201) throw new Error(`CHP route add: ${add.status}`)
 
   const load = await startChild(['load'])
@@ -356,36 +408,98 @@ async function main(): Promise<void> {
   type Target = { name: string; origin: string; prefix: string; headers: Record<string, string>; pid: number | null }
   const targets: Target[] = [
     { name: 'direct', origin: appUrl, prefix: '', headers: {}, pid: null },
-    { name: 'gateway', origin: `http://127.0.0.1:${gwPort}`, prefix: `/s/${id}`, headers: { cookie }, pid: gw.proc.pid! },
+    {
+      name: 'gateway',
+      origin: `http://127.0.0.1:${gwPort}`,
+      prefix: `/s/${id}`,
+      headers: { cookie },
+      pid: gw.proc.pid!,
+    },
     { name: 'chp', origin: `http://127.0.0.1:${chpPort}`, prefix: `/s/${id}`, headers: {}, pid: chp.pid! },
   ]
   // BENCH_AB="name:ENV=value,ENV2=value;name2:…": more gateway processes with other settings, measured in the same rounds.
   for (const spec of (process.env.BENCH_AB ?? '').split(';').filter(Boolean)) {
     const [name, envs] = spec.split(':') as [string, string]
-    const env = Object.fromEntries((envs ?? '').split(',').filter(Boolean).map((kv) => kv.split('=') as [string, string]))
+    const env = Object.fromEntries(
+      (envs ?? '')
+        .split(',')
+        .filter(Boolean)
+        .map((kv) => kv.split('=') as [string, string]),
+    )
     const extra = await startChild(['gateway'], { APP_URL: appUrl, ...env })
     const e = extra.first as { port: number; id: string; cookie: string }
-    targets.push({ name, origin: `http://127.0.0.1:${e.port}`, prefix: `/s/${e.id}`, headers: { cookie: e.cookie }, pid: extra.proc.pid! })
+    targets.push({
+      name,
+      origin: `http://127.0.0.1:${e.port}`,
+      prefix: `/s/${e.id}`,
+      headers: { cookie: e.cookie },
+      pid: extra.proc.pid!,
+    })
   }
   for (const t of targets) await waitHttp(`${t.origin}${t.prefix}/small`, t.headers)
 
   const cores = os.cpus().length
   /** CPU of every process in the run (µs), and of the whole machine, so "who used the cores" is known. */
-  type Agg = { requests: number; errors: number; secs: number; user: number; sys: number; app: number; load: number; busy: number; total: number; p50: number[]; p99: number[] }
+  type Agg = {
+    requests: number
+    errors: number
+    secs: number
+    user: number
+    sys: number
+    app: number
+    load: number
+    busy: number
+    total: number
+    p50: number[]
+    p99: number[]
+  }
   const results = new Map<string, Agg>()
   const sumCpu = (pid: number) => {
     const c = cpuOf(pid)
     return c.user + c.sys
   }
   const run = async (t: Target, size: string, ms: number) => {
-    const b = { t: t.pid ? cpuOf(t.pid) : { user: 0, sys: 0 }, app: sumCpu(app.proc.pid!), load: sumCpu(load.proc.pid!), m: machineCpu() }
-    const r = await ask<{ requests: number; errors: number; rps: number; p50: number; p99: number }>(load.proc, { op: 'http', origin: t.origin, path: `${t.prefix}/${size}`, headers: t.headers, connections, durationMs: ms, bodyBytes: size === '64k' ? BIG.length : SMALL.length }, 'result', ms + 30_000)
-    const a = { t: t.pid ? cpuOf(t.pid) : { user: 0, sys: 0 }, app: sumCpu(app.proc.pid!), load: sumCpu(load.proc.pid!), m: machineCpu() }
-    return { ...r, user: a.t.user - b.t.user, sys: a.t.sys - b.t.sys, app: a.app - b.app, load: a.load - b.load, busy: a.m.busy - b.m.busy, total: a.m.total - b.m.total }
+    const b = {
+      t: t.pid ? cpuOf(t.pid) : { user: 0, sys: 0 },
+      app: sumCpu(app.proc.pid!),
+      load: sumCpu(load.proc.pid!),
+      m: machineCpu(),
+    }
+    const r = await ask<{ requests: number; errors: number; rps: number; p50: number; p99: number }>(
+      load.proc,
+      {
+        op: 'http',
+        origin: t.origin,
+        path: `${t.prefix}/${size}`,
+        headers: t.headers,
+        connections,
+        durationMs: ms,
+        bodyBytes: size === '64k' ? BIG.length : SMALL.length,
+      },
+      'result',
+      ms + 30_000,
+    )
+    const a = {
+      t: t.pid ? cpuOf(t.pid) : { user: 0, sys: 0 },
+      app: sumCpu(app.proc.pid!),
+      load: sumCpu(load.proc.pid!),
+      m: machineCpu(),
+    }
+    return {
+      ...r,
+      user: a.t.user - b.t.user,
+      sys: a.t.sys - b.t.sys,
+      app: a.app - b.app,
+      load: a.load - b.load,
+      busy: a.m.busy - b.m.busy,
+      total: a.m.total - b.m.total,
+    }
   }
 
   const loadavg = os.loadavg()
-  console.log(`gateway benchmark: ${rounds} rounds × ${seconds}s per target and size (after a 1 s warm-up each), ${connections} connections, targets alternating; ${cores} cores shared by the load client, the app, the proxy under test and anything else running (load average before start ${loadavg.map((x) => x.toFixed(1)).join(' ')}). ${process.env.BENCH_NOTE ?? ''}`)
+  console.log(
+    `gateway benchmark: ${rounds} rounds × ${seconds}s per target and size (after a 1 s warm-up each), ${connections} connections, targets alternating; ${cores} cores shared by the load client, the app, the proxy under test and anything else running (load average before start ${loadavg.map((x) => x.toFixed(1)).join(' ')}). ${process.env.BENCH_NOTE ?? ''}`,
+  )
   const sizes = (process.env.BENCH_SIZES ?? 'small,64k').split(',')
   for (const size of sizes) {
     for (const t of targets) await run(t, size, 1000) // warm-up (JIT, keep-alive pools)
@@ -398,7 +512,19 @@ async function main(): Promise<void> {
       for (const t of order) {
         const r = await run(t, size, seconds * 1000)
         const key = `${size}:${t.name}`
-        const a = results.get(key) ?? { requests: 0, errors: 0, secs: 0, user: 0, sys: 0, app: 0, load: 0, busy: 0, total: 0, p50: [], p99: [] }
+        const a = results.get(key) ?? {
+          requests: 0,
+          errors: 0,
+          secs: 0,
+          user: 0,
+          sys: 0,
+          app: 0,
+          load: 0,
+          busy: 0,
+          total: 0,
+          p50: [],
+          p99: [],
+        }
         a.requests += r.requests
         a.errors += r.errors
         a.secs += r.requests / r.rps
@@ -417,8 +543,12 @@ async function main(): Promise<void> {
 
   const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
   const f = (n: number, d = 0, w = 9) => (Number.isNaN(n) ? '-' : n.toFixed(d)).padStart(w)
-  console.log('\nHTTP GET (body: small = 12 B, 64k = 64 KiB). CPU in µs per request from /proc (10 ms ticks); "cores" = share of the machine\'s cores busy during the runs')
-  console.log('size   target      req/s   p50 ms   p99 ms   proxy CPU (user+sys)   app CPU  load CPU   proxy cores  app+load cores  others cores  errors  vs CHP req/s  vs CHP CPU')
+  console.log(
+    '\nHTTP GET (body: small = 12 B, 64k = 64 KiB). CPU in µs per request from /proc (10 ms ticks); "cores" = share of the machine\'s cores busy during the runs',
+  )
+  console.log(
+    'size   target      req/s   p50 ms   p99 ms   proxy CPU (user+sys)   app CPU  load CPU   proxy cores  app+load cores  others cores  errors  vs CHP req/s  vs CHP CPU',
+  )
   const summary: Record<string, number> = {}
   for (const size of sizes) {
     const chpA = results.get(`${size}:chp`)!
@@ -437,20 +567,30 @@ async function main(): Promise<void> {
       summary[`${size}:${name}:app`] = a.app / a.requests
       summary[`${size}:${name}:load`] = a.load / a.requests
       summary[`${size}:${name}:others`] = others
-      const split = name === 'direct' ? '-'.padStart(21) : `${f(proxy, 1, 6)} (${f(a.user / a.requests, 1, 5)}+${f(a.sys / a.requests, 1, 5)})`.padStart(21)
+      const split =
+        name === 'direct'
+          ? '-'.padStart(21)
+          : `${f(proxy, 1, 6)} (${f(a.user / a.requests, 1, 5)}+${f(a.sys / a.requests, 1, 5)})`.padStart(21)
       console.log(
         `${size.padEnd(6)} ${name.padEnd(8)} ${f(rps)} ${f(med(a.p50), 2, 8)} ${f(med(a.p99), 2, 8)} ${split} ${f(a.app / a.requests, 1)} ${f(a.load / a.requests, 1)} ${f((a.user + a.sys) / wall, 2, 13)} ${f((a.app + a.load) / wall, 2, 15)} ${f(others, 2, 13)} ${f(a.errors, 0, 7)}  ${name === 'direct' ? '           -' : (rps / chpRps).toFixed(2).padStart(11) + '×'}  ${name === 'direct' ? '         -' : ((chpCpu / proxy).toFixed(2) + '× less').padStart(10)}`,
       )
     }
   }
   // What the cores allow: every request costs load client + app + proxy CPU, and there are `cores` of them.
-  const small = (n: string) => summary[`small:${n}:app`]! + summary[`small:${n}:load`]! + (n === 'direct' ? 0 : summary[`small:${n}:cpu`]!)
+  const small = (n: string) =>
+    summary[`small:${n}:app`]! + summary[`small:${n}:load`]! + (n === 'direct' ? 0 : summary[`small:${n}:cpu`]!)
   if (sizes.includes('small')) {
     const g = small('gateway')
     const c = small('chp')
-    console.log(`\nCPU per small request, all three processes: gateway path ${g.toFixed(1)} µs, CHP path ${c.toFixed(1)} µs, direct ${small('direct').toFixed(1)} µs.`)
-    console.log(`Ceiling on ${cores} fully free cores: gateway ≤ ${Math.round((cores * 1e6) / g)} req/s (and ≤ ${Math.round(1e6 / summary['small:gateway:cpu']!)} req/s for its one thread); CHP ≤ ${Math.round(Math.min((cores * 1e6) / c, 1e6 / summary['small:chp:cpu']!))} req/s.`)
-    console.log(`3× CHP's measured ${Math.round(summary['small:chp:rps']!)} req/s = ${Math.round(3 * summary['small:chp:rps']!)} req/s would need ≤ ${((cores * 1e6) / (3 * summary['small:chp:rps']!)).toFixed(1)} µs of CPU per request for load client + app + gateway together (they take ${(summary['small:gateway:app']! + summary['small:gateway:load']!).toFixed(1)} µs without the gateway).`)
+    console.log(
+      `\nCPU per small request, all three processes: gateway path ${g.toFixed(1)} µs, CHP path ${c.toFixed(1)} µs, direct ${small('direct').toFixed(1)} µs.`,
+    )
+    console.log(
+      `Ceiling on ${cores} fully free cores: gateway ≤ ${Math.round((cores * 1e6) / g)} req/s (and ≤ ${Math.round(1e6 / summary['small:gateway:cpu']!)} req/s for its one thread); CHP ≤ ${Math.round(Math.min((cores * 1e6) / c, 1e6 / summary['small:chp:cpu']!))} req/s.`,
+    )
+    console.log(
+      `3× CHP's measured ${Math.round(summary['small:chp:rps']!)} req/s = ${Math.round(3 * summary['small:chp:rps']!)} req/s would need ≤ ${((cores * 1e6) / (3 * summary['small:chp:rps']!)).toFixed(1)} µs of CPU per request for load client + app + gateway together (they take ${(summary['small:gateway:app']! + summary['small:gateway:load']!).toFixed(1)} µs without the gateway).`,
+    )
   }
 
   // WebSocket round trips: sequential messages, direct vs gateway, twice each alternating. A sequential
@@ -463,8 +603,22 @@ async function main(): Promise<void> {
     const wsDirect: { p50: number; p99: number }[] = []
     const wsGw: { p50: number; p99: number }[] = []
     for (let i = 0; i < 2; i++) {
-      wsDirect.push(await ask(load.proc, { op: 'ws-rtt', url: `ws://127.0.0.1:${app.first.port as number}/ws`, headers: {}, messages: 2000 }, 'result', 60_000))
-      wsGw.push(await ask(load.proc, { op: 'ws-rtt', url: `ws://127.0.0.1:${gwPort}/s/${id}/ws`, headers: { cookie }, messages: 2000 }, 'result', 60_000))
+      wsDirect.push(
+        await ask(
+          load.proc,
+          { op: 'ws-rtt', url: `ws://127.0.0.1:${app.first.port as number}/ws`, headers: {}, messages: 2000 },
+          'result',
+          60_000,
+        ),
+      )
+      wsGw.push(
+        await ask(
+          load.proc,
+          { op: 'ws-rtt', url: `ws://127.0.0.1:${gwPort}/s/${id}/ws`, headers: { cookie }, messages: 2000 },
+          'result',
+          60_000,
+        ),
+      )
     }
     return {
       d50: Math.min(...wsDirect.map((x) => x.p50)),
@@ -475,7 +629,11 @@ async function main(): Promise<void> {
   }
   const idleRtt = await rttRound()
   // One spinner, bounded in time itself (60 s) should this process die before killing it.
-  const spinners = Array.from({ length: 1 }, () => spawn('nice', ['-n', '19', process.execPath, '-e', 'const end = Date.now() + 60000; while (Date.now() < end) {}'], { stdio: 'ignore' }))
+  const spinners = Array.from({ length: 1 }, () =>
+    spawn('nice', ['-n', '19', process.execPath, '-e', 'const end = Date.now() + 60000; while (Date.now() < end) {}'], {
+      stdio: 'ignore',
+    }),
+  )
   let awakeRtt: Awaited<ReturnType<typeof rttRound>>
   try {
     await new Promise((r) => setTimeout(r, 300))
@@ -484,16 +642,26 @@ async function main(): Promise<void> {
     for (const sp of spinners) sp.kill('SIGKILL')
   }
   console.log('\nWebSocket round trip, 2,000 sequential messages (best of 2 runs)')
-  for (const [label, r] of [['machine as is', idleRtt], ['cores kept awake', awakeRtt]] as const) {
+  for (const [label, r] of [
+    ['machine as is', idleRtt],
+    ['cores kept awake', awakeRtt],
+  ] as const) {
     console.log(`  ${label}:`)
     console.log(`    direct   p50 ${r.d50.toFixed(1)} µs   p99 ${r.d99.toFixed(1)} µs`)
-    console.log(`    gateway  p50 ${r.g50.toFixed(1)} µs   p99 ${r.g99.toFixed(1)} µs   added p50 ${(r.g50 - r.d50).toFixed(1)} µs, p99 ${(r.g99 - r.d99).toFixed(1)} µs`)
+    console.log(
+      `    gateway  p50 ${r.g50.toFixed(1)} µs   p99 ${r.g99.toFixed(1)} µs   added p50 ${(r.g50 - r.d50).toFixed(1)} µs, p99 ${(r.g99 - r.d99).toFixed(1)} µs`,
+    )
   }
 
   // Memory with idle WebSockets: in the benchmarked gateway (after all the load above), and in a fresh one.
   const measureIdle = async (proc: ChildProcess, port: number, gid: string, gcookie: string) => {
     const before = (await ask<{ rss: number }>(proc, { op: 'usage' }, 'usage', 10_000)).rss / 2 ** 20
-    const opened = await ask<{ opened: number }>(load.proc, { op: 'ws-idle', url: `ws://127.0.0.1:${port}/s/${gid}/ws`, headers: { cookie: gcookie }, count: idleCount }, 'result', 120_000)
+    const opened = await ask<{ opened: number }>(
+      load.proc,
+      { op: 'ws-idle', url: `ws://127.0.0.1:${port}/s/${gid}/ws`, headers: { cookie: gcookie }, count: idleCount },
+      'result',
+      120_000,
+    )
     await new Promise((r) => setTimeout(r, 500))
     const after = (await ask<{ rss: number }>(proc, { op: 'usage' }, 'usage', 10_000)).rss / 2 ** 20
     return { before, after, opened: opened.opened }
@@ -502,20 +670,33 @@ async function main(): Promise<void> {
   const f0 = fresh.first as { port: number; id: string; cookie: string }
   const memFresh = await measureIdle(fresh.proc, f0.port, f0.id, f0.cookie)
   const memUsed = await measureIdle(gw.proc, gwPort, id, cookie)
-  console.log(`\nGateway RSS (after gc), fresh process: ${memFresh.before.toFixed(1)} MB idle, ${memFresh.after.toFixed(1)} MB with ${memFresh.opened} open idle WebSockets`)
-  console.log(`Gateway RSS (after gc), after the load above: ${memUsed.before.toFixed(1)} MB, ${memUsed.after.toFixed(1)} MB with ${memUsed.opened} more open idle WebSockets`)
+  console.log(
+    `\nGateway RSS (after gc), fresh process: ${memFresh.before.toFixed(1)} MB idle, ${memFresh.after.toFixed(1)} MB with ${memFresh.opened} open idle WebSockets`,
+  )
+  console.log(
+    `Gateway RSS (after gc), after the load above: ${memUsed.before.toFixed(1)} MB, ${memUsed.after.toFixed(1)} MB with ${memUsed.opened} more open idle WebSockets`,
+  )
   const rssAfter = memFresh.after
 
   const cpuSmall = summary['small:gateway:cpu']!
   const ratio = summary['small:gateway:rps']! / summary['small:chp:rps']!
   console.log('\nTargets')
-  console.log(`  gateway CPU per small request ≤ 70 µs:   ${cpuSmall.toFixed(1)} µs  ${cpuSmall <= 70 ? 'PASS' : 'FAIL'}  (CHP ${summary['small:chp:cpu']!.toFixed(1)} µs, ${(summary['small:chp:cpu']! / cpuSmall).toFixed(2)}× ours)`)
+  console.log(
+    `  gateway CPU per small request ≤ 70 µs:   ${cpuSmall.toFixed(1)} µs  ${cpuSmall <= 70 ? 'PASS' : 'FAIL'}  (CHP ${summary['small:chp:cpu']!.toFixed(1)} µs, ${(summary['small:chp:cpu']! / cpuSmall).toFixed(2)}× ours)`,
+  )
   console.log(`  req/s ≥ 3× CHP (small):                 ${ratio.toFixed(2)}×  ${ratio >= 3 ? 'PASS' : 'FAIL'}`)
-  for (const [label, r] of [['machine as is', idleRtt], ['cores kept awake', awakeRtt]] as const) {
+  for (const [label, r] of [
+    ['machine as is', idleRtt],
+    ['cores kept awake', awakeRtt],
+  ] as const) {
     const added = r.g50 - r.d50
-    console.log(`  added WebSocket RTT p50 ≤ 40 µs (${label}):${' '.repeat(17 - label.length)}${added.toFixed(1)} µs  ${added <= 40 ? 'PASS' : 'FAIL'}`)
+    console.log(
+      `  added WebSocket RTT p50 ≤ 40 µs (${label}):${' '.repeat(17 - label.length)}${added.toFixed(1)} µs  ${added <= 40 ? 'PASS' : 'FAIL'}`,
+    )
   }
-  console.log(`  RSS ≤ 150 MB with ${idleCount} idle WebSockets (fresh gateway): ${rssAfter.toFixed(1)} MB  ${rssAfter <= 150 ? 'PASS' : 'FAIL'}`)
+  console.log(
+    `  RSS ≤ 150 MB with ${idleCount} idle WebSockets (fresh gateway): ${rssAfter.toFixed(1)} MB  ${rssAfter <= 150 ? 'PASS' : 'FAIL'}`,
+  )
 }
 
 async function killAll(): Promise<void> {
@@ -539,10 +720,13 @@ if (role === 'app') void runApp()
 else if (role === 'gateway') void runGateway()
 else if (role === 'load') void runLoad()
 else {
-  const limit = setTimeout(() => {
-    console.error('benchmark timed out')
-    void killAll().then(() => process.exit(2))
-  }, Number(process.env.BENCH_TIMEOUT_MS ?? 600_000))
+  const limit = setTimeout(
+    () => {
+      console.error('benchmark timed out')
+      void killAll().then(() => process.exit(2))
+    },
+    Number(process.env.BENCH_TIMEOUT_MS ?? 600_000),
+  )
   main().then(
     () => {
       clearTimeout(limit)

@@ -64,9 +64,40 @@ async function seed(store: Store, provider: FakeProvider): Promise<void> {
         const owner = j < N - 10 ? `user${j}` : null
         const labels: Record<string, string> = { [LABEL_POOL]: 'bench', [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: 'demo' }
         if (owner) labels[LABEL_OWNER] = owner
-        const res = await provider.create({ id, poolId: 'bench', template: { name: 'demo', settings: {} } as never, basePath: `/s/${id}/`, labels, progressUrl: '', progressToken: '', appToken: '', ownerId: null, sessionUrl: '' }, { log })
-        await tx.insertInstance({ id, template: 'demo', state: 'ready', ownerId: owner, keyName: owner ? 'bench' : null, providerRef: res.ref, address: appUrl, createdAt: now, updatedAt: now, startedAt: now, readyAt: now, assignedAt: owner ? now : null, lastActivityAt: owner ? now : null, progress: 100, progressMessage: 'ready' })
-        if (owner) await tx.openAssignment({ instanceId: id, template: 'demo', userId: owner, keyName: 'bench', startedAt: now })
+        const res = await provider.create(
+          {
+            id,
+            poolId: 'bench',
+            template: { name: 'demo', settings: {} } as never,
+            basePath: `/s/${id}/`,
+            labels,
+            progressUrl: '',
+            progressToken: '',
+            appToken: '',
+            ownerId: null,
+            sessionUrl: '',
+          },
+          { log },
+        )
+        await tx.insertInstance({
+          id,
+          template: 'demo',
+          state: 'ready',
+          ownerId: owner,
+          keyName: owner ? 'bench' : null,
+          providerRef: res.ref,
+          address: appUrl,
+          createdAt: now,
+          updatedAt: now,
+          startedAt: now,
+          readyAt: now,
+          assignedAt: owner ? now : null,
+          lastActivityAt: owner ? now : null,
+          progress: 100,
+          progressMessage: 'ready',
+        })
+        if (owner)
+          await tx.openAssignment({ instanceId: id, template: 'demo', userId: owner, keyName: 'bench', startedAt: now })
       }
     })
   }
@@ -104,7 +135,14 @@ async function run(storeName: string, url: string): Promise<Row[]> {
         calls.destroy = Math.max(calls.destroy, provider.calls.destroy)
       }
       times.sort((a, b) => a - b)
-      rows.push({ store: storeName, phase: name, p50: times[Math.floor(times.length / 2)]!, p90: times[Math.floor(times.length * 0.9)]!, max: times[times.length - 1]!, ...calls })
+      rows.push({
+        store: storeName,
+        phase: name,
+        p50: times[Math.floor(times.length / 2)]!,
+        p90: times[Math.floor(times.length * 0.9)]!,
+        max: times[times.length - 1]!,
+        ...calls,
+      })
     }
 
     await phase('steady', () => {})
@@ -114,7 +152,12 @@ async function run(storeName: string, url: string): Promise<Row[]> {
     })
     await phase('idle 1%/cycle', async () => {
       const ids = (await store.listInstances({ assigned: true, states: ['ready'], limit: N / 100 })).map((i) => i.id)
-      for (const id of ids) await store.updateInstance(id, { lastActivityAt: clock - 2 * 3_600_000, assignedAt: clock - 2 * 3_600_000, readyAt: clock - 2 * 3_600_000 })
+      for (const id of ids)
+        await store.updateInstance(id, {
+          lastActivityAt: clock - 2 * 3_600_000,
+          assignedAt: clock - 2 * 3_600_000,
+          readyAt: clock - 2 * 3_600_000,
+        })
     })
     clock += 1
   } finally {
@@ -145,12 +188,18 @@ try {
   app.close()
 }
 
-console.log(`\nworker cycle with ${N} instances on the fake provider (${CYCLES} cycles per phase; calls are the most in any one cycle)\n`)
+console.log(
+  `\nworker cycle with ${N} instances on the fake provider (${CYCLES} cycles per phase; calls are the most in any one cycle)\n`,
+)
 console.log('store     phase            p50 ms   p90 ms   max ms   list  describe  create  destroy')
 for (const r of rows) {
-  console.log(`${r.store.padEnd(9)} ${r.phase.padEnd(15)} ${r.p50.toFixed(1).padStart(7)} ${r.p90.toFixed(1).padStart(8)} ${r.max.toFixed(1).padStart(8)} ${String(r.list).padStart(6)} ${String(r.describe).padStart(9)} ${String(r.create).padStart(7)} ${String(r.destroy).padStart(8)}`)
+  console.log(
+    `${r.store.padEnd(9)} ${r.phase.padEnd(15)} ${r.p50.toFixed(1).padStart(7)} ${r.p90.toFixed(1).padStart(8)} ${r.max.toFixed(1).padStart(8)} ${String(r.list).padStart(6)} ${String(r.describe).padStart(9)} ${String(r.create).padStart(7)} ${String(r.destroy).padStart(8)}`,
+  )
 }
 const worst = Math.max(...rows.map((r) => r.p90))
 const lists = Math.max(...rows.map((r) => r.list))
-console.log(`\ntarget: cycle < 200 ms → worst p90 ${worst.toFixed(1)} ms (worst single cycle ${Math.max(...rows.map((r) => r.max)).toFixed(1)} ms): ${worst < 200 ? 'PASS' : 'MISS'}`)
+console.log(
+  `\ntarget: cycle < 200 ms → worst p90 ${worst.toFixed(1)} ms (worst single cycle ${Math.max(...rows.map((r) => r.max)).toFixed(1)} ms): ${worst < 200 ? 'PASS' : 'MISS'}`,
+)
 console.log(`target: ≤ 2 list calls per cycle → ${lists}: ${lists <= 2 ? 'PASS' : 'MISS'}`)

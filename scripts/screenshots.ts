@@ -20,9 +20,25 @@ const srv = await startServer(
     '  login: dev',
     '  admins: [ada]',
     'templates:',
-    demoTemplateYaml('demo', { displayName: 'Demo session', description: 'The demo web app shipped with studiopool: a page and a WebSocket echo.', minFree: '1', pricePerHour: '0.05' }),
-    demoTemplateYaml('course', { displayName: 'Course workspace', description: 'The demo app with a slow start (60 s), to show the launch progress.', startupDelayMs: '60000', startTimeout: '120s', pricePerHour: '0.12' }),
-    demoTemplateYaml('lab', { displayName: 'Statistics lab', description: 'One seat only: a second request waits in the queue.', maxInstances: '1', pricePerHour: '0.4' }),
+    demoTemplateYaml('demo', {
+      displayName: 'Demo session',
+      description: 'The demo web app shipped with studiopool: a page and a WebSocket echo.',
+      minFree: '1',
+      pricePerHour: '0.05',
+    }),
+    demoTemplateYaml('course', {
+      displayName: 'Course workspace',
+      description: 'The demo app with a slow start (60 s), to show the launch progress.',
+      startupDelayMs: '60000',
+      startTimeout: '120s',
+      pricePerHour: '0.12',
+    }),
+    demoTemplateYaml('lab', {
+      displayName: 'Statistics lab',
+      description: 'One seat only: a second request waits in the queue.',
+      maxInstances: '1',
+      pricePerHour: '0.4',
+    }),
     '',
   ].join('\n'),
 )
@@ -38,8 +54,19 @@ try {
     const startedAt = now - (30 - k * 3.3) * 3_600_000
     const endedAt = startedAt + (20 + ((k * 37) % 140)) * 60_000
     const instanceId = newInstanceId()
-    await store.openAssignment({ instanceId, template, userId: users[k % users.length]!, keyName: k % 2 ? 'portal' : 'dashboard', startedAt })
-    await store.closeAssignment(instanceId, endedAt, reasons[k % reasons.length]!, Math.round(((endedAt - startedAt) / 3_600_000) * [0.05, 0.12, 0.4][k % 3]! * 100) / 100)
+    await store.openAssignment({
+      instanceId,
+      template,
+      userId: users[k % users.length]!,
+      keyName: k % 2 ? 'portal' : 'dashboard',
+      startedAt,
+    })
+    await store.closeAssignment(
+      instanceId,
+      endedAt,
+      reasons[k % reasons.length]!,
+      Math.round(((endedAt - startedAt) / 3_600_000) * [0.05, 0.12, 0.4][k % 3]! * 100) / 100,
+    )
   }
   // Generated samples: every 10 minutes over 24 h, a working-day curve.
   const samples: StateSample[] = []
@@ -54,34 +81,65 @@ try {
   await store.recordStateSamples(samples)
 
   // A requester key, as a portal would hold.
-  const key = await fetch(`${srv.url}/api/v1/keys`, { method: 'POST', headers: { authorization: `Bearer ${srv.adminKey}`, 'content-type': 'application/json' }, body: JSON.stringify({ name: 'portal', role: 'requester' }) })
+  const key = await fetch(`${srv.url}/api/v1/keys`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${srv.adminKey}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'portal', role: 'requester' }),
+  })
   if (key.status !== 201) throw new Error(`key: ${key.status}`)
 
   // Real sessions: alice has a ready demo and a starting course workspace; others use the pool.
-  for (const [userId, template] of [['bob', 'demo'], ['carol', 'lab'], ['dan', 'lab'], ['alice', 'demo'], ['alice', 'course'], ['erin', 'course']] as const) {
+  for (const [userId, template] of [
+    ['bob', 'demo'],
+    ['carol', 'lab'],
+    ['dan', 'lab'],
+    ['alice', 'demo'],
+    ['alice', 'course'],
+    ['erin', 'course'],
+  ] as const) {
     await pool.request({ userId, template, keyName: userId === 'bob' ? 'portal' : 'dashboard' })
   }
-  await waitFor('ready demo sessions', async () => (await store.listInstances({ template: 'demo', states: ['ready'], assigned: true })).length >= 2, 30_000)
+  await waitFor(
+    'ready demo sessions',
+    async () => (await store.listInstances({ template: 'demo', states: ['ready'], assigned: true })).length >= 2,
+    30_000,
+  )
   const course = (await store.listInstances({ ownerId: 'alice', template: 'course' }))[0]!
-  await waitFor('the course workspace to start', async () => (await store.getInstance(course.id))?.state === 'starting', 30_000)
+  await waitFor(
+    'the course workspace to start',
+    async () => (await store.getInstance(course.id))?.state === 'starting',
+    30_000,
+  )
   // The demo app reports its progress during the startup delay; give it a moment to say something.
   await waitFor('some progress', async () => ((await store.getInstance(course.id))?.progress ?? 0) >= 30, 40_000)
 
   const browser = await launchBrowser()
   try {
-    const user = await browser.newContext({ viewport: { width: 1120, height: 800 }, deviceScaleFactor: 1, colorScheme: 'light' })
+    const user = await browser.newContext({
+      viewport: { width: 1120, height: 800 },
+      deviceScaleFactor: 1,
+      colorScheme: 'light',
+    })
     await devLogin(user, srv.url, 'alice')
     const up = await user.newPage()
     await up.goto(srv.url + '/')
     await up.screenshot({ path: new URL('dashboard-user.png', OUT).pathname, fullPage: true })
 
-    const narrow = await browser.newContext({ viewport: { width: 360, height: 740 }, deviceScaleFactor: 1, colorScheme: 'light' })
+    const narrow = await browser.newContext({
+      viewport: { width: 360, height: 740 },
+      deviceScaleFactor: 1,
+      colorScheme: 'light',
+    })
     await devLogin(narrow, srv.url, 'alice')
     const np = await narrow.newPage()
     await np.goto(srv.url + '/')
     await np.screenshot({ path: new URL('dashboard-user-narrow.png', OUT).pathname, fullPage: false })
 
-    const admin = await browser.newContext({ viewport: { width: 1280, height: 900 }, deviceScaleFactor: 1, colorScheme: 'light' })
+    const admin = await browser.newContext({
+      viewport: { width: 1280, height: 900 },
+      deviceScaleFactor: 1,
+      colorScheme: 'light',
+    })
     await devLogin(admin, srv.url, 'ada')
     const ap = await admin.newPage()
     await ap.goto(srv.url + '/admin')

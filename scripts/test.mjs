@@ -16,13 +16,17 @@ function walk(dir, out) {
 }
 
 const filters = process.argv.slice(2)
-const files = ['src', 'test'].flatMap((d) => walk(d, [])).sort()
+const files = ['src', 'test']
+  .flatMap((d) => walk(d, []))
+  .sort()
   .filter((f) => filters.length === 0 || filters.some((s) => f.includes(s)))
 if (files.length === 0) {
   console.error('no test files match', filters)
   process.exit(1)
 }
-const child = spawn(process.execPath, [
-  '--import', 'tsx', '--test', '--test-concurrency=1', '--test-timeout=600000', ...files,
-], { stdio: 'inherit' })
+const child = spawn(
+  process.execPath,
+  ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-timeout=600000', ...files],
+  { stdio: 'inherit' },
+)
 child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)))

@@ -65,7 +65,20 @@ export interface Running {
 export function createLogger(level: string): Logger {
   return pino({
     level,
-    redact: { paths: ['req.headers.authorization', 'req.headers.cookie', 'req.headers["x-api-key"]', 'key', 'secret', 'token', '*.key', '*.secret', '*.token'], censor: '[redacted]' },
+    redact: {
+      paths: [
+        'req.headers.authorization',
+        'req.headers.cookie',
+        'req.headers["x-api-key"]',
+        'key',
+        'secret',
+        'token',
+        '*.key',
+        '*.secret',
+        '*.token',
+      ],
+      censor: '[redacted]',
+    },
   })
 }
 
@@ -102,11 +115,26 @@ export async function start(opts: StartOptions): Promise<Running> {
     const { runGatewayRole } = await import('./gateway/standalone.js')
     const g = await runGatewayRole({ config, log, metrics: metrics.registry })
     const url = `http://${g.address.address.includes(':') ? `[${g.address.address}]` : g.address.address}:${g.address.port}`
-    return { config, url, address: g.address, store: null, pool: null, worker: null, app: null, gateway: null, tokens: null, metrics, close: g.close, shutdown: g.shutdown }
+    return {
+      config,
+      url,
+      address: g.address,
+      store: null,
+      pool: null,
+      worker: null,
+      app: null,
+      gateway: null,
+      tokens: null,
+      metrics,
+      close: g.close,
+      shutdown: g.shutdown,
+    }
   }
 
   if (config.auth.mode === 'none') {
-    log.warn('AUTHENTICATION IS OFF (auth.mode: none): anyone who reaches this port can request, read and delete sessions')
+    log.warn(
+      'AUTHENTICATION IS OFF (auth.mode: none): anyone who reaches this port can request, read and delete sessions',
+    )
   }
 
   secureDataDir(config)
@@ -114,7 +142,8 @@ export async function start(opts: StartOptions): Promise<Running> {
   secureStoreFile(config)
   const cleanups: (() => Promise<void>)[] = [() => store.close()]
   const closeAll = async () => {
-    for (const c of cleanups.reverse()) await c().catch((err) => log.warn({ err: (err as Error).message }, 'close step failed'))
+    for (const c of cleanups.reverse())
+      await c().catch((err) => log.warn({ err: (err as Error).message }, 'close step failed'))
     cleanups.length = 0
   }
   try {
@@ -125,7 +154,12 @@ export async function start(opts: StartOptions): Promise<Running> {
       let p = providers.get(t.provider)
       if (!p) {
         try {
-          p = await loadProvider(t.provider, { poolId: config.pool.id, dataDir: config.server.dataDir, settings: config.providers[t.provider] ?? {}, log: log.child({ provider: t.provider }) })
+          p = await loadProvider(t.provider, {
+            poolId: config.pool.id,
+            dataDir: config.server.dataDir,
+            settings: config.providers[t.provider] ?? {},
+            log: log.child({ provider: t.provider }),
+          })
           // Checked before init (which may talk to the cloud): a configuration error, not an outage.
           if (p.capabilities.remoteInstances) refuseLoopbackCallback(config, t.provider)
           await p.init({ log })
@@ -146,19 +180,33 @@ export async function start(opts: StartOptions): Promise<Running> {
     const reach: SessionReach[] = []
     for (const [name, p] of providers) {
       const r = p.isolation?.()
-      if (r) reach.push({ provider: name, sessionsReachLoopback: r.sessionsReachLoopback, sessionNetworks: r.sessionNetworks })
+      if (r)
+        reach.push({
+          provider: name,
+          sessionsReachLoopback: r.sessionsReachLoopback,
+          sessionNetworks: r.sessionNetworks,
+        })
     }
     const login = decideLogin(config, reach)
     if (login.refused) {
       const detail = login.refused.detail ? ` (${login.refused.detail})` : ''
-      log.warn({ configured: login.configured }, `DASHBOARD LOGIN IS OFF: dashboard.login is "${login.configured}", but ${login.refused.reason}${detail}. To sign users in: ${login.refused.fix}.`)
+      log.warn(
+        { configured: login.configured },
+        `DASHBOARD LOGIN IS OFF: dashboard.login is "${login.configured}", but ${login.refused.reason}${detail}. To sign users in: ${login.refused.fix}.`,
+      )
     } else if (login.effective === 'dev' && reach.some((r) => r.sessionsReachLoopback)) {
-      log.warn('dev login is on although sessions can reach this server from loopback (dashboard.allowDevLoginFromSessions): code in any session can sign in as any user')
+      log.warn(
+        'dev login is on although sessions can reach this server from loopback (dashboard.allowDevLoginFromSessions): code in any session can sign in as any user',
+      )
     }
     for (const w of proxyTrustWarnings(config, reach)) log.warn(w)
 
-    const secret = config.gateway.secret ?? (await store.setMetaIfAbsent('gateway.secret', randomBytes(32).toString('base64url')))
-    const tokens = createTokenService(secret, { launchTtlMs: config.gateway.launchTokenTtlMs, cookieTtlMs: config.gateway.cookieTtlMs })
+    const secret =
+      config.gateway.secret ?? (await store.setMetaIfAbsent('gateway.secret', randomBytes(32).toString('base64url')))
+    const tokens = createTokenService(secret, {
+      launchTtlMs: config.gateway.launchTokenTtlMs,
+      cookieTtlMs: config.gateway.cookieTtlMs,
+    })
 
     // One listener: the gateway sees every request first and hands the rest to Fastify.
     let fastifyHandler: ((req: IncomingMessage, res: ServerResponse) => void) | undefined
@@ -174,7 +222,11 @@ export async function start(opts: StartOptions): Promise<Running> {
       if (role === 'worker') {
         if (workerProbes?.(req, res)) return
         res.writeHead(workerProbes ? 404 : 503, { 'content-type': 'application/json' })
-        res.end(workerProbes ? '{"error":{"code":"NOT_FOUND","message":"the worker role serves /healthz, /readyz and /metrics only"}}' : '{"error":{"code":"PROVIDER_UNAVAILABLE","message":"starting up"}}')
+        res.end(
+          workerProbes
+            ? '{"error":{"code":"NOT_FOUND","message":"the worker role serves /healthz, /readyz and /metrics only"}}'
+            : '{"error":{"code":"PROVIDER_UNAVAILABLE","message":"starting up"}}',
+        )
       } else if (gateway) gateway.handleRequest(req, res)
       else if (fastifyHandler && appReady) fastifyHandler(req, res)
       else {
@@ -213,11 +265,28 @@ export async function start(opts: StartOptions): Promise<Running> {
     const hub = new RouteHub()
     const links: Links = {
       sessionUrl: (id) => sessionUrl(config.gateway, config.server.publicUrl, id),
-      launchUrl: (id, userId, requester) => launchUrl(config.gateway, config.server.publicUrl, id, tokens.issueLaunch({ instanceId: id, userId, requester })),
+      launchUrl: (id, userId, requester) =>
+        launchUrl(
+          config.gateway,
+          config.server.publicUrl,
+          id,
+          tokens.issueLaunch({ instanceId: id, userId, requester }),
+        ),
     }
     const progressBase = instanceCallbackBase(config).url.replace(/\/+$/, '')
     const progressUrl = (id: string) => `${progressBase}/api/v1/instances/${id}/progress`
-    const pool = new PoolService({ config, store, providers, routes: hub, log: log.child({ component: 'pool' }), metrics, faults: opts.faults, unavailable, progressUrl, appToken: (id, gen) => deriveAppToken(secret, id, gen) })
+    const pool = new PoolService({
+      config,
+      store,
+      providers,
+      routes: hub,
+      log: log.child({ component: 'pool' }),
+      metrics,
+      faults: opts.faults,
+      unavailable,
+      progressUrl,
+      appToken: (id, gen) => deriveAppToken(secret, id, gen),
+    })
     cleanups.push(() => pool.close())
     await pool.publishAll()
 
@@ -316,18 +385,38 @@ export async function start(opts: StartOptions): Promise<Running> {
         const created = await keyring.create('admin', 'admin')
         opts.onBootstrapKey?.(created.secret, config.server.publicUrl)
         // Shown once on stdout, never through the logger (secrets are never logged).
-        if (!opts.onBootstrapKey) process.stdout.write(`studiopool: created the first admin key (shown once): ${created.secret}\n`)
+        if (!opts.onBootstrapKey)
+          process.stdout.write(`studiopool: created the first admin key (shown once): ${created.secret}\n`)
       }
     }
 
     // The worker role serves only its probes, on its own port: its banner names where it listens, not the public URL.
-    const url = role === 'worker' ? `http://${address.address.includes(':') ? `[${address.address}]` : address.address}:${address.port}` : config.server.publicUrl
-    log.info({ url, role, templates: config.templates.map((t) => t.name), store: config.store.driver }, 'studiopool is running')
+    const url =
+      role === 'worker'
+        ? `http://${address.address.includes(':') ? `[${address.address}]` : address.address}:${address.port}`
+        : config.server.publicUrl
+    log.info(
+      { url, role, templates: config.templates.map((t) => t.name), store: config.store.driver },
+      'studiopool is running',
+    )
     const shutdown = async (graceMs: number) => {
       await lifecycle.drain([server], graceMs, () => gateway?.goAway())
       await closeAll()
     }
-    return { config, url, address, store, pool, worker, app, gateway: gateway ?? null, tokens, metrics, close: closeAll, shutdown }
+    return {
+      config,
+      url,
+      address,
+      store,
+      pool,
+      worker,
+      app,
+      gateway: gateway ?? null,
+      tokens,
+      metrics,
+      close: closeAll,
+      shutdown,
+    }
   } catch (err) {
     await closeAll()
     throw err
@@ -345,7 +434,8 @@ function secureDataDir(config: Config): void {
 
 /** The SQLite file and its WAL and shared-memory files: 0600 (SQLite copies the main file's mode to the others). */
 function secureStoreFile(config: Config): void {
-  if (config.store.driver !== 'sqlite' || config.store.path === ':memory:' || config.store.path.startsWith('file:')) return
+  if (config.store.driver !== 'sqlite' || config.store.path === ':memory:' || config.store.path.startsWith('file:'))
+    return
   for (const f of [config.store.path, `${config.store.path}-wal`, `${config.store.path}-shm`]) {
     try {
       chmodSync(f, 0o600)

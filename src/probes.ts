@@ -37,13 +37,22 @@ export function createProbeHandler(opts: ProbeOptions): (req: IncomingMessage, r
     }
     if (path === '/healthz') json(res, 200, { status: 'ok' })
     else if (path === '/readyz') {
-      opts.readiness().then((r) => json(res, r.ready ? 200 : 503, { status: r.ready ? 'ready' : 'not ready', checks: r.checks }), (err: unknown) => fail(res, err))
+      opts.readiness().then(
+        (r) => json(res, r.ready ? 200 : 503, { status: r.ready ? 'ready' : 'not ready', checks: r.checks }),
+        (err: unknown) => fail(res, err),
+      )
     } else {
       const key = bearer(req)
       Promise.resolve(opts.mayReadMetrics(key))
         .then(async (ok) => {
           if (!ok) {
-            if (key === undefined) json(res, 401, { error: { code: 'UNAUTHORIZED', message: 'missing or invalid API key' } }, { 'www-authenticate': 'Bearer' })
+            if (key === undefined)
+              json(
+                res,
+                401,
+                { error: { code: 'UNAUTHORIZED', message: 'missing or invalid API key' } },
+                { 'www-authenticate': 'Bearer' },
+              )
             else json(res, 403, { error: { code: 'FORBIDDEN', message: 'metrics need an admin or proxy key' } })
             return
           }

@@ -10,7 +10,10 @@ import { createStore } from './store/sql-store.js'
  * the providers the configuration's templates use, nothing else (no listener, no worker). Run it
  * with the server stopped.
  */
-export async function runRecover(config: Config, opts: { force?: boolean; log?: Logger } = {}): Promise<RecoveryReport> {
+export async function runRecover(
+  config: Config,
+  opts: { force?: boolean; log?: Logger } = {},
+): Promise<RecoveryReport> {
   const log = opts.log ?? pino({ level: 'warn' })
   const store = await createStore(config.store, { log, poolId: config.pool.id })
   const providers = new Map<string, Provider>()
@@ -18,7 +21,12 @@ export async function runRecover(config: Config, opts: { force?: boolean; log?: 
     const failed: { provider: string; error: string }[] = []
     for (const name of new Set(config.templates.map((t) => t.provider))) {
       try {
-        const p = await loadProvider(name, { poolId: config.pool.id, dataDir: config.server.dataDir, settings: config.providers[name] ?? {}, log: log.child({ provider: name }) })
+        const p = await loadProvider(name, {
+          poolId: config.pool.id,
+          dataDir: config.server.dataDir,
+          settings: config.providers[name] ?? {},
+          log: log.child({ provider: name }),
+        })
         await p.init({ log })
         providers.set(name, p)
       } catch (err) {

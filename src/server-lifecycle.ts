@@ -79,7 +79,15 @@ export function armBodyTimeout(req: IncomingMessage, res: ServerResponse, ms: nu
     if (req.complete) return
     if (!res.headersSent) {
       res.writeHead(408, { 'content-type': 'application/json; charset=utf-8', connection: 'close' })
-      res.end(JSON.stringify({ error: { code: 'REQUEST_TIMEOUT', message: `the request body did not arrive within ${Math.round(ms / 1000)} s` } }), () => req.socket.destroy())
+      res.end(
+        JSON.stringify({
+          error: {
+            code: 'REQUEST_TIMEOUT',
+            message: `the request body did not arrive within ${Math.round(ms / 1000)} s`,
+          },
+        }),
+        () => req.socket.destroy(),
+      )
     } else req.socket.destroy()
   }, ms)
   timer.unref()

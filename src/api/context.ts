@@ -22,7 +22,12 @@ export interface ApiDeps {
   readonly metrics: Metrics
   readonly providers: ReadonlyMap<string, Provider>
   /** The split-mode gateway feed (route stream, activity, nonces), served to proxy and admin keys. */
-  readonly gatewayFeed?: { readonly routes: RouteSource; readonly activity: ActivitySink; readonly nonces: NonceLedger; readonly shuttingDown?: AbortSignal }
+  readonly gatewayFeed?: {
+    readonly routes: RouteSource
+    readonly activity: ActivitySink
+    readonly nonces: NonceLedger
+    readonly shuttingDown?: AbortSignal
+  }
   /** True once the server is shutting down (SIGTERM): /readyz answers 503. */
   readonly draining?: () => boolean
   /** Aborted on SIGTERM: long-lived responses (SSE) end cleanly. */

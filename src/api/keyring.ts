@@ -64,12 +64,23 @@ export class Keyring {
   }
 
   async create(name: string, role: KeyRole, now = Date.now()): Promise<CreatedKey> {
-    if (this.#static.some((k) => k.name === name) || (await this.#store.listKeys()).some((k) => k.name === name && k.revokedAt === null)) {
+    if (
+      this.#static.some((k) => k.name === name) ||
+      (await this.#store.listKeys()).some((k) => k.name === name && k.revokedAt === null)
+    ) {
       throw new AppError('CONFLICT', `a key named "${name}" exists`)
     }
     const id = randomBase32(12)
     const secret = randomBytes(32).toString('base64url')
-    const key: ApiKey = { id, name, role, hash: sha256(secret).toString('hex'), createdAt: now, revokedAt: null, lastUsedAt: null }
+    const key: ApiKey = {
+      id,
+      name,
+      role,
+      hash: sha256(secret).toString('hex'),
+      createdAt: now,
+      revokedAt: null,
+      lastUsedAt: null,
+    }
     await this.#store.insertKey(key)
     return { key, secret: `sp_${id}_${secret}` }
   }
@@ -83,7 +94,15 @@ export class Keyring {
   async list(): Promise<(Omit<ApiKey, 'hash'> & { source: 'store' | 'config' })[]> {
     const rows = await this.#store.listKeys()
     return [
-      ...this.#static.map((k) => ({ id: `config:${k.name}`, name: k.name, role: k.role, createdAt: 0, revokedAt: null, lastUsedAt: null, source: 'config' as const })),
+      ...this.#static.map((k) => ({
+        id: `config:${k.name}`,
+        name: k.name,
+        role: k.role,
+        createdAt: 0,
+        revokedAt: null,
+        lastUsedAt: null,
+        source: 'config' as const,
+      })),
       ...rows.map(({ hash: _h, ...rest }) => ({ ...rest, source: 'store' as const })),
     ]
   }

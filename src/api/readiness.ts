@@ -62,14 +62,16 @@ export async function checkReadiness(parts: ReadinessParts, now = Date.now()): P
         'the store probe',
       )
       const w = store.health().lastWriteError
-      if (w && now - w.at < RECENT_WRITE_ERROR_MS) fail('store', `failing: a write failed ${Math.round((now - w.at) / 1000)} s ago (${w.reason})`)
+      if (w && now - w.at < RECENT_WRITE_ERROR_MS)
+        fail('store', `failing: a write failed ${Math.round((now - w.at) / 1000)} s ago (${w.reason})`)
       else checks.store = 'ok'
     } catch (err) {
       fail('store', `failing: ${(err as Error).message}`)
     }
   }
   if (parts.templates) {
-    for (const t of parts.templates) checks[`template:${t.name}`] = t.unavailable ? `unavailable: ${t.unavailable}` : 'ok'
+    for (const t of parts.templates)
+      checks[`template:${t.name}`] = t.unavailable ? `unavailable: ${t.unavailable}` : 'ok'
     if (!parts.templates.some((t) => !t.unavailable)) fail('templates', 'no template can serve')
   }
   for (const [name, check] of Object.entries(parts.extra ?? {})) {

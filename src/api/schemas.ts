@@ -12,7 +12,10 @@ export const ErrorEnvelope = Type.Object(
   { $id: 'Error' },
 )
 
-export const InstanceId = Type.String({ pattern: '^[a-z2-7]{20}$', description: 'studiopool instance id (20 base32 characters)' })
+export const InstanceId = Type.String({
+  pattern: '^[a-z2-7]{20}$',
+  description: 'studiopool instance id (20 base32 characters)',
+})
 export const UserId = Type.String({ minLength: 1, maxLength: 200, pattern: '^[^\\u0000-\\u001f\\u007f]+$' })
 export const TemplateName = Type.String({ pattern: '^[a-z][a-z0-9-]{0,62}$' })
 
@@ -27,8 +30,15 @@ export const InstanceSchema = Type.Object(
     progressMessage: Type.String(),
     queuePosition: Type.Union([Type.Integer(), Type.Null()]),
     generation: Type.Integer(),
-    keyName: Type.Optional(Type.String({ description: "the instance's SSH key pair (EC2 KeyName), as the seed's GET_STATUS; absent where the provider has none" })),
-    requesterKey: Type.Union([Type.String(), Type.Null()], { description: 'name of the API key that requested the session' }),
+    keyName: Type.Optional(
+      Type.String({
+        description:
+          "the instance's SSH key pair (EC2 KeyName), as the seed's GET_STATUS; absent where the provider has none",
+      }),
+    ),
+    requesterKey: Type.Union([Type.String(), Type.Null()], {
+      description: 'name of the API key that requested the session',
+    }),
     failureReason: Type.Union([Type.String(), Type.Null()]),
     endReason: Type.Union([Type.String(), Type.Null()]),
     createdAt: Type.Union([Type.String(), Type.Null()]),

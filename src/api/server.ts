@@ -1,4 +1,12 @@
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerFactory } from 'fastify'
+import Fastify, {
+  LogController,
+  type FastifyBaseLogger,
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  type FastifyServerFactory,
+} from 'fastify'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import { Type } from '@sinclair/typebox'
@@ -70,7 +78,14 @@ export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promi
     frameworkErrors: (err, _req, rep) => {
       const reply = rep as unknown as FastifyReply
       const status = err.statusCode && err.statusCode < 500 ? 400 : 503
-      void reply.code(status).send({ error: { code: status === 400 ? 'INVALID_REQUEST' : 'PROVIDER_UNAVAILABLE', message: status === 400 ? 'malformed URL or request' : 'not ready' } })
+      void reply
+        .code(status)
+        .send({
+          error: {
+            code: status === 400 ? 'INVALID_REQUEST' : 'PROVIDER_UNAVAILABLE',
+            message: status === 400 ? 'malformed URL or request' : 'not ready',
+          },
+        })
     },
   })
 
@@ -83,27 +98,46 @@ export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promi
   // came back 500. Every query value and path parameter is refused with 400 when it holds a control
   // character or a lone surrogate, before any schema or handler sees it (issue 9 item 8).
   app.addHook('preValidation', async (req) => {
-    for (const [where, bag] of [['querystring', req.query], ['params', req.params]] as const) {
+    for (const [where, bag] of [
+      ['querystring', req.query],
+      ['params', req.params],
+    ] as const) {
       if (!bag || typeof bag !== 'object') continue
       for (const [k, v] of Object.entries(bag as Record<string, unknown>)) {
         for (const s of Array.isArray(v) ? v : [v]) {
-          if ((typeof s === 'string' && !isSafeText(s)) || !isSafeText(k)) throw new ValidationError(`control character in ${where} parameter`, [{ path: `/${where}/${isSafeText(k) ? k : '?'}`, message: 'control characters and lone surrogates are not allowed' }])
+          if ((typeof s === 'string' && !isSafeText(s)) || !isSafeText(k))
+            throw new ValidationError(`control character in ${where} parameter`, [
+              {
+                path: `/${where}/${isSafeText(k) ? k : '?'}`,
+                message: 'control characters and lone surrogates are not allowed',
+              },
+            ])
         }
       }
     }
   })
   app.setNotFoundHandler((req, reply) => {
-    void reply.code(404).send({ error: { code: 'NOT_FOUND', message: `no route for ${req.method} ${req.url.split('?')[0]}` } })
+    void reply
+      .code(404)
+      .send({ error: { code: 'NOT_FOUND', message: `no route for ${req.method} ${req.url.split('?')[0]}` } })
   })
   app.addHook('onResponse', async (req, reply) => {
     const route = req.routeOptions.url ?? 'unknown'
-    deps.metrics.commands.observe({ route, status: `${Math.floor(reply.statusCode / 100)}xx` }, reply.elapsedTime / 1000)
+    deps.metrics.commands.observe(
+      { route, status: `${Math.floor(reply.statusCode / 100)}xx` },
+      reply.elapsedTime / 1000,
+    )
   })
 
   await app.register(swagger, {
     openapi: {
       openapi: '3.0.3',
-      info: { title: 'studiopool API', version: '1', description: 'Sessions from a warm pool behind an owner-only gateway. Authenticate with `Authorization: Bearer <key>`.' },
+      info: {
+        title: 'studiopool API',
+        version: '1',
+        description:
+          'Sessions from a warm pool behind an owner-only gateway. Authenticate with `Authorization: Bearer <key>`.',
+      },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
     },
@@ -114,7 +148,8 @@ export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promi
   await app.register(swaggerUi, {
     routePrefix: '/api/docs',
     staticCSP: true,
-    transformStaticCSP: () => "default-src 'self'; base-uri 'self'; font-src 'self' data:; frame-ancestors 'self'; img-src 'self' data:; object-src 'none'; script-src 'self'; script-src-attr 'none'; style-src 'self' 'unsafe-inline'",
+    transformStaticCSP: () =>
+      "default-src 'self'; base-uri 'self'; font-src 'self' data:; frame-ancestors 'self'; img-src 'self' data:; object-src 'none'; script-src 'self'; script-src-attr 'none'; style-src 'self' 'unsafe-inline'",
     uiConfig: { validatorUrl: null },
   })
   app.get('/api/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger())
@@ -130,7 +165,10 @@ export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promi
     req.principal = p
     if (limiter && p.kind === 'key' && p.role === 'requester') {
       const wait = limiter.take(p.name)
-      if (wait > 0) throw new AppError('RATE_LIMITED', `too many requests for key "${p.name}"`, { retryAfter: Math.ceil(wait / 1000) })
+      if (wait > 0)
+        throw new AppError('RATE_LIMITED', `too many requests for key "${p.name}"`, {
+          retryAfter: Math.ceil(wait / 1000),
+        })
     }
   }
 
@@ -140,17 +178,31 @@ export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promi
       summary: 'Seed command protocol (REQUEST_RSTUDIO, REQUEST_SESSION, GET_STATUS, DELETE)',
       tags: ['commands'],
       body: CommandBody,
-      response: { 400: { $ref: 'Error#' }, 401: { $ref: 'Error#' }, 403: { $ref: 'Error#' }, 404: { $ref: 'Error#' }, 503: { $ref: 'Error#' } },
+      response: {
+        400: { $ref: 'Error#' },
+        401: { $ref: 'Error#' },
+        403: { $ref: 'Error#' },
+        404: { $ref: 'Error#' },
+        503: { $ref: 'Error#' },
+      },
     },
     onRequest: authenticate,
   }
   const handleCommand = async (request: FastifyRequest, reply: FastifyReply) => {
     const req = request as FastifyRequest<{ Body: { command: string; payload?: Record<string, unknown> } }>
-    const cmd = Object.prototype.hasOwnProperty.call(COMMANDS, req.body.command) ? COMMANDS[req.body.command] : undefined
-    if (!cmd) throw new AppError('UNKNOWN_COMMAND', `unknown command "${String(req.body.command).slice(0, 64)}"; known: ${Object.keys(COMMANDS).join(', ')}`)
+    const cmd = Object.prototype.hasOwnProperty.call(COMMANDS, req.body.command)
+      ? COMMANDS[req.body.command]
+      : undefined
+    if (!cmd)
+      throw new AppError(
+        'UNKNOWN_COMMAND',
+        `unknown command "${String(req.body.command).slice(0, 64)}"; known: ${Object.keys(COMMANDS).join(', ')}`,
+      )
     const payload = req.body.payload ?? {}
     if (!cmd.check.Check(payload)) {
-      const details = [...cmd.check.Errors(payload)].slice(0, 20).map((e) => ({ path: `/payload${e.path}`, message: e.message }))
+      const details = [...cmd.check.Errors(payload)]
+        .slice(0, 20)
+        .map((e) => ({ path: `/payload${e.path}`, message: e.message }))
       throw new ValidationError(`invalid payload for ${req.body.command}`, details)
     }
     const result = await cmd.run(deps, { principal: req.principal! }, payload as never)
@@ -161,22 +213,44 @@ export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promi
   app.post('/api/commands', commandRoute, handleCommand)
 
   app.get('/healthz', { schema: { tags: ['health'], summary: 'alive', security: [] } }, async () => ({ status: 'ok' }))
-  app.get('/readyz', { schema: { tags: ['health'], summary: 'store writable, a template can serve, not shutting down (503 with reasons otherwise)', security: [] } }, async (_req, reply) => {
-    const r = await checkReadiness({
-      store: deps.store,
-      templates: deps.config.templates.map((t) => ({ name: t.name, unavailable: deps.pool.unavailableReason(t.name) })),
-      draining: deps.draining,
-    })
-    // What each provider isolates (DESIGN.md contract 5); the notes only where something is not.
-    const isolation = deps.pool.isolation().map((i) => ({ provider: i.provider, isolated: i.isolated, ...(i.isolated ? {} : { notes: i.notes }) }))
-    return reply.code(r.ready ? 200 : 503).send({ status: r.ready ? 'ready' : 'not ready', checks: r.checks, isolation })
-  })
-  app.get('/metrics', { schema: { tags: ['health'], summary: 'Prometheus metrics (admin or proxy key)' }, onRequest: authenticate }, async (req, reply) => {
-    const p = req.principal!
-    if (p.kind === 'key' && p.role === 'requester') throw new AppError('FORBIDDEN', 'metrics need an admin or proxy key')
-    await refreshGauges(deps)
-    return reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics())
-  })
+  app.get(
+    '/readyz',
+    {
+      schema: {
+        tags: ['health'],
+        summary: 'store writable, a template can serve, not shutting down (503 with reasons otherwise)',
+        security: [],
+      },
+    },
+    async (_req, reply) => {
+      const r = await checkReadiness({
+        store: deps.store,
+        templates: deps.config.templates.map((t) => ({
+          name: t.name,
+          unavailable: deps.pool.unavailableReason(t.name),
+        })),
+        draining: deps.draining,
+      })
+      // What each provider isolates (DESIGN.md contract 5); the notes only where something is not.
+      const isolation = deps.pool
+        .isolation()
+        .map((i) => ({ provider: i.provider, isolated: i.isolated, ...(i.isolated ? {} : { notes: i.notes }) }))
+      return reply
+        .code(r.ready ? 200 : 503)
+        .send({ status: r.ready ? 'ready' : 'not ready', checks: r.checks, isolation })
+    },
+  )
+  app.get(
+    '/metrics',
+    { schema: { tags: ['health'], summary: 'Prometheus metrics (admin or proxy key)' }, onRequest: authenticate },
+    async (req, reply) => {
+      const p = req.principal!
+      if (p.kind === 'key' && p.role === 'requester')
+        throw new AppError('FORBIDDEN', 'metrics need an admin or proxy key')
+      await refreshGauges(deps)
+      return reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics())
+    },
+  )
 
   // The instance's own progress callback (MLiy-style): authenticated by its per-instance token, not a key.
   app.post(
@@ -186,7 +260,13 @@ export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promi
         tags: ['instances'],
         summary: 'Progress report from the instance itself (Bearer <per-instance progress token>)',
         params: Type.Object({ id: InstanceId }),
-        body: Type.Object({ progress: Type.Number({ minimum: 0, maximum: 100 }), message: Type.Optional(Type.String({ maxLength: 200 })) }, { additionalProperties: false }),
+        body: Type.Object(
+          {
+            progress: Type.Number({ minimum: 0, maximum: 100 }),
+            message: Type.Optional(Type.String({ maxLength: 200 })),
+          },
+          { additionalProperties: false },
+        ),
       },
     },
     async (req) => {
@@ -210,7 +290,8 @@ export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promi
       scope.addHook('onRequest', async (req) => {
         await authenticate(req)
         const pr = req.principal!
-        if (pr.kind === 'key' && pr.role === 'requester') throw new AppError('FORBIDDEN', 'the gateway feed needs a proxy or admin key')
+        if (pr.kind === 'key' && pr.role === 'requester')
+          throw new AppError('FORBIDDEN', 'the gateway feed needs a proxy or admin key')
       })
       const { gatewayFeedRoutes } = await import('./routes/gateway-feed.js')
       await scope.register(gatewayFeedRoutes, feed)
@@ -243,7 +324,10 @@ class RateLimiter {
 async function refreshGauges(deps: ApiDeps): Promise<void> {
   const counts = await deps.store.countByState()
   deps.metrics.instances.reset()
-  const assigned = await deps.store.listInstances({ assigned: true, states: ['queued', 'provisioning', 'starting', 'ready', 'suspended'] })
+  const assigned = await deps.store.listInstances({
+    assigned: true,
+    states: ['queued', 'provisioning', 'starting', 'ready', 'suspended'],
+  })
   const a = new Map<string, number>()
   for (const i of assigned) a.set(`${i.template}|${i.state}`, (a.get(`${i.template}|${i.state}`) ?? 0) + 1)
   for (const c of counts) {
@@ -253,7 +337,11 @@ async function refreshGauges(deps: ApiDeps): Promise<void> {
     deps.metrics.instances.set({ template: c.template, state: c.state, assigned: 'false' }, c.count - n)
   }
   deps.metrics.queueLength.reset()
-  for (const t of deps.config.templates) deps.metrics.queueLength.set({ template: t.name }, counts.find((c) => c.template === t.name && c.state === 'queued')?.count ?? 0)
+  for (const t of deps.config.templates)
+    deps.metrics.queueLength.set(
+      { template: t.name },
+      counts.find((c) => c.template === t.name && c.state === 'queued')?.count ?? 0,
+    )
 }
 
 /** One envelope for every error: `{error: {code, message, details?}}`; never a stack trace. */
@@ -262,14 +350,19 @@ export function errorHandler(err: FastifyError | AppError | Error, req: FastifyR
     if (err.retryAfter) void reply.header('retry-after', String(err.retryAfter))
     if (err.statusCode === 401) void reply.header('www-authenticate', 'Bearer')
     // A store outage is logged once by the store guard when it begins, not once per request.
-    if (err.statusCode >= 500 && err.code !== 'STORE_UNAVAILABLE') req.log.warn({ code: err.code, msg: err.message }, 'request failed')
+    if (err.statusCode >= 500 && err.code !== 'STORE_UNAVAILABLE')
+      req.log.warn({ code: err.code, msg: err.message }, 'request failed')
     void reply.code(err.statusCode).send({ error: err.toJSON() })
     return
   }
   const fe = err as FastifyError
   if (fe.validation) {
-    const details = fe.validation.slice(0, 20).map((v) => ({ path: `/${fe.validationContext ?? 'body'}${v.instancePath}`, message: v.message ?? 'invalid' }))
-    void reply.code(400).send({ error: { code: 'INVALID_REQUEST', message: `invalid ${fe.validationContext ?? 'request'}`, details } })
+    const details = fe.validation
+      .slice(0, 20)
+      .map((v) => ({ path: `/${fe.validationContext ?? 'body'}${v.instancePath}`, message: v.message ?? 'invalid' }))
+    void reply
+      .code(400)
+      .send({ error: { code: 'INVALID_REQUEST', message: `invalid ${fe.validationContext ?? 'request'}`, details } })
     return
   }
   const status = fe.statusCode ?? 500
@@ -279,7 +372,12 @@ export function errorHandler(err: FastifyError | AppError | Error, req: FastifyR
   }
   if (status >= 400 && status < 500) {
     // Malformed JSON, wrong content type, bad headers: the client's fault, said plainly.
-    const message = fe.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' ? 'send JSON (content-type: application/json)' : fe.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' ? 'the body is empty' : 'malformed request body (not valid JSON)'
+    const message =
+      fe.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE'
+        ? 'send JSON (content-type: application/json)'
+        : fe.code === 'FST_ERR_CTP_EMPTY_JSON_BODY'
+          ? 'the body is empty'
+          : 'malformed request body (not valid JSON)'
     void reply.code(400).send({ error: { code: 'INVALID_REQUEST', message } })
     return
   }

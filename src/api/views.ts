@@ -19,7 +19,10 @@ const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOStrin
  * The SSH key pair of the template's instances, as the seed's GET_STATUS `keyName` reported it
  * (issue 9); undefined where the provider has none.
  */
-export function keyPairOf(deps: { readonly config: Config; readonly providers: ReadonlyMap<string, Provider> }, template: string): string | undefined {
+export function keyPairOf(
+  deps: { readonly config: Config; readonly providers: ReadonlyMap<string, Provider> },
+  template: string,
+): string | undefined {
   const t = deps.config.templates.find((x) => x.name === template)
   return t ? deps.providers.get(t.provider)?.keyPairName?.(t) : undefined
 }

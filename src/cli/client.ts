@@ -22,7 +22,11 @@ export class ApiClient {
     try {
       res = await request(new URL(path, this.baseUrl), {
         method,
-        headers: { ...(this.key ? { authorization: `Bearer ${this.key}` } : {}), ...(body !== undefined ? { 'content-type': 'application/json' } : {}), accept: 'application/json' },
+        headers: {
+          ...(this.key ? { authorization: `Bearer ${this.key}` } : {}),
+          ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+          accept: 'application/json',
+        },
         body: body === undefined ? undefined : JSON.stringify(body),
         headersTimeout: 30_000,
         bodyTimeout: 30_000,

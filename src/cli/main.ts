@@ -9,72 +9,91 @@ import { renderProgress, formatTable } from './format.js'
  * API (parse → client → print). Human output by default, `--json` for scripts.
  */
 const program = new Command()
-program.name('studiopool').description('Pools of RStudio, Jupyter and Shiny sessions behind an owner-only gateway').showHelpAfterError()
+program
+  .name('studiopool')
+  .description('Pools of RStudio, Jupyter and Shiny sessions behind an owner-only gateway')
+  .showHelpAfterError()
 
 program
   .command('serve')
   .description('run the server (API, gateway, worker and dashboard on one port, or one --role)')
   .option('-c, --config <file>', 'configuration file (default ./studiopool.yaml when present)')
-  .addOption(new Option('--role <role>', 'run one role only').choices(['all', 'api', 'gateway', 'worker']).default('all'))
+  .addOption(
+    new Option('--role <role>', 'run one role only').choices(['all', 'api', 'gateway', 'worker']).default('all'),
+  )
   .option('--host <host>', 'listen address (default 127.0.0.1)')
   .option('--port <port>', 'listen port (default 8080)', (v) => parsePort(v))
   .option('--data-dir <dir>', 'data directory (default ./data)')
   .option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent')
-  .action(async (o: { config?: string; role: 'all' | 'api' | 'gateway' | 'worker'; host?: string; port?: number; dataDir?: string; logLevel?: string }) => {
-    let config
-    try {
-      config = loadConfig({ file: o.config, overrides: { host: o.host, port: o.port, dataDir: o.dataDir, logLevel: o.logLevel } })
-    } catch (err) {
-      if (err instanceof ConfigError) {
-        process.stderr.write(`${err.message}\n`)
-        process.exit(2)
+  .action(
+    async (o: {
+      config?: string
+      role: 'all' | 'api' | 'gateway' | 'worker'
+      host?: string
+      port?: number
+      dataDir?: string
+      logLevel?: string
+    }) => {
+      let config
+      try {
+        config = loadConfig({
+          file: o.config,
+          overrides: { host: o.host, port: o.port, dataDir: o.dataDir, logLevel: o.logLevel },
+        })
+      } catch (err) {
+        if (err instanceof ConfigError) {
+          process.stderr.write(`${err.message}\n`)
+          process.exit(2)
+        }
+        throw err
       }
-      throw err
-    }
-    const { start } = await import('../main.js')
-    const running = await start({
-      config,
-      role: o.role,
-      faults: testFaults(process.env.STUDIOPOOL_TEST_FAULT),
-      onBootstrapKey: (key, url) => {
-        process.stdout.write(
-          [
-            '',
-            '  studiopool created the first admin key. It is shown once; keep it safe:',
-            '',
-            `    ${key}`,
-            '',
-            '  Try it:',
-            `    curl -s -H 'Authorization: Bearer ${key}' -H 'content-type: application/json' \\`,
-            `      -d '{"command":"REQUEST_SESSION","payload":{"userId":"alice"}}' ${url}/api/commands`,
-            '',
-            `  Or: STUDIOPOOL_KEY=${key} npx studiopool request --user alice --wait`,
-            '',
-          ].join('\n') + '\n',
-        )
-      },
-    }).catch(refuseToStart)
-    // Name only what this role serves (issue 9 item 10).
-    const u = running.url
-    const serves =
-      o.role === 'gateway' ? `sessions ${u}/s/…, health ${u}/healthz, ${u}/readyz, ${u}/metrics`
-      : o.role === 'worker' ? `health only: ${u}/healthz, ${u}/readyz, ${u}/metrics`
-      : `dashboard ${u}/, API docs ${u}/api/docs`
-    process.stdout.write(`studiopool ${o.role === 'all' ? '' : `(${o.role}) `}listening on ${u}  (${serves})\n`)
-    let stopping = false
-    const stop = async (signal: string) => {
-      if (stopping) return
-      stopping = true
-      process.stdout.write(`studiopool: ${signal}, shutting down\n`)
-      // Graceful (issue 9 item 9): in-flight requests get server.shutdownGrace, then the rest is closed.
-      const timer = setTimeout(() => process.exit(1), running.config.server.shutdownGraceMs + 15_000)
-      timer.unref()
-      await running.shutdown(running.config.server.shutdownGraceMs)
-      process.exit(0)
-    }
-    process.on('SIGINT', () => void stop('SIGINT'))
-    process.on('SIGTERM', () => void stop('SIGTERM'))
-  })
+      const { start } = await import('../main.js')
+      const running = await start({
+        config,
+        role: o.role,
+        faults: testFaults(process.env.STUDIOPOOL_TEST_FAULT),
+        onBootstrapKey: (key, url) => {
+          process.stdout.write(
+            [
+              '',
+              '  studiopool created the first admin key. It is shown once; keep it safe:',
+              '',
+              `    ${key}`,
+              '',
+              '  Try it:',
+              `    curl -s -H 'Authorization: Bearer ${key}' -H 'content-type: application/json' \\`,
+              `      -d '{"command":"REQUEST_SESSION","payload":{"userId":"alice"}}' ${url}/api/commands`,
+              '',
+              `  Or: STUDIOPOOL_KEY=${key} npx studiopool request --user alice --wait`,
+              '',
+            ].join('\n') + '\n',
+          )
+        },
+      }).catch(refuseToStart)
+      // Name only what this role serves (issue 9 item 10).
+      const u = running.url
+      const serves =
+        o.role === 'gateway'
+          ? `sessions ${u}/s/…, health ${u}/healthz, ${u}/readyz, ${u}/metrics`
+          : o.role === 'worker'
+            ? `health only: ${u}/healthz, ${u}/readyz, ${u}/metrics`
+            : `dashboard ${u}/, API docs ${u}/api/docs`
+      process.stdout.write(`studiopool ${o.role === 'all' ? '' : `(${o.role}) `}listening on ${u}  (${serves})\n`)
+      let stopping = false
+      const stop = async (signal: string) => {
+        if (stopping) return
+        stopping = true
+        process.stdout.write(`studiopool: ${signal}, shutting down\n`)
+        // Graceful (issue 9 item 9): in-flight requests get server.shutdownGrace, then the rest is closed.
+        const timer = setTimeout(() => process.exit(1), running.config.server.shutdownGraceMs + 15_000)
+        timer.unref()
+        await running.shutdown(running.config.server.shutdownGraceMs)
+        process.exit(0)
+      }
+      process.on('SIGINT', () => void stop('SIGINT'))
+      process.on('SIGTERM', () => void stop('SIGTERM'))
+    },
+  )
 
 /** A damaged or emptied store that was in use: say what and what to do, exit 2 (issue 9 item 5). */
 function refuseToStart(err: unknown): never {
@@ -116,7 +135,9 @@ interface InstanceOut {
 
 program
   .command('recover')
-  .description('rebuild instances, owners and open assignments from the providers\' labels into an empty store (server stopped)')
+  .description(
+    "rebuild instances, owners and open assignments from the providers' labels into an empty store (server stopped)",
+  )
   .option('-c, --config <file>', 'configuration file (default ./studiopool.yaml when present)')
   .option('--data-dir <dir>', 'data directory (default ./data)')
   .option('--force', 'also when the store is not empty: add only the instances it does not know')
@@ -141,9 +162,18 @@ program
       process.stdout.write(
         `studiopool recover: ${report.listed} resources listed; ${report.instances.length} instances recovered (${owned} assigned, ${report.instances.length - owned} free), ${report.assignments} open assignments, ${report.skipped.length} skipped\n`,
       )
-      if (report.instances.length) process.stdout.write(`\n${formatTable(report.instances as unknown as Record<string, unknown>[], ['instanceId', 'template', 'provider', 'ref', 'state', 'ownerId'])}\n`)
-      if (report.skipped.length) process.stdout.write(`\nskipped:\n${formatTable(report.skipped as unknown as Record<string, unknown>[], ['ref', 'provider', 'instanceId', 'reason'])}\n`)
-      for (const f of report.failedProviders) process.stdout.write(`\nprovider ${f.provider} could not be listed (its resources were not recovered): ${f.error}\n`)
+      if (report.instances.length)
+        process.stdout.write(
+          `\n${formatTable(report.instances as unknown as Record<string, unknown>[], ['instanceId', 'template', 'provider', 'ref', 'state', 'ownerId'])}\n`,
+        )
+      if (report.skipped.length)
+        process.stdout.write(
+          `\nskipped:\n${formatTable(report.skipped as unknown as Record<string, unknown>[], ['ref', 'provider', 'instanceId', 'reason'])}\n`,
+        )
+      for (const f of report.failedProviders)
+        process.stdout.write(
+          `\nprovider ${f.provider} could not be listed (its resources were not recovered): ${f.error}\n`,
+        )
     }
     if (report.failedProviders.length) process.exitCode = 3
   })
@@ -156,23 +186,43 @@ withClient(program.command('request'))
   .option('--timeout <seconds>', 'give up waiting after this long', (v) => Number(v), 900)
   .action(async (o: ClientOpts & { user: string; template?: string; wait?: boolean; timeout: number }) => {
     const c = client(o)
-    const grant = await c.call<{ instanceId: string; url: string; state: string; queuePosition: number | null; outcome: string }>('POST', '/api/v1/sessions', { userId: o.user, ...(o.template ? { template: o.template } : {}) })
-    if (!o.wait) return out(o, grant, () => `${grant.instanceId}  ${grant.state}${grant.queuePosition ? ` (queue position ${grant.queuePosition})` : ''}  [${grant.outcome}]\n${grant.url}`)
+    const grant = await c.call<{
+      instanceId: string
+      url: string
+      state: string
+      queuePosition: number | null
+      outcome: string
+    }>('POST', '/api/v1/sessions', { userId: o.user, ...(o.template ? { template: o.template } : {}) })
+    if (!o.wait)
+      return out(
+        o,
+        grant,
+        () =>
+          `${grant.instanceId}  ${grant.state}${grant.queuePosition ? ` (queue position ${grant.queuePosition})` : ''}  [${grant.outcome}]\n${grant.url}`,
+      )
     const deadline = Date.now() + o.timeout * 1000
     const tty = process.stderr.isTTY && !o.json
     let last = ''
     for (;;) {
-      const { instance } = await c.call<{ instance: InstanceOut }>('GET', `/api/v1/instances/${grant.instanceId}?userId=${encodeURIComponent(o.user)}`)
-      const line = renderProgress(instance, tty ? process.stderr.columns ?? 80 : 80)
+      const { instance } = await c.call<{ instance: InstanceOut }>(
+        'GET',
+        `/api/v1/instances/${grant.instanceId}?userId=${encodeURIComponent(o.user)}`,
+      )
+      const line = renderProgress(instance, tty ? (process.stderr.columns ?? 80) : 80)
       if (tty) process.stderr.write(`\r\x1b[2K${line}`)
       else if (line !== last && !o.json) process.stderr.write(line + '\n')
       last = line
       if (instance.state === 'ready') break
       if (['failed', 'terminated', 'stopping'].includes(instance.state)) {
         if (tty) process.stderr.write('\n')
-        throw new ApiError(0, 'SESSION_ENDED', `the session ended while starting: ${instance.failureReason ?? instance.state}`)
+        throw new ApiError(
+          0,
+          'SESSION_ENDED',
+          `the session ended while starting: ${instance.failureReason ?? instance.state}`,
+        )
       }
-      if (Date.now() > deadline) throw new ApiError(0, 'TIMEOUT', `not ready after ${o.timeout}s (state ${instance.state})`)
+      if (Date.now() > deadline)
+        throw new ApiError(0, 'TIMEOUT', `not ready after ${o.timeout}s (state ${instance.state})`)
       await new Promise((r) => setTimeout(r, 500))
     }
     if (tty) process.stderr.write('\n')
@@ -186,11 +236,27 @@ withClient(program.command('status'))
   .action(async (id: string | undefined, o: ClientOpts & { user?: string }) => {
     const c = client(o)
     if (id) {
-      const r = await c.call<{ instance: InstanceOut }>('GET', `/api/v1/instances/${encodeURIComponent(id)}${o.user ? `?userId=${encodeURIComponent(o.user)}` : ''}`)
-      return out(o, r, () => Object.entries(r.instance).map(([k, v]) => `${k.padEnd(16)} ${v ?? ''}`).join('\n'))
+      const r = await c.call<{ instance: InstanceOut }>(
+        'GET',
+        `/api/v1/instances/${encodeURIComponent(id)}${o.user ? `?userId=${encodeURIComponent(o.user)}` : ''}`,
+      )
+      return out(o, r, () =>
+        Object.entries(r.instance)
+          .map(([k, v]) => `${k.padEnd(16)} ${v ?? ''}`)
+          .join('\n'),
+      )
     }
     const r = await c.call<{ instances: InstanceOut[] }>('GET', '/api/v1/instances')
-    out(o, r, () => formatTable(r.instances as unknown as Record<string, unknown>[], ['instanceId', 'template', 'state', 'userId', 'progress', 'lastActivityAt']))
+    out(o, r, () =>
+      formatTable(r.instances as unknown as Record<string, unknown>[], [
+        'instanceId',
+        'template',
+        'state',
+        'userId',
+        'progress',
+        'lastActivityAt',
+      ]),
+    )
   })
 
 withClient(program.command('delete'))
@@ -208,10 +274,26 @@ withClient(program.command('history'))
   .option('-n, --limit <n>', 'rows', '50')
   .option('--csv', 'CSV output')
   .action(async (o: ClientOpts & { user?: string; template?: string; limit: string; csv?: boolean }) => {
-    const q = new URLSearchParams({ limit: o.limit, ...(o.user ? { userId: o.user } : {}), ...(o.template ? { template: o.template } : {}), ...(o.csv ? { format: 'csv' } : {}) })
+    const q = new URLSearchParams({
+      limit: o.limit,
+      ...(o.user ? { userId: o.user } : {}),
+      ...(o.template ? { template: o.template } : {}),
+      ...(o.csv ? { format: 'csv' } : {}),
+    })
     const r = await client(o).call<{ history: Record<string, unknown>[] } | string>('GET', `/api/v1/history?${q}`)
     if (typeof r === 'string') return void process.stdout.write(r)
-    out(o, r, () => formatTable(r.history, ['instanceId', 'template', 'userId', 'startedAt', 'endedAt', 'durationSeconds', 'endReason', 'cost']))
+    out(o, r, () =>
+      formatTable(r.history, [
+        'instanceId',
+        'template',
+        'userId',
+        'startedAt',
+        'endedAt',
+        'durationSeconds',
+        'endReason',
+        'cost',
+      ]),
+    )
   })
 
 const keys = program.command('keys').description('manage API keys (admin)')
@@ -219,7 +301,10 @@ withClient(keys.command('create'))
   .argument('<name>')
   .addOption(new Option('-r, --role <role>').choices(['requester', 'proxy', 'admin']).default('requester'))
   .action(async (name: string, o: ClientOpts & { role: string }) => {
-    const r = await client(o).call<{ id: string; key: string; role: string }>('POST', '/api/v1/keys', { name, role: o.role })
+    const r = await client(o).call<{ id: string; key: string; role: string }>('POST', '/api/v1/keys', {
+      name,
+      role: o.role,
+    })
     out(o, r, () => `created ${o.role} key "${name}" (id ${r.id}). Shown once:\n${r.key}`)
   })
 withClient(keys.command('list')).action(async (o: ClientOpts) => {

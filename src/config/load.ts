@@ -117,7 +117,11 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   const tpl = raw.templates
   if (tpl && typeof tpl === 'object' && !Array.isArray(tpl)) {
     for (const name of Object.keys(tpl)) {
-      if (!TEMPLATE_NAME_RE.test(name)) problems.push({ path: `/templates/${name}`, message: 'template names are lowercase letters, digits and "-", starting with a letter (at most 63)' })
+      if (!TEMPLATE_NAME_RE.test(name))
+        problems.push({
+          path: `/templates/${name}`,
+          message: 'template names are lowercase letters, digits and "-", starting with a letter (at most 63)',
+        })
     }
   }
   applyEnv(raw, env, hasFile, problems)
@@ -142,7 +146,8 @@ export function loadConfig(opts: LoadOptions = {}): Config {
 function withConfigDir(v: unknown, dir: string): unknown {
   if (typeof v === 'string') return v.replaceAll('{{configDir}}', dir)
   if (Array.isArray(v)) return v.map((x) => withConfigDir(x, dir))
-  if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, withConfigDir(x, dir)]))
+  if (v && typeof v === 'object')
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, withConfigDir(x, dir)]))
   return v
 }
 
@@ -161,7 +166,8 @@ function checkRenamed(raw: Record<string, unknown>, problems: ErrorDetail[]): vo
     if (typeof top !== 'object' || top === null) continue
     if (b === '*') {
       for (const [name, t] of Object.entries(top as Record<string, unknown>)) {
-        if (t && typeof t === 'object' && c! in (t as object)) problems.push({ path: `/${a}/${name}/${c}`, message: `renamed: use ${now}` })
+        if (t && typeof t === 'object' && c! in (t as object))
+          problems.push({ path: `/${a}/${name}/${c}`, message: `renamed: use ${now}` })
       }
     } else if (b! in (top as object)) {
       problems.push({ path: `/${a}/${b}`, message: `renamed: use ${now}` })
@@ -179,13 +185,19 @@ const envInt = (v: string | undefined): number | string | undefined => {
  * TIMEOUT_INSTANCE (ms), IMAGE_ID…, ARENA_POOL_SERVICE_KEY, PROXY_KEY, PORT, DEFAULT_URL, SERVICE_URL,
  * ROUTE_TO_REPLACE/STRING_TO_REPLACE. Documented in the README's configuration reference.
  */
-function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv, hasFile: boolean, problems: ErrorDetail[]): void {
+function applyEnv(
+  raw: Record<string, unknown>,
+  env: NodeJS.ProcessEnv,
+  hasFile: boolean,
+  problems: ErrorDetail[],
+): void {
   const server = () => section(raw, 'server')
   const port = envInt(env.STUDIOPOOL_PORT ?? env.PORT)
   if (port !== undefined) server().port = port
   if (env.STUDIOPOOL_HOST) server().host = env.STUDIOPOOL_HOST
   if (env.STUDIOPOOL_PUBLIC_URL) server().publicUrl = env.STUDIOPOOL_PUBLIC_URL.replace(/\/+$/, '')
-  if (env.STUDIOPOOL_INSTANCE_CALLBACK_URL) server().instanceCallbackUrl = env.STUDIOPOOL_INSTANCE_CALLBACK_URL.replace(/\/+$/, '')
+  if (env.STUDIOPOOL_INSTANCE_CALLBACK_URL)
+    server().instanceCallbackUrl = env.STUDIOPOOL_INSTANCE_CALLBACK_URL.replace(/\/+$/, '')
   if (env.STUDIOPOOL_DATA_DIR) server().dataDir = env.STUDIOPOOL_DATA_DIR
   if (env.STUDIOPOOL_LOG_LEVEL) server().logLevel = env.STUDIOPOOL_LOG_LEVEL
   const dbUrl = env.STUDIOPOOL_DATABASE_URL ?? env.DATABASE_URL
@@ -230,13 +242,23 @@ function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv, hasFile:
       if (env.KEY_NAME) settings.keyName = env.KEY_NAME
       if (env.SECURITY_GROUP) settings.securityGroupIds = env.SECURITY_GROUP.split(',').map((s) => s.trim())
       if (env.INSTANCE_PROFILE) settings.iamInstanceProfile = env.INSTANCE_PROFILE
-      raw.templates = { rstudio: { displayName: 'RStudio', provider: 'ec2', port: 8787, pathMode: 'strip', startTimeout: '15m', ec2: settings } }
+      raw.templates = {
+        rstudio: {
+          displayName: 'RStudio',
+          provider: 'ec2',
+          port: 8787,
+          pathMode: 'strip',
+          startTimeout: '15m',
+          ec2: settings,
+        },
+      }
       if (env.REGION) raw.providers = { ...(raw.providers as object), ec2: { region: env.REGION } }
     } else {
       raw.templates = { demo: demoTemplate() }
     }
     // The seed's MAX_INSTANCES capped its one kind of instance: the environment-built template too, not only the pool.
-    if (max !== undefined) for (const t of Object.values(raw.templates as Record<string, Record<string, unknown>>)) t.maxInstances = max
+    if (max !== undefined)
+      for (const t of Object.values(raw.templates as Record<string, Record<string, unknown>>)) t.maxInstances = max
   }
   // MIN_FREE_INSTANCES and TIMEOUT_INSTANCE apply to the default template.
   const minFree = envInt(env.MIN_FREE_INSTANCES)
@@ -246,7 +268,11 @@ function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv, hasFile:
     const def = (raw.pool as Record<string, unknown> | undefined)?.defaultTemplate as string | undefined
     const name = def ?? (templates ? Object.keys(templates)[0] : undefined)
     const t = name && templates ? templates[name] : undefined
-    if (!t) problems.push({ path: '/templates', message: 'MIN_FREE_INSTANCES/TIMEOUT_INSTANCE set but there is no default template' })
+    if (!t)
+      problems.push({
+        path: '/templates',
+        message: 'MIN_FREE_INSTANCES/TIMEOUT_INSTANCE set but there is no default template',
+      })
     else {
       if (minFree !== undefined) t.minFree = minFree
       if (timeout !== undefined) t.idleTimeout = timeout
@@ -270,7 +296,13 @@ export function demoTemplate(): RawTemplate {
   }
 }
 
-function resolveSecret(value: string, env: NodeJS.ProcessEnv, cwd: string, path: string, problems: ErrorDetail[]): string {
+function resolveSecret(
+  value: string,
+  env: NodeJS.ProcessEnv,
+  cwd: string,
+  path: string,
+  problems: ErrorDetail[],
+): string {
   if (value.startsWith('env:')) {
     const name = value.slice(4)
     const v = env[name]
@@ -284,7 +316,10 @@ function resolveSecret(value: string, env: NodeJS.ProcessEnv, cwd: string, path:
       if (!v) problems.push({ path, message: `secret file ${p} is empty` })
       return v
     } catch (err) {
-      problems.push({ path, message: `cannot read secret file ${p}: ${(err as NodeJS.ErrnoException).code ?? 'error'}` })
+      problems.push({
+        path,
+        message: `cannot read secret file ${p}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`,
+      })
       return ''
     }
   }
@@ -309,12 +344,17 @@ function normalize(raw: RawConfig, env: NodeJS.ProcessEnv, cwd: string, problems
   const publicUrl = (s.publicUrl ?? `http://${shownHost}:${port}`).replace(/\/+$/, '')
 
   const auth = raw.auth ?? {}
-  const keys = (auth.keys ?? []).map((k, i) => ({ name: k.name, role: k.role, key: resolveSecret(k.key, env, cwd, `/auth/keys/${i}/key`, problems) }))
+  const keys = (auth.keys ?? []).map((k, i) => ({
+    name: k.name,
+    role: k.role,
+    key: resolveSecret(k.key, env, cwd, `/auth/keys/${i}/key`, problems),
+  }))
   const names = new Set<string>()
   keys.forEach((k, i) => {
     if (names.has(k.name)) problems.push({ path: `/auth/keys/${i}/name`, message: `duplicate key name "${k.name}"` })
     names.add(k.name)
-    if (k.key && k.key.length < 12) problems.push({ path: `/auth/keys/${i}/key`, message: 'keys must be at least 12 characters' })
+    if (k.key && k.key.length < 12)
+      problems.push({ path: `/auth/keys/${i}/key`, message: 'keys must be at least 12 characters' })
   })
 
   const st = raw.store ?? { driver: 'sqlite' as const }
@@ -331,10 +371,15 @@ function normalize(raw: RawConfig, env: NodeJS.ProcessEnv, cwd: string, problems
             idleInTransactionMs: ms(undefined, DEFAULTS.pgIdleInTransactionTimeout, '/store', problems),
           },
         }
-      : { driver: 'sqlite', path: st.path ? (isAbsolute(st.path) ? st.path : resolve(cwd, st.path)) : resolve(dataDir, 'studiopool.db') }
+      : {
+          driver: 'sqlite',
+          path: st.path ? (isAbsolute(st.path) ? st.path : resolve(cwd, st.path)) : resolve(dataDir, 'studiopool.db'),
+        }
 
   const templatesRaw = raw.templates ?? {}
-  const templates: TemplateConfig[] = Object.entries(templatesRaw).map(([name, t]) => normalizeTemplate(name, t, problems))
+  const templates: TemplateConfig[] = Object.entries(templatesRaw).map(([name, t]) =>
+    normalizeTemplate(name, t, problems),
+  )
   if (templates.length === 0) problems.push({ path: '/templates', message: 'at least one template is needed' })
   const pool = raw.pool ?? {}
   const defaultTemplate = pool.defaultTemplate ?? templates[0]?.name ?? ''
@@ -343,25 +388,34 @@ function normalize(raw: RawConfig, env: NodeJS.ProcessEnv, cwd: string, problems
   }
   const poolMax = pool.maxInstances ?? DEFAULTS.poolMaxInstances
   const totalMinFree = templates.reduce((a, t) => a + t.minFree, 0)
-  if (totalMinFree > poolMax) problems.push({ path: '/pool/maxInstances', message: `the templates' minFree add up to ${totalMinFree}, more than the pool's maxInstances ${poolMax}` })
+  if (totalMinFree > poolMax)
+    problems.push({
+      path: '/pool/maxInstances',
+      message: `the templates' minFree add up to ${totalMinFree}, more than the pool's maxInstances ${poolMax}`,
+    })
 
   const w = raw.worker ?? {}
   const g = raw.gateway ?? {}
   const mode = g.mode ?? 'path'
-  if (mode === 'subdomain' && !g.sessionDomain) problems.push({ path: '/gateway/sessionDomain', message: 'subdomain mode needs gateway.sessionDomain' })
+  if (mode === 'subdomain' && !g.sessionDomain)
+    problems.push({ path: '/gateway/sessionDomain', message: 'subdomain mode needs gateway.sessionDomain' })
   const upstreamTimeoutMs = ms(g.upstreamTimeout, DEFAULTS.upstreamTimeout, '/gateway/upstreamTimeout', problems)
-  if (upstreamTimeoutMs < 120_000) problems.push({ path: '/gateway/upstreamTimeout', message: 'must be at least 120s: RStudio and Jupyter long-poll' })
+  if (upstreamTimeoutMs < 120_000)
+    problems.push({ path: '/gateway/upstreamTimeout', message: 'must be at least 120s: RStudio and Jupyter long-poll' })
   if ((g.routeToReplace === undefined) !== (g.stringToReplace === undefined)) {
     problems.push({ path: '/gateway/routeToReplace', message: 'ROUTE_TO_REPLACE and STRING_TO_REPLACE go together' })
   }
 
   const d = raw.dashboard ?? {}
   const login = d.login ?? 'dev'
-  if (login === 'oidc' && !d.oidc) problems.push({ path: '/dashboard/oidc', message: 'login: oidc needs dashboard.oidc' })
-  if (login === 'header' && !d.header) problems.push({ path: '/dashboard/header', message: 'login: header needs dashboard.header with trustedProxies' })
+  if (login === 'oidc' && !d.oidc)
+    problems.push({ path: '/dashboard/oidc', message: 'login: oidc needs dashboard.oidc' })
+  if (login === 'header' && !d.header)
+    problems.push({ path: '/dashboard/header', message: 'login: header needs dashboard.header with trustedProxies' })
 
   for (const m of peerProblems(s.trustProxy ?? [])) problems.push({ path: '/server/trustProxy', message: m })
-  for (const m of peerProblems(d.header?.trustedProxies ?? [])) problems.push({ path: '/dashboard/header/trustedProxies', message: m })
+  for (const m of peerProblems(d.header?.trustedProxies ?? []))
+    problems.push({ path: '/dashboard/header/trustedProxies', message: m })
 
   const split = raw.split ?? {}
   return {
@@ -377,7 +431,12 @@ function normalize(raw: RawConfig, env: NodeJS.ProcessEnv, cwd: string, problems
       trustProxy: s.trustProxy ?? [],
       logLevel: s.logLevel ?? 'info',
     },
-    auth: { mode: auth.mode ?? 'keys', keys, bootstrapAdmin: auth.bootstrapAdmin ?? true, rateLimit: auth.rateLimit ?? 0 },
+    auth: {
+      mode: auth.mode ?? 'keys',
+      keys,
+      bootstrapAdmin: auth.bootstrapAdmin ?? true,
+      rateLimit: auth.rateLimit ?? 0,
+    },
     store,
     pool: { id: pool.id ?? DEFAULTS.poolId, maxInstances: poolMax, defaultTemplate },
     worker: {
@@ -410,14 +469,20 @@ function normalize(raw: RawConfig, env: NodeJS.ProcessEnv, cwd: string, problems
         ? {
             issuer: d.oidc.issuer,
             clientId: d.oidc.clientId,
-            clientSecret: d.oidc.clientSecret ? resolveSecret(d.oidc.clientSecret, env, cwd, '/dashboard/oidc/clientSecret', problems) : null,
+            clientSecret: d.oidc.clientSecret
+              ? resolveSecret(d.oidc.clientSecret, env, cwd, '/dashboard/oidc/clientSecret', problems)
+              : null,
             scopes: d.oidc.scopes ?? 'openid profile email',
             groupsClaim: d.oidc.groupsClaim ?? 'groups',
             userClaim: d.oidc.userClaim ?? 'sub',
           }
         : null,
       header: d.header
-        ? { userHeader: (d.header.userHeader ?? 'x-forwarded-user').toLowerCase(), groupsHeader: (d.header.groupsHeader ?? 'x-forwarded-groups').toLowerCase(), trustedProxies: d.header.trustedProxies }
+        ? {
+            userHeader: (d.header.userHeader ?? 'x-forwarded-user').toLowerCase(),
+            groupsHeader: (d.header.groupsHeader ?? 'x-forwarded-groups').toLowerCase(),
+            trustedProxies: d.header.trustedProxies,
+          }
         : null,
     },
     split: {
@@ -435,7 +500,8 @@ function normalizeTemplate(name: string, t: RawTemplate, problems: ErrorDetail[]
   const provider = t.provider ?? D.provider
   const minFree = t.minFree ?? D.minFree
   const maxInstances = t.maxInstances ?? D.maxInstances
-  if (minFree > maxInstances) problems.push({ path: `${p}/minFree`, message: `minFree (${minFree}) is more than maxInstances (${maxInstances})` })
+  if (minFree > maxInstances)
+    problems.push({ path: `${p}/minFree`, message: `minFree (${minFree}) is more than maxInstances (${maxInstances})` })
   const settings = (t as Record<string, unknown>)[provider]
   return {
     name,
@@ -458,7 +524,10 @@ function normalizeTemplate(name: string, t: RawTemplate, problems: ErrorDetail[]
         new RegExp(src)
         return true
       } catch (err) {
-        problems.push({ path: `${p}/activityIgnore/${i}`, message: `not a regular expression: ${(err as Error).message}` })
+        problems.push({
+          path: `${p}/activityIgnore/${i}`,
+          message: `not a regular expression: ${(err as Error).message}`,
+        })
         return false
       }
     }),
@@ -497,10 +566,17 @@ function deepFreeze<T>(o: T): T {
  */
 export function instanceCallbackBase(cfg: Config): { url: string; setting: string } {
   if (cfg.server.instanceCallbackUrl && cfg.server.instanceCallbackUrl !== cfg.split.serviceUrl) {
-    return { url: cfg.server.instanceCallbackUrl, setting: 'server.instanceCallbackUrl (STUDIOPOOL_INSTANCE_CALLBACK_URL)' }
+    return {
+      url: cfg.server.instanceCallbackUrl,
+      setting: 'server.instanceCallbackUrl (STUDIOPOOL_INSTANCE_CALLBACK_URL)',
+    }
   }
-  if (cfg.server.instanceCallbackUrl) return { url: cfg.server.instanceCallbackUrl, setting: 'SERVICE_URL (split.serviceUrl)' }
-  return { url: cfg.server.publicUrl, setting: 'server.publicUrl (STUDIOPOOL_PUBLIC_URL; by default the listen address)' }
+  if (cfg.server.instanceCallbackUrl)
+    return { url: cfg.server.instanceCallbackUrl, setting: 'SERVICE_URL (split.serviceUrl)' }
+  return {
+    url: cfg.server.publicUrl,
+    setting: 'server.publicUrl (STUDIOPOOL_PUBLIC_URL; by default the listen address)',
+  }
 }
 
 /** True for addresses that, on another machine, point at that machine itself. */
@@ -511,7 +587,15 @@ export function isLoopbackUrl(url: string): boolean {
   } catch {
     return false
   }
-  return host === 'localhost' || host.endsWith('.localhost') || /^127\./.test(host) || host === '::1' || host === '0.0.0.0' || host === '::' || /^::ffff:127\./.test(host)
+  return (
+    host === 'localhost' ||
+    host.endsWith('.localhost') ||
+    /^127\./.test(host) ||
+    host === '::1' ||
+    host === '0.0.0.0' ||
+    host === '::' ||
+    /^::ffff:127\./.test(host)
+  )
 }
 
 export function withPublicUrl(cfg: Config, publicUrl: string): Config {

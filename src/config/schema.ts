@@ -5,9 +5,12 @@ import { Type, type Static } from '@sinclair/typebox'
  * `12h` or a number of milliseconds; secrets accept a literal, `env:NAME` or `file:PATH`.
  * `load.ts` turns the validated file into the normalized `Config` (config/types.ts).
  */
-const Duration = Type.Union([Type.Integer({ minimum: 0 }), Type.String({ pattern: '^\\s*\\d+(\\.\\d+)?\\s*(ms|s|m|h|d)?\\s*$' })], {
-  description: 'a duration: 90s, 30m, 12h, 1d, or milliseconds',
-})
+const Duration = Type.Union(
+  [Type.Integer({ minimum: 0 }), Type.String({ pattern: '^\\s*\\d+(\\.\\d+)?\\s*(ms|s|m|h|d)?\\s*$' })],
+  {
+    description: 'a duration: 90s, 30m, 12h, 1d, or milliseconds',
+  },
+)
 const Secret = Type.String({ minLength: 1, description: 'a secret: literal, env:NAME or file:PATH' })
 const StrList = Type.Array(Type.String({ minLength: 1 }))
 
@@ -60,7 +63,9 @@ export const ConfigSchema = Type.Object(
           bodyTimeout: Type.Optional(Duration),
           shutdownGrace: Type.Optional(Duration),
           trustProxy: Type.Optional(StrList),
-          logLevel: Type.Optional(Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)))),
+          logLevel: Type.Optional(
+            Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l))),
+          ),
         },
         { additionalProperties: false },
       ),
@@ -82,14 +87,23 @@ export const ConfigSchema = Type.Object(
             ),
           ),
           bootstrapAdmin: Type.Optional(Type.Boolean()),
-          rateLimit: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000, description: 'requests per second per requester key (burst: twice that); 0 = off' })),
+          rateLimit: Type.Optional(
+            Type.Integer({
+              minimum: 0,
+              maximum: 1_000_000,
+              description: 'requests per second per requester key (burst: twice that); 0 = off',
+            }),
+          ),
         },
         { additionalProperties: false },
       ),
     ),
     store: Type.Optional(
       Type.Union([
-        Type.Object({ driver: Type.Literal('sqlite'), path: Type.Optional(Type.String({ minLength: 1 })) }, { additionalProperties: false }),
+        Type.Object(
+          { driver: Type.Literal('sqlite'), path: Type.Optional(Type.String({ minLength: 1 })) },
+          { additionalProperties: false },
+        ),
         Type.Object(
           {
             driver: Type.Literal('postgres'),
@@ -147,7 +161,9 @@ export const ConfigSchema = Type.Object(
     dashboard: Type.Optional(
       Type.Object(
         {
-          login: Type.Optional(Type.Union([Type.Literal('dev'), Type.Literal('oidc'), Type.Literal('header'), Type.Literal('off')])),
+          login: Type.Optional(
+            Type.Union([Type.Literal('dev'), Type.Literal('oidc'), Type.Literal('header'), Type.Literal('off')]),
+          ),
           /**
            * Dev login is refused while a provider reports that sessions reach this machine's loopback
            * listeners; `true` allows it anyway (one person on a laptop, whose sessions are theirs). Never
@@ -184,7 +200,10 @@ export const ConfigSchema = Type.Object(
       ),
     ),
     split: Type.Optional(
-      Type.Object({ serviceUrl: Type.Optional(Type.String({ pattern: '^https?://' })), proxyKey: Type.Optional(Secret) }, { additionalProperties: false }),
+      Type.Object(
+        { serviceUrl: Type.Optional(Type.String({ pattern: '^https?://' })), proxyKey: Type.Optional(Secret) },
+        { additionalProperties: false },
+      ),
     ),
     providers: Type.Optional(Type.Record(Type.String(), Type.Record(Type.String(), Type.Unknown()))),
     templates: Type.Optional(Type.Record(Type.String({ pattern: '^[a-z][a-z0-9-]{0,62}$' }), TemplateSchema)),

@@ -44,7 +44,12 @@ export interface Config {
         readonly url: string
         readonly poolSize: number
         /** ms: connect (and wait for a pooled connection), server statement_timeout, client read timeout, idle in transaction. */
-        readonly timeouts: { readonly connectMs: number; readonly statementMs: number; readonly queryMs: number; readonly idleInTransactionMs: number }
+        readonly timeouts: {
+          readonly connectMs: number
+          readonly statementMs: number
+          readonly queryMs: number
+          readonly idleInTransactionMs: number
+        }
       }
   readonly pool: {
     /** Tag value put on every provider resource; identifies this pool for recovery and orphan reaping. */

@@ -58,11 +58,19 @@ function relativePath(pathname) {
 }
 
 function escapeHtml(s) {
-  return String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c])
+  return String(s).replace(
+    /[&<>"']/g,
+    (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c],
+  )
 }
 
 function send(res, status, type, body, headers = {}) {
-  res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store', ...headers })
+  res.writeHead(status, {
+    'content-type': type,
+    'content-length': Buffer.byteLength(body),
+    'cache-control': 'no-store',
+    ...headers,
+  })
   res.end(body)
 }
 
@@ -74,7 +82,10 @@ function send(res, status, type, body, headers = {}) {
 function ownerOf(req) {
   const user = req.headers['x-forwarded-user']
   const groups = req.headers['x-forwarded-groups']
-  return { user: typeof user === 'string' && user ? user : null, groups: typeof groups === 'string' && groups ? groups.split(',') : [] }
+  return {
+    user: typeof user === 'string' && user ? user : null,
+    groups: typeof groups === 'string' && groups ? groups.split(',') : [],
+  }
 }
 
 function page(req) {
@@ -134,7 +145,10 @@ function clampInt(value, min, max, dflt) {
 
 const timers = new Set()
 function later(ms, fn) {
-  const t = setTimeout(() => { timers.delete(t); fn() }, ms)
+  const t = setTimeout(() => {
+    timers.delete(t)
+    fn()
+  }, ms)
   timers.add(t)
   return t
 }
@@ -148,12 +162,20 @@ function handle(req, res) {
   if (path === '/healthz') return send(res, 200, 'text/plain', 'ok\n')
   if (path === '/' || path === '/index.html') return send(res, 200, 'text/html; charset=utf-8', page(req))
   if (path === '/headers') {
-    return send(res, 200, 'application/json', JSON.stringify({ method: req.method, url: req.url, path, headers: req.headers, instanceId, owner: ownerOf(req) }))
+    return send(
+      res,
+      200,
+      'application/json',
+      JSON.stringify({ method: req.method, url: req.url, path, headers: req.headers, instanceId, owner: ownerOf(req) }),
+    )
   }
   if (path === '/counter') return send(res, 200, 'application/json', JSON.stringify({ pageViews, requests }))
   if (path === '/echo') {
     // Streams the body back as it arrives (no buffering), for the gateway's streaming tests.
-    res.writeHead(200, { 'content-type': req.headers['content-type'] ?? 'application/octet-stream', 'cache-control': 'no-store' })
+    res.writeHead(200, {
+      'content-type': req.headers['content-type'] ?? 'application/octet-stream',
+      'cache-control': 'no-store',
+    })
     req.pipe(res)
     return
   }
@@ -197,11 +219,15 @@ function handle(req, res) {
     return send(res, 302, 'text/plain', `redirecting to ${location}\n`, { location })
   }
   if (path === '/cookie') {
-    return send(res, 200, 'text/plain', 'cookie set\n', { 'set-cookie': ['demo=1; Path=/; HttpOnly; SameSite=Lax', 'demo2=2; Path=/deep/; Max-Age=60'] })
+    return send(res, 200, 'text/plain', 'cookie set\n', {
+      'set-cookie': ['demo=1; Path=/; HttpOnly; SameSite=Lax', 'demo2=2; Path=/deep/; Max-Age=60'],
+    })
   }
   if (path === '/delay') {
     const ms = clampInt(q.get('ms'), 0, 300_000, 1000)
-    later(ms, () => { if (!res.destroyed) send(res, 200, 'text/plain', `waited ${ms} ms\n`) })
+    later(ms, () => {
+      if (!res.destroyed) send(res, 200, 'text/plain', `waited ${ms} ms\n`)
+    })
     return
   }
   if (path.startsWith('/status/')) {
@@ -220,7 +246,12 @@ async function reportProgress(progress, message) {
   try {
     const headers = { 'content-type': 'application/json' }
     if (progressToken) headers.authorization = `Bearer ${progressToken}`
-    const res = await fetch(progressUrl, { method: 'POST', headers, body: JSON.stringify({ progress, message }), signal: AbortSignal.timeout(2000) })
+    const res = await fetch(progressUrl, {
+      method: 'POST',
+      headers,
+      body: JSON.stringify({ progress, message }),
+      signal: AbortSignal.timeout(2000),
+    })
     await res.arrayBuffer()
   } catch {
     // Progress is a nicety; the app starts whether or not anybody listens.

@@ -9,7 +9,10 @@ import { DEMO_APP_SCRIPT } from './index.js'
 const children = new Set<ChildProcess>()
 
 /** Starts the demo app on port 0 and resolves with its base URL once it listens (bounded). */
-async function startApp(args: string[] = [], env: Record<string, string> = {}): Promise<{ child: ChildProcess; base: string }> {
+async function startApp(
+  args: string[] = [],
+  env: Record<string, string> = {},
+): Promise<{ child: ChildProcess; base: string }> {
   const child = spawn(process.execPath, [DEMO_APP_SCRIPT, '--port', '0', ...args], {
     env: { PATH: process.env.PATH ?? '', ...env },
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -32,7 +35,8 @@ async function startApp(args: string[] = [], env: Record<string, string> = {}): 
 }
 
 function exited(child: ChildProcess): Promise<{ code: number | null; signal: string | null }> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve({ code: child.exitCode, signal: child.signalCode })
+  if (child.exitCode !== null || child.signalCode !== null)
+    return Promise.resolve({ code: child.exitCode, signal: child.signalCode })
   return new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })))
 }
 
@@ -47,7 +51,10 @@ describe('demo session app', () => {
       const health = await fetch(`${base}${prefix}/healthz`)
       assert.equal(health.status, 200)
       assert.equal(await health.text(), 'ok\n')
-      const h = (await (await fetch(`${base}${prefix}/headers`, { headers: { 'x-test': 'yes' } })).json()) as { path: string; headers: Record<string, string> }
+      const h = (await (await fetch(`${base}${prefix}/headers`, { headers: { 'x-test': 'yes' } })).json()) as {
+        path: string
+        headers: Record<string, string>
+      }
       assert.equal(h.path, '/headers')
       assert.equal(h.headers['x-test'], 'yes')
     }
@@ -55,12 +62,19 @@ describe('demo session app', () => {
     assert.equal(page.status, 200)
     const html = await page.text()
     assert.ok(html.includes('alice&lt;script&gt;'), 'the user is shown, escaped')
-    assert.ok(html.includes('Session owner: <strong id="owner">alice&lt;script&gt;</strong>'), 'the owner from X-Forwarded-User')
-    const withGroups = await (await fetch(`${base}/`, { headers: { 'x-forwarded-user': 'bob', 'x-forwarded-groups': 'r-users,staff' } })).text()
+    assert.ok(
+      html.includes('Session owner: <strong id="owner">alice&lt;script&gt;</strong>'),
+      'the owner from X-Forwarded-User',
+    )
+    const withGroups = await (
+      await fetch(`${base}/`, { headers: { 'x-forwarded-user': 'bob', 'x-forwarded-groups': 'r-users,staff' } })
+    ).text()
     assert.ok(withGroups.includes('<strong id="owner">bob</strong>, groups <span id="groups">r-users, staff</span>'))
     const anonymous = await (await fetch(`${base}/`)).text()
     assert.ok(anonymous.includes('(none: not behind the studiopool gateway)'))
-    const owner = (await (await fetch(`${base}/headers`, { headers: { 'x-forwarded-user': 'bob' } })).json()) as { owner: { user: string; groups: string[] } }
+    const owner = (await (await fetch(`${base}/headers`, { headers: { 'x-forwarded-user': 'bob' } })).json()) as {
+      owner: { user: string; groups: string[] }
+    }
     assert.deepEqual(owner.owner, { user: 'bob', groups: [] })
     assert.ok(html.includes('<code id="instance">abc</code>'))
     assert.ok(html.includes("new URL('ws', location.href)"), 'the page connects to ./ws')
@@ -107,7 +121,8 @@ describe('demo session app', () => {
     const sse = await fetch(`${base}/sse?n=2&interval=10`)
     assert.equal(sse.headers.get('content-type'), 'text/event-stream')
     assert.equal((await sse.text()).match(/^data: /gm)?.length, 2)
-    const loc = async (q: string) => (await fetch(`${base}/redirect${q}`, { redirect: 'manual' })).headers.get('location')
+    const loc = async (q: string) =>
+      (await fetch(`${base}/redirect${q}`, { redirect: 'manual' })).headers.get('location')
     assert.equal(await loc(''), './')
     assert.equal(await loc('?to=/somewhere'), '/somewhere')
     assert.equal(await loc('?to=//evil.example'), './', 'no protocol-relative open redirect')
@@ -138,18 +153,28 @@ describe('demo session app', () => {
       let body = ''
       req.on('data', (d: Buffer) => (body += d.toString()))
       req.on('end', () => {
-        reports.push({ auth: req.headers.authorization, body: JSON.parse(body) as { progress: number; message: string } })
+        reports.push({
+          auth: req.headers.authorization,
+          body: JSON.parse(body) as { progress: number; message: string },
+        })
         res.end()
       })
     })
     await new Promise<void>((r) => collector.listen(0, '127.0.0.1', r))
     try {
       const url = `http://127.0.0.1:${(collector.address() as AddressInfo).port}/api/v1/instances/x/progress`
-      const { child, base } = await startApp(['--startup-delay-ms', '200'], { STUDIOPOOL_PROGRESS_URL: url, STUDIOPOOL_PROGRESS_TOKEN: 'tok' })
+      const { child, base } = await startApp(['--startup-delay-ms', '200'], {
+        STUDIOPOOL_PROGRESS_URL: url,
+        STUDIOPOOL_PROGRESS_TOKEN: 'tok',
+      })
       assert.equal((await fetch(`${base}/healthz`)).status, 200)
       const deadline = Date.now() + 5000
-      while (!reports.some((r) => r.body.progress === 100) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
-      assert.deepEqual(reports.map((r) => r.body.progress), [0, 25, 50, 75, 100])
+      while (!reports.some((r) => r.body.progress === 100) && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 20))
+      assert.deepEqual(
+        reports.map((r) => r.body.progress),
+        [0, 25, 50, 75, 100],
+      )
       assert.ok(reports.every((r) => r.auth === 'Bearer tok'))
       child.kill('SIGTERM')
       await exited(child)
@@ -159,7 +184,10 @@ describe('demo session app', () => {
   })
 
   it('starts even when nobody collects its progress', async () => {
-    const { child, base } = await startApp(['--startup-delay-ms', '40'], { STUDIOPOOL_PROGRESS_URL: 'http://127.0.0.1:9/none', STUDIOPOOL_PROGRESS_TOKEN: 'tok' })
+    const { child, base } = await startApp(['--startup-delay-ms', '40'], {
+      STUDIOPOOL_PROGRESS_URL: 'http://127.0.0.1:9/none',
+      STUDIOPOOL_PROGRESS_TOKEN: 'tok',
+    })
     assert.equal((await fetch(`${base}/healthz`)).status, 200)
     child.kill('SIGTERM')
     await exited(child)

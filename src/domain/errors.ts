@@ -39,7 +39,11 @@ export class AppError extends Error {
   /** Seconds, sent as `Retry-After` where set. */
   readonly retryAfter?: number
 
-  constructor(code: ErrorCode, message: string, opts: { details?: readonly ErrorDetail[]; cause?: unknown; retryAfter?: number } = {}) {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    opts: { details?: readonly ErrorDetail[]; cause?: unknown; retryAfter?: number } = {},
+  ) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause })
     this.name = new.target.name
     this.code = code
@@ -49,7 +53,9 @@ export class AppError extends Error {
   }
 
   toJSON(): { code: ErrorCode; message: string; details?: readonly ErrorDetail[] } {
-    return this.details ? { code: this.code, message: this.message, details: this.details } : { code: this.code, message: this.message }
+    return this.details
+      ? { code: this.code, message: this.message, details: this.details }
+      : { code: this.code, message: this.message }
   }
 }
 
@@ -101,7 +107,13 @@ export class ProviderError extends AppError {
   constructor(
     provider: string,
     message: string,
-    opts: { retryable?: boolean; cause?: unknown; code?: 'PROVIDER_ERROR' | 'PROVIDER_UNAVAILABLE'; kind?: ProviderFailureKind; retryAfter?: number } = {},
+    opts: {
+      retryable?: boolean
+      cause?: unknown
+      code?: 'PROVIDER_ERROR' | 'PROVIDER_UNAVAILABLE'
+      kind?: ProviderFailureKind
+      retryAfter?: number
+    } = {},
   ) {
     super(opts.code ?? 'PROVIDER_ERROR', message, { cause: opts.cause, retryAfter: opts.retryAfter })
     this.provider = provider

@@ -40,7 +40,8 @@ export const TEMPLATE_NAME_RE = /^[a-z][a-z0-9-]{0,62}$/
 export const MAX_EPOCH_MS = 253_402_300_799_999
 
 /** C0/C1 control characters, DEL, or a UTF-16 surrogate that is not half of a pair. */
-const UNSAFE_TEXT_RE = /[\u0000-\u001f\u007f-\u009f]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/
+const UNSAFE_TEXT_RE =
+  /[\u0000-\u001f\u007f-\u009f]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/
 
 /**
  * True when text may be used as (part of) an id: no control characters (a NUL makes Postgres

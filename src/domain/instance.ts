@@ -1,11 +1,32 @@
 /** Instance lifecycle, DESIGN.md "Instance lifecycle". */
-export const INSTANCE_STATES = ['queued', 'provisioning', 'starting', 'ready', 'stopping', 'terminated', 'suspended', 'failed'] as const
+export const INSTANCE_STATES = [
+  'queued',
+  'provisioning',
+  'starting',
+  'ready',
+  'stopping',
+  'terminated',
+  'suspended',
+  'failed',
+] as const
 export type InstanceState = (typeof INSTANCE_STATES)[number]
 
 /** States in which an instance holds (or will hold) a provider resource and counts toward caps. */
-export const ACTIVE_STATES = ['provisioning', 'starting', 'ready', 'stopping', 'suspended'] as const satisfies readonly InstanceState[]
+export const ACTIVE_STATES = [
+  'provisioning',
+  'starting',
+  'ready',
+  'stopping',
+  'suspended',
+] as const satisfies readonly InstanceState[]
 /** States in which an instance is the user's live session (one per user and template). */
-export const LIVE_STATES = ['queued', 'provisioning', 'starting', 'ready', 'suspended'] as const satisfies readonly InstanceState[]
+export const LIVE_STATES = [
+  'queued',
+  'provisioning',
+  'starting',
+  'ready',
+  'suspended',
+] as const satisfies readonly InstanceState[]
 /** Terminal states. */
 export const ENDED_STATES = ['terminated', 'failed'] as const satisfies readonly InstanceState[]
 

@@ -41,14 +41,32 @@ export type UpstreamHeaderToken = (typeof UPSTREAM_HEADER_TOKENS)[number]
 const FIELD_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$/
 
 /** Fields the gateway sets or frames itself; a template cannot set them. */
-const RESERVED = new Set(['host', 'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length', 'cookie', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-prefix', 'x-rstudio-root-path', 'expect'])
+const RESERVED = new Set([
+  'host',
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'content-length',
+  'cookie',
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+  'x-forwarded-prefix',
+  'x-rstudio-root-path',
+  'expect',
+])
 
 /** Problems with one `upstreamHeaders` entry (empty when fine). */
 export function checkUpstreamHeader(name: string, value: unknown): string[] {
   const out: string[] = []
   if (!FIELD_NAME.test(name)) out.push(`"${name}" is not a header field name`)
   else if (RESERVED.has(name.toLowerCase())) out.push(`"${name}" is set by the gateway itself`)
-  else if (isIdentityHeader(name.toLowerCase())) out.push(`"${name}" is an identity header the gateway sets for the owner`)
+  else if (isIdentityHeader(name.toLowerCase()))
+    out.push(`"${name}" is an identity header the gateway sets for the owner`)
   if (typeof value !== 'string') {
     out.push('the value must be a string')
     return out
@@ -56,7 +74,8 @@ export function checkUpstreamHeader(name: string, value: unknown): string[] {
   if (value.length > 1000) out.push('the value is longer than 1000 characters')
   if (/[^\x20-\x7e]/.test(value)) out.push('the value may hold printable ASCII only')
   for (const m of value.matchAll(/\{\{\s*([^}]*?)\s*\}\}/g)) {
-    if (!(UPSTREAM_HEADER_TOKENS as readonly string[]).includes(m[1]!)) out.push(`unknown token {{${m[1]}}} (known: ${UPSTREAM_HEADER_TOKENS.map((t) => `{{${t}}}`).join(', ')})`)
+    if (!(UPSTREAM_HEADER_TOKENS as readonly string[]).includes(m[1]!))
+      out.push(`unknown token {{${m[1]}}} (known: ${UPSTREAM_HEADER_TOKENS.map((t) => `{{${t}}}`).join(', ')})`)
   }
   return out
 }
@@ -68,5 +87,7 @@ export function headerSafe(value: string): string {
 
 /** The value with its tokens filled in. */
 export function renderUpstreamHeader(value: string, tokens: Readonly<Record<UpstreamHeaderToken, string>>): string {
-  return headerSafe(value.replace(/\{\{\s*(appToken|user|instanceId)\s*\}\}/g, (_m, t: UpstreamHeaderToken) => tokens[t]))
+  return headerSafe(
+    value.replace(/\{\{\s*(appToken|user|instanceId)\s*\}\}/g, (_m, t: UpstreamHeaderToken) => tokens[t]),
+  )
 }

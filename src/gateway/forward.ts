@@ -19,7 +19,15 @@ import type { CompiledRoute } from './route-table.js'
  * are never created on the hot path). */
 
 /** RFC 9110 §7.6.1: connection-specific fields a proxy must not forward (plus those named in `Connection`). */
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'transfer-encoding', 'upgrade', 'trailer'])
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'transfer-encoding',
+  'upgrade',
+  'trailer',
+])
 
 /**
  * The request's header fields, read in one pass over `rawHeaders` (node's lazily built
@@ -87,7 +95,7 @@ export function scanRequestHeaders(raw: readonly string[]): RequestHeads {
       case 'x-rstudio-root-path':
         continue
       default:
-        if ((name.length === 2 && name.toLowerCase() === 'te')) continue
+        if (name.length === 2 && name.toLowerCase() === 'te') continue
         // Identity claims are the gateway's to make (issue 8): X-Forwarded-User, Remote-User, X-Auth-Request-*, X-Studiopool-*…
         // Underscore spellings too: CGI-style servers (Rook/httpuv, WSGI) read X_Forwarded_User as X-Forwarded-User.
         if (mayClaimIdentity(name) && isIdentityHeader(name.toLowerCase().replaceAll('_', '-'))) continue
@@ -161,7 +169,8 @@ export function buildRequestHeaders(ctx: ForwardContext, upgrade: boolean, frame
     // Identity fields were already dropped by scanRequestHeaders; only a template's own names (Authorization…) cost a copy.
     let names: string[] | null = null
     // …and their underscore spellings, which CGI-style servers read as the same field.
-    for (let i = 0; i < add.length; i += 2) if (!isIdentityHeader(add[i]!)) (names ??= []).push(add[i]!, add[i]!.replaceAll('-', '_'))
+    for (let i = 0; i < add.length; i += 2)
+      if (!isIdentityHeader(add[i]!)) (names ??= []).push(add[i]!, add[i]!.replaceAll('-', '_'))
     if (names) out = dropNamed(out, names)
     for (let i = 0; i < add.length; i++) out.push(add[i]!)
   }
@@ -207,11 +216,16 @@ function rewriteSetCookie(v: string, ctx: ForwardContext): string | null {
   const m = PATH_ATTR.exec(v)
   if (!m) return v
   const p = stripBase(m[1]!.trim(), ctx.route.targetBasePath)
-  return v.slice(0, m.index) + '; Path=' + ctx.prefix + (p.startsWith('/') ? p : '/' + p) + v.slice(m.index + m[0].length)
+  return (
+    v.slice(0, m.index) + '; Path=' + ctx.prefix + (p.startsWith('/') ? p : '/' + p) + v.slice(m.index + m[0].length)
+  )
 }
 
 /** The app's response fields for the client: hop-by-hop removed, Location and Set-Cookie rewritten. */
-export function buildResponseHeaders(raw: readonly (string | Buffer)[], ctx: ForwardContext): { headers: string[]; eventStream: boolean } {
+export function buildResponseHeaders(
+  raw: readonly (string | Buffer)[],
+  ctx: ForwardContext,
+): { headers: string[]; eventStream: boolean } {
   const out: string[] = []
   let eventStream = false
   let connection: string | undefined
@@ -400,7 +414,13 @@ class Exchange implements HttpExchange {
     const e = upstreamError(err)
     const method = this.options.method
     // A kept-alive connection the app had just closed: safe to try once more for a request without a body.
-    if (!this.retried && this.bodiless && e.code === 'ECONNRESET' && !this.res.headersSent && (method === 'GET' || method === 'HEAD')) {
+    if (
+      !this.retried &&
+      this.bodiless &&
+      e.code === 'ECONNRESET' &&
+      !this.res.headersSent &&
+      (method === 'GET' || method === 'HEAD')
+    ) {
       this.retried = true
       this.abort = null
       this.start()
@@ -421,15 +441,35 @@ class Exchange implements HttpExchange {
 export function createForwarder(opts: { upstreamTimeoutMs: number; maxSockets?: number }): Forwarder {
   const timeout = opts.upstreamTimeoutMs > 0 ? opts.upstreamTimeoutMs : 0
   // undici: one pool per upstream origin; the timeouts are the same idle limits as node's socket timeout.
-  const pool = new UndiciAgent({ connections: opts.maxSockets ?? 512, pipelining: 1, keepAliveTimeout: 30_000, headersTimeout: timeout, bodyTimeout: timeout, connect: { timeout: 10_000 } })
+  const pool = new UndiciAgent({
+    connections: opts.maxSockets ?? 512,
+    pipelining: 1,
+    keepAliveTimeout: 30_000,
+    headersTimeout: timeout,
+    bodyTimeout: timeout,
+    connect: { timeout: 10_000 },
+  })
 
-  function forwardHttp(req: IncomingMessage, res: ServerResponse, ctx: ForwardContext, hooks: ForwardHooks): HttpExchange {
+  function forwardHttp(
+    req: IncomingMessage,
+    res: ServerResponse,
+    ctx: ForwardContext,
+    hooks: ForwardHooks,
+  ): HttpExchange {
     const route = ctx.route
-    const bodiless = (ctx.heads.contentLength === undefined || ctx.heads.contentLength === '0') && ctx.heads.transferEncoding === undefined
+    const bodiless =
+      (ctx.heads.contentLength === undefined || ctx.heads.contentLength === '0') &&
+      ctx.heads.transferEncoding === undefined
     const method = req.method ?? 'GET'
     const x = new Exchange(
       pool,
-      { origin: route.targetOrigin!, path: route.targetBasePath + ctx.path, method: method as Dispatcher.HttpMethod, headers: buildRequestHeaders(ctx, false, false), body: bodiless ? null : req },
+      {
+        origin: route.targetOrigin!,
+        path: route.targetBasePath + ctx.path,
+        method: method as Dispatcher.HttpMethod,
+        headers: buildRequestHeaders(ctx, false, false),
+        body: bodiless ? null : req,
+      },
       req,
       res,
       ctx,
@@ -441,7 +481,13 @@ export function createForwarder(opts: { upstreamTimeoutMs: number; maxSockets?: 
     return x
   }
 
-  function forwardWs(req: IncomingMessage, socket: Duplex, head: Buffer, ctx: ForwardContext, hooks: WsHooks): Closeable {
+  function forwardWs(
+    req: IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+    ctx: ForwardContext,
+    hooks: WsHooks,
+  ): Closeable {
     const route = ctx.route
     const headers = buildRequestHeaders(ctx, true)
     let upstream: Duplex | null = null
@@ -454,8 +500,18 @@ export function createForwarder(opts: { upstreamTimeoutMs: number; maxSockets?: 
       preq.destroy()
       hooks.onClose()
     }
-    const preq = http.request({ host: route.hostname!, port: route.port, method: 'GET', path: route.targetBasePath + ctx.path, headers, agent: false })
-    if (timeout) preq.setTimeout(timeout, () => preq.destroy(Object.assign(new Error('upstream timed out'), { code: 'ETIMEDOUT' })))
+    const preq = http.request({
+      host: route.hostname!,
+      port: route.port,
+      method: 'GET',
+      path: route.targetBasePath + ctx.path,
+      headers,
+      agent: false,
+    })
+    if (timeout)
+      preq.setTimeout(timeout, () =>
+        preq.destroy(Object.assign(new Error('upstream timed out'), { code: 'ETIMEDOUT' })),
+      )
     socket.on('error', close)
     socket.on('close', close)
     preq.on('error', (err: NodeJS.ErrnoException) => {
@@ -579,7 +635,15 @@ export function createForwarder(opts: { upstreamTimeoutMs: number; maxSockets?: 
   }
 }
 
-const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' }
+const STATUS_TEXT: Record<number, string> = {
+  400: 'Bad Request',
+  401: 'Unauthorized',
+  403: 'Forbidden',
+  404: 'Not Found',
+  502: 'Bad Gateway',
+  503: 'Service Unavailable',
+  504: 'Gateway Timeout',
+}
 
 /** STYLE.md: a WebSocket failure is a raw status line written to the socket. */
 export function writeRawStatus(socket: Duplex, status: number): void {
@@ -668,7 +732,12 @@ export class WsFrameBoundary {
       this.#hdr[this.#hdrLen++] = buf[i++]!
       if (this.#hdrLen < 2 || this.#hdrLen !== headerLength(this.#hdr)) continue
       const len7 = this.#hdr[1]! & 0x7f
-      this.#skip = len7 === 126 ? this.#hdr.readUInt16BE(2) : len7 === 127 ? this.#hdr.readUInt32BE(2) * 2 ** 32 + this.#hdr.readUInt32BE(6) : len7
+      this.#skip =
+        len7 === 126
+          ? this.#hdr.readUInt16BE(2)
+          : len7 === 127
+            ? this.#hdr.readUInt32BE(2) * 2 ** 32 + this.#hdr.readUInt32BE(6)
+            : len7
       this.#hdrLen = 0
       if (stopAtBoundary && this.atBoundary) return i
     }

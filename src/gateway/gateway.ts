@@ -10,7 +10,18 @@ import type { ActivitySink, NonceLedger, RouteEntry, RouteSource } from '../doma
 import { createForwarder, scanRequestHeaders, writeRawStatus } from './forward.js'
 import type { Closeable, ForwardContext, ForwardHooks, RequestHeads } from './forward.js'
 import { createGatewayMetrics, statusClass } from './metrics.js'
-import { badGatewayPage, endedPage, forbiddenPage, loginPage, notFoundPage, pausedPage, progressPage, switchRefusedPage, switchUserPage, unavailablePage } from './pages.js'
+import {
+  badGatewayPage,
+  endedPage,
+  forbiddenPage,
+  loginPage,
+  notFoundPage,
+  pausedPage,
+  progressPage,
+  switchRefusedPage,
+  switchUserPage,
+  unavailablePage,
+} from './pages.js'
 import type { Page } from './pages.js'
 import { peerSet } from './peers.js'
 import { compileRoute, RouteTable } from './route-table.js'
@@ -166,7 +177,11 @@ export function createGateway(opts: GatewayOptions): Gateway {
       if (host) {
         const colon = host.indexOf(':')
         const name = (colon >= 0 ? host.slice(0, colon) : host).toLowerCase()
-        if (name.length > subdomain.length + 1 && name.endsWith(subdomain) && name.charCodeAt(name.length - subdomain.length - 1) === 46) {
+        if (
+          name.length > subdomain.length + 1 &&
+          name.endsWith(subdomain) &&
+          name.charCodeAt(name.length - subdomain.length - 1) === 46
+        ) {
           const label = name.slice(0, name.length - subdomain.length - 1)
           if (label.indexOf('.') >= 0 || !isInstanceId(label)) return { kind: 'bad-id' }
           return { kind: 'session', id: label, prefix: '', rest: url }
@@ -279,8 +294,17 @@ export function createGateway(opts: GatewayOptions): Gateway {
       sendPage(res, loginPage(`${loginBase}?next=${encodeURIComponent(next)}`, message))
       return
     }
-    const body = JSON.stringify({ error: { code: 'UNAUTHORIZED', message: message ?? 'a session cookie is needed; open the launch link or sign in' } })
-    res.writeHead(401, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(body) })
+    const body = JSON.stringify({
+      error: {
+        code: 'UNAUTHORIZED',
+        message: message ?? 'a session cookie is needed; open the launch link or sign in',
+      },
+    })
+    res.writeHead(401, {
+      'content-type': 'application/json; charset=utf-8',
+      'cache-control': 'no-store',
+      'content-length': Buffer.byteLength(body),
+    })
     res.end(body)
   }
 
@@ -316,7 +340,10 @@ export function createGateway(opts: GatewayOptions): Gateway {
     if (typeof site === 'string' && site !== 'same-origin') return false
     const origin = req.headers.origin
     if (typeof origin !== 'string' || origin === 'null') return false
-    return originAllowed(origin, (isTrusted(req) && firstValue(req.headers['x-forwarded-host'])) || req.headers.host || pub.host)
+    return originAllowed(
+      origin,
+      (isTrusted(req) && firstValue(req.headers['x-forwarded-host'])) || req.headers.host || pub.host,
+    )
   }
 
   /**
@@ -325,7 +352,13 @@ export function createGateway(opts: GatewayOptions): Gateway {
    * consuming the token; only a POST of that page's form, from our origin and carrying the one-shot
    * secret bound to the nonce and the current cookie, consumes it and switches.
    */
-  async function redeemLaunch(req: IncomingMessage, res: ServerResponse, id: string, rest: string, token: string): Promise<void> {
+  async function redeemLaunch(
+    req: IncomingMessage,
+    res: ServerResponse,
+    id: string,
+    rest: string,
+    token: string,
+  ): Promise<void> {
     const clean = cleanUrl(id, rest)
     const claims = opts.tokens.verifyLaunch(token)
     const cur = currentCookie(req.headers.cookie)
@@ -336,7 +369,15 @@ export function createGateway(opts: GatewayOptions): Gateway {
       if (req.method !== 'POST' || presented === null) {
         const q = new URLSearchParams(rest.slice(rest.indexOf('?') + 1))
         q.set(SWITCH_PARAM, opts.tokens.switchProof(claims.nonce, cur.value))
-        sendPage(res, switchUserPage({ current: cur.claims.userId, target: claims.userId, action: `?${q}`, stayHref: dashboardUrl }))
+        sendPage(
+          res,
+          switchUserPage({
+            current: cur.claims.userId,
+            target: claims.userId,
+            action: `?${q}`,
+            stayHref: dashboardUrl,
+          }),
+        )
         return
       }
       req.resume()
@@ -376,7 +417,13 @@ export function createGateway(opts: GatewayOptions): Gateway {
       return
     }
     log.info({ instanceId: id, reason: claims ? 'reused' : 'invalid or expired' }, 'launch link refused')
-    unauthorized(req, res, id, rest, 'This launch link has expired or was already used. Sign in, or ask for a new link.')
+    unauthorized(
+      req,
+      res,
+      id,
+      rest,
+      'This launch link has expired or was already used. Sign in, or ask for a new link.',
+    )
   }
 
   function launchToken(rest: string): string | null {
@@ -433,8 +480,14 @@ export function createGateway(opts: GatewayOptions): Gateway {
   }
 
   function crossOrigin(req: IncomingMessage, res: ServerResponse): void {
-    const body = JSON.stringify({ error: { code: 'FORBIDDEN', message: 'a request from another site to this session was refused' } })
-    res.writeHead(403, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(body) })
+    const body = JSON.stringify({
+      error: { code: 'FORBIDDEN', message: 'a request from another site to this session was refused' },
+    })
+    res.writeHead(403, {
+      'content-type': 'application/json; charset=utf-8',
+      'cache-control': 'no-store',
+      'content-length': Buffer.byteLength(body),
+    })
     res.end(body)
     req.resume()
   }
@@ -466,17 +519,30 @@ export function createGateway(opts: GatewayOptions): Gateway {
       const tpl = e.upstreamHeaders
       if (tpl) {
         // Never logged: the values may hold the app token.
-        const values = { appToken: opts.tokens.appToken(e.instanceId, e.generation), user: e.ownerId, instanceId: e.instanceId }
-        for (const [name, value] of Object.entries(tpl)) list.push(name.toLowerCase(), renderUpstreamHeader(value, values))
+        const values = {
+          appToken: opts.tokens.appToken(e.instanceId, e.generation),
+          user: e.ownerId,
+          instanceId: e.instanceId,
+        }
+        for (const [name, value] of Object.entries(tpl))
+          list.push(name.toLowerCase(), renderUpstreamHeader(value, values))
       }
       upstreamCache.set(route, (base = list))
     }
     // Groups only when the login knows them and they are the owner's own (not an admin's visiting).
-    if (claims && claims.userId === e.ownerId && claims.groups.length) return [...base, 'x-forwarded-groups', headerSafe(claims.groups.join(','))]
+    if (claims && claims.userId === e.ownerId && claims.groups.length)
+      return [...base, 'x-forwarded-groups', headerSafe(claims.groups.join(','))]
     return base
   }
 
-  function context(req: IncomingMessage, heads: RequestHeads, route: CompiledRoute, prefix: string, rest: string, claims?: SessionClaims): ForwardContext {
+  function context(
+    req: IncomingMessage,
+    heads: RequestHeads,
+    route: CompiledRoute,
+    prefix: string,
+    rest: string,
+    claims?: SessionClaims,
+  ): ForwardContext {
     const strip = prefix !== '' && route.entry.pathMode === 'strip'
     const encrypted = (req.socket as { encrypted?: boolean }).encrypted === true
     // X-Forwarded-* are believed only from the peers in server.trustProxy.
@@ -534,7 +600,15 @@ export function createGateway(opts: GatewayOptions): Gateway {
     },
   }
 
-  function forward(req: IncomingMessage, res: ServerResponse, heads: RequestHeads, route: CompiledRoute, prefix: string, rest: string, claims: SessionClaims): void {
+  function forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    heads: RequestHeads,
+    route: CompiledRoute,
+    prefix: string,
+    rest: string,
+    claims: SessionClaims,
+  ): void {
     const x = forwarder.http(req, res, context(req, heads, route, prefix, rest, claims), sessionHooks)
     // Tracked only while open: a synchronous failure has already called onDone.
     if (!x.done) track(route.entry.instanceId, x)
@@ -545,7 +619,14 @@ export function createGateway(opts: GatewayOptions): Gateway {
     metrics.upstreamError(code)
     const path = redact(req.url)
     // CHP's list: the app is down or restarting; a stack trace says nothing more.
-    if (code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EHOSTUNREACH' || code === 'ETIMEDOUT' || code === 'ENOTFOUND' || code === 'EPIPE') {
+    if (
+      code === 'ECONNREFUSED' ||
+      code === 'ECONNRESET' ||
+      code === 'EHOSTUNREACH' ||
+      code === 'ETIMEDOUT' ||
+      code === 'ENOTFOUND' ||
+      code === 'EPIPE'
+    ) {
       log.warn({ instanceId: id, code, path }, 'upstream did not answer')
     } else {
       log.error({ instanceId: id, err, path }, 'upstream request failed')
@@ -556,7 +637,12 @@ export function createGateway(opts: GatewayOptions): Gateway {
     if (opts.probes?.(req, res)) return
     if (opts.fallback) return opts.fallback(req, res)
     if (defaultRoute && defaultRoute.hostname !== null) {
-      forwarder.http(req, res, context(req, scanRequestHeaders(req.rawHeaders), defaultRoute, '', req.url ?? '/'), defaultHooks)
+      forwarder.http(
+        req,
+        res,
+        context(req, scanRequestHeaders(req.rawHeaders), defaultRoute, '', req.url ?? '/'),
+        defaultHooks,
+      )
       return
     }
     sendPage(res, notFoundPage(dashboardUrl))
@@ -578,14 +664,20 @@ export function createGateway(opts: GatewayOptions): Gateway {
     if (r === null) {
       if (opts.fallbackUpgrade) return opts.fallbackUpgrade(req, socket, head)
       if (defaultRoute && defaultRoute.hostname !== null) {
-        forwarder.ws(req, socket, head, context(req, scanRequestHeaders(req.rawHeaders), defaultRoute, '', req.url ?? '/'), {
-          onOpen() {},
-          onClientMessage() {},
-          onClose() {},
-          onUpstreamError(err) {
-            upstreamFailed(err, '_default', req)
+        forwarder.ws(
+          req,
+          socket,
+          head,
+          context(req, scanRequestHeaders(req.rawHeaders), defaultRoute, '', req.url ?? '/'),
+          {
+            onOpen() {},
+            onClientMessage() {},
+            onClose() {},
+            onUpstreamError(err) {
+              upstreamFailed(err, '_default', req)
+            },
           },
-        })
+        )
         return
       }
       return writeRawStatus(socket, 404)
@@ -607,7 +699,8 @@ export function createGateway(opts: GatewayOptions): Gateway {
     let opened = false
     let closed = false
     let handle: Closeable | null = null
-    if (socket instanceof Object && 'setNoDelay' in socket) (socket as unknown as { setNoDelay(v: boolean): void }).setNoDelay(true)
+    if (socket instanceof Object && 'setNoDelay' in socket)
+      (socket as unknown as { setNoDelay(v: boolean): void }).setNoDelay(true)
     handle = forwarder.ws(req, socket, head, ctx, {
       onOpen() {
         opened = true
@@ -639,7 +732,10 @@ export function createGateway(opts: GatewayOptions): Gateway {
       for (const set of open.values()) for (const c of [...set]) c.goAway?.()
     },
     async listen(port, host) {
-      const s = http.createServer({ requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 65_000 }, handleRequest)
+      const s = http.createServer(
+        { requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 65_000 },
+        handleRequest,
+      )
       s.on('upgrade', handleUpgrade)
       s.on('clientError', (_err, socket) => {
         if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n')
@@ -694,7 +790,8 @@ function scopeOf(requester: string | null | undefined): string {
 
 /** The Host field from raw headers, without building node's headers object. */
 function rawHost(raw: readonly string[]): string | undefined {
-  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === 4 && raw[i]!.toLowerCase() === 'host') return raw[i + 1]
+  for (let i = 0; i < raw.length; i += 2)
+    if (raw[i]!.length === 4 && raw[i]!.toLowerCase() === 'host') return raw[i + 1]
   return undefined
 }
 

@@ -27,7 +27,12 @@ export function createGatewayMetrics(registry: Registry | undefined): GatewayMet
     return { request: noop, wsOpened: noop, wsClosed: noop, upstreamError: noop, activityWrite: noop }
   }
   const registers = [registry]
-  const requests = new Counter({ name: 'studiopool_gateway_requests_total', help: 'Requests answered by the gateway for sessions, by status class', labelNames: ['status_class'], registers })
+  const requests = new Counter({
+    name: 'studiopool_gateway_requests_total',
+    help: 'Requests answered by the gateway for sessions, by status class',
+    labelNames: ['status_class'],
+    registers,
+  })
   const latency = new Histogram({
     name: 'studiopool_gateway_request_duration_seconds',
     help: 'Time from request to the end of the response, by status class',
@@ -35,13 +40,35 @@ export function createGatewayMetrics(registry: Registry | undefined): GatewayMet
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60],
     registers,
   })
-  const ws = new Gauge({ name: 'studiopool_gateway_websockets_open', help: 'WebSocket connections open through the gateway', registers })
-  const upstreamErrors = new Counter({ name: 'studiopool_gateway_upstream_errors_total', help: 'Upstream failures, by error code', labelNames: ['code'], registers })
-  const writes = new Counter({ name: 'studiopool_gateway_activity_writes_total', help: 'Batched activity writes to the store or API, by result', labelNames: ['result'], registers })
-  const entries = new Counter({ name: 'studiopool_gateway_activity_entries_total', help: 'Instance activity entries written', registers })
+  const ws = new Gauge({
+    name: 'studiopool_gateway_websockets_open',
+    help: 'WebSocket connections open through the gateway',
+    registers,
+  })
+  const upstreamErrors = new Counter({
+    name: 'studiopool_gateway_upstream_errors_total',
+    help: 'Upstream failures, by error code',
+    labelNames: ['code'],
+    registers,
+  })
+  const writes = new Counter({
+    name: 'studiopool_gateway_activity_writes_total',
+    help: 'Batched activity writes to the store or API, by result',
+    labelNames: ['result'],
+    registers,
+  })
+  const entries = new Counter({
+    name: 'studiopool_gateway_activity_entries_total',
+    help: 'Instance activity entries written',
+    registers,
+  })
   // Label children are looked up once, not per request.
-  const byClass = new Map<StatusClass, { c: ReturnType<typeof requests.labels>; h: ReturnType<typeof latency.labels> }>()
-  for (const k of ['1xx', '2xx', '3xx', '4xx', '5xx', 'aborted'] as const) byClass.set(k, { c: requests.labels(k), h: latency.labels(k) })
+  const byClass = new Map<
+    StatusClass,
+    { c: ReturnType<typeof requests.labels>; h: ReturnType<typeof latency.labels> }
+  >()
+  for (const k of ['1xx', '2xx', '3xx', '4xx', '5xx', 'aborted'] as const)
+    byClass.set(k, { c: requests.labels(k), h: latency.labels(k) })
   return {
     request(cls, seconds) {
       const m = byClass.get(cls)!

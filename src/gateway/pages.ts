@@ -5,7 +5,9 @@ import type { RouteEntry } from '../domain/routes.js'
  * Every dynamic value goes through `esc`.
  */
 export function esc(value: unknown): string {
-  return String(value).replace(/[&<>"']/g, (c) => (c === '&' ? '&amp;' : c === '<' ? '&lt;' : c === '>' ? '&gt;' : c === '"' ? '&quot;' : '&#39;'))
+  return String(value).replace(/[&<>"']/g, (c) =>
+    c === '&' ? '&amp;' : c === '<' ? '&lt;' : c === '>' ? '&gt;' : c === '"' ? '&quot;' : '&#39;',
+  )
 }
 
 const CSS = `
@@ -21,9 +23,11 @@ progress{width:100%;height:1rem;margin:.75rem 0}.brand{font-size:.8rem;letter-sp
 code{font-size:.9em}`
 
 function layout(title: string, body: string, head = ''): string {
-  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">` +
+  return (
+    `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">` +
     `<meta name="robots" content="noindex">${head}<title>${esc(title)} · studiopool</title><style>${CSS}</style></head>` +
     `<body><main><div class="brand">studiopool</div><h1>${esc(title)}</h1>${body}</main></body></html>`
+  )
 }
 
 export interface Page {
@@ -41,7 +45,10 @@ const STATE_TEXT: Partial<Record<RouteEntry['state'], string>> = {
 /** Shown while the instance is queued, provisioning or starting; reloads itself every few seconds and so reaches the app once it is ready. */
 export function progressPage(route: RouteEntry, refreshSeconds = 2): Page {
   const pct = Math.max(0, Math.min(100, Math.round(route.progress)))
-  const queue = route.state === 'queued' && route.queuePosition ? `<p>Position in queue: <strong>${esc(route.queuePosition)}</strong></p>` : ''
+  const queue =
+    route.state === 'queued' && route.queuePosition
+      ? `<p>Position in queue: <strong>${esc(route.queuePosition)}</strong></p>`
+      : ''
   const msg = route.progressMessage ? `<p>${esc(route.progressMessage)}</p>` : ''
   const html = layout(
     'Your session is starting',
@@ -57,7 +64,10 @@ export function endedPage(dashboardUrl: string, reason?: string | null): Page {
   const why = reason ? `<p>Reason: ${esc(reason)}</p>` : ''
   return {
     status: 404,
-    html: layout('This session has ended or does not exist', `<p>The address may be old, or the session was stopped.</p>${why}<a class="btn" href="${esc(dashboardUrl)}">Back to the dashboard</a>`),
+    html: layout(
+      'This session has ended or does not exist',
+      `<p>The address may be old, or the session was stopped.</p>${why}<a class="btn" href="${esc(dashboardUrl)}">Back to the dashboard</a>`,
+    ),
   }
 }
 
@@ -65,7 +75,10 @@ export function endedPage(dashboardUrl: string, reason?: string | null): Page {
 export function pausedPage(dashboardUrl: string, state: string): Page {
   return {
     status: 503,
-    html: layout('This session is not running', `<p>The session is ${esc(state)}. You can resume it from the dashboard.</p><a class="btn" href="${esc(dashboardUrl)}">Open the dashboard</a>`),
+    html: layout(
+      'This session is not running',
+      `<p>The session is ${esc(state)}. You can resume it from the dashboard.</p><a class="btn" href="${esc(dashboardUrl)}">Open the dashboard</a>`,
+    ),
     headers: { 'retry-after': '10' },
   }
 }
@@ -74,13 +87,19 @@ export function badGatewayPage(status: 502 | 503 | 504, dashboardUrl: string): P
   const title = status === 504 ? 'The application took too long to answer' : 'The application does not answer'
   return {
     status,
-    html: layout(title, `<p>Your session exists, but its application did not respond. It may still be starting, or it may have stopped. Try again in a moment.</p><a class="btn" href="">Try again</a> <a href="${esc(dashboardUrl)}">Dashboard</a>`),
+    html: layout(
+      title,
+      `<p>Your session exists, but its application did not respond. It may still be starting, or it may have stopped. Try again in a moment.</p><a class="btn" href="">Try again</a> <a href="${esc(dashboardUrl)}">Dashboard</a>`,
+    ),
     headers: { 'retry-after': '5' },
   }
 }
 
 export function loginPage(loginHref: string, message = 'Please sign in to open this session.'): Page {
-  return { status: 401, html: layout('Sign in needed', `<p>${esc(message)}</p><a class="btn" href="${esc(loginHref)}">Sign in</a>`) }
+  return {
+    status: 401,
+    html: layout('Sign in needed', `<p>${esc(message)}</p><a class="btn" href="${esc(loginHref)}">Sign in</a>`),
+  }
 }
 
 /**
@@ -100,7 +119,11 @@ export function switchUserPage(opts: { current: string; target: string; action: 
     ),
     // `origin`, not the gateway's usual no-referrer: with no-referrer the browser sends `Origin: null`
     // on the form's POST, which the gateway must refuse; `origin` never sends the path (the token) either.
-    headers: { 'x-frame-options': 'DENY', 'content-security-policy': "frame-ancestors 'none'; form-action 'self'", 'referrer-policy': 'origin' },
+    headers: {
+      'x-frame-options': 'DENY',
+      'content-security-policy': "frame-ancestors 'none'; form-action 'self'",
+      'referrer-policy': 'origin',
+    },
   }
 }
 
@@ -108,7 +131,10 @@ export function switchUserPage(opts: { current: string; target: string; action: 
 export function switchRefusedPage(dashboardUrl: string): Page {
   return {
     status: 403,
-    html: layout('This confirmation has expired', `<p>The confirmation was not sent from its own page, or you signed in as someone else meanwhile. Nothing was changed. Open the link again to be asked once more.</p><a class="btn" href="${esc(dashboardUrl)}">Dashboard</a>`),
+    html: layout(
+      'This confirmation has expired',
+      `<p>The confirmation was not sent from its own page, or you signed in as someone else meanwhile. Nothing was changed. Open the link again to be asked once more.</p><a class="btn" href="${esc(dashboardUrl)}">Dashboard</a>`,
+    ),
   }
 }
 
@@ -116,19 +142,35 @@ export function forbiddenPage(dashboardUrl: string, otherRequester = false): Pag
   if (otherRequester) {
     return {
       status: 403,
-      html: layout('Open this session from its own application', `<p>This browser was signed in by a link from another application, which opens only the sessions that application asked for. Open this session from the application that gave it to you, or sign in to the dashboard.</p><a class="btn" href="${esc(dashboardUrl)}">Dashboard</a>`),
+      html: layout(
+        'Open this session from its own application',
+        `<p>This browser was signed in by a link from another application, which opens only the sessions that application asked for. Open this session from the application that gave it to you, or sign in to the dashboard.</p><a class="btn" href="${esc(dashboardUrl)}">Dashboard</a>`,
+      ),
     }
   }
   return {
     status: 403,
-    html: layout('Not your session', `<p>This session belongs to another user. Sign in as its owner, or open your own sessions from the dashboard.</p><a class="btn" href="${esc(dashboardUrl)}">Dashboard</a>`),
+    html: layout(
+      'Not your session',
+      `<p>This session belongs to another user. Sign in as its owner, or open your own sessions from the dashboard.</p><a class="btn" href="${esc(dashboardUrl)}">Dashboard</a>`,
+    ),
   }
 }
 
 export function notFoundPage(dashboardUrl: string): Page {
-  return { status: 404, html: layout('Not found', `<p>There is nothing at this address.</p><a class="btn" href="${esc(dashboardUrl)}">Dashboard</a>`) }
+  return {
+    status: 404,
+    html: layout(
+      'Not found',
+      `<p>There is nothing at this address.</p><a class="btn" href="${esc(dashboardUrl)}">Dashboard</a>`,
+    ),
+  }
 }
 
 export function unavailablePage(message: string): Page {
-  return { status: 503, html: layout('Please try again', `<p>${esc(message)}</p><a class="btn" href="">Try again</a>`), headers: { 'retry-after': '5' } }
+  return {
+    status: 503,
+    html: layout('Please try again', `<p>${esc(message)}</p><a class="btn" href="">Try again</a>`),
+    headers: { 'retry-after': '5' },
+  }
 }

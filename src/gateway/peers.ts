@@ -87,13 +87,23 @@ export function isLoopback(addr: string): boolean {
 
 /** Whether the set can match a loopback peer (the word, or a range that holds a loopback address). */
 export function coversLoopback(set: PeerSet): boolean {
-  return set.loopback || set.ranges.some((r) => overlaps(r, { entry: '127.0.0.0/8', address: '127.0.0.0', bits: 8, family: 4 }) || overlaps(r, { entry: '::1', address: '::1', bits: 128, family: 6 }))
+  return (
+    set.loopback ||
+    set.ranges.some(
+      (r) =>
+        overlaps(r, { entry: '127.0.0.0/8', address: '127.0.0.0', bits: 8, family: 4 }) ||
+        overlaps(r, { entry: '::1', address: '::1', bits: 128, family: 6 }),
+    )
+  )
 }
 
 /** Entries of the set that overlap a CIDR (a provider's session network). */
 export function overlapping(set: PeerSet, cidr: string): string[] {
   const other = parseEntry(cidr)
-  if (other === 'loopback') return coversLoopback(set) ? [...(set.loopback ? ['loopback'] : []), ...set.ranges.filter((r) => isLoopback(r.address)).map((r) => r.entry)] : []
+  if (other === 'loopback')
+    return coversLoopback(set)
+      ? [...(set.loopback ? ['loopback'] : []), ...set.ranges.filter((r) => isLoopback(r.address)).map((r) => r.entry)]
+      : []
   if (typeof other === 'string') return []
   return set.ranges.filter((r) => overlaps(r, other)).map((r) => r.entry)
 }

@@ -28,7 +28,9 @@ export interface RemoteRouteSource extends RouteSource {
  * `reset` and the table is replaced in full. Reconnects back off from 250 ms to 5 s. A stream
  * that is silent for `staleMs` (no event, no heartbeat) is treated as dead and reopened.
  */
-export function createRemoteRouteSource(opts: RemoteOptions & { staleMs?: number; maxBackoffMs?: number }): RemoteRouteSource {
+export function createRemoteRouteSource(
+  opts: RemoteOptions & { staleMs?: number; maxBackoffMs?: number },
+): RemoteRouteSource {
   const hub = new RouteHub()
   const url = new URL('/api/v1/gateway/routes', opts.serviceUrl)
   const lib = url.protocol === 'https:' ? https : http
@@ -77,7 +79,10 @@ export function createRemoteRouteSource(opts: RemoteOptions & { staleMs?: number
 
   function connect(): void {
     if (closed) return
-    const r = lib.get(url, { headers: { authorization: `Bearer ${opts.key}`, accept: 'text/event-stream' }, agent: false })
+    const r = lib.get(url, {
+      headers: { authorization: `Bearer ${opts.key}`, accept: 'text/event-stream' },
+      agent: false,
+    })
     req = r
     r.on('response', (res) => {
       if (res.statusCode !== 200) {
@@ -100,7 +105,8 @@ export function createRemoteRouteSource(opts: RemoteOptions & { staleMs?: number
           const block = buf.slice(0, end)
           buf = buf.slice(end + 2)
           let data = ''
-          for (const line of block.split('\n')) if (line.startsWith('data:')) data += line.slice(line.charCodeAt(5) === 32 ? 6 : 5)
+          for (const line of block.split('\n'))
+            if (line.startsWith('data:')) data += line.slice(line.charCodeAt(5) === 32 ? 6 : 5)
           if (!data) continue
           try {
             apply(JSON.parse(data) as RouteEvent)
@@ -111,7 +117,8 @@ export function createRemoteRouteSource(opts: RemoteOptions & { staleMs?: number
       })
       res.on('close', () => {
         if (staleTimer) clearTimeout(staleTimer)
-        if (!closed) opts.log.warn({ serviceUrl: opts.serviceUrl }, 'route stream closed; existing routes stay, reconnecting')
+        if (!closed)
+          opts.log.warn({ serviceUrl: opts.serviceUrl }, 'route stream closed; existing routes stay, reconnecting')
         schedule()
       })
     })
@@ -131,7 +138,10 @@ export function createRemoteRouteSource(opts: RemoteOptions & { staleMs?: number
     ready(timeoutMs = 10_000) {
       if (gotReset) return Promise.resolve()
       return new Promise((resolve, reject) => {
-        const t = setTimeout(() => reject(new Error(`no route table from ${opts.serviceUrl} within ${timeoutMs} ms`)), timeoutMs)
+        const t = setTimeout(
+          () => reject(new Error(`no route table from ${opts.serviceUrl} within ${timeoutMs} ms`)),
+          timeoutMs,
+        )
         readyWaiters.push(() => {
           clearTimeout(t)
           resolve()

@@ -90,8 +90,16 @@ export class RouteTable {
     const old = this.#routes.get(entry.instanceId)
     const compiled = compileRoute(entry, this.#opts)
     this.#routes.set(entry.instanceId, compiled)
-    if (old && (old.entry.generation !== entry.generation || old.targetOrigin !== compiled.targetOrigin || (entry.state !== 'ready' && old.entry.state === 'ready'))) {
-      this.#onDrop({ instanceId: entry.instanceId, reason: old.entry.generation !== entry.generation ? 'new generation' : 'route changed' })
+    if (
+      old &&
+      (old.entry.generation !== entry.generation ||
+        old.targetOrigin !== compiled.targetOrigin ||
+        (entry.state !== 'ready' && old.entry.state === 'ready'))
+    ) {
+      this.#onDrop({
+        instanceId: entry.instanceId,
+        reason: old.entry.generation !== entry.generation ? 'new generation' : 'route changed',
+      })
     }
   }
 }
@@ -109,14 +117,16 @@ export function compileRoute(entry: RouteEntry, opts: RouteTableOptions = {}): C
     address = opts.routeToReplace.replace(opts.stringToReplace, host)
   }
   const activityIgnore = ignoreExpression(entry.activityIgnore)
-  if (!address) return { entry, hostname: null, port: 0, targetHost: null, targetOrigin: null, targetBasePath: '', activityIgnore }
+  if (!address)
+    return { entry, hostname: null, port: 0, targetHost: null, targetOrigin: null, targetBasePath: '', activityIgnore }
   let url: URL
   try {
     url = new URL(address)
   } catch {
     return { entry, hostname: null, port: 0, targetHost: null, targetOrigin: null, targetBasePath: '', activityIgnore }
   }
-  if (url.protocol !== 'http:') return { entry, hostname: null, port: 0, targetHost: null, targetOrigin: null, targetBasePath: '', activityIgnore }
+  if (url.protocol !== 'http:')
+    return { entry, hostname: null, port: 0, targetHost: null, targetOrigin: null, targetBasePath: '', activityIgnore }
   const port = url.port ? Number(url.port) : 80
   const hostname = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname
   const base = url.pathname.replace(/\/+$/, '')

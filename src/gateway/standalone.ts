@@ -16,26 +16,39 @@ import { createTokenService } from './tokens.js'
  * even when the API is not reachable yet, and shows the ended page for unknown sessions
  * until the first route table arrives.
  */
-export async function runGatewayRole(opts: { config: Config; log: Logger; metrics?: Registry }): Promise<{ address: AddressInfo; close(): Promise<void>; shutdown(graceMs: number): Promise<void> }> {
+export async function runGatewayRole(opts: {
+  config: Config
+  log: Logger
+  metrics?: Registry
+}): Promise<{ address: AddressInfo; close(): Promise<void>; shutdown(graceMs: number): Promise<void> }> {
   const { config, log } = opts
   const serviceUrl = config.split.serviceUrl
   const key = config.split.proxyKey
-  if (!serviceUrl || !key) throw new Error('the gateway role needs split.serviceUrl (SERVICE_URL) and split.proxyKey (PROXY_KEY)')
+  if (!serviceUrl || !key)
+    throw new Error('the gateway role needs split.serviceUrl (SERVICE_URL) and split.proxyKey (PROXY_KEY)')
   // In one process the secret may be generated and kept in the store; a separate gateway cannot read the store.
-  if (!config.gateway.secret) throw new Error('the gateway role needs gateway.secret (STUDIOPOOL_SECRET), the same value the API uses')
+  if (!config.gateway.secret)
+    throw new Error('the gateway role needs gateway.secret (STUDIOPOOL_SECRET), the same value the API uses')
   const secret = config.gateway.secret
   const remote = { serviceUrl, key, log: log.child({ component: 'gateway-remote' }) }
   const routes = createRemoteRouteSource(remote)
   const lifecycle = new ServerLifecycle()
   let haveTable = false
   let closed = false
-  const waitTable = (): void => void routes.ready(10_000).then(() => void (haveTable = true), () => (closed ? undefined : waitTable()))
+  const waitTable = (): void =>
+    void routes.ready(10_000).then(
+      () => void (haveTable = true),
+      () => (closed ? undefined : waitTable()),
+    )
   waitTable()
   const metrics = opts.metrics ?? new Registry()
   // The role's own probes (issue 9 item 10): ready once it has a route table (it keeps it while the API is away) and until SIGTERM.
   const probes = createProbeHandler({
     readiness: () =>
-      checkReadiness({ draining: () => lifecycle.draining(), extra: { routes: () => (haveTable ? undefined : `no route table from ${serviceUrl} yet`) } }),
+      checkReadiness({
+        draining: () => lifecycle.draining(),
+        extra: { routes: () => (haveTable ? undefined : `no route table from ${serviceUrl} yet`) },
+      }),
     metrics,
     mayReadMetrics: matchesAny([key, ...config.auth.keys.filter((k) => k.role !== 'requester').map((k) => k.key)]),
   })
@@ -45,7 +58,10 @@ export async function runGatewayRole(opts: { config: Config; log: Logger; metric
     routes,
     activity: createRemoteActivitySink(remote),
     nonces: createRemoteNonceLedger(remote),
-    tokens: createTokenService(secret, { launchTtlMs: config.gateway.launchTokenTtlMs, cookieTtlMs: config.gateway.cookieTtlMs }),
+    tokens: createTokenService(secret, {
+      launchTtlMs: config.gateway.launchTokenTtlMs,
+      cookieTtlMs: config.gateway.cookieTtlMs,
+    }),
     log: log.child({ component: 'gateway' }),
     metrics,
     trustProxy: config.server.trustProxy,

@@ -54,7 +54,12 @@ export interface TokenService {
   /** Claims when the signature and expiry are good; does not consume the nonce (the gateway does). */
   verifyLaunch(token: string): LaunchClaims | undefined
   /** The session cookie's value. */
-  issueSession(claims: { userId: string; admin: boolean; groups: readonly string[]; requesters?: readonly string[] }): string
+  issueSession(claims: {
+    userId: string
+    admin: boolean
+    groups: readonly string[]
+    requesters?: readonly string[]
+  }): string
   verifySession(value: string): SessionClaims | undefined
   /**
    * The one-shot form secret of the "continue as …?" page (a launch link opened in a browser holding
@@ -80,7 +85,10 @@ interface Key {
 }
 
 function deriveKey(secret: string): Key {
-  const kid = createHash('sha256').update('studiopool-kid\0' + secret).digest('base64url').slice(0, 8)
+  const kid = createHash('sha256')
+    .update('studiopool-kid\0' + secret)
+    .digest('base64url')
+    .slice(0, 8)
   return {
     kid,
     launch: createHmac('sha256', secret).update('studiopool/launch/v1').digest(),
@@ -103,7 +111,8 @@ export function createTokenService(
   const cache = new Map<string, { claims: SessionClaims; until: number }>()
   const appTokens = new Map<string, string>()
   const switchKey = createHmac('sha256', secret).update('studiopool/launch-switch/v1').digest()
-  const proof = (nonce: string, cookieValue: string) => createHmac('sha256', switchKey).update(`${nonce}\0${cookieValue}`).digest()
+  const proof = (nonce: string, cookieValue: string) =>
+    createHmac('sha256', switchKey).update(`${nonce}\0${cookieValue}`).digest()
 
   function sign(purpose: 'launch' | 'session', payload: object): string {
     const body = `${VERSION}.${current.kid}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`
@@ -144,7 +153,13 @@ export function createTokenService(
     cookieTtlMs: opts.cookieTtlMs,
     issueLaunch({ instanceId, userId, requester }) {
       const r = typeof requester === 'string' ? { r: requester } : {}
-      return sign('launch', { i: instanceId, u: userId, ...r, n: randomBytes(16).toString('base64url'), e: now() + opts.launchTtlMs })
+      return sign('launch', {
+        i: instanceId,
+        u: userId,
+        ...r,
+        n: randomBytes(16).toString('base64url'),
+        e: now() + opts.launchTtlMs,
+      })
     },
     verifyLaunch(token) {
       const p = open('launch', token)

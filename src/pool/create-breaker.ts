@@ -130,8 +130,19 @@ export class CreateBreaker {
     const failures = (prev?.failures ?? 0) + 1
     const nonTransient = kind === 'transient' ? 0 : (prev?.nonTransient ?? 0) + 1
     const open = (prev?.open ?? false) || kind === 'auth' || nonTransient >= this.#o.openAfter
-    const delay = Math.min(this.#o.maxMs, this.#o.baseMs * 2 ** Math.min(failures - 1, 30)) * (0.5 + this.#o.random() / 2)
-    const next = { template, open, failures, kind, cause: message.slice(0, 500), nextAttemptAt: this.#now() + Math.round(delay), probing: null, probingAt: 0, nonTransient }
+    const delay =
+      Math.min(this.#o.maxMs, this.#o.baseMs * 2 ** Math.min(failures - 1, 30)) * (0.5 + this.#o.random() / 2)
+    const next = {
+      template,
+      open,
+      failures,
+      kind,
+      cause: message.slice(0, 500),
+      nextAttemptAt: this.#now() + Math.round(delay),
+      probing: null,
+      probingAt: 0,
+      nonTransient,
+    }
     this.#states.set(template, next)
     this.#onChange(template, next)
     return next

@@ -2,14 +2,37 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
 import type { Logger } from 'pino'
 import { deriveAppToken } from '../domain/app-token.js'
 import type { Config, TemplateConfig } from '../config/types.js'
-import { AppError, ConflictError, NotFoundError, PoolFullError, ProviderError, ValidationError } from '../domain/errors.js'
+import {
+  AppError,
+  ConflictError,
+  NotFoundError,
+  PoolFullError,
+  ProviderError,
+  ValidationError,
+} from '../domain/errors.js'
 import { newInstanceId } from '../domain/ids.js'
 import { type EndReason, type Instance, isLive, LIVE_STATES } from '../domain/instance.js'
 import type { RouteEntry } from '../domain/routes.js'
 import type { Metrics } from '../metrics.js'
-import { LABEL_ASSIGNED_AT, LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL, LABEL_REQUESTER, LABEL_TEMPLATE, type InstanceSpec, type IsolationReport, type Provider } from '../providers/provider.js'
+import {
+  LABEL_ASSIGNED_AT,
+  LABEL_INSTANCE,
+  LABEL_OWNER,
+  LABEL_POOL,
+  LABEL_REQUESTER,
+  LABEL_TEMPLATE,
+  type InstanceSpec,
+  type IsolationReport,
+  type Provider,
+} from '../providers/provider.js'
 import { CreateBreaker, type BackoffOptions, type BreakerState } from './create-breaker.js'
-import { LiveInstanceExistsError, type Store, type StoreTx, type WarmClaimInput, type WarmClaimResult } from '../store/store.js'
+import {
+  LiveInstanceExistsError,
+  type Store,
+  type StoreTx,
+  type WarmClaimInput,
+  type WarmClaimResult,
+} from '../store/store.js'
 
 /** Where the pool publishes route changes (the gateway's RouteHub in-process). */
 export interface RoutePublisher {
@@ -98,7 +121,10 @@ export class PoolService {
   #closed = false
   #version = 0
   /** Without a configured app-token function (tests), tokens from a per-process random secret. */
-  readonly #fallbackAppToken = ((secret: string) => (id: string, gen: number) => deriveAppToken(secret, id, gen))(randomBytes(32).toString('base64url'))
+  readonly #fallbackAppToken = (
+    (secret: string) => (id: string, gen: number) =>
+      deriveAppToken(secret, id, gen)
+  )(randomBytes(32).toString('base64url'))
   #topUp: Promise<void> | undefined
   #topUpAgain = false
   /** Warm claims waiting for the next batch (see #claimWarm). */
@@ -114,14 +140,25 @@ export class PoolService {
     this.#breaker = new CreateBreaker(deps.backoff ?? {}, this.#now, (template, st) => {
       deps.metrics?.templateUnavailable.set({ template }, st?.open ? 1 : 0)
       if (!st) deps.log.info({ template }, 'provider create succeeded; the template is available again')
-      else if (st.open) deps.log.error({ template, kind: st.kind, failures: st.failures, retryInMs: st.nextAttemptAt - this.#now() }, `template "${template}" is unavailable: ${st.cause}`)
-      else deps.log.warn({ template, kind: st.kind, failures: st.failures, retryInMs: st.nextAttemptAt - this.#now() }, 'provider create failed; backing off')
+      else if (st.open)
+        deps.log.error(
+          { template, kind: st.kind, failures: st.failures, retryInMs: st.nextAttemptAt - this.#now() },
+          `template "${template}" is unavailable: ${st.cause}`,
+        )
+      else
+        deps.log.warn(
+          { template, kind: st.kind, failures: st.failures, retryInMs: st.nextAttemptAt - this.#now() },
+          'provider create failed; backing off',
+        )
     })
   }
 
   template(name: string): TemplateConfig {
     const t = this.#templates.get(name)
-    if (!t) throw new ValidationError(`unknown template "${name}"`, [{ path: '/payload/template', message: `known templates: ${[...this.#templates.keys()].join(', ')}` }])
+    if (!t)
+      throw new ValidationError(`unknown template "${name}"`, [
+        { path: '/payload/template', message: `known templates: ${[...this.#templates.keys()].join(', ')}` },
+      ])
     return t
   }
 
@@ -137,11 +174,15 @@ export class PoolService {
 
   #providerUnavailable(t: TemplateConfig): ProviderError {
     const st = this.#breaker.state(t.name)
-    return new ProviderError(t.provider, `template "${t.name}" is unavailable: ${st?.cause ?? 'its provider is failing'}`, {
-      code: 'PROVIDER_UNAVAILABLE',
-      kind: st?.kind,
-      retryAfter: this.#breaker.retryAfter(t.name),
-    })
+    return new ProviderError(
+      t.provider,
+      `template "${t.name}" is unavailable: ${st?.cause ?? 'its provider is failing'}`,
+      {
+        code: 'PROVIDER_UNAVAILABLE',
+        kind: st?.kind,
+        retryAfter: this.#breaker.retryAfter(t.name),
+      },
+    )
   }
 
   /** What each provider in use isolates (DESIGN.md contract 5), for /readyz, the admin view and the login rules. */
@@ -199,26 +240,60 @@ export class PoolService {
         const templateCount = counts.byTemplate[t.name] ?? 0
         const underTemplate = templateCount < t.maxInstances
         const underPool = counts.total < this.#d.config.pool.maxInstances
-        const base = { template: t.name, ownerId: input.userId, keyName, createdAt: now, updatedAt: now, assignedAt: now, lastActivityAt: now }
+        const base = {
+          template: t.name,
+          ownerId: input.userId,
+          keyName,
+          createdAt: now,
+          updatedAt: now,
+          assignedAt: now,
+          lastActivityAt: now,
+        }
         if (underTemplate && underPool) {
           const id = newInstanceId()
           if (this.#breaker.permit(t.name, id)) probe = id
-          const row = await tx.insertInstance({ ...base, id, state: 'provisioning', startedAt: now, progress: 0, progressMessage: 'asking the provider for an instance' })
+          const row = await tx.insertInstance({
+            ...base,
+            id,
+            state: 'provisioning',
+            startedAt: now,
+            progress: 0,
+            progressMessage: 'asking the provider for an instance',
+          })
           await this.#openAssignment(tx, row, input.userId, keyName)
           return { inst: row, outcome: 'cold' as const, evict: undefined }
         }
         if (t.whenFull === 'reject') {
-          throw new PoolFullError(underTemplate ? 'the pool is at its maxInstances' : `template "${t.name}" is at its maxInstances (${t.maxInstances})`)
+          throw new PoolFullError(
+            underTemplate
+              ? 'the pool is at its maxInstances'
+              : `template "${t.name}" is at its maxInstances (${t.maxInstances})`,
+          )
         }
         // The pool-wide cap is reached but this template has room: a free warm instance of another
         // template makes way, so warm pools can never starve a template forever.
         let victim: Instance | undefined
         if (underTemplate && !underPool) {
-          const free = await tx.listInstances({ assigned: false, states: ['ready', 'starting', 'provisioning'], limit: 50 })
+          const free = await tx.listInstances({
+            assigned: false,
+            states: ['ready', 'starting', 'provisioning'],
+            limit: 50,
+          })
           const candidate = free.find((f) => f.template !== t.name)
-          if (candidate) victim = await tx.updateInstance(candidate.id, { state: 'stopping', updatedAt: now, progressMessage: 'making room for a queued request' }, { states: [candidate.state], ownerId: null })
+          if (candidate)
+            victim = await tx.updateInstance(
+              candidate.id,
+              { state: 'stopping', updatedAt: now, progressMessage: 'making room for a queued request' },
+              { states: [candidate.state], ownerId: null },
+            )
         }
-        const row = await tx.insertInstance({ ...base, id: newInstanceId(), state: 'queued', progress: 0, progressMessage: 'waiting for a free place in the pool' })
+        const row = await tx.insertInstance({
+          ...base,
+          id: newInstanceId(),
+          state: 'queued',
+          progress: 0,
+          progressMessage: 'waiting for a free place in the pool',
+        })
         await this.#openAssignment(tx, row, input.userId, keyName)
         return { inst: row, outcome: 'queued' as const, evict: victim }
       }))
@@ -276,7 +351,10 @@ export class PoolService {
     const batch = this.#claims.splice(0)
     const { store } = this.#d
     try {
-      const results = await store.assignWarm(batch.map((j) => j.claim), this.#now())
+      const results = await store.assignWarm(
+        batch.map((j) => j.claim),
+        this.#now(),
+      )
       batch.forEach((job, i) => job.resolve(results[i]!))
     } catch (err) {
       if (batch.length === 1) return batch[0]!.reject(err)
@@ -300,7 +378,9 @@ export class PoolService {
   #existing(inst: Instance, input: RequestInput, keyName: string | null): Promise<RequestResult> {
     if (!input.byOwner && inst.keyName !== keyName) {
       this.#d.metrics?.requests.inc({ template: inst.template, outcome: 'conflict' })
-      throw new ConflictError(`user "${input.userId}" has a live session of template "${inst.template}" requested by another application; end it there first, or ask that application`)
+      throw new ConflictError(
+        `user "${input.userId}" has a live session of template "${inst.template}" requested by another application; end it there first, or ask that application`,
+      )
     }
     return this.#result(inst, 'existing')
   }
@@ -310,13 +390,25 @@ export class PoolService {
    * assignWarm), the most advanced first. Inside the pool lock; the compare-and-set on a free
    * owner keeps a concurrent warm claim from taking the same one.
    */
-  async #claimFree(tx: StoreTx, t: TemplateConfig, userId: string, keyName: string | null, now: number): Promise<Instance | undefined> {
+  async #claimFree(
+    tx: StoreTx,
+    t: TemplateConfig,
+    userId: string,
+    keyName: string | null,
+    now: number,
+  ): Promise<Instance | undefined> {
     // With the breaker open a free row still being created is the probe, likely to fail: not for a user.
     const open = this.#breaker.state(t.name)?.open
-    const free = (await tx.listInstances({ template: t.name, assigned: false, states: FREE_LIVE, limit: 20 })).filter((f) => !open || f.state !== 'provisioning')
+    const free = (await tx.listInstances({ template: t.name, assigned: false, states: FREE_LIVE, limit: 20 })).filter(
+      (f) => !open || f.state !== 'provisioning',
+    )
     free.sort((a, b) => READINESS[a.state]! - READINESS[b.state]! || a.createdAt - b.createdAt)
     for (const f of free) {
-      const n = await tx.updateInstance(f.id, { ownerId: userId, keyName, assignedAt: now, lastActivityAt: now, updatedAt: now }, { states: [f.state], ownerId: null, generation: f.generation })
+      const n = await tx.updateInstance(
+        f.id,
+        { ownerId: userId, keyName, assignedAt: now, lastActivityAt: now, updatedAt: now },
+        { states: [f.state], ownerId: null, generation: f.generation },
+      )
       if (!n) continue
       await this.#openAssignment(tx, n, userId, keyName)
       return n
@@ -331,7 +423,13 @@ export class PoolService {
   }
 
   async #openAssignment(tx: StoreTx, inst: Instance, userId: string, keyName: string | null): Promise<void> {
-    await tx.openAssignment({ instanceId: inst.id, template: inst.template, userId, keyName, startedAt: inst.assignedAt ?? this.#now() })
+    await tx.openAssignment({
+      instanceId: inst.id,
+      template: inst.template,
+      userId,
+      keyName,
+      startedAt: inst.assignedAt ?? this.#now(),
+    })
   }
 
   /**
@@ -345,8 +443,16 @@ export class PoolService {
       if (!inst || !isLive(inst.state)) return { inst, changed: false }
       const next: Instance | undefined =
         inst.state === 'queued'
-          ? await tx.updateInstance(id, { state: 'terminated', endedAt: now, endReason: reason, updatedAt: now, progressMessage: 'ended' }, { states: ['queued'] })
-          : await tx.updateInstance(id, { state: 'stopping', endReason: reason, updatedAt: now, progressMessage: 'stopping' }, { states: [inst.state] })
+          ? await tx.updateInstance(
+              id,
+              { state: 'terminated', endedAt: now, endReason: reason, updatedAt: now, progressMessage: 'ended' },
+              { states: ['queued'] },
+            )
+          : await tx.updateInstance(
+              id,
+              { state: 'stopping', endReason: reason, updatedAt: now, progressMessage: 'stopping' },
+              { states: [inst.state] },
+            )
       if (!next) return { inst, changed: false }
       if (inst.ownerId) await tx.closeAssignment(id, now, reason, this.#cost(inst, now))
       return { inst: next, changed: true }
@@ -387,10 +493,17 @@ export class PoolService {
         await provider.destroy(ref, { log: this.#d.log })
       }
       const now = this.#now()
-      await this.#d.store.updateInstance(inst.id, { state: 'terminated', endedAt: now, updatedAt: now, progressMessage: 'ended' }, { states: ['stopping'] })
+      await this.#d.store.updateInstance(
+        inst.id,
+        { state: 'terminated', endedAt: now, updatedAt: now, progressMessage: 'ended' },
+        { states: ['stopping'] },
+      )
       await this.#audit(inst.id, 'terminated', null, { why })
     } catch (err) {
-      this.#d.metrics?.providerErrors.inc({ provider: this.#templates.get(inst.template)?.provider ?? '?', op: 'destroy' })
+      this.#d.metrics?.providerErrors.inc({
+        provider: this.#templates.get(inst.template)?.provider ?? '?',
+        op: 'destroy',
+      })
       this.#d.log.warn({ instanceId: inst.id, err: errText(err) }, 'destroy failed; the worker will retry')
       return
     } finally {
@@ -423,7 +536,13 @@ export class PoolService {
       const now = this.#now()
       const ready = await this.#d.store.updateInstance(
         inst.id,
-        { progressTokenHash: sha256(token), updatedAt: now, progress: Math.max(inst.progress, 5), progressMessage: inst.generation > 0 ? 'your session is being restored' : 'asking the provider for an instance' },
+        {
+          progressTokenHash: sha256(token),
+          updatedAt: now,
+          progress: Math.max(inst.progress, 5),
+          progressMessage:
+            inst.generation > 0 ? 'your session is being restored' : 'asking the provider for an instance',
+        },
         { states: ['provisioning'], generation: inst.generation },
       )
       if (!ready) {
@@ -441,7 +560,14 @@ export class PoolService {
       const at = this.#now()
       const next = await this.#d.store.updateInstance(
         inst.id,
-        { state: 'starting', providerRef: res.ref, address: res.address, updatedAt: at, progress: Math.max(ready.progress, res.progress ?? 20), progressMessage: res.message ?? 'starting the app' },
+        {
+          state: 'starting',
+          providerRef: res.ref,
+          address: res.address,
+          updatedAt: at,
+          progress: Math.max(ready.progress, res.progress ?? 20),
+          progressMessage: res.message ?? 'starting the app',
+        },
         { states: ['provisioning'], generation: inst.generation },
       )
       if (!next) {
@@ -464,7 +590,10 @@ export class PoolService {
       // After the create succeeded the failure is the store's, not the provider's: no backoff for it.
       const st = created ? undefined : this.#breaker.failed(t.name, err, errText(err))
       if (st) this.#afterBackoff(t.name)
-      this.#d.log.warn({ instanceId: inst.id, err: errText(err), retryable, kind: st?.kind, breakerOpen: st?.open }, 'provider create failed')
+      this.#d.log.warn(
+        { instanceId: inst.id, err: errText(err), retryable, kind: st?.kind, breakerOpen: st?.open },
+        'provider create failed',
+      )
       // A retryable error (throttling) is left in `provisioning`: the worker's next cycle tries again.
       if (!retryable) failure = errText(err)
     } finally {
@@ -481,18 +610,21 @@ export class PoolService {
   #afterBackoff(template: string): void {
     if (this.#closed || this.#backoffTimers.has(template)) return
     const at = this.#breaker.state(template)?.nextAttemptAt ?? this.#now()
-    const timer = setTimeout(() => {
-      this.#backoffTimers.delete(template)
-      if (this.#closed) return
-      this.#background(
-        (async () => {
-          const rows = await this.#d.store.listInstances({ template, states: ['provisioning'], limit: 100 })
-          for (const r of rows) if (!r.providerRef && !this.#busy.has(r.id)) this.#background(this.provision(r))
-          await this.serveQueue()
-          await this.topUp()
-        })(),
-      )
-    }, Math.max(0, at - this.#now()) + 1)
+    const timer = setTimeout(
+      () => {
+        this.#backoffTimers.delete(template)
+        if (this.#closed) return
+        this.#background(
+          (async () => {
+            const rows = await this.#d.store.listInstances({ template, states: ['provisioning'], limit: 100 })
+            for (const r of rows) if (!r.providerRef && !this.#busy.has(r.id)) this.#background(this.provision(r))
+            await this.serveQueue()
+            await this.topUp()
+          })(),
+        )
+      },
+      Math.max(0, at - this.#now()) + 1,
+    )
     timer.unref()
     this.#backoffTimers.set(template, timer)
   }
@@ -505,7 +637,8 @@ export class PoolService {
       'studiopool:generation': String(inst.generation),
     }
     Object.assign(labels, ownerLabels(inst))
-    const progressUrl = this.#d.progressUrl?.(inst.id) ?? `${this.#d.config.server.publicUrl}/api/v1/instances/${inst.id}/progress`
+    const progressUrl =
+      this.#d.progressUrl?.(inst.id) ?? `${this.#d.config.server.publicUrl}/api/v1/instances/${inst.id}/progress`
     const basePath = `/s/${inst.id}/`
     return {
       id: inst.id,
@@ -535,10 +668,16 @@ export class PoolService {
         const t = this.#templates.get(inst.template)
         if (!t) return
         // `{{basePath}}`: apps that keep the prefix (Jupyter's base_url) answer only under it.
-        const r = await probeHttp(inst.address, t.healthPath.replaceAll('{{basePath}}', `/s/${inst.id}/`), { timeoutMs: 2000 })
+        const r = await probeHttp(inst.address, t.healthPath.replaceAll('{{basePath}}', `/s/${inst.id}/`), {
+          timeoutMs: 2000,
+        })
         if (r.ok) {
           const now = this.#now()
-          const next = await this.#d.store.updateInstance(id, { state: 'ready', readyAt: now, updatedAt: now, progress: 100, progressMessage: 'ready' }, { states: ['starting'], generation: inst.generation })
+          const next = await this.#d.store.updateInstance(
+            id,
+            { state: 'ready', readyAt: now, updatedAt: now, progress: 100, progressMessage: 'ready' },
+            { states: ['starting'], generation: inst.generation },
+          )
           if (next) {
             await this.#audit(id, 'ready', null, { generation: inst.generation })
             this.#publish(next)
@@ -569,13 +708,25 @@ export class PoolService {
     if (!inst || !isLive(inst.state)) return
     const now = this.#now()
     if (inst.providerRef) {
-      await this.#provider(inst.template).destroy(inst.providerRef, { log: this.#d.log }).catch((err) => this.#d.log.warn({ instanceId: id, err: errText(err) }, 'destroy after failure failed'))
+      await this.#provider(inst.template)
+        .destroy(inst.providerRef, { log: this.#d.log })
+        .catch((err) => this.#d.log.warn({ instanceId: id, err: errText(err) }, 'destroy after failure failed'))
     }
     // With the template's breaker open a retry would fail the same way: the session ends with the cause.
     if (inst.ownerId && inst.generation + 1 < MAX_START_ATTEMPTS && !this.#breaker.state(inst.template)?.open) {
       const next = await this.#d.store.updateInstance(
         id,
-        { state: 'provisioning', startedAt: now, generation: inst.generation + 1, providerRef: null, address: null, progress: 0, progressMessage: `retrying: ${reason}`.slice(0, 500), failureReason: reason.slice(0, 1000), updatedAt: now },
+        {
+          state: 'provisioning',
+          startedAt: now,
+          generation: inst.generation + 1,
+          providerRef: null,
+          address: null,
+          progress: 0,
+          progressMessage: `retrying: ${reason}`.slice(0, 500),
+          failureReason: reason.slice(0, 1000),
+          updatedAt: now,
+        },
         { generation: inst.generation },
       )
       await this.#audit(id, 'retry', null, { reason })
@@ -588,13 +739,25 @@ export class PoolService {
     // Only if nobody claimed it meanwhile (a request may take a free instance that is still being
     // created): a claimed one is retried for its user, and its assignment must not stay open.
     const next = await this.#d.store.transaction(async (tx) => {
-      const n = await tx.updateInstance(id, { state: 'failed', failureReason: reason.slice(0, 1000), endedAt: now, endReason: 'failed', updatedAt: now, progressMessage: 'failed' }, { generation: inst.generation, ownerId: inst.ownerId })
+      const n = await tx.updateInstance(
+        id,
+        {
+          state: 'failed',
+          failureReason: reason.slice(0, 1000),
+          endedAt: now,
+          endReason: 'failed',
+          updatedAt: now,
+          progressMessage: 'failed',
+        },
+        { generation: inst.generation, ownerId: inst.ownerId },
+      )
       if (n?.ownerId) await tx.closeAssignment(id, now, 'failed', this.#cost(inst, now))
       return n
     })
     if (!next) {
       const cur = await this.#d.store.getInstance(id)
-      if (cur && isLive(cur.state) && cur.generation === inst.generation && cur.ownerId !== inst.ownerId) return this.fail(id, reason)
+      if (cur && isLive(cur.state) && cur.generation === inst.generation && cur.ownerId !== inst.ownerId)
+        return this.fail(id, reason)
       return
     }
     await this.#audit(id, 'failed', null, { reason })
@@ -610,7 +773,17 @@ export class PoolService {
     const now = this.#now()
     const next = await this.#d.store.updateInstance(
       inst.id,
-      { state: 'provisioning', startedAt: now, generation: inst.generation + 1, providerRef: null, address: null, readyAt: null, progress: 0, progressMessage: 'your session is being restored', updatedAt: now },
+      {
+        state: 'provisioning',
+        startedAt: now,
+        generation: inst.generation + 1,
+        providerRef: null,
+        address: null,
+        readyAt: null,
+        progress: 0,
+        progressMessage: 'your session is being restored',
+        updatedAt: now,
+      },
       { generation: inst.generation, states: [inst.state] },
     )
     if (!next) return
@@ -622,7 +795,8 @@ export class PoolService {
   /** Admin restart: a fresh resource under the same id and URL, owner kept. */
   async restart(id: string, actor: string | null): Promise<Instance | undefined> {
     const inst = await this.#d.store.getInstance(id)
-    if (!inst || !['starting', 'ready', 'suspended'].includes(inst.state)) throw new ConflictError(`cannot restart an instance that is ${inst?.state ?? 'absent'}`)
+    if (!inst || !['starting', 'ready', 'suspended'].includes(inst.state))
+      throw new ConflictError(`cannot restart an instance that is ${inst?.state ?? 'absent'}`)
     if (inst.providerRef) await this.#provider(inst.template).destroy(inst.providerRef, { log: this.#d.log })
     await this.#audit(id, 'restart', actor, {})
     await this.replace(inst, 'restart')
@@ -632,11 +806,17 @@ export class PoolService {
   /** Stops the resource but keeps its disk (providers that support it, e.g. EC2 stop). */
   async suspend(id: string, actor: string | null): Promise<Instance | undefined> {
     const inst = await this.#d.store.getInstance(id)
-    if (!inst || inst.state !== 'ready' || !inst.providerRef) throw new ConflictError(`only a ready instance can be suspended (it is ${inst?.state ?? 'absent'})`)
+    if (!inst || inst.state !== 'ready' || !inst.providerRef)
+      throw new ConflictError(`only a ready instance can be suspended (it is ${inst?.state ?? 'absent'})`)
     const provider = this.#provider(inst.template)
-    if (!provider.capabilities.supportsSuspend || !provider.stop) throw new ConflictError(`provider ${provider.name} cannot suspend instances`)
+    if (!provider.capabilities.supportsSuspend || !provider.stop)
+      throw new ConflictError(`provider ${provider.name} cannot suspend instances`)
     await provider.stop(inst.providerRef, { log: this.#d.log })
-    const next = await this.#d.store.updateInstance(id, { state: 'suspended', updatedAt: this.#now(), progressMessage: 'suspended' }, { states: ['ready'] })
+    const next = await this.#d.store.updateInstance(
+      id,
+      { state: 'suspended', updatedAt: this.#now(), progressMessage: 'suspended' },
+      { states: ['ready'] },
+    )
     await this.#audit(id, 'suspended', actor, {})
     if (next) this.#publish(next)
     return next
@@ -644,12 +824,24 @@ export class PoolService {
 
   async resume(id: string, actor: string | null): Promise<Instance | undefined> {
     const inst = await this.#d.store.getInstance(id)
-    if (!inst || inst.state !== 'suspended' || !inst.providerRef) throw new ConflictError(`only a suspended instance can be resumed (it is ${inst?.state ?? 'absent'})`)
+    if (!inst || inst.state !== 'suspended' || !inst.providerRef)
+      throw new ConflictError(`only a suspended instance can be resumed (it is ${inst?.state ?? 'absent'})`)
     const provider = this.#provider(inst.template)
     if (!provider.start) throw new ConflictError(`provider ${provider.name} cannot resume instances`)
     await provider.start(inst.providerRef, { log: this.#d.log })
     const now = this.#now()
-    const next = await this.#d.store.updateInstance(id, { state: 'starting', startedAt: now, updatedAt: now, lastActivityAt: now, progress: 50, progressMessage: 'resuming' }, { states: ['suspended'] })
+    const next = await this.#d.store.updateInstance(
+      id,
+      {
+        state: 'starting',
+        startedAt: now,
+        updatedAt: now,
+        lastActivityAt: now,
+        progress: 50,
+        progressMessage: 'resuming',
+      },
+      { states: ['suspended'] },
+    )
     await this.#audit(id, 'resumed', actor, {})
     if (next) {
       this.#publish(next)
@@ -703,7 +895,11 @@ export class PoolService {
           const f = mine.splice(i, 1)[0]!
           // Also recycled: an app that checks the gateway's app token, which is per instance id.
           if (t.pathMode === 'keep' || Object.keys(t.upstreamHeaders ?? {}).length > 0) {
-            const v = await tx.updateInstance(f.id, { state: 'stopping', updatedAt: now, progressMessage: 'making room for a queued request' }, { states: [f.state], ownerId: null })
+            const v = await tx.updateInstance(
+              f.id,
+              { state: 'stopping', updatedAt: now, progressMessage: 'making room for a queued request' },
+              { states: [f.state], ownerId: null },
+            )
             if (v) evicted.push(v)
             continue
           }
@@ -713,14 +909,27 @@ export class PoolService {
         }
         // 2. One still being created: wait for it rather than create another.
         if (mine.some((f) => f.state === 'provisioning')) {
-          mine.splice(mine.findIndex((f) => f.state === 'provisioning'), 1)
+          mine.splice(
+            mine.findIndex((f) => f.state === 'provisioning'),
+            1,
+          )
           continue
         }
         // 3. A new instance, within the caps and the breaker.
         if (total >= this.#d.config.pool.maxInstances) continue
         if ((counts.byTemplate[q.template] ?? 0) >= t.maxInstances) continue
         if (!this.#breaker.permit(q.template, q.id)) continue
-        const n = await tx.updateInstance(q.id, { state: 'provisioning', startedAt: now, updatedAt: now, progress: 0, progressMessage: 'asking the provider for an instance' }, { states: ['queued'] })
+        const n = await tx.updateInstance(
+          q.id,
+          {
+            state: 'provisioning',
+            startedAt: now,
+            updatedAt: now,
+            progress: 0,
+            progressMessage: 'asking the provider for an instance',
+          },
+          { states: ['queued'] },
+        )
         if (!n) {
           this.#breaker.release(q.template, q.id)
           continue
@@ -760,7 +969,14 @@ export class PoolService {
   async #handOver(tx: StoreTx, f: Instance, q: Instance, now: number): Promise<Instance | undefined> {
     const gone = await tx.updateInstance(
       f.id,
-      { state: 'terminated', endedAt: now, updatedAt: now, providerRef: null, address: null, progressMessage: `handed over to queued request ${q.id}` },
+      {
+        state: 'terminated',
+        endedAt: now,
+        updatedAt: now,
+        providerRef: null,
+        address: null,
+        progressMessage: `handed over to queued request ${q.id}`,
+      },
       { states: [f.state], ownerId: null, generation: f.generation },
     )
     if (!gone) return undefined
@@ -783,7 +999,18 @@ export class PoolService {
     )
     if (!moved) {
       // Released meanwhile: the free instance stays free.
-      await tx.updateInstance(f.id, { state: f.state, endedAt: null, providerRef: f.providerRef, address: f.address, progressMessage: f.progressMessage, updatedAt: now }, { states: ['terminated'] })
+      await tx.updateInstance(
+        f.id,
+        {
+          state: f.state,
+          endedAt: null,
+          providerRef: f.providerRef,
+          address: f.address,
+          progressMessage: f.progressMessage,
+          updatedAt: now,
+        },
+        { states: ['terminated'] },
+      )
       return undefined
     }
     return moved
@@ -816,12 +1043,19 @@ export class PoolService {
   async #topUpOnce(): Promise<void> {
     if (this.#closed) return
     // Templates backing off after failed creates are skipped: the worker's first cycle after the delay tops them up.
-    const wanting = this.#d.config.templates.filter((t) => t.minFree > 0 && !this.#d.unavailable?.has(t.name) && this.#breaker.wouldPermit(t.name))
+    const wanting = this.#d.config.templates.filter(
+      (t) => t.minFree > 0 && !this.#d.unavailable?.has(t.name) && this.#breaker.wouldPermit(t.name),
+    )
     const FREE_STATES = ['provisioning', 'starting', 'ready'] as const
     // Cheap check without the lock: most calls find every warm pool full.
     const short: TemplateConfig[] = []
     for (const t of wanting) {
-      const free = await this.#d.store.countInstances({ template: t.name, assigned: false, states: FREE_STATES, limit: t.minFree })
+      const free = await this.#d.store.countInstances({
+        template: t.name,
+        assigned: false,
+        states: FREE_STATES,
+        limit: t.minFree,
+      })
       if (free < t.minFree) short.push(t)
     }
     if (!short.length) return
@@ -831,7 +1065,12 @@ export class PoolService {
       let total = counts.total
       const out: Instance[] = []
       for (const t of short) {
-        const free = await tx.countInstances({ template: t.name, assigned: false, states: FREE_STATES, limit: t.minFree })
+        const free = await tx.countInstances({
+          template: t.name,
+          assigned: false,
+          states: FREE_STATES,
+          limit: t.minFree,
+        })
         let want = t.minFree - free
         // An open breaker lets one create through, the probe; the rest wait for its outcome.
         if (this.#breaker.state(t.name)?.open) want = Math.min(want, 1)
@@ -840,7 +1079,20 @@ export class PoolService {
           const now = this.#now()
           const id = newInstanceId()
           if (!this.#breaker.permit(t.name, id)) break
-          out.push(await tx.insertInstance({ id, template: t.name, state: 'provisioning', ownerId: null, keyName: null, createdAt: now, updatedAt: now, startedAt: now, progress: 0, progressMessage: 'warming up' }))
+          out.push(
+            await tx.insertInstance({
+              id,
+              template: t.name,
+              state: 'provisioning',
+              ownerId: null,
+              keyName: null,
+              createdAt: now,
+              updatedAt: now,
+              startedAt: now,
+              progress: 0,
+              progressMessage: 'warming up',
+            }),
+          )
           want--
           count++
           total++
@@ -859,9 +1111,18 @@ export class PoolService {
   async reportProgress(id: string, token: string, progress: number, message: string): Promise<Instance> {
     const inst = await this.#d.store.getInstance(id)
     if (!inst || !isLive(inst.state)) throw new NotFoundError('no such live instance')
-    if (!inst.progressTokenHash || !safeEqualHex(inst.progressTokenHash, sha256(token))) throw new AppError('UNAUTHORIZED', 'invalid progress token')
+    if (!inst.progressTokenHash || !safeEqualHex(inst.progressTokenHash, sha256(token)))
+      throw new AppError('UNAUTHORIZED', 'invalid progress token')
     if (inst.state === 'ready') return inst // the app answers; progress is 100 already
-    const next = await this.#d.store.updateInstance(id, { progress: Math.max(0, Math.min(99, Math.round(progress))), progressMessage: message.slice(0, 200), updatedAt: this.#now() }, { generation: inst.generation })
+    const next = await this.#d.store.updateInstance(
+      id,
+      {
+        progress: Math.max(0, Math.min(99, Math.round(progress))),
+        progressMessage: message.slice(0, 200),
+        updatedAt: this.#now(),
+      },
+      { generation: inst.generation },
+    )
     if (!next) throw new ConflictError('instance changed concurrently')
     this.#publish(next)
     return next
@@ -883,7 +1144,10 @@ export class PoolService {
         .then(() => provider.relabel!(ref, labels, { log: this.#d.log }))
         .catch((err) => {
           this.#d.metrics?.providerErrors.inc({ provider: provider.name, op: 'relabel' })
-          this.#d.log.warn({ instanceId: inst.id, ref, err: errText(err) }, 'relabel failed; the owner is in the store only')
+          this.#d.log.warn(
+            { instanceId: inst.id, ref, err: errText(err) },
+            'relabel failed; the owner is in the store only',
+          )
         }),
     )
   }
@@ -941,11 +1205,19 @@ export class PoolService {
   #provider(template: string): Provider {
     const t = this.#templates.get(template)
     const p = t && this.#d.providers.get(t.provider)
-    if (!p) throw new ProviderError(t?.provider ?? '?', `no provider for template "${template}"`, { code: 'PROVIDER_UNAVAILABLE' })
+    if (!p)
+      throw new ProviderError(t?.provider ?? '?', `no provider for template "${template}"`, {
+        code: 'PROVIDER_UNAVAILABLE',
+      })
     return p
   }
 
-  async #audit(instanceId: string | null, event: string, actor: string | null, detail: Record<string, unknown>): Promise<void> {
+  async #audit(
+    instanceId: string | null,
+    event: string,
+    actor: string | null,
+    detail: Record<string, unknown>,
+  ): Promise<void> {
     try {
       await this.#d.store.audit({ at: this.#now(), instanceId, event, actor, detail })
     } catch (err) {
@@ -953,7 +1225,12 @@ export class PoolService {
     }
   }
 
-  audit(instanceId: string | null, event: string, actor: string | null, detail: Record<string, unknown>): Promise<void> {
+  audit(
+    instanceId: string | null,
+    event: string,
+    actor: string | null,
+    detail: Record<string, unknown>,
+  ): Promise<void> {
     return this.#audit(instanceId, event, actor, detail)
   }
 
@@ -963,7 +1240,9 @@ export class PoolService {
   }
 
   #background(p: Promise<unknown>): void {
-    const tracked = p.catch((err) => this.#d.log.error({ err: errText(err) }, 'background pool task failed')).finally(() => this.#pending.delete(tracked))
+    const tracked = p
+      .catch((err) => this.#d.log.error({ err: errText(err) }, 'background pool task failed'))
+      .finally(() => this.#pending.delete(tracked))
     this.#pending.add(tracked)
   }
 

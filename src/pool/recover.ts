@@ -3,7 +3,14 @@ import type { Config } from '../config/types.js'
 import { ConflictError } from '../domain/errors.js'
 import { isInstanceId, isUserId } from '../domain/ids.js'
 import type { Instance, InstanceState } from '../domain/instance.js'
-import { LABEL_ASSIGNED_AT, LABEL_INSTANCE, LABEL_OWNER, LABEL_REQUESTER, type Provider, type ProviderInstance } from '../providers/provider.js'
+import {
+  LABEL_ASSIGNED_AT,
+  LABEL_INSTANCE,
+  LABEL_OWNER,
+  LABEL_REQUESTER,
+  type Provider,
+  type ProviderInstance,
+} from '../providers/provider.js'
 import { LiveInstanceExistsError, type Store } from '../store/store.js'
 
 /** Label the pool puts on every resource with its generation (replacements under the same id). */
@@ -36,7 +43,12 @@ export interface RecoveryReport {
   /** Open assignments rebuilt (instances with an owner). */
   readonly assignments: number
   /** Resources not made into instances, and why (terminated, unknown template, duplicate, bad label…). */
-  readonly skipped: readonly { readonly ref: string; readonly provider: string; readonly instanceId: string; readonly reason: string }[]
+  readonly skipped: readonly {
+    readonly ref: string
+    readonly provider: string
+    readonly instanceId: string
+    readonly reason: string
+  }[]
   /** Providers whose list() failed: what they hold was not recovered. */
   readonly failedProviders: readonly { readonly provider: string; readonly error: string }[]
 }
@@ -61,7 +73,9 @@ export async function recoverFromProviders(o: RecoverOptions): Promise<RecoveryR
     const rows = await store.listInstances({ limit: 1 })
     const history = await store.listHistory({ limit: 1 })
     if (rows.length || history.length) {
-      throw new ConflictError('the store is not empty: recover rebuilds an empty store from the providers (use --force to add only what is missing)')
+      throw new ConflictError(
+        'the store is not empty: recover rebuilds an empty store from the providers (use --force to add only what is missing)',
+      )
     }
   }
   const templates = new Map(config.templates.map((t) => [t.name, t]))
@@ -80,7 +94,8 @@ export async function recoverFromProviders(o: RecoverOptions): Promise<RecoveryR
     }
     listed += resources.length
     for (const res of resources) {
-      const skip = (reason: string) => skipped.push({ ref: res.ref, provider: name, instanceId: res.instanceId, reason })
+      const skip = (reason: string) =>
+        skipped.push({ ref: res.ref, provider: name, instanceId: res.instanceId, reason })
       if (res.state === 'terminated') {
         skip('terminated')
         continue
@@ -103,11 +118,20 @@ export async function recoverFromProviders(o: RecoverOptions): Promise<RecoveryR
       const gen = Number.isSafeInteger(generation) && generation >= 0 ? generation : 0
       const prev = candidates.get(id)
       // Two resources for one instance (a replacement whose predecessor is still shutting down): the newest generation wins.
-      if (prev && (prev.generation > gen || (prev.generation === gen && (prev.res.createdAt ?? 0) >= (res.createdAt ?? 0)))) {
+      if (
+        prev &&
+        (prev.generation > gen || (prev.generation === gen && (prev.res.createdAt ?? 0) >= (res.createdAt ?? 0)))
+      ) {
         skip(`older duplicate of instance ${id}`)
         continue
       }
-      if (prev) skipped.push({ ref: prev.res.ref, provider: prev.provider, instanceId: id, reason: `older duplicate of instance ${id}` })
+      if (prev)
+        skipped.push({
+          ref: prev.res.ref,
+          provider: prev.provider,
+          instanceId: id,
+          reason: `older duplicate of instance ${id}`,
+        })
       candidates.set(id, { res, provider: name, generation: gen })
     }
   }
@@ -152,15 +176,32 @@ export async function recoverFromProviders(o: RecoverOptions): Promise<RecoveryR
     } catch (err) {
       if (!(err instanceof LiveInstanceExistsError) || !ownerId) throw err
       // The user already has a recovered instance of this template: this one comes back free.
-      skipped.push({ ref: res.ref, provider, instanceId: id, reason: `owner ${ownerId} already has a live ${res.template} instance; recovered as free` })
+      skipped.push({
+        ref: res.ref,
+        provider,
+        instanceId: id,
+        reason: `owner ${ownerId} already has a live ${res.template} instance; recovered as free`,
+      })
       ownerId = null
       inst = await store.insertInstance(row(null))
     }
     if (ownerId) {
-      await store.openAssignment({ instanceId: id, template: inst.template, userId: ownerId, keyName: inst.keyName, startedAt: assignedAt ?? created })
+      await store.openAssignment({
+        instanceId: id,
+        template: inst.template,
+        userId: ownerId,
+        keyName: inst.keyName,
+        startedAt: assignedAt ?? created,
+      })
       assignments++
     }
-    await store.audit({ at, instanceId: id, event: 'recovered', actor: 'recover', detail: { provider, ref: res.ref, ownerId, generation } })
+    await store.audit({
+      at,
+      instanceId: id,
+      event: 'recovered',
+      actor: 'recover',
+      detail: { provider, ref: res.ref, ownerId, generation },
+    })
     instances.push({ instanceId: id, template: inst.template, provider, ref: res.ref, state: inst.state, ownerId })
   }
   return { listed, instances, assignments, skipped, failedProviders }

@@ -126,7 +126,17 @@ export class Worker {
           case 'provisioning': {
             if (found && found.ref !== inst.providerRef) {
               // The provider made it but the store was not updated (crash between the two): adopt it.
-              const next = await store.updateInstance(inst.id, { state: 'starting', providerRef: found.ref, address: found.address, updatedAt: this.#now(), progressMessage: 'starting the app' }, { states: ['provisioning'], generation: inst.generation })
+              const next = await store.updateInstance(
+                inst.id,
+                {
+                  state: 'starting',
+                  providerRef: found.ref,
+                  address: found.address,
+                  updatedAt: this.#now(),
+                  progressMessage: 'starting the app',
+                },
+                { states: ['provisioning'], generation: inst.generation },
+              )
               if (next) {
                 report.adopted++
                 await pool.audit(inst.id, 'adopted', null, { ref: found.ref })
@@ -140,21 +150,38 @@ export class Worker {
           case 'starting':
           case 'ready':
           case 'suspended': {
-            if (found && (found.state === 'running' || found.state === 'pending' || (found.state === 'stopped' && inst.state === 'suspended'))) {
+            if (
+              found &&
+              (found.state === 'running' ||
+                found.state === 'pending' ||
+                (found.state === 'stopped' && inst.state === 'suspended'))
+            ) {
               if (found.ref !== inst.providerRef || (found.address && found.address !== inst.address)) {
-                await store.updateInstance(inst.id, { providerRef: found.ref, address: found.address ?? inst.address, updatedAt: this.#now() }, { generation: inst.generation })
+                await store.updateInstance(
+                  inst.id,
+                  { providerRef: found.ref, address: found.address ?? inst.address, updatedAt: this.#now() },
+                  { generation: inst.generation },
+                )
               }
               break
             }
             // Clouds are eventually consistent: a just-launched resource may not be listed yet. Only a
             // resource listed as terminated, or absent past the grace, counts as vanished.
-            if (!res && inst.state === 'starting' && this.#now() - (inst.startedAt ?? inst.createdAt) < LIST_GRACE_MS) break
+            if (!res && inst.state === 'starting' && this.#now() - (inst.startedAt ?? inst.createdAt) < LIST_GRACE_MS)
+              break
             if (inst.ownerId) {
               report.replaced++
-              log.warn({ instanceId: inst.id, ref: inst.providerRef }, 'assigned instance vanished; replacing it under the same id')
+              log.warn(
+                { instanceId: inst.id, ref: inst.providerRef },
+                'assigned instance vanished; replacing it under the same id',
+              )
               pool.spawn(pool.replace(inst, found ? `resource ${found.state}` : 'resource gone'))
             } else {
-              await store.updateInstance(inst.id, { state: 'terminated', endedAt: this.#now(), updatedAt: this.#now(), progressMessage: 'vanished' }, { generation: inst.generation, states: [inst.state] })
+              await store.updateInstance(
+                inst.id,
+                { state: 'terminated', endedAt: this.#now(), updatedAt: this.#now(), progressMessage: 'vanished' },
+                { generation: inst.generation, states: [inst.state] },
+              )
               await pool.audit(inst.id, 'vanished', null, {})
             }
             break
@@ -181,7 +208,10 @@ export class Worker {
         const first = this.#orphans.get(r.ref) ?? now
         this.#orphans.set(r.ref, first)
         if (ended || now - first >= this.#d.config.worker.orphanGraceMs) {
-          log.warn({ ref: r.ref, instanceId: r.instanceId || undefined, provider: name, ended: !!ended }, 'reaping orphaned resource')
+          log.warn(
+            { ref: r.ref, instanceId: r.instanceId || undefined, provider: name, ended: !!ended },
+            'reaping orphaned resource',
+          )
           await provider.destroy(r.ref, { log }).then(
             () => {
               report.reaped++
@@ -192,7 +222,8 @@ export class Worker {
           await pool.audit(r.instanceId || null, 'orphan-reaped', null, { ref: r.ref, provider: name })
         }
       }
-      for (const ref of this.#orphans.keys()) if (!seen.has(ref) && refs.get(ref)?.state !== 'terminated' && !refs.has(ref)) this.#orphans.delete(ref)
+      for (const ref of this.#orphans.keys())
+        if (!seen.has(ref) && refs.get(ref)?.state !== 'terminated' && !refs.has(ref)) this.#orphans.delete(ref)
     }
 
     // 2. Start timeouts, probes, idle culling, lifetimes.
@@ -236,10 +267,14 @@ export class Worker {
     if (now - this.#lastSample >= 60_000) {
       this.#lastSample = now
       const counts = await store.countByState()
-      await store.recordStateSamples(counts.map((c) => ({ at: now, template: c.template, state: c.state, count: c.count })))
+      await store.recordStateSamples(
+        counts.map((c) => ({ at: now, template: c.template, state: c.state, count: c.count })),
+      )
       await store.purgeStateSamples(now - SAMPLE_RETENTION_MS)
       const old = await store.listInstances({ states: ENDED_STATES, limit: 1000 })
-      for (const o of old) if (o.endedAt !== null && now - o.endedAt > this.#d.config.worker.retainEndedMs) await store.deleteInstance(o.id)
+      for (const o of old)
+        if (o.endedAt !== null && now - o.endedAt > this.#d.config.worker.retainEndedMs)
+          await store.deleteInstance(o.id)
     }
 
     const ms = performance.now() - t0

@@ -40,7 +40,9 @@ export async function probeHttp(
     // The body is not needed; drop it without reading an unbounded stream.
     res.body.on('error', () => {})
     res.body.destroy()
-    return res.statusCode < 500 ? { ok: true, status: res.statusCode } : { ok: false, status: res.statusCode, error: `HTTP ${res.statusCode}` }
+    return res.statusCode < 500
+      ? { ok: true, status: res.statusCode }
+      : { ok: false, status: res.statusCode, error: `HTTP ${res.statusCode}` }
   } catch (err) {
     return { ok: false, error: describeError(err, timeout.aborted) }
   } finally {

@@ -31,7 +31,12 @@ export interface PgTimeouts {
   readonly idleInTransactionMs: number
 }
 
-export const PG_TIMEOUT_DEFAULTS: PgTimeouts = { connectMs: 5_000, statementMs: 10_000, queryMs: 15_000, idleInTransactionMs: 60_000 }
+export const PG_TIMEOUT_DEFAULTS: PgTimeouts = {
+  connectMs: 5_000,
+  statementMs: 10_000,
+  queryMs: 15_000,
+  idleInTransactionMs: 60_000,
+}
 
 export interface OpenedDb {
   readonly dialect: SqlDialect
@@ -65,10 +70,15 @@ export function openSqlite(path: string, opts: { integrityCheck?: boolean } = {}
   } catch (err) {
     database.close()
     const code = (err as { code?: unknown }).code
-    if (code === 'SQLITE_NOTADB' || (typeof code === 'string' && code.startsWith('SQLITE_CORRUPT'))) refuseDamaged(path, [(err as Error).message])
+    if (code === 'SQLITE_NOTADB' || (typeof code === 'string' && code.startsWith('SQLITE_CORRUPT')))
+      refuseDamaged(path, [(err as Error).message])
     throw err
   }
-  return { dialect: 'sqlite', sqlite: database, db: new Kysely<Database>({ dialect: new SqliteDialect({ database: withStatementCache(database) }) }) }
+  return {
+    dialect: 'sqlite',
+    sqlite: database,
+    db: new Kysely<Database>({ dialect: new SqliteDialect({ database: withStatementCache(database) }) }),
+  }
 }
 
 /** Statements kept per SQL text; the store issues a few dozen distinct ones. */
@@ -105,7 +115,8 @@ const PG_NUMERIC = 1700
  */
 const pgTypes: pg.CustomTypesConfig = {
   getTypeParser: ((oid: number, format?: string) => {
-    if ((oid === PG_INT8 || oid === PG_NUMERIC) && format !== 'binary') return (v: string) => (v === null ? null : Number(v))
+    if ((oid === PG_INT8 || oid === PG_NUMERIC) && format !== 'binary')
+      return (v: string) => (v === null ? null : Number(v))
     return pg.types.getTypeParser(oid, format as 'text')
   }) as pg.CustomTypesConfig['getTypeParser'],
 }
@@ -127,7 +138,12 @@ export function pgClientConfig(url: string): pg.ClientConfig {
   return { connectionString, types: pgTypes }
 }
 
-export function openPostgres(url: string, poolSize: number, log: Logger, timeouts: PgTimeouts = PG_TIMEOUT_DEFAULTS): OpenedDb {
+export function openPostgres(
+  url: string,
+  poolSize: number,
+  log: Logger,
+  timeouts: PgTimeouts = PG_TIMEOUT_DEFAULTS,
+): OpenedDb {
   const cfg: pg.ClientConfig = {
     ...pgClientConfig(url),
     connectionTimeoutMillis: timeouts.connectMs,
@@ -145,9 +161,16 @@ export function openPostgres(url: string, poolSize: number, log: Logger, timeout
       super({ ...c, connectionTimeoutMillis: connectMs })
     }
   }
-  const pool = new pg.Pool({ ...cfg, Client: BoundedClient, connectionTimeoutMillis: timeouts.queryMs > 0 ? 2 * timeouts.queryMs : 0, max: Math.max(1, poolSize) })
+  const pool = new pg.Pool({
+    ...cfg,
+    Client: BoundedClient,
+    connectionTimeoutMillis: timeouts.queryMs > 0 ? 2 * timeouts.queryMs : 0,
+    max: Math.max(1, poolSize),
+  })
   // An idle client that loses its connection emits 'error' on the pool; unhandled, it would crash the process.
-  pool.on('error', (err) => log.warn({ err: { message: err.message, code: (err as { code?: string }).code } }, 'postgres idle client error'))
+  pool.on('error', (err) =>
+    log.warn({ err: { message: err.message, code: (err as { code?: string }).code } }, 'postgres idle client error'),
+  )
   return {
     dialect: 'postgres',
     pgPool: pool,
@@ -201,11 +224,29 @@ export function unavailableReason(err: unknown): string | undefined {
     if (code === 'SQLITE_PROTOCOL' || code === 'SQLITE_NOMEM') return code.slice(7).toLowerCase()
     return undefined
   }
-  if (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE'].includes(code)) return `cannot reach Postgres (${code})`
+  if (
+    [
+      'ECONNREFUSED',
+      'ECONNRESET',
+      'ETIMEDOUT',
+      'EHOSTUNREACH',
+      'ENETUNREACH',
+      'ENOTFOUND',
+      'EAI_AGAIN',
+      'EPIPE',
+    ].includes(code)
+  )
+    return `cannot reach Postgres (${code})`
   // SQLSTATE classes: 08 connection exception, 53 insufficient resources, 57 operator intervention
   // (57014 is a statement_timeout), 58 system error; 25P03 idle-in-transaction timeout.
-  if (/^(08|53|57|58)[0-9A-Z]{3}$/.test(code) || code === '25P03') return code === '57014' ? 'Postgres statement timeout' : `Postgres unavailable (${code})`
-  if (/^Query read timeout$|timeout exceeded when trying to connect|Connection terminated|not queryable|Cannot use a pool after calling end|driver has already been destroyed/i.test(message)) return `Postgres unavailable (${message.slice(0, 80)})`
+  if (/^(08|53|57|58)[0-9A-Z]{3}$/.test(code) || code === '25P03')
+    return code === '57014' ? 'Postgres statement timeout' : `Postgres unavailable (${code})`
+  if (
+    /^Query read timeout$|timeout exceeded when trying to connect|Connection terminated|not queryable|Cannot use a pool after calling end|driver has already been destroyed/i.test(
+      message,
+    )
+  )
+    return `Postgres unavailable (${message.slice(0, 80)})`
   return undefined
 }
 
@@ -219,9 +260,23 @@ export function isConnectionLoss(err: unknown): boolean {
   const e = err as { code?: unknown; message?: unknown }
   const code = typeof e.code === 'string' ? e.code : ''
   const message = typeof e.message === 'string' ? e.message : ''
-  if (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE'].includes(code)) return true
+  if (
+    [
+      'ECONNREFUSED',
+      'ECONNRESET',
+      'ETIMEDOUT',
+      'EHOSTUNREACH',
+      'ENETUNREACH',
+      'ENOTFOUND',
+      'EAI_AGAIN',
+      'EPIPE',
+    ].includes(code)
+  )
+    return true
   if (/^08[0-9A-Z]{3}$/.test(code) || code === '57P01' || code === '57P02' || code === '57P03') return true
-  return /^Query read timeout$|timeout exceeded when trying to connect|Connection terminated|not queryable/i.test(message)
+  return /^Query read timeout$|timeout exceeded when trying to connect|Connection terminated|not queryable/i.test(
+    message,
+  )
 }
 
 const SQLITE_UNIQUE_COLUMNS: Record<string, string> = {

@@ -71,7 +71,10 @@ export async function createStore(cfg: StoreConfig, opts: StoreOptions): Promise
     if (!existsSync(cfg.path)) refuseEmptyInUse(cfg, dataDir, 'missing')
     else if (statSync(cfg.path).size === 0) refuseEmptyInUse(cfg, dataDir, 'empty (0 bytes)')
   }
-  const opened = cfg.driver === 'sqlite' ? openSqlite(cfg.path, { integrityCheck: dataDir !== undefined }) : openPostgres(cfg.url, cfg.poolSize, opts.log, cfg.timeouts)
+  const opened =
+    cfg.driver === 'sqlite'
+      ? openSqlite(cfg.path, { integrityCheck: dataDir !== undefined })
+      : openPostgres(cfg.url, cfg.poolSize, opts.log, cfg.timeouts)
   const store = new SqlStore(opened, opts)
   try {
     if (refuseEmpty && (await store.isEmpty())) refuseEmptyInUse(cfg, dataDir, 'empty (no studiopool tables)')
@@ -88,10 +91,14 @@ export async function createStore(cfg: StoreConfig, opts: StoreOptions): Promise
  * For tests, benches and scripts: `sqlite:/abs/path.db`, `sqlite:relative.db`, `sqlite::memory:`
  * or a `postgres://` / `postgresql://` URL.
  */
-export async function createStoreFromUrl(url: string, opts: Partial<StoreOptions> & { poolSize?: number } = {}): Promise<Store> {
+export async function createStoreFromUrl(
+  url: string,
+  opts: Partial<StoreOptions> & { poolSize?: number } = {},
+): Promise<Store> {
   const full: StoreOptions = { log: opts.log ?? pino({ level: 'silent' }), poolId: opts.poolId ?? 'default' }
   if (url.startsWith('sqlite:')) return createStore({ driver: 'sqlite', path: url.slice('sqlite:'.length) }, full)
-  if (/^postgres(ql)?:\/\//.test(url)) return createStore({ driver: 'postgres', url, poolSize: opts.poolSize ?? 10 }, full)
+  if (/^postgres(ql)?:\/\//.test(url))
+    return createStore({ driver: 'postgres', url, poolSize: opts.poolSize ?? 10 }, full)
   throw new Error(`unsupported store URL (want sqlite:PATH or postgres://…): ${url.replace(/\/\/[^@/]*@/, '//***@')}`)
 }
 
@@ -271,17 +278,16 @@ class SqlOps implements StoreOps {
     // No ORDER BY: counting reads the index range only. `limit` caps the rows counted.
     let inner = this.#filtered(this.#db.selectFrom('instances').select('id'), filter)
     if (filter.limit !== undefined) inner = inner.limit(filter.limit)
-    const row = await this.#db.selectFrom(inner.as('matching')).select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow()
+    const row = await this.#db
+      .selectFrom(inner.as('matching'))
+      .select((eb) => eb.fn.countAll<number>().as('n'))
+      .executeTakeFirstOrThrow()
     return Number(row.n)
   }
 
   async listAssignedIds(filter: { keyName?: string } = {}): Promise<string[]> {
     // Same predicate as the partial unique index instances_live_owner_uq, so the planner can use it.
-    let q = this.#db
-      .selectFrom('instances')
-      .select('id')
-      .where('owner_id', 'is not', null)
-      .where('state', 'in', LIVE)
+    let q = this.#db.selectFrom('instances').select('id').where('owner_id', 'is not', null).where('state', 'in', LIVE)
     if (filter.keyName !== undefined) q = q.where('key_name', '=', filter.keyName)
     const rows = await q.execute()
     return rows.map((r) => r.id)
@@ -457,12 +463,18 @@ class SqlOps implements StoreOps {
         .executeTakeFirstOrThrow()
       return toAssignment(r)
     } catch (err) {
-      if (uniqueViolation(err)?.index === 'assignments_open_uq') throw new ConflictError('the instance already has an open assignment')
+      if (uniqueViolation(err)?.index === 'assignments_open_uq')
+        throw new ConflictError('the instance already has an open assignment')
       throw err
     }
   }
 
-  async closeAssignment(instanceId: string, endedAt: number, reason: EndReason, cost: number | null): Promise<Assignment | undefined> {
+  async closeAssignment(
+    instanceId: string,
+    endedAt: number,
+    reason: EndReason,
+    cost: number | null,
+  ): Promise<Assignment | undefined> {
     const r = await this.#db
       .updateTable('assignments')
       .set({ ended_at: endedAt, end_reason: reason, cost })
@@ -500,7 +512,13 @@ class SqlOps implements StoreOps {
   async audit(e: Omit<AuditEvent, 'id'>): Promise<void> {
     await this.#db
       .insertInto('audit_log')
-      .values({ at: e.at, instance_id: e.instanceId, event: e.event, actor: e.actor, detail: JSON.stringify(e.detail ?? {}) })
+      .values({
+        at: e.at,
+        instance_id: e.instanceId,
+        event: e.event,
+        actor: e.actor,
+        detail: JSON.stringify(e.detail ?? {}),
+      })
       .execute()
   }
 
@@ -613,7 +631,12 @@ class SqlOps implements StoreOps {
       .orderBy('template')
       .orderBy('state')
       .execute()
-    return rows.map((r) => ({ at: Number(r.at), template: r.template, state: r.state as InstanceState, count: Number(r.count) }))
+    return rows.map((r) => ({
+      at: Number(r.at),
+      template: r.template,
+      state: r.state as InstanceState,
+      count: Number(r.count),
+    }))
   }
 
   async purgeStateSamples(before: number): Promise<number> {
@@ -692,7 +715,9 @@ class SqlStore extends SqlOps implements Store {
         const raw = this.#opened.sqlite! // openSqlite always sets it
         // Kysely's connection() holds its one connection's mutex, so no Kysely transaction is open
         // while this synchronous one runs; prepared statements skip building and compiling SQL.
-        return await this.#db.connection().execute(async () => (this.#warmBatch ??= prepareWarmBatch(raw)).immediate(claims, now))
+        return await this.#db
+          .connection()
+          .execute(async () => (this.#warmBatch ??= prepareWarmBatch(raw)).immediate(claims, now))
       }
       const out: WarmClaimResult[] = []
       for (const c of claims) out.push(await this.#assignWarmPg(c, now))
@@ -751,7 +776,11 @@ class SqlStore extends SqlOps implements Store {
   /** True when no studiopool table exists yet (a new store, or an emptied one). */
   async isEmpty(): Promise<boolean> {
     if (this.dialect === 'sqlite') {
-      const r = await sql<{ n: number }>`select count(*) as n from sqlite_master where type = 'table' and name = 'studiopool_migration'`.execute(this.#db)
+      const r = await sql<{
+        n: number
+      }>`select count(*) as n from sqlite_master where type = 'table' and name = 'studiopool_migration'`.execute(
+        this.#db,
+      )
       return Number(r.rows[0]?.n ?? 0) === 0
     }
     const r = await sql<{ t: string | null }>`select to_regclass('studiopool_migration')::text as t`.execute(this.#db)
@@ -860,13 +889,21 @@ const warmAuditDetail = (userId: string) => JSON.stringify({ userId, warm: true 
 
 /** SQLite's warm-hit transaction, prepared once (see SqlStore.assignWarm); the same rows as findLive, openAssignment and audit write. */
 function prepareWarmBatch(db: BetterSqlite3.Database): WarmBatch {
-  const live = db.prepare<[string, string], InstancesTable>(`select * from instances where owner_id = ? and template = ? and state in (${LIVE_SQL}) limit 1`)
-  const cand = db.prepare<[string], { id: string }>(`select id from instances where template = ? and state = 'ready' and owner_id is null order by created_at, id limit 1`)
+  const live = db.prepare<[string, string], InstancesTable>(
+    `select * from instances where owner_id = ? and template = ? and state in (${LIVE_SQL}) limit 1`,
+  )
+  const cand = db.prepare<[string], { id: string }>(
+    `select id from instances where template = ? and state = 'ready' and owner_id is null order by created_at, id limit 1`,
+  )
   const claim = db.prepare<[string, string | null, number, number, number, string], InstancesTable>(
     `update instances set owner_id = ?, key_name = ?, assigned_at = ?, last_activity_at = ?, updated_at = ? where id = ? and state = 'ready' and owner_id is null returning *`,
   )
-  const open = db.prepare<[string, string, string, string | null, number]>(`insert into assignments (instance_id, template, user_id, key_name, started_at) values (?, ?, ?, ?, ?)`)
-  const audit = db.prepare<[number, string, string | null, string]>(`insert into audit_log (at, instance_id, event, actor, detail) values (?, ?, 'assigned', ?, ?)`)
+  const open = db.prepare<[string, string, string, string | null, number]>(
+    `insert into assignments (instance_id, template, user_id, key_name, started_at) values (?, ?, ?, ?, ?)`,
+  )
+  const audit = db.prepare<[number, string, string | null, string]>(
+    `insert into audit_log (at, instance_id, event, actor, detail) values (?, ?, 'assigned', ?, ?)`,
+  )
   return db.transaction((claims: readonly WarmClaimInput[], now: number): WarmClaimResult[] => {
     const exhausted = new Set<string>()
     return claims.map((c): WarmClaimResult => {

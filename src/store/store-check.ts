@@ -19,7 +19,12 @@ export const MARKER_FILE = 'store-in-use.json'
 
 interface Marker {
   readonly version: 1
-  readonly stores: { readonly id: string; readonly driver: string; readonly where: string; readonly initializedAt: string }[]
+  readonly stores: {
+    readonly id: string
+    readonly driver: string
+    readonly where: string
+    readonly initializedAt: string
+  }[]
 }
 
 /** Where the store is, for messages: the SQLite path, or the Postgres URL without its password. */
@@ -29,7 +34,10 @@ export function storeWhere(cfg: StoreConfig): string {
 }
 
 function storeId(cfg: StoreConfig): string {
-  return createHash('sha256').update(`${cfg.driver}\u0000${cfg.driver === 'sqlite' ? resolve(cfg.path) : cfg.url}`).digest('hex').slice(0, 16)
+  return createHash('sha256')
+    .update(`${cfg.driver}\u0000${cfg.driver === 'sqlite' ? resolve(cfg.path) : cfg.url}`)
+    .digest('hex')
+    .slice(0, 16)
 }
 
 function readMarker(dataDir: string): Marker | undefined {
@@ -47,7 +55,10 @@ export function writeMarker(cfg: StoreConfig, dataDir: string, now = new Date())
   const m = readMarker(dataDir) ?? { version: 1 as const, stores: [] }
   if (m.stores.some((s) => s.id === id)) return
   mkdirSync(dataDir, { recursive: true })
-  const next: Marker = { version: 1, stores: [...m.stores, { id, driver: cfg.driver, where: storeWhere(cfg), initializedAt: now.toISOString() }] }
+  const next: Marker = {
+    version: 1,
+    stores: [...m.stores, { id, driver: cfg.driver, where: storeWhere(cfg), initializedAt: now.toISOString() }],
+  }
   const tmp = join(dataDir, `.${MARKER_FILE}.${process.pid}`)
   writeFileSync(tmp, JSON.stringify(next, null, 2) + '\n')
   renameSync(tmp, join(dataDir, MARKER_FILE))
@@ -66,13 +77,20 @@ export function inUseEvidence(cfg: StoreConfig, dataDir: string): string[] {
   const instances = join(dataDir, 'instances')
   if (existsSync(instances)) {
     const n = readdirSync(instances).filter((e) => !e.startsWith('.')).length
-    if (n > 0) out.push(`${instances} holds ${n} instance record${n === 1 ? '' : 's'} (their processes would be reaped as orphans)`)
+    if (n > 0)
+      out.push(
+        `${instances} holds ${n} instance record${n === 1 ? '' : 's'} (their processes would be reaped as orphans)`,
+      )
   }
   return out
 }
 
 /** Refuses to go on with an empty store whose data directory shows it was in use. */
-export function refuseEmptyInUse(cfg: StoreConfig, dataDir: string, state: 'missing' | 'empty (0 bytes)' | 'empty (no studiopool tables)'): void {
+export function refuseEmptyInUse(
+  cfg: StoreConfig,
+  dataDir: string,
+  state: 'missing' | 'empty (0 bytes)' | 'empty (no studiopool tables)',
+): void {
   const evidence = inUseEvidence(cfg, dataDir)
   if (evidence.length === 0) return
   const where = storeWhere(cfg)

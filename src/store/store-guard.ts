@@ -5,9 +5,26 @@ import type { Store, StoreHealth } from './store.js'
 
 /** Methods that change the store; a failure of one of these makes /readyz fail for a while. */
 const WRITES = new Set<string>([
-  'insertInstance', 'updateInstance', 'deleteInstance', 'recordActivity', 'openAssignment', 'closeAssignment', 'audit',
-  'insertKey', 'revokeKey', 'touchKey', 'consumeNonce', 'setMeta', 'setMetaIfAbsent', 'recordStateSamples', 'purgeStateSamples',
-  'transaction', 'withPoolLock', 'assignWarm', 'probeWrite', 'migrate',
+  'insertInstance',
+  'updateInstance',
+  'deleteInstance',
+  'recordActivity',
+  'openAssignment',
+  'closeAssignment',
+  'audit',
+  'insertKey',
+  'revokeKey',
+  'touchKey',
+  'consumeNonce',
+  'setMeta',
+  'setMetaIfAbsent',
+  'recordStateSamples',
+  'purgeStateSamples',
+  'transaction',
+  'withPoolLock',
+  'assignWarm',
+  'probeWrite',
+  'migrate',
 ])
 /** Not translated: their own callers expect the driver's behaviour (tryLead reports false itself; close is best effort). */
 const PASS_THROUGH = new Set<string>(['close', 'health', 'tryLead'])
@@ -24,7 +41,11 @@ const PASS_THROUGH = new Set<string>(['close', 'health', 'tryLead'])
 /** A constraint the store enforced: an answer, not an outage. */
 function isConstraintError(err: Error): boolean {
   const code = (err as { code?: unknown }).code
-  return uniqueViolation(err) !== undefined || (typeof code === 'string' && (code.startsWith('23') || code.startsWith('SQLITE_CONSTRAINT'))) || (err as { statusCode?: unknown }).statusCode !== undefined
+  return (
+    uniqueViolation(err) !== undefined ||
+    (typeof code === 'string' && (code.startsWith('23') || code.startsWith('SQLITE_CONSTRAINT'))) ||
+    (err as { statusCode?: unknown }).statusCode !== undefined
+  )
 }
 
 export function guardStore(inner: Store, opts: { log: Logger; now?: () => number }): Store {
@@ -40,7 +61,11 @@ export function guardStore(inner: Store, opts: { log: Logger; now?: () => number
   const failed = (method: string, err: unknown): never => {
     // During an outage (the last call failed as unavailable, none succeeded since), an error the
     // driver words differently (a pooled client dying half-way, a wrapped timeout) is the same outage.
-    const reason = unavailableReason(err) ?? (down && err instanceof Error && !isConstraintError(err) ? `store unavailable (${err.message.slice(0, 80)})` : undefined)
+    const reason =
+      unavailableReason(err) ??
+      (down && err instanceof Error && !isConstraintError(err)
+        ? `store unavailable (${err.message.slice(0, 80)})`
+        : undefined)
     if (reason === undefined) {
       // A constraint, a conflict, a bug: the store answered, so its connection is not lost.
       cutOff = undefined
@@ -70,12 +95,14 @@ export function guardStore(inner: Store, opts: { log: Logger; now?: () => number
     get(target, prop) {
       if (prop === 'health') return health
       const value: unknown = Reflect.get(target, prop, target)
-      if (typeof value !== 'function' || typeof prop !== 'string' || PASS_THROUGH.has(prop)) return typeof value === 'function' ? value.bind(target) : value
+      if (typeof value !== 'function' || typeof prop !== 'string' || PASS_THROUGH.has(prop))
+        return typeof value === 'function' ? value.bind(target) : value
       let fn = wrapped.get(prop)
       if (!fn) {
         const method = value as (...args: unknown[]) => unknown
         fn = (...args: unknown[]) => {
-          if (cutOff !== undefined && probing) return Promise.reject(new StoreUnavailableError(`the store is unavailable (${cutOff}); try again shortly`))
+          if (cutOff !== undefined && probing)
+            return Promise.reject(new StoreUnavailableError(`the store is unavailable (${cutOff}); try again shortly`))
           const probe = cutOff !== undefined
           if (probe) probing = true
           const settle = () => {

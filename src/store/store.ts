@@ -83,7 +83,12 @@ export interface StoreOps {
 
   openAssignment(a: Omit<Assignment, 'id' | 'endedAt' | 'endReason' | 'cost'>): Promise<Assignment>
   /** Closes the open assignment of the instance, if any. */
-  closeAssignment(instanceId: string, endedAt: number, reason: EndReason, cost: number | null): Promise<Assignment | undefined>
+  closeAssignment(
+    instanceId: string,
+    endedAt: number,
+    reason: EndReason,
+    cost: number | null,
+  ): Promise<Assignment | undefined>
   listHistory(filter?: HistoryFilter): Promise<Assignment[]>
 
   audit(e: Omit<AuditEvent, 'id'>): Promise<void>

@@ -24,7 +24,11 @@ export interface KeyRow {
 export interface AdminViewData {
   readonly viewer: Viewer
   readonly now: number
-  readonly templates: readonly { readonly template: TemplateConfig; readonly counts: Readonly<Record<string, number>>; readonly unavailable?: string }[]
+  readonly templates: readonly {
+    readonly template: TemplateConfig
+    readonly counts: Readonly<Record<string, number>>
+    readonly unavailable?: string
+  }[]
   readonly poolMax: number
   readonly active: number
   readonly instances: readonly Instance[]
@@ -42,13 +46,19 @@ export interface AdminViewData {
   readonly createdKey?: { readonly name: string; readonly role: KeyRole; readonly secret: string }
   readonly sessionUrl: (id: string) => string
   /** What each provider isolates (DESIGN.md contract 5): a banner when sessions are not isolated. */
-  readonly isolation?: readonly { readonly provider: string; readonly isolated: boolean; readonly notes: readonly string[] }[]
+  readonly isolation?: readonly {
+    readonly provider: string
+    readonly isolated: boolean
+    readonly notes: readonly string[]
+  }[]
 }
 
 const POOL_STATES = ['queued', 'provisioning', 'starting', 'ready', 'suspended', 'stopping'] as const
 
 export function renderAdminView(d: AdminViewData): string {
-  const notice = d.notice ? `<p class="notice${d.notice.error ? ' error' : ''}" role="status">${esc(d.notice.text)}</p>` : ''
+  const notice = d.notice
+    ? `<p class="notice${d.notice.error ? ' error' : ''}" role="status">${esc(d.notice.text)}</p>`
+    : ''
   const created = d.createdKey
     ? `<section class="notice" role="alert" aria-labelledby="h-newkey"><h2 id="h-newkey">Key “${esc(d.createdKey.name)}” (${esc(d.createdKey.role)}) created</h2>` +
       `<p>Copy the key now: it is shown only this once, and only its hash is kept.</p><code class="secret mono" id="new-key">${esc(d.createdKey.secret)}</code></section>`
@@ -78,8 +88,10 @@ function poolTable(d: AdminViewData): string {
   const rows = d.templates
     .map(({ template: t, counts, unavailable }) => {
       const cells = POOL_STATES.map((s) => `<td class="num">${counts[s] ?? 0}</td>`).join('')
-      const total = POOL_STATES.reduce((a, s) => a + (s === 'queued' ? 0 : counts[s] ?? 0), 0)
-      const note = unavailable ? `<br><span class="state state-failed" title="${esc(unavailable)}">unavailable</span>` : ''
+      const total = POOL_STATES.reduce((a, s) => a + (s === 'queued' ? 0 : (counts[s] ?? 0)), 0)
+      const note = unavailable
+        ? `<br><span class="state state-failed" title="${esc(unavailable)}">unavailable</span>`
+        : ''
       return `<tr><th scope="row">${esc(t.displayName)} <span class="tag mono">${esc(t.name)}</span>${note}</th>${cells}<td class="num">${total} / ${t.maxInstances}</td><td class="num">${t.minFree}</td></tr>`
     })
     .join('')
@@ -101,11 +113,17 @@ function instancesTable(d: AdminViewData): string {
         `<form method="post" action="/admin/instances/${esc(i.id)}/${action}"${confirm ? ` data-confirm="${esc(confirm)}"` : ''}>${csrf}` +
         `<button class="btn small ${cls}" type="submit" aria-label="${esc(`${label} ${i.id}`)}">${esc(label)}</button></form>`
       const actions: string[] = []
-      if (i.state === 'ready' && d.suspendable.has(i.template)) actions.push(act('stop', 'Stop', 'secondary', 'Stop this instance (its disk is kept)?'))
+      if (i.state === 'ready' && d.suspendable.has(i.template))
+        actions.push(act('stop', 'Stop', 'secondary', 'Stop this instance (its disk is kept)?'))
       if (i.state === 'suspended') actions.push(act('resume', 'Resume', 'secondary'))
-      if (i.state === 'ready' || i.state === 'starting' || i.state === 'suspended') actions.push(act('restart', 'Restart', 'secondary', 'Restart this instance? Its user loses unsaved work.'))
-      if (i.state !== 'stopping') actions.push(act('delete', 'Delete', 'danger', 'Delete this instance and end its session?'))
-      const idCell = i.ownerId && i.state !== 'queued' ? `<a class="mono" href="${esc(d.sessionUrl(i.id))}">${esc(i.id)}</a>` : `<span class="mono">${esc(i.id)}</span>`
+      if (i.state === 'ready' || i.state === 'starting' || i.state === 'suspended')
+        actions.push(act('restart', 'Restart', 'secondary', 'Restart this instance? Its user loses unsaved work.'))
+      if (i.state !== 'stopping')
+        actions.push(act('delete', 'Delete', 'danger', 'Delete this instance and end its session?'))
+      const idCell =
+        i.ownerId && i.state !== 'queued'
+          ? `<a class="mono" href="${esc(d.sessionUrl(i.id))}">${esc(i.id)}</a>`
+          : `<span class="mono">${esc(i.id)}</span>`
       return (
         `<tr data-admin-instance="${esc(i.id)}"><td>${idCell}</td><td>${esc(i.template)}</td><td><span class="state state-${esc(i.state)}">${esc(i.state)}</span></td>` +
         `<td>${i.ownerId ? esc(i.ownerId) : '<span class="muted">free</span>'}</td><td class="num">${formatDuration(d.now - i.createdAt)}</td><td class="num">${idle}</td>` +
@@ -123,14 +141,23 @@ function instancesTable(d: AdminViewData): string {
 function queueTable(d: AdminViewData): string {
   if (d.queue.length === 0) return `<p class="muted">Nobody is waiting.</p>`
   const rows = d.queue
-    .map((q, n) => `<tr><td class="num">${n + 1}</td><td>${esc(q.template)}</td><td>${esc(q.ownerId ?? '')}</td><td>${time(q.createdAt)}</td><td class="num">${formatDuration(d.now - q.createdAt)}</td></tr>`)
+    .map(
+      (q, n) =>
+        `<tr><td class="num">${n + 1}</td><td>${esc(q.template)}</td><td>${esc(q.ownerId ?? '')}</td><td>${time(q.createdAt)}</td><td class="num">${formatDuration(d.now - q.createdAt)}</td></tr>`,
+    )
     .join('')
   return `<div class="table-wrap"><table><thead><tr><th scope="col" class="num">#</th><th scope="col">Template</th><th scope="col">User</th><th scope="col">Since</th><th scope="col" class="num">Waiting</th></tr></thead><tbody>${rows}</tbody></table></div>`
 }
 
 function historyBlock(d: AdminViewData): string {
   const f = d.filters
-  const opts = [`<option value="">all</option>`, ...d.templates.map(({ template: t }) => `<option value="${esc(t.name)}"${f.template === t.name ? ' selected' : ''}>${esc(t.name)}</option>`)].join('')
+  const opts = [
+    `<option value="">all</option>`,
+    ...d.templates.map(
+      ({ template: t }) =>
+        `<option value="${esc(t.name)}"${f.template === t.name ? ' selected' : ''}>${esc(t.name)}</option>`,
+    ),
+  ].join('')
   const form =
     `<form class="filters" method="get" action="/admin#h-history" aria-label="History filters">` +
     `<div class="field"><label for="f-user">User</label><input type="text" id="f-user" name="user" value="${esc(f.user)}" maxlength="200" autocomplete="off"></div>` +
@@ -159,18 +186,24 @@ function keysBlock(d: AdminViewData): string {
   const csrf = csrfField(d.viewer.csrf)
   const rows = d.keys
     .map((k) => {
-      const status = k.revokedAt ? `<span class="state state-terminated">revoked</span>` : `<span class="state state-ready">active</span>`
+      const status = k.revokedAt
+        ? `<span class="state state-terminated">revoked</span>`
+        : `<span class="state state-ready">active</span>`
       const action =
-        k.source === 'config' ? '<span class="muted">from the configuration</span>'
-        : k.revokedAt ? ''
-        : `<form method="post" action="/admin/keys/${esc(k.id)}/revoke" data-confirm="${esc(`Revoke the key "${k.name}"? Clients using it stop working at once.`)}">${csrf}<button class="btn small danger" type="submit" aria-label="${esc(`Revoke ${k.name}`)}">Revoke</button></form>`
+        k.source === 'config'
+          ? '<span class="muted">from the configuration</span>'
+          : k.revokedAt
+            ? ''
+            : `<form method="post" action="/admin/keys/${esc(k.id)}/revoke" data-confirm="${esc(`Revoke the key "${k.name}"? Clients using it stop working at once.`)}">${csrf}<button class="btn small danger" type="submit" aria-label="${esc(`Revoke ${k.name}`)}">Revoke</button></form>`
       return (
         `<tr data-key="${esc(k.name)}"><td>${esc(k.name)}</td><td>${esc(k.role)}</td><td>${status}</td><td>${k.createdAt ? time(k.createdAt) : '–'}</td>` +
         `<td>${k.lastUsedAt ? time(k.lastUsedAt) : '–'}</td><td>${action}</td></tr>`
       )
     })
     .join('')
-  const roles = KEY_ROLES.map((r) => `<option value="${r}"${r === 'requester' ? ' selected' : ''}>${r}</option>`).join('')
+  const roles = KEY_ROLES.map((r) => `<option value="${r}"${r === 'requester' ? ' selected' : ''}>${r}</option>`).join(
+    '',
+  )
   return (
     `<form class="inline" method="post" action="/admin/keys" aria-label="Create an API key">${csrf}` +
     `<div class="field"><label for="k-name">New key name</label><input type="text" id="k-name" name="name" required pattern="[A-Za-z0-9_.\\-]{1,64}" maxlength="64" autocomplete="off"></div>` +

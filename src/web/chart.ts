@@ -43,7 +43,11 @@ export function stateChart(samples: readonly StateSample[], from: number, to: nu
   const totals = cols.map((m) => (m ? CHART_STATES.reduce((a, s) => a + (m.get(s.state) ?? 0), 0) : 0))
   // The peak of the raw samples (a bucket shows only its latest sample, which may be lower).
   let peak = 0
-  for (const m of byTime.values()) peak = Math.max(peak, CHART_STATES.reduce((a, s) => a + (m.get(s.state) ?? 0), 0))
+  for (const m of byTime.values())
+    peak = Math.max(
+      peak,
+      CHART_STATES.reduce((a, s) => a + (m.get(s.state) ?? 0), 0),
+    )
   const yMax = niceCeil(Math.max(...totals, 4))
   const iw = W - PAD.l - PAD.r
   const ih = H - PAD.t - PAD.b
@@ -61,7 +65,9 @@ export function stateChart(samples: readonly StateSample[], from: number, to: nu
     const at = from + (span * h) / 24
     const px = PAD.l + (h / 24) * iw
     const label = h === 24 ? 'now' : `−${24 - h} h`
-    parts.push(`<text x="${px.toFixed(1)}" y="${H - 6}" text-anchor="${h === 0 ? 'start' : h === 24 ? 'end' : 'middle'}"><title>${new Date(at).toISOString().slice(0, 16).replace('T', ' ')} UTC</title>${label}</text>`)
+    parts.push(
+      `<text x="${px.toFixed(1)}" y="${H - 6}" text-anchor="${h === 0 ? 'start' : h === 24 ? 'end' : 'middle'}"><title>${new Date(at).toISOString().slice(0, 16).replace('T', ' ')} UTC</title>${label}</text>`,
+    )
   }
 
   // Runs of consecutive buckets with data, each drawn as stacked polygons.
@@ -91,9 +97,16 @@ export function stateChart(samples: readonly StateSample[], from: number, to: nu
 
   const latest = [...cols].reverse().find((m) => m !== null)
   const now = latest ? CHART_STATES.map((s) => `${latest.get(s.state) ?? 0} ${s.label}`).join(', ') : 'no samples yet'
-  const desc = runs.length ? `Peak ${peak} instances. Latest sample: ${now}.` : 'No samples were recorded in the last 24 hours.'
-  const legend = CHART_STATES.map((s) => `<li><svg width="12" height="12" aria-hidden="true"><rect width="12" height="12" rx="2" fill="${s.color}"/></svg> ${esc(s.label)}</li>`).join('')
-  const empty = runs.length ? '' : `<text x="${PAD.l + iw / 2}" y="${PAD.t + ih / 2}" text-anchor="middle">No samples yet</text>`
+  const desc = runs.length
+    ? `Peak ${peak} instances. Latest sample: ${now}.`
+    : 'No samples were recorded in the last 24 hours.'
+  const legend = CHART_STATES.map(
+    (s) =>
+      `<li><svg width="12" height="12" aria-hidden="true"><rect width="12" height="12" rx="2" fill="${s.color}"/></svg> ${esc(s.label)}</li>`,
+  ).join('')
+  const empty = runs.length
+    ? ''
+    : `<text x="${PAD.l + iw / 2}" y="${PAD.t + ih / 2}" text-anchor="middle">No samples yet</text>`
   return (
     `<figure class="chart panel"><svg viewBox="0 0 ${W} ${H}" role="img" aria-labelledby="chart-t chart-d">` +
     `<title id="chart-t">Instances by state, last 24 hours</title><desc id="chart-d">${esc(desc)}</desc>${parts.join('')}${empty}</svg>` +

@@ -36,7 +36,10 @@ const TEMPLATE_RE = /^[a-z][a-z0-9-]{0,62}$/
 const KEY_NAME_RE = /^[A-Za-z0-9_.-]{1,64}$/
 const DATE_RE = /^\d{4}-\d{2}-\d{2}$/
 
-const USER_NOTICES: Record<string, string> = { stopped: 'The session was stopped.', launched: 'Your session is being prepared.' }
+const USER_NOTICES: Record<string, string> = {
+  stopped: 'The session was stopped.',
+  launched: 'Your session is being prepared.',
+}
 const ADMIN_NOTICES: Record<string, string> = {
   deleted: 'The instance was deleted and its session ended.',
   restarted: 'The instance is restarting under the same address.',
@@ -54,7 +57,8 @@ const ADMIN_NOTICES: Record<string, string> = {
  */
 export async function registerDashboard(app: FastifyInstance, deps: DashboardDeps): Promise<void> {
   const { config } = deps
-  const secret = config.gateway.secret ?? (await deps.store.setMetaIfAbsent('gateway.secret', randomBytes(32).toString('base64url')))
+  const secret =
+    config.gateway.secret ?? (await deps.store.setMetaIfAbsent('gateway.secret', randomBytes(32).toString('base64url')))
   const kit = new SessionKit({ tokens: deps.tokens, secret, config })
   const dash = config.dashboard
   const policy = deps.login ?? decideLogin(config, [])
@@ -67,11 +71,15 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
   const csp = cspHeader(config)
 
   await app.register(async (scope) => {
-    scope.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string', bodyLimit: FORM_LIMIT }, (_req, body, done) => {
-      const form: Form = Object.create(null) as Form
-      for (const [k, v] of new URLSearchParams(body as string)) if (!(k in form)) form[k] = v
-      done(null, form)
-    })
+    scope.addContentTypeParser(
+      'application/x-www-form-urlencoded',
+      { parseAs: 'string', bodyLimit: FORM_LIMIT },
+      (_req, body, done) => {
+        const form: Form = Object.create(null) as Form
+        for (const [k, v] of new URLSearchParams(body as string)) if (!(k in form)) form[k] = v
+        done(null, form)
+      },
+    )
     scope.setErrorHandler((err: FastifyError, req, reply) => {
       const viewer = viewerOf(req)
       if (isAppError(err)) {
@@ -80,9 +88,24 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
         return html(reply, err.statusCode, messagePage(titleFor(err.statusCode), err.message, { viewer }))
       }
       const status = err.statusCode ?? 500
-      if (status >= 400 && status < 500) return html(reply, status === 413 ? 413 : 400, messagePage('That did not work', status === 413 ? 'The form is too large.' : 'The request could not be read.', { viewer }))
+      if (status >= 400 && status < 500)
+        return html(
+          reply,
+          status === 413 ? 413 : 400,
+          messagePage(
+            'That did not work',
+            status === 413 ? 'The form is too large.' : 'The request could not be read.',
+            { viewer },
+          ),
+        )
       req.log.error({ err }, 'dashboard: unhandled error')
-      return html(reply, 500, messagePage('Something went wrong', 'The server could not complete this request. Please try again.', { viewer }))
+      return html(
+        reply,
+        500,
+        messagePage('Something went wrong', 'The server could not complete this request. Please try again.', {
+          viewer,
+        }),
+      )
     })
 
     // ---- helpers -------------------------------------------------------------------------------
@@ -107,13 +130,22 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       const h = dash.header
       if (login !== 'header' || !h || !trustedProxy(peerAddress(req))) return undefined
       const user = req.headers[h.userHeader]
-      if (typeof user !== 'string' || !user.trim() || user.length > 200 || /[\u0000-\u001f\u007f]/.test(user)) return undefined
+      if (typeof user !== 'string' || !user.trim() || user.length > 200 || /[\u0000-\u001f\u007f]/.test(user))
+        return undefined
       const g = req.headers[h.groupsHeader]
-      const groups = typeof g === 'string' ? g.split(/[,;]/).map((s) => s.trim()).filter((s) => s && s.length <= 200).slice(0, 200) : []
+      const groups =
+        typeof g === 'string'
+          ? g
+              .split(/[,;]/)
+              .map((s) => s.trim())
+              .filter((s) => s && s.length <= 200)
+              .slice(0, 200)
+          : []
       return { userId: user.trim(), groups }
     }
 
-    const isAdmin = (userId: string, groups: readonly string[]) => dash.admins.includes(userId) || groups.some((g) => dash.adminGroups.includes(g))
+    const isAdmin = (userId: string, groups: readonly string[]) =>
+      dash.admins.includes(userId) || groups.some((g) => dash.adminGroups.includes(g))
 
     /** The signed-in user: the session cookie, or (header mode) the trusted proxy's header. */
     function currentUser(req: FastifyRequest): DashboardUser | undefined {
@@ -126,14 +158,27 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       let user: DashboardUser | undefined
       if (fromHeader) {
         const same = s && s.claims.userId === fromHeader.userId && sameList(s.claims.groups, fromHeader.groups)
-        if (same) user = { userId: s.claims.userId, admin: s.claims.admin, groups: s.claims.groups, cookie: s.value, fresh: false }
+        if (same)
+          user = {
+            userId: s.claims.userId,
+            admin: s.claims.admin,
+            groups: s.claims.groups,
+            cookie: s.value,
+            fresh: false,
+          }
         else {
           const admin = isAdmin(fromHeader.userId, fromHeader.groups)
           const cookie = kit.issue({ userId: fromHeader.userId, admin, groups: fromHeader.groups })
           user = { ...fromHeader, admin, cookie, fresh: true }
         }
       } else if (s) {
-        user = { userId: s.claims.userId, admin: s.claims.admin, groups: s.claims.groups, cookie: s.value, fresh: false }
+        user = {
+          userId: s.claims.userId,
+          admin: s.claims.admin,
+          groups: s.claims.groups,
+          cookie: s.value,
+          fresh: false,
+        }
       }
       if (user) viewers.set(req, { userId: user.userId, admin: user.admin, csrf: kit.csrfFor(user.cookie) })
       return user
@@ -148,7 +193,14 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
           return undefined
         }
         if (login === 'off') {
-          void html(reply, 404, layout(`<section class="panel narrow"><h1>The dashboard is off</h1><p>This server runs with <code>dashboard.login: off</code>. The API is documented at <a href="/api/docs">/api/docs</a>.</p></section>`, { title: 'Dashboard off' }))
+          void html(
+            reply,
+            404,
+            layout(
+              `<section class="panel narrow"><h1>The dashboard is off</h1><p>This server runs with <code>dashboard.login: off</code>. The API is documented at <a href="/api/docs">/api/docs</a>.</p></section>`,
+              { title: 'Dashboard off' },
+            ),
+          )
           return undefined
         }
         void reply.redirect(`/login?next=${encodeURIComponent(req.url)}`, 303)
@@ -162,12 +214,26 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
     function postUser(req: FastifyRequest, reply: FastifyReply): DashboardUser | undefined {
       const user = currentUser(req)
       if (!user) {
-        void html(reply, 401, messagePage('Please sign in', 'Your session has ended. Sign in again, then repeat what you were doing.', { back: { href: '/login', label: 'Sign in' } }))
+        void html(
+          reply,
+          401,
+          messagePage('Please sign in', 'Your session has ended. Sign in again, then repeat what you were doing.', {
+            back: { href: '/login', label: 'Sign in' },
+          }),
+        )
         return undefined
       }
       const form = formOf(req)
       if (!kit.sameOrigin(req) || !kit.checkCsrf(user.cookie, form.csrf)) {
-        void html(reply, 403, messagePage('This form has expired', 'The form was not sent from this dashboard, or it is too old. Reload the page and try again.', { viewer: viewerOf(req) }))
+        void html(
+          reply,
+          403,
+          messagePage(
+            'This form has expired',
+            'The form was not sent from this dashboard, or it is too old. Reload the page and try again.',
+            { viewer: viewerOf(req) },
+          ),
+        )
         return undefined
       }
       return user
@@ -183,15 +249,27 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
     }
 
     const forbidden = (req: FastifyRequest, reply: FastifyReply) =>
-      html(reply, 403, messagePage('Administrators only', 'This page is for administrators of the pool. You are signed in without admin rights.', { viewer: viewerOf(req) }))
+      html(
+        reply,
+        403,
+        messagePage(
+          'Administrators only',
+          'This page is for administrators of the pool. You are signed in without admin rights.',
+          { viewer: viewerOf(req) },
+        ),
+      )
 
-    const mayUse = (t: TemplateConfig, u: { groups: readonly string[] }) => t.allowedGroups.length === 0 || t.allowedGroups.some((g) => u.groups.includes(g))
+    const mayUse = (t: TemplateConfig, u: { groups: readonly string[] }) =>
+      t.allowedGroups.length === 0 || t.allowedGroups.some((g) => u.groups.includes(g))
     const actor = (u: DashboardUser) => `dashboard:${u.userId}`
 
     // ---- assets --------------------------------------------------------------------------------
     for (const a of [ASSETS.css, ASSETS.js]) {
       scope.get(a.path, { schema: { hide: true } }, async (req, reply) => {
-        void reply.header('cache-control', 'public, max-age=31536000, immutable').header('etag', a.etag).header('x-content-type-options', 'nosniff')
+        void reply
+          .header('cache-control', 'public, max-age=31536000, immutable')
+          .header('etag', a.etag)
+          .header('x-content-type-options', 'nosniff')
         if (req.headers['if-none-match'] === a.etag) return reply.code(304).send()
         return reply.type(a.type).send(a.body)
       })
@@ -221,8 +299,15 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
             }
           }),
       )
-      const done = typeof (req.query as Record<string, unknown>).done === 'string' ? USER_NOTICES[(req.query as Record<string, string>).done!] : undefined
-      return html(reply, 200, renderUserView({ viewer: viewerOf(req)!, cards, history, now, notice: done ? { text: done } : undefined }))
+      const done =
+        typeof (req.query as Record<string, unknown>).done === 'string'
+          ? USER_NOTICES[(req.query as Record<string, string>).done!]
+          : undefined
+      return html(
+        reply,
+        200,
+        renderUserView({ viewer: viewerOf(req)!, cards, history, now, notice: done ? { text: done } : undefined }),
+      )
     })
 
     // Open a session: a fresh single-use launch link for the owner (works in path and subdomain mode alike).
@@ -232,7 +317,11 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       const id = (req.params as { id: string }).id
       const inst = isInstanceId(id) ? await deps.store.getInstance(id) : undefined
       if (!inst || inst.ownerId !== user.userId || !LIVE_STATES.includes(inst.state as never)) {
-        return html(reply, 404, messagePage('No such session', 'This session has ended or is not yours.', { viewer: viewerOf(req) }))
+        return html(
+          reply,
+          404,
+          messagePage('No such session', 'This session has ended or is not yours.', { viewer: viewerOf(req) }),
+        )
       }
       return reply.redirect(await deps.links.launchUrl(inst.id, user.userId, inst.keyName), 303)
     })
@@ -242,8 +331,22 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       if (!user) return reply
       const name = formOf(req).template ?? ''
       const t = TEMPLATE_RE.test(name) ? config.templates.find((x) => x.name === name) : undefined
-      if (!t) return html(reply, 404, messagePage('No such template', 'That template does not exist (any more).', { viewer: viewerOf(req) }))
-      if (!mayUse(t, user)) return html(reply, 403, messagePage('Not allowed', `You may not use the template “${t.displayName}”. Ask an administrator to add you to one of its groups.`, { viewer: viewerOf(req) }))
+      if (!t)
+        return html(
+          reply,
+          404,
+          messagePage('No such template', 'That template does not exist (any more).', { viewer: viewerOf(req) }),
+        )
+      if (!mayUse(t, user))
+        return html(
+          reply,
+          403,
+          messagePage(
+            'Not allowed',
+            `You may not use the template “${t.displayName}”. Ask an administrator to add you to one of its groups.`,
+            { viewer: viewerOf(req) },
+          ),
+        )
       await deps.pool.request({ userId: user.userId, template: t.name, keyName: 'dashboard', byOwner: true })
       return reply.redirect(`/?done=launched#t-${t.name}`, 303)
     })
@@ -253,8 +356,18 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       if (!user) return reply
       const { id } = req.params as { id: string }
       const inst = isInstanceId(id) ? await deps.store.getInstance(id) : undefined
-      if (!inst) return html(reply, 404, messagePage('No such session', 'This session does not exist or has ended.', { viewer: viewerOf(req) }))
-      if (inst.ownerId !== user.userId) return html(reply, 403, messagePage('Not your session', 'You can stop only your own sessions.', { viewer: viewerOf(req) }))
+      if (!inst)
+        return html(
+          reply,
+          404,
+          messagePage('No such session', 'This session does not exist or has ended.', { viewer: viewerOf(req) }),
+        )
+      if (inst.ownerId !== user.userId)
+        return html(
+          reply,
+          403,
+          messagePage('Not your session', 'You can stop only your own sessions.', { viewer: viewerOf(req) }),
+        )
       await deps.pool.release(id, 'user', actor(user))
       return reply.redirect('/?done=stopped', 303)
     })
@@ -262,12 +375,29 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
     // Live progress of the user's own instances, as server-sent events.
     scope.get('/events', { schema: { hide: true } }, async (req, reply) => {
       const user = currentUser(req)
-      if (!user) return reply.code(401).type('text/plain; charset=utf-8').header('cache-control', 'no-store').send('sign in first')
+      if (!user)
+        return reply
+          .code(401)
+          .type('text/plain; charset=utf-8')
+          .header('cache-control', 'no-store')
+          .send('sign in first')
       reply.hijack()
       const res = reply.raw
-      res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', 'x-accel-buffering': 'no', 'x-content-type-options': 'nosniff' })
+      res.writeHead(200, {
+        'content-type': 'text/event-stream; charset=utf-8',
+        'cache-control': 'no-store',
+        'x-accel-buffering': 'no',
+        'x-content-type-options': 'nosniff',
+      })
       res.write('retry: 3000\n\n')
-      const view = (r: RouteEntry) => ({ id: r.instanceId, template: r.template, state: r.state, progress: r.progress, message: r.progressMessage, queuePosition: r.queuePosition })
+      const view = (r: RouteEntry) => ({
+        id: r.instanceId,
+        template: r.template,
+        state: r.state,
+        progress: r.progress,
+        message: r.progressMessage,
+        queuePosition: r.queuePosition,
+      })
       const send = (obj: unknown) => {
         if (!res.writableEnded) res.write(`data: ${JSON.stringify(obj)}\n\n`)
       }
@@ -289,7 +419,13 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       })
       const ping = setInterval(() => res.write(': ping\n\n'), 15_000)
       // The stream ends with the cookie that opened it; the browser reconnects and is asked to sign in.
-      const expiry = setTimeout(() => res.end(), Math.max(1_000, Math.min(kit.read(req)?.claims.expiresAt ?? Date.now() + 3_600_000, Date.now() + 2 ** 30) - Date.now()))
+      const expiry = setTimeout(
+        () => res.end(),
+        Math.max(
+          1_000,
+          Math.min(kit.read(req)?.claims.expiresAt ?? Date.now() + 3_600_000, Date.now() + 2 ** 30) - Date.now(),
+        ),
+      )
       // A shutting-down server ends the stream cleanly; the browser reconnects (to another replica).
       const end = () => res.end()
       deps.shuttingDown?.addEventListener('abort', end, { once: true })
@@ -324,7 +460,16 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       }
     }
 
-    async function adminPage(req: FastifyRequest, reply: FastifyReply, user: DashboardUser, extra: { status?: number; notice?: { text: string; error?: boolean }; createdKey?: { name: string; role: KeyRole; secret: string } } = {}) {
+    async function adminPage(
+      req: FastifyRequest,
+      reply: FastifyReply,
+      user: DashboardUser,
+      extra: {
+        status?: number
+        notice?: { text: string; error?: boolean }
+        createdKey?: { name: string; role: KeyRole; secret: string }
+      } = {},
+    ) {
       const now = Date.now()
       const q = req.query as Record<string, unknown>
       const { filters, store: hf } = filtersOf(extra.createdKey ? {} : q)
@@ -339,7 +484,9 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       ])
       const params = new URLSearchParams(Object.entries(filters).filter(([, v]) => v) as [string, string][])
       const done = typeof q.done === 'string' ? ADMIN_NOTICES[q.done] : undefined
-      const suspendable = new Set(config.templates.filter((t) => deps.providers.get(t.provider)?.capabilities.supportsSuspend).map((t) => t.name))
+      const suspendable = new Set(
+        config.templates.filter((t) => deps.providers.get(t.provider)?.capabilities.supportsSuspend).map((t) => t.name),
+      )
       return html(
         reply,
         extra.status ?? 200,
@@ -396,9 +543,19 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       const user = adminPost(req, reply)
       if (!user) return reply
       const { id, action } = req.params as { id: string; action: string }
-      if (!isInstanceId(id) || !['stop', 'resume', 'restart', 'delete'].includes(action)) return html(reply, 404, messagePage('Not found', 'There is no such instance or action.', { viewer: viewerOf(req) }))
+      if (!isInstanceId(id) || !['stop', 'resume', 'restart', 'delete'].includes(action))
+        return html(
+          reply,
+          404,
+          messagePage('Not found', 'There is no such instance or action.', { viewer: viewerOf(req) }),
+        )
       const inst = await deps.store.getInstance(id)
-      if (!inst) return html(reply, 404, messagePage('No such instance', 'This instance does not exist (any more).', { viewer: viewerOf(req) }))
+      if (!inst)
+        return html(
+          reply,
+          404,
+          messagePage('No such instance', 'This instance does not exist (any more).', { viewer: viewerOf(req) }),
+        )
       const by = actor(user)
       if (action === 'delete') await deps.pool.release(id, 'admin', by)
       else if (action === 'restart') await deps.pool.restart(id, by)
@@ -415,13 +572,20 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       const name = (form.name ?? '').trim()
       const role = form.role as KeyRole
       if (!KEY_NAME_RE.test(name) || !(KEY_ROLES as readonly string[]).includes(role)) {
-        return adminPage(req, reply, user, { status: 400, notice: { text: 'A key needs a name of 1–64 letters, digits, dots, dashes or underscores, and a role.', error: true } })
+        return adminPage(req, reply, user, {
+          status: 400,
+          notice: {
+            text: 'A key needs a name of 1–64 letters, digits, dots, dashes or underscores, and a role.',
+            error: true,
+          },
+        })
       }
       let created
       try {
         created = await deps.keyring.create(name, role)
       } catch (err) {
-        if (isAppError(err) && err.code === 'CONFLICT') return adminPage(req, reply, user, { status: 409, notice: { text: err.message, error: true } })
+        if (isAppError(err) && err.code === 'CONFLICT')
+          return adminPage(req, reply, user, { status: 409, notice: { text: err.message, error: true } })
         throw err
       }
       await deps.pool.audit(null, 'key-created', actor(user), { name, role, id: created.key.id })
@@ -432,7 +596,12 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       const user = adminPost(req, reply)
       if (!user) return reply
       const { id } = req.params as { id: string }
-      if (!/^[a-z2-7]{12}$/.test(id) || !(await deps.keyring.revoke(id))) return html(reply, 404, messagePage('No such key', 'This key does not exist or is already revoked.', { viewer: viewerOf(req) }))
+      if (!/^[a-z2-7]{12}$/.test(id) || !(await deps.keyring.revoke(id)))
+        return html(
+          reply,
+          404,
+          messagePage('No such key', 'This key does not exist or is already revoked.', { viewer: viewerOf(req) }),
+        )
       await deps.pool.audit(null, 'key-revoked', actor(user), { id })
       return reply.redirect('/admin?done=revoked#h-keys', 303)
     })
@@ -447,7 +616,11 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       }
       return undefined
     }
-    const finishLogin = (reply: FastifyReply, identity: { userId: string; groups: readonly string[] }, next: string) => {
+    const finishLogin = (
+      reply: FastifyReply,
+      identity: { userId: string; groups: readonly string[] },
+      next: string,
+    ) => {
       const admin = isAdmin(identity.userId, identity.groups)
       const cookie = kit.issue({ userId: identity.userId, admin, groups: identity.groups })
       return reply.header('set-cookie', [kit.sessionCookie(cookie), loginCookie('', 0)]).redirect(next, 303)
@@ -459,10 +632,25 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       switch (login) {
         case 'off':
           if (policy.refused) return html(reply, 403, loginRefusedPage(policy))
-          return html(reply, 404, messagePage('Sign-in is off', 'This server runs without a dashboard login (dashboard.login: off).', { back: { href: '/api/docs', label: 'API documentation' } }))
+          return html(
+            reply,
+            404,
+            messagePage('Sign-in is off', 'This server runs without a dashboard login (dashboard.login: off).', {
+              back: { href: '/api/docs', label: 'API documentation' },
+            }),
+          )
         case 'header': {
           const id = headerIdentity(req)
-          if (!id) return html(reply, 403, messagePage('Sign-in goes through the login proxy', 'This request did not come through the trusted login proxy, so it cannot sign you in. Use the address your organisation gave you.', { back: { href: '/', label: 'Try again' } }))
+          if (!id)
+            return html(
+              reply,
+              403,
+              messagePage(
+                'Sign-in goes through the login proxy',
+                'This request did not come through the trusted login proxy, so it cannot sign you in. Use the address your organisation gave you.',
+                { back: { href: '/', label: 'Try again' } },
+              ),
+            )
           return finishLogin(reply, id, next)
         }
         case 'oidc': {
@@ -471,7 +659,15 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
             begun = await oidc!.begin()
           } catch (err) {
             req.log.warn({ err: (err as Error).message }, 'dashboard: identity provider unreachable')
-            return html(reply, 503, messagePage('Sign-in is unavailable', 'The identity provider does not answer. Please try again in a minute.', { back: { href: `/login?next=${encodeURIComponent(next)}`, label: 'Try again' } }))
+            return html(
+              reply,
+              503,
+              messagePage(
+                'Sign-in is unavailable',
+                'The identity provider does not answer. Please try again in a minute.',
+                { back: { href: `/login?next=${encodeURIComponent(next)}`, label: 'Try again' } },
+              ),
+            )
           }
           return reply
             .header('set-cookie', loginCookie(kit.seal({ ...begun.pending, next }, 600_000), 600))
@@ -482,7 +678,11 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
           if (!isLoopback(peerAddress(req))) return html(reply, 403, devOnlyLoopback())
           const nonce = randomBytes(16).toString('base64url')
           void reply.header('set-cookie', loginCookie(kit.seal({ n: nonce }, 3_600_000), 3600))
-          return html(reply, 200, devLoginPage(next, kit.csrfFor(`login\0${nonce}`), typeof q.user === 'string' ? q.user : ''))
+          return html(
+            reply,
+            200,
+            devLoginPage(next, kit.csrfFor(`login\0${nonce}`), typeof q.user === 'string' ? q.user : ''),
+          )
         }
       }
     })
@@ -491,35 +691,70 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       if (login !== 'dev' && policy.configured === 'dev' && policy.refused) {
         // A stable code for scripts, the same explanation for people.
         if (!String(req.headers.accept ?? '').includes('text/html')) {
-          return reply.code(403).header('cache-control', 'no-store').send({ error: { code: 'LOGIN_DISABLED', message: `dev login is off: ${policy.refused.reason}` } })
+          return reply
+            .code(403)
+            .header('cache-control', 'no-store')
+            .send({ error: { code: 'LOGIN_DISABLED', message: `dev login is off: ${policy.refused.reason}` } })
         }
         return html(reply, 403, loginRefusedPage(policy))
       }
-      if (login !== 'dev') return html(reply, 404, messagePage('Not here', 'This server does not use the development login.'))
+      if (login !== 'dev')
+        return html(reply, 404, messagePage('Not here', 'This server does not use the development login.'))
       if (!isLoopback(peerAddress(req))) return html(reply, 403, devOnlyLoopback())
       const form = formOf(req)
       const st = readLoginState(req)
       if (!kit.sameOrigin(req) || typeof st?.n !== 'string' || !kit.checkCsrf(`login\0${st.n}`, form.csrf)) {
-        return html(reply, 403, messagePage('This form has expired', 'Reload the sign-in page and try again.', { back: { href: '/login', label: 'Sign in' } }))
+        return html(
+          reply,
+          403,
+          messagePage('This form has expired', 'Reload the sign-in page and try again.', {
+            back: { href: '/login', label: 'Sign in' },
+          }),
+        )
       }
       const userId = (form.user ?? '').trim()
       if (!userId || userId.length > 200 || /[\u0000-\u001f\u007f]/.test(userId)) {
-        return html(reply, 400, devLoginPage(kit.safeNext(form.next), form.csrf!, '', 'Type a user name (1–200 characters).'))
+        return html(
+          reply,
+          400,
+          devLoginPage(kit.safeNext(form.next), form.csrf!, '', 'Type a user name (1–200 characters).'),
+        )
       }
-      const groups = (form.groups ?? '').split(/[,;\s]+/).map((g) => g.trim()).filter((g) => g && g.length <= 200).slice(0, 50)
+      const groups = (form.groups ?? '')
+        .split(/[,;\s]+/)
+        .map((g) => g.trim())
+        .filter((g) => g && g.length <= 200)
+        .slice(0, 50)
       return finishLogin(reply, { userId, groups }, kit.safeNext(form.next))
     })
 
     scope.get('/login/callback', { schema: { hide: true } }, async (req, reply) => {
-      if (login !== 'oidc' || !oidc) return html(reply, 404, messagePage('Not here', 'This server does not use OpenID Connect.'))
+      if (login !== 'oidc' || !oidc)
+        return html(reply, 404, messagePage('Not here', 'This server does not use OpenID Connect.'))
       const st = readLoginState(req)
       const q = req.query as Record<string, unknown>
       const again = { back: { href: '/login', label: 'Sign in again' } }
       if (typeof q.error === 'string') {
-        return html(reply, 403, messagePage('Sign-in was refused', `The identity provider said: ${String(q.error_description ?? q.error).slice(0, 300)}`, again))
+        return html(
+          reply,
+          403,
+          messagePage(
+            'Sign-in was refused',
+            `The identity provider said: ${String(q.error_description ?? q.error).slice(0, 300)}`,
+            again,
+          ),
+        )
       }
       if (!st || typeof st.state !== 'string' || typeof st.nonce !== 'string' || typeof st.verifier !== 'string') {
-        return html(reply, 400, messagePage('Sign-in expired', 'The sign-in took too long or was started in another browser. Please sign in again.', again))
+        return html(
+          reply,
+          400,
+          messagePage(
+            'Sign-in expired',
+            'The sign-in took too long or was started in another browser. Please sign in again.',
+            again,
+          ),
+        )
       }
       const query = req.url.includes('?') ? req.url.slice(req.url.indexOf('?')) : ''
       let identity
@@ -527,7 +762,15 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
         identity = await oidc.finish(query, { state: st.state, nonce: st.nonce, verifier: st.verifier })
       } catch (err) {
         req.log.warn({ err: (err as Error).message }, 'dashboard: OIDC callback refused')
-        return html(reply, 403, messagePage('Sign-in failed', 'The answer of the identity provider could not be verified. Please sign in again.', again))
+        return html(
+          reply,
+          403,
+          messagePage(
+            'Sign-in failed',
+            'The answer of the identity provider could not be verified. Please sign in again.',
+            again,
+          ),
+        )
       }
       return finishLogin(reply, identity, kit.safeNext(st.next))
     })
@@ -537,8 +780,15 @@ export async function registerDashboard(app: FastifyInstance, deps: DashboardDep
       const user = postUser(req, reply)
       if (!user) return reply
       void reply.header('set-cookie', kit.clearSessionCookie())
-      const note = login === 'header' ? ' Your organisation’s login proxy may sign you in again on your next visit.' : ''
-      return html(reply, 200, messagePage('Signed out', `You are signed out of studiopool.${note}`, { back: { href: '/login', label: 'Sign in again' } }))
+      const note =
+        login === 'header' ? ' Your organisation’s login proxy may sign you in again on your next visit.' : ''
+      return html(
+        reply,
+        200,
+        messagePage('Signed out', `You are signed out of studiopool.${note}`, {
+          back: { href: '/login', label: 'Sign in again' },
+        }),
+      )
     })
   })
 }
@@ -566,7 +816,8 @@ function titleFor(status: number): string {
 }
 
 function cspHeader(config: Config): string {
-  const sub = config.gateway.mode === 'subdomain' && config.gateway.sessionDomain ? ` *.${config.gateway.sessionDomain}` : ''
+  const sub =
+    config.gateway.mode === 'subdomain' && config.gateway.sessionDomain ? ` *.${config.gateway.sessionDomain}` : ''
   return `default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'${sub}; frame-ancestors 'none'; base-uri 'none'`
 }
 
@@ -583,7 +834,11 @@ function loginRefusedPage(policy: LoginPolicy): string {
 }
 
 function devOnlyLoopback(): string {
-  return messagePage('Development sign-in works only on this machine', 'dashboard.login is "dev": anyone could claim any name, so it answers only requests from 127.0.0.1 or ::1. Configure oidc or header login for other users.', { back: { href: '/', label: 'Back' } })
+  return messagePage(
+    'Development sign-in works only on this machine',
+    'dashboard.login is "dev": anyone could claim any name, so it answers only requests from 127.0.0.1 or ::1. Configure oidc or header login for other users.',
+    { back: { href: '/', label: 'Back' } },
+  )
 }
 
 function devLoginPage(next: string, csrf: string, user: string, error?: string): string {

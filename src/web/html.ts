@@ -6,7 +6,9 @@ import { ASSETS } from './assets.js'
  * few and small, and a template engine would be one more thing to audit.
  */
 export function esc(value: unknown): string {
-  return String(value ?? '').replace(/[&<>"']/g, (c) => (c === '&' ? '&amp;' : c === '<' ? '&lt;' : c === '>' ? '&gt;' : c === '"' ? '&quot;' : '&#39;'))
+  return String(value ?? '').replace(/[&<>"']/g, (c) =>
+    c === '&' ? '&amp;' : c === '<' ? '&lt;' : c === '>' ? '&gt;' : c === '"' ? '&quot;' : '&#39;',
+  )
 }
 
 /** Who is looking at the page (for the header), with the form token of their session. */
@@ -53,12 +55,19 @@ export function csrfField(token: string): string {
 }
 
 /** A small page with a heading, a message and a way back (errors, notices). */
-export function messagePage(title: string, message: string, o: { viewer?: Viewer; back?: { href: string; label: string } } = {}): string {
+export function messagePage(
+  title: string,
+  message: string,
+  o: { viewer?: Viewer; back?: { href: string; label: string } } = {},
+): string {
   const back = o.back ?? { href: '/', label: 'Back to the dashboard' }
-  return layout(`<section class="panel narrow"><h1>${esc(title)}</h1><p>${esc(message)}</p><p><a class="btn" href="${esc(back.href)}">${esc(back.label)}</a></p></section>`, {
-    title,
-    viewer: o.viewer,
-  })
+  return layout(
+    `<section class="panel narrow"><h1>${esc(title)}</h1><p>${esc(message)}</p><p><a class="btn" href="${esc(back.href)}">${esc(back.label)}</a></p></section>`,
+    {
+      title,
+      viewer: o.viewer,
+    },
+  )
 }
 
 /** `1 h 05 min`, `4 min 10 s`, `12 s`. */

@@ -37,7 +37,11 @@ export interface LoginPolicy {
  */
 export function decideLogin(config: Pick<Config, 'server' | 'dashboard'>, reach: readonly SessionReach[]): LoginPolicy {
   const configured = config.dashboard.login
-  const refuse = (reason: string, fix: string, detail?: string): LoginPolicy => ({ configured, effective: 'off', refused: { reason, fix, ...(detail ? { detail } : {}) } })
+  const refuse = (reason: string, fix: string, detail?: string): LoginPolicy => ({
+    configured,
+    effective: 'off',
+    refused: { reason, fix, ...(detail ? { detail } : {}) },
+  })
   const loopbackReachers = reach.filter((r) => r.sessionsReachLoopback).map((r) => r.provider)
 
   if (configured === 'dev') {
@@ -78,7 +82,7 @@ export function decideLogin(config: Pick<Config, 'server' | 'dashboard'>, reach:
         if (hit.length) {
           return refuse(
             `dashboard.header.trustedProxies lies within a network sessions of the ${r.provider} provider connect from, so code inside a session could send the user header itself`,
-            'list only the login proxy\'s own address, outside the session networks',
+            "list only the login proxy's own address, outside the session networks",
             `trustedProxies ${hit.join(', ')} within ${net}`,
           )
         }
@@ -98,12 +102,17 @@ export function proxyTrustWarnings(config: Pick<Config, 'server'>, reach: readon
   const out: string[] = []
   const loopbackReachers = reach.filter((r) => r.sessionsReachLoopback).map((r) => r.provider)
   if (loopbackReachers.length && coversLoopback(trusted)) {
-    out.push(`server.trustProxy trusts loopback, and sessions of the ${loopbackReachers.join(', ')} provider can connect from loopback: they can set the X-Forwarded-For/-Proto/-Host the gateway believes. List only the proxy's own address.`)
+    out.push(
+      `server.trustProxy trusts loopback, and sessions of the ${loopbackReachers.join(', ')} provider can connect from loopback: they can set the X-Forwarded-For/-Proto/-Host the gateway believes. List only the proxy's own address.`,
+    )
   }
   for (const r of reach) {
     for (const net of r.sessionNetworks) {
       const hit = overlapping(trusted, net)
-      if (hit.length) out.push(`server.trustProxy (${hit.join(', ')}) lies within ${net}, a network sessions of the ${r.provider} provider connect from: they can set the X-Forwarded-For/-Proto/-Host the gateway believes.`)
+      if (hit.length)
+        out.push(
+          `server.trustProxy (${hit.join(', ')}) lies within ${net}, a network sessions of the ${r.provider} provider connect from: they can set the X-Forwarded-For/-Proto/-Host the gateway believes.`,
+        )
     }
   }
   return out

@@ -88,7 +88,11 @@ export class OidcLogin {
     const claims: Record<string, unknown> = { ...(tokens.claims() ?? {}) }
     const want = [this.#cfg.userClaim, this.#cfg.groupsClaim]
     if (want.some((c) => claims[c] === undefined) && tokens.access_token && config.serverMetadata().userinfo_endpoint) {
-      const info = await client.fetchUserInfo(config, tokens.access_token, typeof claims.sub === 'string' ? claims.sub : client.skipSubjectCheck)
+      const info = await client.fetchUserInfo(
+        config,
+        tokens.access_token,
+        typeof claims.sub === 'string' ? claims.sub : client.skipSubjectCheck,
+      )
       for (const c of want) if (claims[c] === undefined && info[c] !== undefined) claims[c] = info[c]
     }
     const user = claims[this.#cfg.userClaim]

@@ -78,7 +78,9 @@ export class SessionKit {
 
   /** Form token: HMAC of the session cookie, so it is worthless without that cookie and dies with it. */
   csrfFor(cookieValue: string): string {
-    return createHmac('sha256', this.#csrfKey).update('session\0' + cookieValue).digest('base64url')
+    return createHmac('sha256', this.#csrfKey)
+      .update('session\0' + cookieValue)
+      .digest('base64url')
   }
 
   checkCsrf(cookieValue: string, presented: unknown): boolean {

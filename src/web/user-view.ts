@@ -25,7 +25,9 @@ const STARTING = new Set(['queued', 'provisioning', 'starting'])
 /** The user view: the templates they may use, their live sessions with progress, and their history. */
 export function renderUserView(d: UserViewData): string {
   const starting = d.cards.some((c) => c.instance && STARTING.has(c.instance.state))
-  const notice = d.notice ? `<p class="notice${d.notice.error ? ' error' : ''}" role="status">${esc(d.notice.text)}</p>` : ''
+  const notice = d.notice
+    ? `<p class="notice${d.notice.error ? ' error' : ''}" role="status">${esc(d.notice.text)}</p>`
+    : ''
   const cards = d.cards.length
     ? `<div class="cards">${d.cards.map((c) => card(c, d.viewer)).join('')}</div>`
     : `<p class="panel">No template is open to you. Ask an administrator to add you to one of the groups a template allows.</p>`

@@ -59,7 +59,11 @@ export interface TestServer {
 /**
  * `yaml` holds everything but `store:` (added here). `env` goes to loadConfig only (never process.env).
  */
-export async function startServer(kind: StoreKind, yaml: string, env: Record<string, string> = {}): Promise<TestServer> {
+export async function startServer(
+  kind: StoreKind,
+  yaml: string,
+  env: Record<string, string> = {},
+): Promise<TestServer> {
   const dir = mkdtempSync(join(tmpdir(), `sp-api-${kind}-`))
   const text = `${await storeYaml(kind, dir)}${yaml}`
   const config = loadConfig({ text, env, cwd: dir, overrides: { port: 0, dataDir: dir, logLevel: 'silent' } })
@@ -115,14 +119,21 @@ export async function call(
   return { status: r.statusCode, headers: r.headers, text, json }
 }
 
-export const command = (base: string, key: string | undefined, cmd: unknown, payload?: unknown, path = '/api/commands') =>
-  call(base, 'POST', path, { key, body: payload === undefined ? { command: cmd } : { command: cmd, payload } })
+export const command = (
+  base: string,
+  key: string | undefined,
+  cmd: unknown,
+  payload?: unknown,
+  path = '/api/commands',
+) => call(base, 'POST', path, { key, body: payload === undefined ? { command: cmd } : { command: cmd, payload } })
 
 export { waitFor } from '../helpers/wait.js'
 
 /** Everything a request could change, in a comparable form (key lastUsedAt excluded: a valid key's use is recorded). */
 export async function snapshot(store: Store): Promise<string> {
-  const inst = await store.listInstances({ states: ['queued', 'provisioning', 'starting', 'ready', 'stopping', 'terminated', 'suspended', 'failed'] })
+  const inst = await store.listInstances({
+    states: ['queued', 'provisioning', 'starting', 'ready', 'stopping', 'terminated', 'suspended', 'failed'],
+  })
   const history = await store.listHistory({ limit: 100_000 })
   const keys = await store.listKeys()
   const audit = await store.listAudit({ limit: 100_000 })
@@ -136,5 +147,6 @@ export async function snapshot(store: Store): Promise<string> {
 
 /** A body must never carry a stack trace or source paths. */
 export function assertNoStack(text: string): void {
-  if (/\bat [^\n]*\(?[^\s]*:\d+:\d+\)?|node_modules|\.ts:\d+|Error: .*\n\s+at /.test(text)) throw new Error(`stack trace in body: ${text.slice(0, 300)}`)
+  if (/\bat [^\n]*\(?[^\s]*:\d+:\d+\)?|node_modules|\.ts:\d+|Error: .*\n\s+at /.test(text))
+    throw new Error(`stack trace in body: ${text.slice(0, 300)}`)
 }

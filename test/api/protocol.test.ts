@@ -49,7 +49,12 @@ templates:
 `,
         { ARENA_POOL_SERVICE_KEY: ARENA, PROXY_KEY: PROXY },
       )
-      await waitFor(async () => (await s.store.listInstances({ template: 'demo', assigned: false, states: ['ready'] })).length === 1, 10_000, 'a warm demo instance')
+      await waitFor(
+        async () =>
+          (await s.store.listInstances({ template: 'demo', assigned: false, states: ['ready'] })).length === 1,
+        10_000,
+        'a warm demo instance',
+      )
     })
     after(async () => {
       await s?.close()
@@ -58,7 +63,10 @@ templates:
 
     test('seed flow: REQUEST_RSTUDIO, GET_STATUS list and one, DELETE twice; x-api-key; env keys', async () => {
       // The seed posted to / with its key; x-api-key works as well as Authorization: Bearer.
-      const r = await call(s.url, 'POST', '/', { body: { command: 'REQUEST_RSTUDIO', payload: { userId: 'student-1' } }, headers: { 'x-api-key': ARENA } })
+      const r = await call(s.url, 'POST', '/', {
+        body: { command: 'REQUEST_RSTUDIO', payload: { userId: 'student-1' } },
+        headers: { 'x-api-key': ARENA },
+      })
       assert.equal(r.status, 200, r.text)
       assert.match(r.json.instanceId, ID_RE)
       const id: string = r.json.instanceId
@@ -81,7 +89,9 @@ templates:
         assert.ok(list.json.instances.every((x: string) => ID_RE.test(x)))
       }
 
-      await s.store.updateInstance(id, { tags: { Purpose: 'RStudio', course: 'stats-101', url: 'http://attacker.example/', userId: 'mallory' } })
+      await s.store.updateInstance(id, {
+        tags: { Purpose: 'RStudio', course: 'stats-101', url: 'http://attacker.example/', userId: 'mallory' },
+      })
       const one = await command(s.url, ARENA, 'GET_STATUS', { instanceId: id, userId: 'student-1' })
       assert.equal(one.status, 200, one.text)
       const inst = one.json.instance
@@ -119,14 +129,25 @@ templates:
     })
 
     test('REQUEST_SESSION and REST sessions are the same operation; a proxy key can DELETE', async () => {
-      const a = await call(s.url, 'POST', '/api/v1/sessions', { key: ARENA, body: { userId: 'student-2', template: 'cold' } })
+      const a = await call(s.url, 'POST', '/api/v1/sessions', {
+        key: ARENA,
+        body: { userId: 'student-2', template: 'cold' },
+      })
       assert.equal(a.status, 200, a.text)
       assert.equal(a.json.outcome, 'cold')
       const b = await command(s.url, ARENA, 'REQUEST_SESSION', { userId: 'student-2', template: 'cold' })
       assert.equal(b.json.instanceId, a.json.instanceId)
       assert.equal(b.json.outcome, 'existing')
-      await waitFor(async () => (await command(s.url, ARENA, 'GET_STATUS', { instanceId: a.json.instanceId, userId: 'student-2' })).json.instance.state === 'ready', 10_000, 'cold start ready')
-      assert.deepEqual((await command(s.url, PROXY, 'DELETE', { instanceId: a.json.instanceId })).json, { status: 'OK' })
+      await waitFor(
+        async () =>
+          (await command(s.url, ARENA, 'GET_STATUS', { instanceId: a.json.instanceId, userId: 'student-2' })).json
+            .instance.state === 'ready',
+        10_000,
+        'cold start ready',
+      )
+      assert.deepEqual((await command(s.url, PROXY, 'DELETE', { instanceId: a.json.instanceId })).json, {
+        status: 'OK',
+      })
       await s.running.pool!.drain()
       assert.equal((await s.store.getInstance(a.json.instanceId))?.state, 'terminated')
     })
@@ -182,12 +203,31 @@ templates:
       assert.equal(typeof doc.info.title, 'string')
       assert.equal(typeof doc.info.version, 'string')
       const want = [
-        'post /api/commands', 'post /api/v1/sessions', 'get /api/v1/sessions', 'get /api/v1/instances', 'get /api/v1/instances/{id}',
-        'delete /api/v1/instances/{id}', 'post /api/v1/instances/{id}/stop', 'post /api/v1/instances/{id}/restart', 'post /api/v1/instances/{id}/suspend',
-        'post /api/v1/instances/{id}/resume', 'post /api/v1/instances/{id}/progress', 'get /api/v1/templates', 'get /api/v1/pool', 'get /api/v1/history',
-        'get /api/v1/usage', 'get /api/v1/keys', 'post /api/v1/keys', 'delete /api/v1/keys/{id}', 'get /healthz', 'get /readyz', 'get /metrics',
+        'post /api/commands',
+        'post /api/v1/sessions',
+        'get /api/v1/sessions',
+        'get /api/v1/instances',
+        'get /api/v1/instances/{id}',
+        'delete /api/v1/instances/{id}',
+        'post /api/v1/instances/{id}/stop',
+        'post /api/v1/instances/{id}/restart',
+        'post /api/v1/instances/{id}/suspend',
+        'post /api/v1/instances/{id}/resume',
+        'post /api/v1/instances/{id}/progress',
+        'get /api/v1/templates',
+        'get /api/v1/pool',
+        'get /api/v1/history',
+        'get /api/v1/usage',
+        'get /api/v1/keys',
+        'post /api/v1/keys',
+        'delete /api/v1/keys/{id}',
+        'get /healthz',
+        'get /readyz',
+        'get /metrics',
       ]
-      const have = Object.entries(doc.paths as Record<string, Record<string, unknown>>).flatMap(([p, ops]) => Object.keys(ops).map((m) => `${m} ${p}`))
+      const have = Object.entries(doc.paths as Record<string, Record<string, unknown>>).flatMap(([p, ops]) =>
+        Object.keys(ops).map((m) => `${m} ${p}`),
+      )
       for (const w of want) assert.ok(have.includes(w), `missing ${w}`)
       const methods = new Set(['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace'])
       for (const [p, ops] of Object.entries(doc.paths as Record<string, Record<string, any>>)) {
@@ -197,17 +237,22 @@ templates:
           if (m === 'parameters') continue
           assert.ok(methods.has(m), `${p}: ${m} is not an HTTP method`)
           assert.ok(op.responses && Object.keys(op.responses).length > 0, `${m} ${p} has no responses`)
-          for (const name of params) assert.ok((op.parameters ?? []).some((x: any) => x.in === 'path' && x.name === name && x.required === true), `${m} ${p} does not declare path parameter ${name}`)
+          for (const name of params)
+            assert.ok(
+              (op.parameters ?? []).some((x: any) => x.in === 'path' && x.name === name && x.required === true),
+              `${m} ${p} does not declare path parameter ${name}`,
+            )
         }
       }
       // Every $ref points at something in the document.
       const refs: string[] = []
       const walk = (v: unknown) => {
         if (Array.isArray(v)) v.forEach(walk)
-        else if (v && typeof v === 'object') for (const [k, x] of Object.entries(v)) {
-          if (k === '$ref') refs.push(String(x))
-          else walk(x)
-        }
+        else if (v && typeof v === 'object')
+          for (const [k, x] of Object.entries(v)) {
+            if (k === '$ref') refs.push(String(x))
+            else walk(x)
+          }
       }
       walk(doc)
       for (const ref of refs) {
@@ -232,11 +277,19 @@ templates:
         const asset = await call(s.url, 'GET', new URL(ref, `${s.url}/api/docs/`).pathname)
         assert.equal(asset.status, 200, ref)
       }
-      assert.deepEqual((await call(s.url, 'GET', '/api/docs/json')).json, (await call(s.url, 'GET', '/api/v1/openapi.json')).json, 'the docs render the same document')
+      assert.deepEqual(
+        (await call(s.url, 'GET', '/api/docs/json')).json,
+        (await call(s.url, 'GET', '/api/v1/openapi.json')).json,
+        'the docs render the same document',
+      )
     })
 
     test('a text/plain body is refused with "send JSON"', async () => {
-      const r = await call(s.url, 'POST', '/api/commands', { key: ARENA, body: '{"command":"GET_STATUS"}', headers: { 'content-type': 'text/plain' } })
+      const r = await call(s.url, 'POST', '/api/commands', {
+        key: ARENA,
+        body: '{"command":"GET_STATUS"}',
+        headers: { 'content-type': 'text/plain' },
+      })
       assert.equal(r.status, 400)
       assert.equal(r.json.error.code, 'INVALID_REQUEST')
       assert.match(r.json.error.message, /JSON/)
@@ -249,11 +302,19 @@ describe('auth: none', () => {
     const dir = mkdtempSync(join(tmpdir(), 'sp-noauth-'))
     const lines: string[] = []
     const log = pino({ level: 'warn' }, new Writable({ write: (chunk, _enc, cb) => (lines.push(String(chunk)), cb()) }))
-    const config = loadConfig({ text: `auth: { mode: none }\nstore: { driver: sqlite, path: ${JSON.stringify(join(dir, 'db.sqlite'))} }\nworker: { enabled: false }\ntemplates:\n  demo: { provider: fake }\n`, env: {}, cwd: dir, overrides: { port: 0, dataDir: dir } })
+    const config = loadConfig({
+      text: `auth: { mode: none }\nstore: { driver: sqlite, path: ${JSON.stringify(join(dir, 'db.sqlite'))} }\nworker: { enabled: false }\ntemplates:\n  demo: { provider: fake }\n`,
+      env: {},
+      cwd: dir,
+      overrides: { port: 0, dataDir: dir },
+    })
     let bootstrapped = false
     const running = await start({ config, log, onBootstrapKey: () => (bootstrapped = true) })
     try {
-      assert.ok(lines.some((l) => /AUTHENTICATION IS OFF/.test(l) && /"level":40/.test(l)), lines.join(''))
+      assert.ok(
+        lines.some((l) => /AUTHENTICATION IS OFF/.test(l) && /"level":40/.test(l)),
+        lines.join(''),
+      )
       assert.equal(bootstrapped, false, 'no admin key is made when auth is off')
       const r = await command(running.url, undefined, 'REQUEST_SESSION', { userId: 'anyone' })
       assert.equal(r.status, 200, r.text)

@@ -40,7 +40,12 @@ templates:
     fake: { address: ${addr} }
 `,
       )
-      await waitFor(async () => (await s.store.listInstances({ template: 'warm', assigned: false, states: ['ready'] })).length === 2, 10_000, 'two warm instances')
+      await waitFor(
+        async () =>
+          (await s.store.listInstances({ template: 'warm', assigned: false, states: ['ready'] })).length === 2,
+        10_000,
+        'two warm instances',
+      )
     })
     after(async () => {
       await s?.close()
@@ -54,35 +59,55 @@ templates:
         const b = await command(s.url, B, 'REQUEST_SESSION', { userId: 'alice', template })
         assert.equal(b.status, 409, b.text)
         assert.equal(b.json.error.code, 'CONFLICT')
-        assert.match(b.json.error.message, /alice.*live session of template "(warm|cold)" requested by another application/)
+        assert.match(
+          b.json.error.message,
+          /alice.*live session of template "(warm|cold)" requested by another application/,
+        )
         assert.ok(!b.text.includes(a.json.instanceId), 'no trace of the other requester’s session')
         const again = await command(s.url, A, 'REQUEST_SESSION', { userId: 'alice', template })
         assert.equal(again.json.outcome, 'existing')
         assert.equal(again.json.instanceId, a.json.instanceId)
         // The REST form answers the same.
-        const rest = await request(`${s.url}/api/v1/sessions`, { method: 'POST', headers: { authorization: `Bearer ${B}`, 'content-type': 'application/json' }, body: JSON.stringify({ userId: 'alice', template }) })
+        const rest = await request(`${s.url}/api/v1/sessions`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${B}`, 'content-type': 'application/json' },
+          body: JSON.stringify({ userId: 'alice', template }),
+        })
         assert.equal(rest.statusCode, 409)
         await rest.body.dump()
       }
-      assert.equal((await s.store.listInstances({ ownerId: 'alice', states: ['provisioning', 'starting', 'ready'] })).length, 2, 'one session per template, no second one')
+      assert.equal(
+        (await s.store.listInstances({ ownerId: 'alice', states: ['provisioning', 'starting', 'ready'] })).length,
+        2,
+        'one session per template, no second one',
+      )
     })
 
     test('two requesters racing for one user: one session, every answer of the loser is 409', async () => {
-      const results = await Promise.all(Array.from({ length: 12 }, (_, i) => command(s.url, i % 2 ? B : A, 'REQUEST_SESSION', { userId: 'carol', template: 'warm' })))
+      const results = await Promise.all(
+        Array.from({ length: 12 }, (_, i) =>
+          command(s.url, i % 2 ? B : A, 'REQUEST_SESSION', { userId: 'carol', template: 'warm' }),
+        ),
+      )
       const ok = results.filter((r) => r.status === 200)
       const conflicts = results.filter((r) => r.status === 409)
       assert.equal(ok.length + conflicts.length, 12, results.map((r) => r.status).join(','))
       assert.equal(new Set(ok.map((r) => r.json.instanceId)).size, 1, 'one session')
       const winner = (await s.store.getInstance(ok[0]!.json.instanceId))!.keyName
       const winnerKey = winner === 'portal-a' ? A : B
-      for (const [i, r] of results.entries()) assert.equal(r.status, (i % 2 ? B : A) === winnerKey ? 200 : 409, `request ${i}`)
+      for (const [i, r] of results.entries())
+        assert.equal(r.status, (i % 2 ? B : A) === winnerKey ? 200 : 409, `request ${i}`)
     })
 
     test("a cookie from requester A's launch link opens A's session of the user but not B's", async () => {
       const a = await command(s.url, A, 'REQUEST_SESSION', { userId: 'dana', template: 'warm' })
       const b = await command(s.url, B, 'REQUEST_SESSION', { userId: 'dana', template: 'cold' })
       assert.equal(b.status, 200, b.text)
-      await waitFor(async () => (await s.store.getInstance(b.json.instanceId))?.state === 'ready', 10_000, "B's session ready")
+      await waitFor(
+        async () => (await s.store.getInstance(b.json.instanceId))?.state === 'ready',
+        10_000,
+        "B's session ready",
+      )
       const launch = await request(a.json.url)
       assert.equal(launch.statusCode, 302)
       await launch.body.dump()

@@ -90,7 +90,9 @@ templates:
     const t0 = performance.now()
     const reply = await new Promise<string>((resolve, reject) => {
       const sock = connect(Number(u.port), u.hostname, () => {
-        sock.write(`POST /api/v1/sessions HTTP/1.1\r\nhost: ${u.host}\r\nauthorization: Bearer ${ARENA}\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{`)
+        sock.write(
+          `POST /api/v1/sessions HTTP/1.1\r\nhost: ${u.host}\r\nauthorization: Bearer ${ARENA}\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{`,
+        )
       })
       const drip = setInterval(() => sock.writable && sock.write(' '), 300)
       let out = ''
@@ -116,7 +118,12 @@ templates:
     const grant = await api(s.url, ARENA, 'POST', '/api/v1/sessions', { userId: 'alice' })
     assert.equal(grant.status, 200, JSON.stringify(grant.body))
     const id = grant.body.instanceId as string
-    await waitFor(async () => (await api(s.url, ARENA, 'GET', `/api/v1/instances/${id}?userId=alice`)).body.instance?.state === 'ready', 20_000, 'ready')
+    await waitFor(
+      async () =>
+        (await api(s.url, ARENA, 'GET', `/api/v1/instances/${id}?userId=alice`)).body.instance?.state === 'ready',
+      20_000,
+      'ready',
+    )
     const launch = await request(grant.body.url as string)
     await launch.body.dump()
     const cookie = String(launch.headers['set-cookie']).split(';')[0]!
@@ -131,7 +138,9 @@ templates:
     const echoed = new Promise<string>((r) => ws.once('message', (m) => r(m.toString())))
     ws.send('hello')
     assert.equal(await echoed, 'hello')
-    const closed = new Promise<{ code: number; reason: string }>((r) => ws.once('close', (code, reason) => r({ code, reason: reason.toString() })))
+    const closed = new Promise<{ code: number; reason: string }>((r) =>
+      ws.once('close', (code, reason) => r({ code, reason: reason.toString() })),
+    )
 
     // The API's own SSE stream (the split-mode gateway feed).
     const sse = await request(`${s.url}/api/v1/gateway/routes`, { headers: { authorization: `Bearer ${PROXY}` } })
@@ -143,7 +152,10 @@ templates:
     })()
 
     // An in-flight slow request through the gateway.
-    const slow = request(`${session}slow`, { headers: { cookie }, dispatcher: new Agent() }).then(async (r) => ({ status: r.statusCode, text: await r.body.text() }))
+    const slow = request(`${session}slow`, { headers: { cookie }, dispatcher: new Agent() }).then(async (r) => ({
+      status: r.statusCode,
+      text: await r.body.text(),
+    }))
     await waitFor(() => app.slowArrived(), 10_000, 'the slow request at the app')
 
     const exited = new Promise<number | null>((r) => s.child.once('exit', (code) => r(code)))
@@ -160,16 +172,20 @@ templates:
     assert.match(text, /event: reset/)
 
     // A new connection is refused (or answered 503) while the slow request is still in flight.
-    const refused = await waitFor(async () => {
-      try {
-        const r = await request(`${s.url}/readyz`, { dispatcher: new Agent(), headersTimeout: 2000 })
-        await r.body.dump()
-        return r.statusCode === 503 ? 'readyz 503' : undefined
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code
-        return code === 'ECONNREFUSED' || code === 'UND_ERR_SOCKET' ? code : undefined
-      }
-    }, 5_000, 'a new connection to be refused')
+    const refused = await waitFor(
+      async () => {
+        try {
+          const r = await request(`${s.url}/readyz`, { dispatcher: new Agent(), headersTimeout: 2000 })
+          await r.body.dump()
+          return r.statusCode === 503 ? 'readyz 503' : undefined
+        } catch (err) {
+          const code = (err as NodeJS.ErrnoException).code
+          return code === 'ECONNREFUSED' || code === 'UND_ERR_SOCKET' ? code : undefined
+        }
+      },
+      5_000,
+      'a new connection to be refused',
+    )
     assert.ok(refused)
     assert.equal(s.child.exitCode, null, 'still running while a request is in flight')
 

@@ -3,11 +3,20 @@ import assert from 'node:assert/strict'
 import { startServer } from './helpers.js'
 
 test('GET_STATUS {} is never older than a change made through this server, though lists are cached between changes', async () => {
-  const server = await startServer('sqlite', `worker: { enabled: false }\ntemplates:\n  demo: { provider: fake, minFree: 0, fake: { address: 'http://127.0.0.1:9' } }\n`, { PROXY_KEY: 'proxy-key-0123456789' })
+  const server = await startServer(
+    'sqlite',
+    `worker: { enabled: false }\ntemplates:\n  demo: { provider: fake, minFree: 0, fake: { address: 'http://127.0.0.1:9' } }\n`,
+    { PROXY_KEY: 'proxy-key-0123456789' },
+  )
   after(() => server.close())
   const { running, adminKey } = server
   const cmd = async (key: string, command: string, payload: object) => {
-    const r = await running.app!.inject({ method: 'POST', url: '/api/commands', headers: { authorization: `Bearer ${key}` }, payload: { command, payload } })
+    const r = await running.app!.inject({
+      method: 'POST',
+      url: '/api/commands',
+      headers: { authorization: `Bearer ${key}` },
+      payload: { command, payload },
+    })
     assert.equal(r.statusCode, 200, r.body)
     return r.json()
   }

@@ -23,8 +23,13 @@ function problems(text: string): { path?: string; message: string }[] {
 }
 
 test('upstreamHeaders: kept as written; unknown tokens, reserved and identity names, control characters are refused', () => {
-  const ok = load(`templates:\n  j:\n    provider: fake\n    upstreamHeaders: { Authorization: 'token {{appToken}}', X-App: '{{user}}@{{instanceId}}' }\n`)
-  assert.deepEqual(ok.templates[0]!.upstreamHeaders, { Authorization: 'token {{appToken}}', 'X-App': '{{user}}@{{instanceId}}' })
+  const ok = load(
+    `templates:\n  j:\n    provider: fake\n    upstreamHeaders: { Authorization: 'token {{appToken}}', X-App: '{{user}}@{{instanceId}}' }\n`,
+  )
+  assert.deepEqual(ok.templates[0]!.upstreamHeaders, {
+    Authorization: 'token {{appToken}}',
+    'X-App': '{{user}}@{{instanceId}}',
+  })
   assert.deepEqual(load('templates:\n  j: { provider: fake }\n').templates[0]!.upstreamHeaders, {})
   const ps = problems(
     [
@@ -51,9 +56,13 @@ test('upstreamHeaders: kept as written; unknown tokens, reserved and identity na
 })
 
 test('trusted peers: addresses, CIDR ranges and loopback; anything else is an error naming the entry', () => {
-  const ok = load('server:\n  trustProxy: [loopback, 10.0.0.5, 10.1.0.0/16, "fd00::/8"]\ndashboard:\n  login: header\n  header: { trustedProxies: [192.0.2.7] }\ntemplates:\n  j: { provider: fake }\n')
+  const ok = load(
+    'server:\n  trustProxy: [loopback, 10.0.0.5, 10.1.0.0/16, "fd00::/8"]\ndashboard:\n  login: header\n  header: { trustedProxies: [192.0.2.7] }\ntemplates:\n  j: { provider: fake }\n',
+  )
   assert.deepEqual(ok.server.trustProxy, ['loopback', '10.0.0.5', '10.1.0.0/16', 'fd00::/8'])
-  const ps = problems('server:\n  trustProxy: [lopback, 10.0.0.0/33]\ndashboard:\n  login: header\n  header: { trustedProxies: [proxy.example.org] }\ntemplates:\n  j: { provider: fake }\n')
+  const ps = problems(
+    'server:\n  trustProxy: [lopback, 10.0.0.0/33]\ndashboard:\n  login: header\n  header: { trustedProxies: [proxy.example.org] }\ntemplates:\n  j: { provider: fake }\n',
+  )
   assert.deepEqual(
     ps.map((p) => [p.path, p.message]),
     [

@@ -12,7 +12,8 @@ import { ConfigError, loadConfig, type LoadOptions } from '../../src/config/load
 const dir = mkdtempSync(join(tmpdir(), 'sp-config-'))
 after(() => rmSync(dir, { recursive: true, force: true }))
 
-const load = (text: string | undefined, env: Record<string, string> = {}, extra: Partial<LoadOptions> = {}) => loadConfig({ text, env, cwd: dir, ...extra })
+const load = (text: string | undefined, env: Record<string, string> = {}, extra: Partial<LoadOptions> = {}) =>
+  loadConfig({ text, env, cwd: dir, ...extra })
 
 function problems(text: string | undefined, env: Record<string, string> = {}): { path?: string; message: string }[] {
   try {
@@ -48,8 +49,19 @@ templates:
     provider: fake
 `)
     const p = paths(ps)
-    for (const want of ['/server/port', '/server/colour', '/pool/maxInstances', '/templates/demo/minFree', '/templates/demo/idleTimeout', '/templates/demo/pathMode', '/templates/Bad_Name']) {
-      assert.ok(p.some((x) => x === want || x?.startsWith(`${want}`)), `${want} not reported in ${JSON.stringify(p)}`)
+    for (const want of [
+      '/server/port',
+      '/server/colour',
+      '/pool/maxInstances',
+      '/templates/demo/minFree',
+      '/templates/demo/idleTimeout',
+      '/templates/demo/pathMode',
+      '/templates/Bad_Name',
+    ]) {
+      assert.ok(
+        p.some((x) => x === want || x?.startsWith(`${want}`)),
+        `${want} not reported in ${JSON.stringify(p)}`,
+      )
     }
   })
 
@@ -70,7 +82,15 @@ templates:
     activityIgnore: ['^/ok$', '(unclosed']
 `)
     const p = paths(ps)
-    for (const want of ['/templates/a/activityIgnore/1', '/pool/defaultTemplate', '/templates/a/minFree', '/pool/maxInstances', '/gateway/sessionDomain', '/gateway/upstreamTimeout', '/gateway/routeToReplace']) {
+    for (const want of [
+      '/templates/a/activityIgnore/1',
+      '/pool/defaultTemplate',
+      '/templates/a/minFree',
+      '/pool/maxInstances',
+      '/gateway/sessionDomain',
+      '/gateway/upstreamTimeout',
+      '/gateway/routeToReplace',
+    ]) {
       assert.ok(p.includes(want), `${want} not reported in ${JSON.stringify(ps)}`)
     }
   })
@@ -99,7 +119,10 @@ templates:
   })
 
   test('a missing config file is an error with its path', () => {
-    assert.throws(() => loadConfig({ file: 'nope.yaml', cwd: dir, env: {} }), (err: unknown) => err instanceof ConfigError && /cannot read/.test(err.message))
+    assert.throws(
+      () => loadConfig({ file: 'nope.yaml', cwd: dir, env: {} }),
+      (err: unknown) => err instanceof ConfigError && /cannot read/.test(err.message),
+    )
   })
 })
 
@@ -155,9 +178,20 @@ ${FAKE}`,
       { GW_SECRET: 'gateway-secret-value', OPS_KEY: 'ops-key-0123456789' },
     )
     // Timeouts default to 5 s connect, 10 s statement, 15 s client read (issue 9 item 4).
-    assert.deepEqual(c.store, { driver: 'postgres', url: 'postgres://u:p@db/x', poolSize: 10, timeouts: { connectMs: 5000, statementMs: 10_000, queryMs: 15_000, idleInTransactionMs: 60_000 } })
+    assert.deepEqual(c.store, {
+      driver: 'postgres',
+      url: 'postgres://u:p@db/x',
+      poolSize: 10,
+      timeouts: { connectMs: 5000, statementMs: 10_000, queryMs: 15_000, idleInTransactionMs: 60_000 },
+    })
     assert.equal(c.gateway.secret, 'gateway-secret-value')
-    assert.deepEqual(c.auth.keys.map((k) => [k.name, k.role, k.key]), [['ops', 'admin', 'ops-key-0123456789'], ['lit', 'requester', 'literal-key-123456']])
+    assert.deepEqual(
+      c.auth.keys.map((k) => [k.name, k.role, k.key]),
+      [
+        ['ops', 'admin', 'ops-key-0123456789'],
+        ['lit', 'requester', 'literal-key-123456'],
+      ],
+    )
     const ps = problems(`store: { driver: postgres, url: "file:no-such-file" }
 gateway: { secret: "env:NOT_SET" }
 auth: { keys: [ { name: a, role: admin, key: short } ] }
@@ -167,7 +201,11 @@ ${FAKE}`)
   })
 
   test('env overrides the file, flags override env', () => {
-    const c = load(`server: { port: 9000, host: 0.0.0.0 }\n${FAKE}`, { PORT: '9100', STUDIOPOOL_PUBLIC_URL: 'https://sessions.example.org/' }, { overrides: { port: 9200 } })
+    const c = load(
+      `server: { port: 9000, host: 0.0.0.0 }\n${FAKE}`,
+      { PORT: '9100', STUDIOPOOL_PUBLIC_URL: 'https://sessions.example.org/' },
+      { overrides: { port: 9200 } },
+    )
     assert.equal(c.server.port, 9200)
     assert.equal(c.server.host, '0.0.0.0')
     assert.equal(c.server.publicUrl, 'https://sessions.example.org')
@@ -217,7 +255,10 @@ describe('config: the seed’s environment', () => {
   })
 
   test('MIN_FREE_INSTANCES / TIMEOUT_INSTANCE apply to the default template of a file', () => {
-    const c = load(`pool: { defaultTemplate: b }\ntemplates:\n  a: { provider: fake }\n  b: { provider: fake, maxInstances: 20 }\n`, { MIN_FREE_INSTANCES: '4', TIMEOUT_INSTANCE: '120000' })
+    const c = load(
+      `pool: { defaultTemplate: b }\ntemplates:\n  a: { provider: fake }\n  b: { provider: fake, maxInstances: 20 }\n`,
+      { MIN_FREE_INSTANCES: '4', TIMEOUT_INSTANCE: '120000' },
+    )
     const [a, b] = c.templates
     assert.equal(a!.minFree, 0)
     assert.equal(b!.minFree, 4)
@@ -227,18 +268,34 @@ describe('config: the seed’s environment', () => {
   })
 
   test('ARENA_POOL_SERVICE_KEY is a requester key, PROXY_KEY a proxy key and the split gateway’s key', () => {
-    const c = load(FAKE, { ARENA_POOL_SERVICE_KEY: 'arena-key-0123456789', PROXY_KEY: 'proxy-key-0123456789', SERVICE_URL: 'http://api:8080/' })
-    assert.deepEqual(c.auth.keys.map((k) => [k.name, k.role, k.key]), [['arena', 'requester', 'arena-key-0123456789'], ['proxy', 'proxy', 'proxy-key-0123456789']])
+    const c = load(FAKE, {
+      ARENA_POOL_SERVICE_KEY: 'arena-key-0123456789',
+      PROXY_KEY: 'proxy-key-0123456789',
+      SERVICE_URL: 'http://api:8080/',
+    })
+    assert.deepEqual(
+      c.auth.keys.map((k) => [k.name, k.role, k.key]),
+      [
+        ['arena', 'requester', 'arena-key-0123456789'],
+        ['proxy', 'proxy', 'proxy-key-0123456789'],
+      ],
+    )
     assert.equal(c.split.proxyKey, 'proxy-key-0123456789')
     assert.equal(c.split.serviceUrl, 'http://api:8080')
     assert.deepEqual(paths(problems(FAKE, { PROXY_KEY: 'short' })), ['/auth/keys/0/key'])
   })
 
   test('seed proxy variables: DEFAULT_URL, ROUTE_TO_REPLACE with STRING_TO_REPLACE', () => {
-    const c = load(FAKE, { DEFAULT_URL: 'https://portal.example.org', ROUTE_TO_REPLACE: 'http://REPLACE_ME:8787/', STRING_TO_REPLACE: 'REPLACE_ME' })
+    const c = load(FAKE, {
+      DEFAULT_URL: 'https://portal.example.org',
+      ROUTE_TO_REPLACE: 'http://REPLACE_ME:8787/',
+      STRING_TO_REPLACE: 'REPLACE_ME',
+    })
     assert.equal(c.gateway.defaultUrl, 'https://portal.example.org')
     assert.equal(c.gateway.routeToReplace, 'http://REPLACE_ME:8787/')
     assert.equal(c.gateway.stringToReplace, 'REPLACE_ME')
-    assert.deepEqual(paths(problems(FAKE, { ROUTE_TO_REPLACE: 'http://REPLACE_ME:8787/' })), ['/gateway/routeToReplace'])
+    assert.deepEqual(paths(problems(FAKE, { ROUTE_TO_REPLACE: 'http://REPLACE_ME:8787/' })), [
+      '/gateway/routeToReplace',
+    ])
   })
 })

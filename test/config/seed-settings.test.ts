@@ -15,7 +15,12 @@ import { BIN } from '../helpers/server-process.js'
 const dir = mkdtempSync(join(tmpdir(), 'sp-seed-'))
 after(() => rmSync(dir, { recursive: true, force: true }))
 const fromEnv = (env: Record<string, string>) => loadConfig({ env, cwd: dir })
-const SEED_EC2 = { IMAGE_ID: 'ami-0130bec6e5047f596', IMAGE_TYPE: 't2.micro', REGION: 'eu-central-1', SECURITY_GROUP: 'sg-1234aa12a123ab123' }
+const SEED_EC2 = {
+  IMAGE_ID: 'ami-0130bec6e5047f596',
+  IMAGE_TYPE: 't2.micro',
+  REGION: 'eu-central-1',
+  SECURITY_GROUP: 'sg-1234aa12a123ab123',
+}
 
 describe('the seed environment, no config file', () => {
   test('MAX_INSTANCES=50 caps the pool and the environment-built template (demo and EC2 RStudio), not 10', () => {
@@ -28,21 +33,40 @@ describe('the seed environment, no config file', () => {
   })
 
   test('with a file, MAX_INSTANCES stays the pool-wide cap and the templates keep theirs', () => {
-    const c = loadConfig({ text: 'templates:\n  a: { provider: fake, maxInstances: 7 }\n', env: { MAX_INSTANCES: '50' }, cwd: dir })
+    const c = loadConfig({
+      text: 'templates:\n  a: { provider: fake, maxInstances: 7 }\n',
+      env: { MAX_INSTANCES: '50' },
+      cwd: dir,
+    })
     assert.equal(c.pool.maxInstances, 50)
     assert.equal(c.templates[0]!.maxInstances, 7)
   })
 
   test('the progress callback base: server.instanceCallbackUrl, else SERVICE_URL, else publicUrl; loopback detection', () => {
-    assert.deepEqual(instanceCallbackBase(fromEnv({ ...SEED_EC2, SERVICE_URL: 'http://10.1.2.3:8081/' })), { url: 'http://10.1.2.3:8081', setting: 'SERVICE_URL (split.serviceUrl)' })
-    const explicit = fromEnv({ ...SEED_EC2, SERVICE_URL: 'http://10.1.2.3:8081', STUDIOPOOL_INSTANCE_CALLBACK_URL: 'https://pool.internal.example' })
+    assert.deepEqual(instanceCallbackBase(fromEnv({ ...SEED_EC2, SERVICE_URL: 'http://10.1.2.3:8081/' })), {
+      url: 'http://10.1.2.3:8081',
+      setting: 'SERVICE_URL (split.serviceUrl)',
+    })
+    const explicit = fromEnv({
+      ...SEED_EC2,
+      SERVICE_URL: 'http://10.1.2.3:8081',
+      STUDIOPOOL_INSTANCE_CALLBACK_URL: 'https://pool.internal.example',
+    })
     assert.equal(instanceCallbackBase(explicit).url, 'https://pool.internal.example')
     assert.match(instanceCallbackBase(explicit).setting, /server\.instanceCallbackUrl/)
     const bare = fromEnv({ ...SEED_EC2, PORT: '8081' })
     assert.equal(instanceCallbackBase(bare).url, 'http://127.0.0.1:8081')
     assert.match(instanceCallbackBase(bare).setting, /server\.publicUrl/)
-    for (const u of ['http://127.0.0.1:8080', 'http://localhost', 'http://[::1]:1', 'http://0.0.0.0:80', 'http://app.localhost']) assert.ok(isLoopbackUrl(u), u)
-    for (const u of ['http://10.0.0.1', 'https://pool.example.org', 'http://[fd00::1]:8080']) assert.ok(!isLoopbackUrl(u), u)
+    for (const u of [
+      'http://127.0.0.1:8080',
+      'http://localhost',
+      'http://[::1]:1',
+      'http://0.0.0.0:80',
+      'http://app.localhost',
+    ])
+      assert.ok(isLoopbackUrl(u), u)
+    for (const u of ['http://10.0.0.1', 'https://pool.example.org', 'http://[fd00::1]:8080'])
+      assert.ok(!isLoopbackUrl(u), u)
     const bad = (() => {
       try {
         loadConfig({ text: 'server: { instanceCallbackUrl: "not a url" }\n', env: {}, cwd: dir })
@@ -59,7 +83,14 @@ describe('studiopool serve with the seed variables only', () => {
     const cwd = mkdtempSync(join(dir, 'serve-'))
     const child = spawn(process.execPath, [BIN, 'serve', '--port', '0'], {
       cwd,
-      env: { PATH: process.env.PATH ?? '', HOME: cwd, STUDIOPOOL_LOG_LEVEL: 'silent', STUDIOPOOL_DATA_DIR: join(cwd, 'data'), ...SEED_EC2, KEY_NAME: 'LambdaInstance' },
+      env: {
+        PATH: process.env.PATH ?? '',
+        HOME: cwd,
+        STUDIOPOOL_LOG_LEVEL: 'silent',
+        STUDIOPOOL_DATA_DIR: join(cwd, 'data'),
+        ...SEED_EC2,
+        KEY_NAME: 'LambdaInstance',
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     let out = ''

@@ -86,7 +86,11 @@ export function providerContract(opts: ProviderContractOptions): void {
       provider = made.provider
       template = made.template
       cleanup = made.cleanup
-      assert.equal(provider.validateTemplate(template).length, 0, `the contract template must be valid: ${provider.validateTemplate(template).join('; ')}`)
+      assert.equal(
+        provider.validateTemplate(template).length,
+        0,
+        `the contract template must be valid: ${provider.validateTemplate(template).join('; ')}`,
+      )
     })
 
     after(async () => {
@@ -163,21 +167,26 @@ export function providerContract(opts: ProviderContractOptions): void {
       const refs = new Set(listed.map((i) => i.ref))
       assert.ok(refs.has(a.ref) && refs.has(b.ref), 'both new resources are listed')
       // Nothing live that this suite did not create (the backend starts empty for this pool).
-      for (const i of listed) if (i.state !== 'terminated') assert.ok(created.has(i.ref), `unexpected live resource ${i.ref}`)
+      for (const i of listed)
+        if (i.state !== 'terminated') assert.ok(created.has(i.ref), `unexpected live resource ${i.ref}`)
     })
 
     it('destroy ends the resource; destroying again (or an unknown ref) resolves', { timeout }, async () => {
       const inst = await create(spec())
       await provider.destroy(inst.ref, op)
       assertGoneOrTerminated((await provider.describe([inst.ref], op)).get(inst.ref), 'describe after destroy')
-      assertGoneOrTerminated((await provider.list(op)).find((i) => i.ref === inst.ref), 'list after destroy')
+      assertGoneOrTerminated(
+        (await provider.list(op)).find((i) => i.ref === inst.ref),
+        'list after destroy',
+      )
       await provider.destroy(inst.ref, op)
       await provider.destroy(opts.unknownRef ?? 'unknown-ref', op)
       // The other resources are untouched.
       const others = [...created].filter((r) => r !== inst.ref)
       if (others.length > 0) {
         const map = await provider.describe(others, op)
-        for (const r of others) if (map.has(r)) assert.ok(LIVE.has(map.get(r)!.state), `${r} still live after destroying another`)
+        for (const r of others)
+          if (map.has(r)) assert.ok(LIVE.has(map.get(r)!.state), `${r} still live after destroying another`)
       }
     })
 
@@ -207,12 +216,19 @@ export function providerContract(opts: ProviderContractOptions): void {
     })
 
     it('stop and start suspend and resume', { timeout, skip: skip.suspend }, async () => {
-      assert.equal(provider.capabilities.supportsSuspend, true, 'a provider that cannot suspend skips this with a reason')
+      assert.equal(
+        provider.capabilities.supportsSuspend,
+        true,
+        'a provider that cannot suspend skips this with a reason',
+      )
       assert.ok(provider.stop && provider.start)
       const inst = await create(spec())
       await provider.stop(inst.ref, op)
       const stopped = (await provider.describe([inst.ref], op)).get(inst.ref)
-      assert.ok(stopped && (stopped.state === 'stopped' || stopped.state === 'pending'), `stopped, got ${stopped?.state}`)
+      assert.ok(
+        stopped && (stopped.state === 'stopped' || stopped.state === 'pending'),
+        `stopped, got ${stopped?.state}`,
+      )
       await provider.start(inst.ref, op)
       const started = (await provider.describe([inst.ref], op)).get(inst.ref)
       assert.ok(started && LIVE.has(started.state), `live again, got ${started?.state}`)

@@ -69,7 +69,17 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
         const inserted = await s.insertInstance(full)
         assert.deepEqual(inserted, full)
         assert.deepEqual(await s.getInstance(full.id), full)
-        for (const k of ['createdAt', 'updatedAt', 'startedAt', 'readyAt', 'assignedAt', 'lastActivityAt', 'endedAt', 'progress', 'generation'] as const) {
+        for (const k of [
+          'createdAt',
+          'updatedAt',
+          'startedAt',
+          'readyAt',
+          'assignedAt',
+          'lastActivityAt',
+          'endedAt',
+          'progress',
+          'generation',
+        ] as const) {
           assert.equal(typeof inserted[k], 'number', `${k} is a number`)
         }
       }))
@@ -131,7 +141,11 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
         assert.equal(await s.updateInstance(r.id, { state: 'ready' }, { generation: 1 }), undefined)
         assert.equal(await s.updateInstance(r.id, { state: 'ready' }, { ownerId: 'someone' }), undefined)
         assert.equal((await s.getInstance(r.id))?.state, 'starting')
-        const ok = await s.updateInstance(r.id, { state: 'ready' }, { states: ['provisioning', 'starting'], generation: 2, ownerId: null })
+        const ok = await s.updateInstance(
+          r.id,
+          { state: 'ready' },
+          { states: ['provisioning', 'starting'], generation: 2, ownerId: null },
+        )
         assert.equal(ok?.state, 'ready')
         const claimed = await s.updateInstance(r.id, { ownerId: 'u1' }, { ownerId: null })
         assert.equal(claimed?.ownerId, 'u1')
@@ -177,7 +191,9 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
         assert.deepEqual(ids(await s.listInstances({ assigned: true })), [b.id, c.id])
         assert.deepEqual(ids(await s.listInstances({ assigned: false })), [a.id])
         assert.deepEqual(ids(await s.listInstances({ limit: 2 })), [b.id, c.id])
-        assert.deepEqual(ids(await s.listInstances({ template: 'rstudio', states: ['ready'], assigned: false })), [a.id])
+        assert.deepEqual(ids(await s.listInstances({ template: 'rstudio', states: ['ready'], assigned: false })), [
+          a.id,
+        ])
       }))
 
     test('findLive, listAssignedIds, countActive, countByState, deleteInstance', () =>
@@ -194,11 +210,31 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
         assert.equal(await s.findLive('u2', 'rstudio'), undefined)
         assert.equal(await s.findLive('u3', 'rstudio'), undefined, 'stopping is not live')
         assert.deepEqual((await s.listAssignedIds()).sort(), [live.id, susp.id, q[0]!.id].sort())
-        assert.equal(await s.countInstances({ template: 'rstudio', assigned: true, states: ['starting', 'stopping', 'terminated'] }), 3)
-        assert.equal(await s.countInstances({ template: 'rstudio', assigned: true, states: ['starting', 'stopping', 'terminated'], limit: 2 }), 2, 'counts at most limit')
+        assert.equal(
+          await s.countInstances({
+            template: 'rstudio',
+            assigned: true,
+            states: ['starting', 'stopping', 'terminated'],
+          }),
+          3,
+        )
+        assert.equal(
+          await s.countInstances({
+            template: 'rstudio',
+            assigned: true,
+            states: ['starting', 'stopping', 'terminated'],
+            limit: 2,
+          }),
+          2,
+          'counts at most limit',
+        )
         assert.equal(await s.countInstances({ assigned: false }), 1)
         assert.equal(await s.countInstances({ states: [] }), 0)
-        assert.deepEqual(await s.listAssignedIds({ keyName: 'portal' }), [live.id], 'only the live ones this key requested')
+        assert.deepEqual(
+          await s.listAssignedIds({ keyName: 'portal' }),
+          [live.id],
+          'only the live ones this key requested',
+        )
         assert.deepEqual(await s.listAssignedIds({ keyName: 'other' }), [])
         // active: provisioning, starting, ready, stopping, suspended (not queued, not ended)
         assert.deepEqual(await s.countActive(), { total: 4, byTemplate: { rstudio: 3, jupyter: 1 } })
@@ -208,7 +244,10 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
         assert.equal(get('rstudio', 'terminated'), 1)
         assert.equal(get('rstudio', 'queued'), 1)
         assert.equal(get('jupyter', 'suspended'), 1)
-        assert.equal(byState.reduce((n, x) => n + x.count, 0), 6)
+        assert.equal(
+          byState.reduce((n, x) => n + x.count, 0),
+          6,
+        )
         await s.deleteInstance(stopping.id)
         await s.deleteInstance(stopping.id) // idempotent
         assert.equal(await s.getInstance(stopping.id), undefined)
@@ -242,7 +281,10 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
           'the assignment is open',
         )
         const audit = await s.listAudit({ instanceId: older.id })
-        assert.deepEqual(audit.map((e) => [e.event, e.actor, e.at, e.detail]), [['assigned', 'portal', 500, { userId: 'u1', warm: true }]])
+        assert.deepEqual(
+          audit.map((e) => [e.event, e.actor, e.at, e.detail]),
+          [['assigned', 'portal', 500, { userId: 'u1', warm: true }]],
+        )
         // The user's live instance comes back as existing; nothing else changes.
         assert.deepEqual(await s.assignWarm([claim('u1')], 600), [{ existing: got }])
         assert.equal((await s.getInstance(newer.id))?.ownerId, null)
@@ -278,15 +320,24 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
         const other = await s.insertInstance(row({ template: 'jupyter', state: 'queued', ownerId: 'a', createdAt: 5 }))
         const notQueued = await s.insertInstance(row({ state: 'ready', createdAt: 1 }))
         const list = await s.listQueued('rstudio')
-        assert.deepEqual(list.slice(0, 2).map((x) => x.id), [q1.id, q2.id])
+        assert.deepEqual(
+          list.slice(0, 2).map((x) => x.id),
+          [q1.id, q2.id],
+        )
         const ties = list.slice(2).map((x) => x.id)
         assert.deepEqual(new Set(ties), new Set([tieA.id, tieB.id]))
         for (const [i, inst] of list.entries()) assert.equal(await s.queuePosition(inst.id), i + 1)
         assert.equal(await s.queuePosition(other.id), 1)
         assert.equal(await s.queuePosition(notQueued.id), null)
         assert.equal(await s.queuePosition(newInstanceId()), null)
-        assert.deepEqual((await s.listQueued()).map((x) => x.id), [other.id, q1.id, q2.id, ...ties])
-        assert.deepEqual((await s.listQueued('rstudio', 1)).map((x) => x.id), [q1.id])
+        assert.deepEqual(
+          (await s.listQueued()).map((x) => x.id),
+          [other.id, q1.id, q2.id, ...ties],
+        )
+        assert.deepEqual(
+          (await s.listQueued('rstudio', 1)).map((x) => x.id),
+          [q1.id],
+        )
         await s.updateInstance(q1.id, { state: 'provisioning' })
         assert.equal(await s.queuePosition(q2.id), 1)
       }))
@@ -318,15 +369,49 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
       withStore(async (s) => {
         const i1 = newInstanceId()
         const i2 = newInstanceId()
-        const a1 = await s.openAssignment({ instanceId: i1, template: 'rstudio', userId: 'u1', keyName: 'portal', startedAt: 100 })
+        const a1 = await s.openAssignment({
+          instanceId: i1,
+          template: 'rstudio',
+          userId: 'u1',
+          keyName: 'portal',
+          startedAt: 100,
+        })
         assert.equal(typeof a1.id, 'number')
-        assert.deepEqual({ ...a1, id: 0 }, { id: 0, instanceId: i1, template: 'rstudio', userId: 'u1', keyName: 'portal', startedAt: 100, endedAt: null, endReason: null, cost: null })
-        await assert.rejects(s.openAssignment({ instanceId: i1, template: 'rstudio', userId: 'u2', keyName: null, startedAt: 150 }), ConflictError)
+        assert.deepEqual(
+          { ...a1, id: 0 },
+          {
+            id: 0,
+            instanceId: i1,
+            template: 'rstudio',
+            userId: 'u1',
+            keyName: 'portal',
+            startedAt: 100,
+            endedAt: null,
+            endReason: null,
+            cost: null,
+          },
+        )
+        await assert.rejects(
+          s.openAssignment({ instanceId: i1, template: 'rstudio', userId: 'u2', keyName: null, startedAt: 150 }),
+          ConflictError,
+        )
         const closed = await s.closeAssignment(i1, 200, 'idle', 1.25)
         assert.deepEqual(closed, { ...a1, endedAt: 200, endReason: 'idle', cost: 1.25 })
         assert.equal(await s.closeAssignment(i1, 300, 'user', null), undefined, 'nothing open any more')
-        const a2 = await s.openAssignment({ instanceId: i1, template: 'rstudio', userId: 'u2', keyName: null, startedAt: 250 })
-        const a3 = await s.openAssignment({ instanceId: i2, template: 'jupyter', userId: 'u1', keyName: null, startedAt: 400 })
+        const a2 = await s.openAssignment({
+          instanceId: i1,
+          template: 'rstudio',
+          userId: 'u2',
+          keyName: null,
+          startedAt: 250,
+        })
+        const a3 = await s.openAssignment({
+          instanceId: i2,
+          template: 'jupyter',
+          userId: 'u1',
+          keyName: null,
+          startedAt: 400,
+        })
         await s.closeAssignment(i2, 500, 'admin', null)
         const ids = (xs: { id: number }[]) => xs.map((x) => x.id)
         assert.deepEqual(ids(await s.listHistory()), [a3.id, a2.id, a1.id], 'newest first')
@@ -348,20 +433,47 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
     test('audit log', () =>
       withStore(async (s) => {
         const id = newInstanceId()
-        await s.audit({ at: 1, instanceId: id, event: 'created', actor: 'key:portal', detail: { template: 'rstudio', n: 1, nested: { ok: true } } })
+        await s.audit({
+          at: 1,
+          instanceId: id,
+          event: 'created',
+          actor: 'key:portal',
+          detail: { template: 'rstudio', n: 1, nested: { ok: true } },
+        })
         await s.audit({ at: 2, instanceId: null, event: 'pool.topup', actor: null, detail: {} })
         await s.audit({ at: 3, instanceId: id, event: 'ready', actor: 'system', detail: {} })
         const all = await s.listAudit()
-        assert.deepEqual(all.map((e) => e.event), ['ready', 'pool.topup', 'created'])
+        assert.deepEqual(
+          all.map((e) => e.event),
+          ['ready', 'pool.topup', 'created'],
+        )
         const mine = await s.listAudit({ instanceId: id })
-        assert.deepEqual(mine.map((e) => e.event), ['ready', 'created'])
-        assert.deepEqual(mine[1], { id: mine[1]!.id, at: 1, instanceId: id, event: 'created', actor: 'key:portal', detail: { template: 'rstudio', n: 1, nested: { ok: true } } })
+        assert.deepEqual(
+          mine.map((e) => e.event),
+          ['ready', 'created'],
+        )
+        assert.deepEqual(mine[1], {
+          id: mine[1]!.id,
+          at: 1,
+          instanceId: id,
+          event: 'created',
+          actor: 'key:portal',
+          detail: { template: 'rstudio', n: 1, nested: { ok: true } },
+        })
         assert.equal((await s.listAudit({ limit: 1 })).length, 1)
       }))
 
     test('api keys: insert, get, list, touch, revoke, unique names among live keys', () =>
       withStore(async (s) => {
-        const k = { id: 'k1', name: 'portal', role: 'requester' as const, hash: 'h'.repeat(64), createdAt: 10, revokedAt: null, lastUsedAt: null }
+        const k = {
+          id: 'k1',
+          name: 'portal',
+          role: 'requester' as const,
+          hash: 'h'.repeat(64),
+          createdAt: 10,
+          revokedAt: null,
+          lastUsedAt: null,
+        }
         await s.insertKey(k)
         assert.deepEqual(await s.getKey('k1'), k)
         assert.equal(await s.getKey('nope'), undefined)
@@ -374,7 +486,13 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
         assert.equal(await s.revokeKey('nope', 70), false)
         assert.equal((await s.getKey('k1'))?.revokedAt, 60)
         await s.insertKey({ ...k, id: 'k2', role: 'admin', createdAt: 20 })
-        assert.deepEqual((await s.listKeys()).map((x) => [x.id, x.role, x.revokedAt]), [['k1', 'requester', 60], ['k2', 'admin', null]])
+        assert.deepEqual(
+          (await s.listKeys()).map((x) => [x.id, x.role, x.revokedAt]),
+          [
+            ['k1', 'requester', 60],
+            ['k2', 'admin', null],
+          ],
+        )
       }))
 
     test('nonces are single use', () =>
@@ -383,7 +501,9 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
         assert.equal(await s.consumeNonce('n1', now + 60_000, now), true)
         assert.equal(await s.consumeNonce('n1', now + 60_000, now + 1), false)
         assert.equal(await s.consumeNonce('n2', now + 60_000, now + 2), true)
-        const results = await Promise.all(Array.from({ length: 20 }, () => s.consumeNonce('race', now + 60_000, now + 3)))
+        const results = await Promise.all(
+          Array.from({ length: 20 }, () => s.consumeNonce('race', now + 60_000, now + 3)),
+        )
         assert.equal(results.filter(Boolean).length, 1)
         // much later: expired nonces may be purged, live ones stay used
         const later = now + 10 * 60_000
@@ -420,7 +540,12 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
           { at: 200, template: 'rstudio', state: 'ready', count: 4 },
         ])
         assert.deepEqual(await s.listStateSamples(301, 400), [])
-        const many = Array.from({ length: 1200 }, (_, i) => ({ at: 1000 + i, template: 't', state: 'ready' as const, count: i }))
+        const many = Array.from({ length: 1200 }, (_, i) => ({
+          at: 1000 + i,
+          template: 't',
+          state: 'ready' as const,
+          count: i,
+        }))
         await s.recordStateSamples(many)
         assert.equal((await s.listStateSamples(1000, 3000)).length, 1200)
         assert.equal(await s.purgeStateSamples(1000), 4, 'the samples before 1000 go')
@@ -474,10 +599,16 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
     test('concurrency: 50 users claim 10 free instances', () =>
       withStore(async (s) => {
         const free = await Promise.all(Array.from({ length: 10 }, (_, i) => s.insertInstance(row({ createdAt: i }))))
-        const results = await Promise.allSettled(Array.from({ length: 50 }, (_, i) => s.assignWarm([{ template: 'rstudio', userId: `user-${i}`, keyName: null }], 1000 + i)))
+        const results = await Promise.allSettled(
+          Array.from({ length: 50 }, (_, i) =>
+            s.assignWarm([{ template: 'rstudio', userId: `user-${i}`, keyName: null }], 1000 + i),
+          ),
+        )
         const rejected = results.filter((r) => r.status === 'rejected')
         assert.deepEqual(rejected, [], 'no errors')
-        const claimed = results.flatMap((r) => (r.status === 'fulfilled' && r.value[0]?.assigned ? [r.value[0].assigned] : []))
+        const claimed = results.flatMap((r) =>
+          r.status === 'fulfilled' && r.value[0]?.assigned ? [r.value[0].assigned] : [],
+        )
         assert.equal(claimed.length, 10)
         assert.equal(new Set(claimed.map((c) => c.id)).size, 10, 'each instance claimed once')
         assert.equal(new Set(claimed.map((c) => c.ownerId)).size, 10, 'each user at most once')
@@ -495,12 +626,21 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
     test('concurrency: 20 claims by one user get one instance', () =>
       withStore(async (s) => {
         await Promise.all(Array.from({ length: 5 }, () => s.insertInstance(row())))
-        const results = await Promise.allSettled(Array.from({ length: 20 }, () => s.assignWarm([{ template: 'rstudio', userId: 'same-user', keyName: 'k' }], 42)))
+        const results = await Promise.allSettled(
+          Array.from({ length: 20 }, () =>
+            s.assignWarm([{ template: 'rstudio', userId: 'same-user', keyName: 'k' }], 42),
+          ),
+        )
         for (const r of results) {
-          if (r.status === 'rejected') assert.ok(r.reason instanceof LiveInstanceExistsError, `unexpected error: ${String(r.reason)}`)
+          if (r.status === 'rejected')
+            assert.ok(r.reason instanceof LiveInstanceExistsError, `unexpected error: ${String(r.reason)}`)
         }
-        const claimed = results.flatMap((r) => (r.status === 'fulfilled' && r.value[0]?.assigned ? [r.value[0].assigned] : []))
-        for (const r of results) if (r.status === 'fulfilled' && !r.value[0]?.assigned) assert.equal(r.value[0]?.existing?.id, claimed[0]?.id, 'the others see it as existing')
+        const claimed = results.flatMap((r) =>
+          r.status === 'fulfilled' && r.value[0]?.assigned ? [r.value[0].assigned] : [],
+        )
+        for (const r of results)
+          if (r.status === 'fulfilled' && !r.value[0]?.assigned)
+            assert.equal(r.value[0]?.existing?.id, claimed[0]?.id, 'the others see it as existing')
         assert.equal(claimed.length, 1)
         const owned = await s.listInstances({ ownerId: 'same-user' })
         assert.equal(owned.length, 1)
@@ -536,7 +676,14 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
         await s.transaction(async (tx) => {
           for (let i = 0; i < N; i++) {
             const assigned = i % 2 === 0
-            const r = await tx.insertInstance(row({ template: `t${i % 10}`, state: assigned ? 'ready' : i % 3 === 0 ? 'terminated' : 'ready', ownerId: assigned ? `user-${i}` : null, createdAt: i }))
+            const r = await tx.insertInstance(
+              row({
+                template: `t${i % 10}`,
+                state: assigned ? 'ready' : i % 3 === 0 ? 'terminated' : 'ready',
+                ownerId: assigned ? `user-${i}` : null,
+                createdAt: i,
+              }),
+            )
             ids.push(r.id)
           }
         })
@@ -554,7 +701,9 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
         const active = Array.from({ length: N }, (_, i) => i % 2 === 0 || i % 3 !== 0).filter(Boolean).length
         assert.equal((await s.countActive()).total, active)
         const countMs = performance.now() - t2
-        console.log(`# ${name}: listAssignedIds(10k rows, 5k assigned) ${listMs.toFixed(1)} ms; getInstance ${getMs.toFixed(2)} ms avg; countActive ${countMs.toFixed(1)} ms`)
+        console.log(
+          `# ${name}: listAssignedIds(10k rows, 5k assigned) ${listMs.toFixed(1)} ms; getInstance ${getMs.toFixed(2)} ms avg; countActive ${countMs.toFixed(1)} ms`,
+        )
         // Timings are printed, not asserted (CI machines vary): `npm run bench:api` checks the target.
       }))
 
@@ -563,18 +712,35 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
         await s.insertInstance(row({ state: 'ready', createdAt: 1 }))
         await s.insertInstance(row({ state: 'ready', createdAt: 2 }))
         // Two requesters race for one user: one instance is assigned; every other answer is that row.
-        const claims = Array.from({ length: 10 }, (_, i) => ({ template: 'rstudio', userId: 'alice', keyName: i % 2 ? 'portal-b' : 'portal-a' }))
+        const claims = Array.from({ length: 10 }, (_, i) => ({
+          template: 'rstudio',
+          userId: 'alice',
+          keyName: i % 2 ? 'portal-b' : 'portal-a',
+        }))
         const results = await Promise.allSettled(claims.map((c, i) => s.assignWarm([c], 100 + i)))
-        const ok = results.filter((r): r is PromiseFulfilledResult<Awaited<ReturnType<Store['assignWarm']>>> => r.status === 'fulfilled').map((r) => r.value[0]!)
-        for (const r of results) if (r.status === 'rejected') assert.ok(r.reason instanceof LiveInstanceExistsError, String(r.reason))
+        const ok = results
+          .filter(
+            (r): r is PromiseFulfilledResult<Awaited<ReturnType<Store['assignWarm']>>> => r.status === 'fulfilled',
+          )
+          .map((r) => r.value[0]!)
+        for (const r of results)
+          if (r.status === 'rejected') assert.ok(r.reason instanceof LiveInstanceExistsError, String(r.reason))
         const assigned = ok.filter((r) => r.assigned)
         assert.equal(assigned.length, 1, 'one claim got an instance')
         const winner = assigned[0]!.assigned!
-        for (const r of ok.filter((x) => x.existing)) assert.deepEqual([r.existing!.id, r.existing!.keyName], [winner.id, winner.keyName])
-        const [after] = await s.assignWarm([{ template: 'rstudio', userId: 'alice', keyName: winner.keyName === 'portal-a' ? 'portal-b' : 'portal-a' }], 500)
+        for (const r of ok.filter((x) => x.existing))
+          assert.deepEqual([r.existing!.id, r.existing!.keyName], [winner.id, winner.keyName])
+        const [after] = await s.assignWarm(
+          [{ template: 'rstudio', userId: 'alice', keyName: winner.keyName === 'portal-a' ? 'portal-b' : 'portal-a' }],
+          500,
+        )
         assert.equal(after?.existing?.keyName, winner.keyName, "the other requester sees the winner's key name")
         assert.equal((await s.listInstances({ ownerId: 'alice' })).length, 1)
-        assert.equal((await s.listInstances({ assigned: false, states: ['ready'] })).length, 1, 'the other free instance is still free')
+        assert.equal(
+          (await s.listInstances({ assigned: false, states: ['ready'] })).length,
+          1,
+          'the other free instance is still free',
+        )
         assert.equal((await s.listHistory({ userId: 'alice' })).length, 1)
       }))
   })

@@ -14,7 +14,7 @@ const FILE = join(EXAMPLES, 'studiopool.yaml')
 const elsewhere = mkdtempSync(join(tmpdir(), 'studiopool-cfg-'))
 after(() => rmSync(elsewhere, { recursive: true, force: true }))
 
-test('examples/studiopool.yaml loads from another working directory; {{configDir}} is the file\'s directory', () => {
+test("examples/studiopool.yaml loads from another working directory; {{configDir}} is the file's directory", () => {
   const cfg = loadConfig({ file: FILE, env: {}, cwd: elsewhere })
   assert.deepEqual(
     cfg.templates.map((t) => [t.name, t.provider]),
@@ -68,7 +68,13 @@ test('every key of examples/studiopool.yaml is documented by a comment on its li
 
 test('a relative healthPath that is neither /… nor {{basePath}}… is refused', () => {
   assert.throws(
-    () => loadConfig({ text: 'templates:\n  x:\n    healthPath: api\n    local: { command: [node] }\n', env: {}, cwd: elsewhere }),
-    (err: Error & { problems?: { path: string }[] }) => err.problems?.some((p) => p.path === '/templates/x/healthPath') === true,
+    () =>
+      loadConfig({
+        text: 'templates:\n  x:\n    healthPath: api\n    local: { command: [node] }\n',
+        env: {},
+        cwd: elsewhere,
+      }),
+    (err: Error & { problems?: { path: string }[] }) =>
+      err.problems?.some((p) => p.path === '/templates/x/healthPath') === true,
   )
 })

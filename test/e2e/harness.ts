@@ -52,11 +52,18 @@ export function e2eSkipReason(): string | undefined {
   if (missing.length === 0) return undefined
   const what = missing.map((p) => `${p.program} (Debian: ${p.pkg})`).join(', ')
   if (process.env.STUDIOPOOL_SKIP_E2E === '1') return `STUDIOPOOL_SKIP_E2E=1 and missing: ${what}`
-  throw new Error(`end-to-end tests need ${what}; install them (apt-get install ${missing.map((p) => p.pkg).join(' ')}) or set STUDIOPOOL_SKIP_E2E=1`)
+  throw new Error(
+    `end-to-end tests need ${what}; install them (apt-get install ${missing.map((p) => p.pkg).join(' ')}) or set STUDIOPOOL_SKIP_E2E=1`,
+  )
 }
 
 /** Polls `fn` until it returns a value other than undefined, or fails after `timeoutMs` with `what`. */
-export async function waitFor<T>(what: string, timeoutMs: number, fn: () => Promise<T | undefined> | T | undefined, intervalMs = 100): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  timeoutMs: number,
+  fn: () => Promise<T | undefined> | T | undefined,
+  intervalMs = 100,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs
   let lastErr: unknown
   for (;;) {
@@ -66,7 +73,10 @@ export async function waitFor<T>(what: string, timeoutMs: number, fn: () => Prom
     } catch (err) {
       lastErr = err
     }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? ` (last error: ${(lastErr as Error).message})` : ''}`)
+    if (Date.now() > deadline)
+      throw new Error(
+        `timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? ` (last error: ${(lastErr as Error).message})` : ''}`,
+      )
     await new Promise((r) => setTimeout(r, intervalMs))
   }
 }
@@ -100,7 +110,12 @@ export interface HttpResult {
 export async function http(
   url: string,
   jar: CookieJar,
-  opts: { method?: 'GET' | 'POST' | 'PUT' | 'DELETE'; headers?: Record<string, string>; body?: string; follow?: boolean } = {},
+  opts: {
+    method?: 'GET' | 'POST' | 'PUT' | 'DELETE'
+    headers?: Record<string, string>
+    body?: string
+    follow?: boolean
+  } = {},
 ): Promise<HttpResult> {
   let current = url
   for (let hop = 0; hop < 10; hop++) {
@@ -199,7 +214,10 @@ export interface E2eServer {
   readonly logs: string[]
   /** Every pid seen under the data directory while the suite ran. */
   readonly seenPids: Set<number>
-  command<T = Record<string, unknown>>(command: string, payload: Record<string, unknown>): Promise<{ status: number; body: T }>
+  command<T = Record<string, unknown>>(
+    command: string,
+    payload: Record<string, unknown>,
+  ): Promise<{ status: number; body: T }>
   api<T = Record<string, unknown>>(path: string): Promise<T>
   instanceDir(id: string): string
   outputLog(id: string): string
@@ -212,7 +230,10 @@ export interface E2eServer {
  */
 export async function startE2eServer(opts: { idleTimeout: string }): Promise<E2eServer> {
   const dataDir = mkdtempSync(join(tmpdir(), 'studiopool-e2e-'))
-  const doc = parseYaml(readFileSync(join(EXAMPLES, 'studiopool.yaml'), 'utf8')) as Record<string, Record<string, unknown>>
+  const doc = parseYaml(readFileSync(join(EXAMPLES, 'studiopool.yaml'), 'utf8')) as Record<
+    string,
+    Record<string, unknown>
+  >
   doc.worker = { ...doc.worker, interval: '500ms' }
   doc.gateway = { ...doc.gateway, activityFlush: '500ms' }
   for (const t of Object.values(doc.templates as Record<string, Record<string, unknown>>)) {
@@ -244,7 +265,8 @@ export async function startE2eServer(opts: { idleTimeout: string }): Promise<E2e
   const watch = setInterval(() => {
     for (const pid of processesUnder(instancesDir)) seenPids.add(pid)
     for (const pid of processesUnder(sessionsDir)) seenPids.add(pid)
-    for (const id of existsSync(instancesDir) ? readdirSync(instancesDir) : []) for (const pid of sessionPids(join(instancesDir, id))) seenPids.add(pid)
+    for (const id of existsSync(instancesDir) ? readdirSync(instancesDir) : [])
+      for (const pid of sessionPids(join(instancesDir, id))) seenPids.add(pid)
   }, 200)
   watch.unref()
 
@@ -283,7 +305,8 @@ export async function startE2eServer(opts: { idleTimeout: string }): Promise<E2e
       clearInterval(watch)
       for (const pid of processesUnder(instancesDir)) seenPids.add(pid)
       for (const pid of processesUnder(sessionsDir)) seenPids.add(pid)
-      for (const id of existsSync(instancesDir) ? readdirSync(instancesDir) : []) for (const pid of sessionPids(join(instancesDir, id))) seenPids.add(pid)
+      for (const id of existsSync(instancesDir) ? readdirSync(instancesDir) : [])
+        for (const pid of sessionPids(join(instancesDir, id))) seenPids.add(pid)
       await running.close()
       // The local provider leaves processes running on close (a restarted server adopts them);
       // a test run must not: everything that ran under the data directory is killed by pid.
@@ -323,19 +346,31 @@ export interface HistoryRow {
 }
 
 /** REQUEST_SESSION, then GET_STATUS until ready (fails with the app's output when it does not start). */
-export async function requestReady(s: E2eServer, userId: string, template: string, timeoutMs = 60_000): Promise<{ instanceId: string; url: string; readyMs: number }> {
+export async function requestReady(
+  s: E2eServer,
+  userId: string,
+  template: string,
+  timeoutMs = 60_000,
+): Promise<{ instanceId: string; url: string; readyMs: number }> {
   const t0 = Date.now()
   const r = await s.command<{ instanceId: string; url: string; state: string }>('REQUEST_SESSION', { userId, template })
   if (r.status !== 200) throw new Error(`REQUEST_SESSION ${template}: ${r.status} ${JSON.stringify(r.body)}`)
   const { instanceId, url } = r.body
-  await waitFor(`${template} instance ${instanceId} to be ready`, timeoutMs, async () => {
-    const st = await s.command<{ instance: InstanceView }>('GET_STATUS', { instanceId, userId })
-    const inst = st.body.instance
-    if (inst.state === 'failed' || inst.state === 'terminated') {
-      throw new FatalError(`${template} instance ${instanceId} ${inst.state}: ${inst.failureReason}\n--- output.log ---\n${s.outputLog(instanceId)}`)
-    }
-    return inst.state === 'ready' ? true : undefined
-  }, 50).catch((err: Error) => {
+  await waitFor(
+    `${template} instance ${instanceId} to be ready`,
+    timeoutMs,
+    async () => {
+      const st = await s.command<{ instance: InstanceView }>('GET_STATUS', { instanceId, userId })
+      const inst = st.body.instance
+      if (inst.state === 'failed' || inst.state === 'terminated') {
+        throw new FatalError(
+          `${template} instance ${instanceId} ${inst.state}: ${inst.failureReason}\n--- output.log ---\n${s.outputLog(instanceId)}`,
+        )
+      }
+      return inst.state === 'ready' ? true : undefined
+    },
+    50,
+  ).catch((err: Error) => {
     throw err instanceof FatalError ? err : new Error(`${err.message}\n--- output.log ---\n${s.outputLog(instanceId)}`)
   })
   return { instanceId, url, readyMs: Date.now() - t0 }
@@ -355,16 +390,27 @@ export async function waitCulled(
   pids: readonly number[],
   timeoutMs: number,
 ): Promise<{ row: HistoryRow; instance: InstanceView }> {
-  const row = await waitFor(`instance ${instanceId} to be culled`, timeoutMs, async () => {
-    const h = await s.api<{ history: HistoryRow[] }>(`/api/v1/history?instanceId=${instanceId}`)
-    const r = h.history.find((x) => x.instanceId === instanceId)
-    return r?.endedAt ? r : undefined
-  }, 200)
+  const row = await waitFor(
+    `instance ${instanceId} to be culled`,
+    timeoutMs,
+    async () => {
+      const h = await s.api<{ history: HistoryRow[] }>(`/api/v1/history?instanceId=${instanceId}`)
+      const r = h.history.find((x) => x.instanceId === instanceId)
+      return r?.endedAt ? r : undefined
+    },
+    200,
+  )
   const dir = s.instanceDir(instanceId)
   const left = () => [...new Set([...pids, ...sessionPids(dir)])].filter(alive)
-  await waitFor(`the processes of ${instanceId} to exit`, 15_000, () => (left().length === 0 ? true : undefined)).catch((err: Error) => {
-    throw new Error(`${err.message}: ${left().map((p) => `${p} ${cmdline(p)}`).join('; ')}`)
-  })
+  await waitFor(`the processes of ${instanceId} to exit`, 15_000, () => (left().length === 0 ? true : undefined)).catch(
+    (err: Error) => {
+      throw new Error(
+        `${err.message}: ${left()
+          .map((p) => `${p} ${cmdline(p)}`)
+          .join('; ')}`,
+      )
+    },
+  )
   // The row moves stopping → terminated once the provider's destroy has returned.
   const instance = await waitFor(`instance ${instanceId} to be terminated`, 15_000, async () => {
     const st = await s.command<{ instance: InstanceView }>('GET_STATUS', { instanceId, userId })

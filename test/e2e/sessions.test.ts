@@ -44,7 +44,10 @@ function assertIdleCull(culled: { row: HistoryRow; instance: InstanceView }, use
   const readyAt = Date.parse(instance.readyAt ?? '')
   const lastActivityAt = Date.parse(instance.lastActivityAt ?? '')
   const endedAt = Date.parse(row.endedAt ?? '')
-  assert.ok(lastActivityAt > readyAt, `the gateway recorded the client's activity (ready ${instance.readyAt}, last activity ${instance.lastActivityAt})`)
+  assert.ok(
+    lastActivityAt > readyAt,
+    `the gateway recorded the client's activity (ready ${instance.readyAt}, last activity ${instance.lastActivityAt})`,
+  )
   const idle = endedAt - lastActivityAt
   assert.ok(idle >= IDLE_MS, `culled ${idle} ms after the last activity, before the ${IDLE_MS} ms idle timeout`)
   return idle
@@ -78,7 +81,10 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
       const line = unavailable.find((l) => l.template === 'rstudio')
       assert.ok(line, `no start-up error for the rstudio template in ${JSON.stringify(unavailable)}`)
       assert.match(line.msg, /rserver" does not exist or is not executable/)
-      const r = await s.command<{ error: { code: string; message: string } }>('REQUEST_SESSION', { userId: 'dave', template: 'rstudio' })
+      const r = await s.command<{ error: { code: string; message: string } }>('REQUEST_SESSION', {
+        userId: 'dave',
+        template: 'rstudio',
+      })
       assert.equal(r.status, 503)
       assert.equal(r.body.error.code, 'TEMPLATE_UNAVAILABLE')
       assert.match(r.body.error.message, /template "rstudio" is not available: .*rserver/)
@@ -89,8 +95,14 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
     if (ec2Why === undefined) {
       t.diagnostic('AWS credentials found: rstudio-ec2 is available and is not requested by this test')
     } else {
-      assert.ok(unavailable.some((l) => l.template === 'rstudio-ec2'), 'no start-up error for rstudio-ec2')
-      const r = await s.command<{ error: { code: string; message: string } }>('REQUEST_SESSION', { userId: 'dave', template: 'rstudio-ec2' })
+      assert.ok(
+        unavailable.some((l) => l.template === 'rstudio-ec2'),
+        'no start-up error for rstudio-ec2',
+      )
+      const r = await s.command<{ error: { code: string; message: string } }>('REQUEST_SESSION', {
+        userId: 'dave',
+        template: 'rstudio-ec2',
+      })
       assert.equal(r.status, 503)
       assert.equal(r.body.error.code, 'TEMPLATE_UNAVAILABLE')
       assert.match(r.body.error.message, /template "rstudio-ec2" is not available: provider ec2: /)
@@ -124,9 +136,17 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
     await direct.arrayBuffer()
     // Token-authenticated requests skip Jupyter's own XSRF check, so the gateway refuses a POST from another site instead.
     const json = { 'content-type': 'application/json' }
-    const refused = await http(`${base}api/kernels`, jar, { method: 'POST', headers: { ...json, origin: 'https://evil.example' }, body: '{"name":"python3"}' })
+    const refused = await http(`${base}api/kernels`, jar, {
+      method: 'POST',
+      headers: { ...json, origin: 'https://evil.example' },
+      body: '{"name":"python3"}',
+    })
     assert.equal(refused.status, 403)
-    const created = await http(`${base}api/kernels`, jar, { method: 'POST', headers: { ...json, 'x-xsrftoken': xsrf }, body: '{"name":"python3"}' })
+    const created = await http(`${base}api/kernels`, jar, {
+      method: 'POST',
+      headers: { ...json, 'x-xsrftoken': xsrf },
+      body: '{"name":"python3"}',
+    })
     assert.equal(created.status, 201, created.text.slice(0, 300))
     const kernelId = (JSON.parse(created.text) as { id: string }).id
 
@@ -144,10 +164,24 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
     const msgId = randomUUID()
     ws.send(
       JSON.stringify({
-        header: { msg_id: msgId, username: 'e2e', session, msg_type: 'execute_request', version: '5.3', date: new Date().toISOString() },
+        header: {
+          msg_id: msgId,
+          username: 'e2e',
+          session,
+          msg_type: 'execute_request',
+          version: '5.3',
+          date: new Date().toISOString(),
+        },
         parent_header: {},
         metadata: {},
-        content: { code: 'print(6*7)', silent: false, store_history: true, user_expressions: {}, allow_stdin: false, stop_on_error: true },
+        content: {
+          code: 'print(6*7)',
+          silent: false,
+          store_history: true,
+          user_expressions: {},
+          allow_stdin: false,
+          stop_on_error: true,
+        },
         channel: 'shell',
         buffers: [],
       }),
@@ -157,7 +191,9 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
     )
     assert.equal(stream.content.name, 'stdout')
     assert.equal(stream.content.text, '42\n')
-    await waitFor('the execute_reply', 10_000, () => messages.find((m) => m.msg_type === 'execute_reply' && m.parent_header.msg_id === msgId))
+    await waitFor('the execute_reply', 10_000, () =>
+      messages.find((m) => m.msg_type === 'execute_reply' && m.parent_header.msg_id === msgId),
+    )
 
     // Jupyter logs every 4xx: none for the readiness probe ({{basePath}}api) or anything we sent.
     assert.doesNotMatch(s.outputLog(instanceId), / 404 GET /)
@@ -171,7 +207,9 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
     await new Promise((r) => ws.once('close', r))
     const quietAt = Date.now()
     const idle = assertIdleCull(await waitCulled(s, instanceId, 'alice', pids, CULL_DEADLINE_MS), 'alice', 'jupyter')
-    t.diagnostic(`jupyter ready ${readyMs} ms after the request; culled ${idle} ms after the last activity; processes gone ${Date.now() - quietAt} ms after the client went quiet`)
+    t.diagnostic(
+      `jupyter ready ${readyMs} ms after the request; culled ${idle} ms after the last activity; processes gone ${Date.now() - quietAt} ms after the client went quiet`,
+    )
   })
 
   test('(b)+(d) Shiny in Chromium: change an input, the reactive output changes; culled when idle', async (t) => {
@@ -183,10 +221,16 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
       await page.goto(url)
       assert.equal(new URL(page.url()).pathname, `/s/${instanceId}/`)
       const summary = (re: string) =>
-        page.waitForFunction((src) => new RegExp(src).test(document.getElementById('summary')?.textContent ?? ''), re, { timeout: 20_000 }).catch(async (err: Error) => {
-          const st = await s.command<{ instance: InstanceView }>('GET_STATUS', { instanceId, userId: 'bob' })
-          throw new Error(`${err.message}\n--- instance: ${JSON.stringify(st.body.instance)}\n--- output.log ---\n${s.outputLog(instanceId)}`)
-        })
+        page
+          .waitForFunction((src) => new RegExp(src).test(document.getElementById('summary')?.textContent ?? ''), re, {
+            timeout: 20_000,
+          })
+          .catch(async (err: Error) => {
+            const st = await s.command<{ instance: InstanceView }>('GET_STATUS', { instanceId, userId: 'bob' })
+            throw new Error(
+              `${err.message}\n--- instance: ${JSON.stringify(st.body.instance)}\n--- output.log ---\n${s.outputLog(instanceId)}`,
+            )
+          })
       await summary('^norm: 100 draws, mean ')
       await page.locator('#hist img').waitFor({ timeout: 20_000 })
       const first = await page.locator('#summary').textContent()
@@ -203,7 +247,9 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
     }
     const quietAt = Date.now()
     const idle = assertIdleCull(await waitCulled(s, instanceId, 'bob', pids, CULL_DEADLINE_MS), 'bob', 'shiny')
-    t.diagnostic(`shiny ready ${readyMs} ms after the request; culled ${idle} ms after the last activity; processes gone ${Date.now() - quietAt} ms after the browser closed`)
+    t.diagnostic(
+      `shiny ready ${readyMs} ms after the request; culled ${idle} ms after the last activity; processes gone ${Date.now() - quietAt} ms after the browser closed`,
+    )
   })
 
   test('(c)+(d) Jupyter notebook UI in Chromium: new notebook, run a cell, see its output; culled when idle', async (t) => {
@@ -217,7 +263,11 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
       await page.click('#new-dropdown-button')
       const [nb] = await Promise.all([ctx.waitForEvent('page'), page.click('#kernel-python3 a')])
       await nb.waitForURL(new RegExp(`/s/${instanceId}/notebooks/Untitled[0-9]*\\.ipynb`), { timeout: 20_000 })
-      await nb.waitForFunction('window.Jupyter && Jupyter.notebook && Jupyter.notebook.kernel && Jupyter.notebook.kernel.is_connected()', undefined, { timeout: 30_000 })
+      await nb.waitForFunction(
+        'window.Jupyter && Jupyter.notebook && Jupyter.notebook.kernel && Jupyter.notebook.kernel.is_connected()',
+        undefined,
+        { timeout: 30_000 },
+      )
       await nb.locator('.code_cell .CodeMirror').first().click()
       await nb.keyboard.type('print(6*7)')
       await nb.keyboard.press('Shift+Enter')
@@ -231,6 +281,8 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
     }
     const quietAt = Date.now()
     const idle = assertIdleCull(await waitCulled(s, instanceId, 'carol', pids, CULL_DEADLINE_MS), 'carol', 'jupyter')
-    t.diagnostic(`jupyter ready ${readyMs} ms after the request; culled ${idle} ms after the last activity; processes gone ${Date.now() - quietAt} ms after the browser closed`)
+    t.diagnostic(
+      `jupyter ready ${readyMs} ms after the request; culled ${idle} ms after the last activity; processes gone ${Date.now() - quietAt} ms after the browser closed`,
+    )
   })
 })

@@ -34,7 +34,21 @@ describe('gateway forwarding (path mode, real sockets)', () => {
   test('GET in strip mode: prefix removed, forwarded header set, own cookie stripped, hop-by-hop dropped', async () => {
     // node:http, because undici will not send a Connection header naming other fields
     const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
-      http.get(`${g.base}/s/${strip.instanceId}/echo?q=1`, { agent: false, headers: { cookie: `${alice}; other=yes`, connection: 'keep-alive, x-secret-hop', 'x-secret-hop': '1', 'x-forwarded-for': '6.6.6.6' } }, resolve).on('error', reject)
+      http
+        .get(
+          `${g.base}/s/${strip.instanceId}/echo?q=1`,
+          {
+            agent: false,
+            headers: {
+              cookie: `${alice}; other=yes`,
+              connection: 'keep-alive, x-secret-hop',
+              'x-secret-hop': '1',
+              'x-forwarded-for': '6.6.6.6',
+            },
+          },
+          resolve,
+        )
+        .on('error', reject)
     })
     assert.equal(res.statusCode, 200)
     let raw = ''
@@ -74,14 +88,26 @@ describe('gateway forwarding (path mode, real sockets)', () => {
     const data = app.big
     const sha = createHash('sha256').update(data).digest('hex')
     // chunked upload from a stream (no content-length)
-    const body = Readable.from((function* () {
-      for (let o = 0; o < data.length; o += 1 << 20) yield data.subarray(o, o + (1 << 20))
-    })())
-    const res = await request(`${g.base}/s/${strip.instanceId}/upload`, { dispatcher: client, method: 'POST', headers: { cookie: alice }, body })
+    const body = Readable.from(
+      (function* () {
+        for (let o = 0; o < data.length; o += 1 << 20) yield data.subarray(o, o + (1 << 20))
+      })(),
+    )
+    const res = await request(`${g.base}/s/${strip.instanceId}/upload`, {
+      dispatcher: client,
+      method: 'POST',
+      headers: { cookie: alice },
+      body,
+    })
     assert.equal(res.statusCode, 200)
     assert.deepEqual(await res.body.json(), { sha, bytes: data.length })
     // and with a content-length
-    const res2 = await request(`${g.base}/s/${strip.instanceId}/upload`, { dispatcher: client, method: 'POST', headers: { cookie: alice, 'content-length': String(data.length) }, body: data })
+    const res2 = await request(`${g.base}/s/${strip.instanceId}/upload`, {
+      dispatcher: client,
+      method: 'POST',
+      headers: { cookie: alice, 'content-length': String(data.length) },
+      body: data,
+    })
     assert.deepEqual(await res2.body.json(), { sha, bytes: data.length })
   })
 
@@ -137,7 +163,11 @@ describe('gateway forwarding (path mode, real sockets)', () => {
 
   test('Set-Cookie paths go under the prefix in strip mode, stay in keep mode; the app cannot set our cookie', async () => {
     const a = await get(`/s/${strip.instanceId}/cookies`)
-    assert.deepEqual(a.headers['set-cookie'], [`a=1; Path=/s/${strip.instanceId}/`, `b=2; Path=/s/${strip.instanceId}/sub; HttpOnly`, 'c=3'])
+    assert.deepEqual(a.headers['set-cookie'], [
+      `a=1; Path=/s/${strip.instanceId}/`,
+      `b=2; Path=/s/${strip.instanceId}/sub; HttpOnly`,
+      'c=3',
+    ])
     const b = await get(`/s/${keep.instanceId}/cookies`)
     assert.deepEqual(b.headers['set-cookie'], ['a=1; Path=/', 'b=2; Path=/sub; HttpOnly', 'c=3'])
     await Promise.all([a.body.dump(), b.body.dump()])
@@ -157,13 +187,22 @@ describe('gateway forwarding (path mode, real sockets)', () => {
   test('a POST with a body to a dead app gets the 502 page; a client that goes away ends the upstream request', async () => {
     const dead = route({ address: 'http://127.0.0.1:1', ownerId: 'alice' })
     g.hub.upsert(dead)
-    const r = await request(`${g.base}/s/${dead.instanceId}/upload`, { method: 'POST', dispatcher: client, headers: { cookie: alice, accept: 'text/html' }, body: Buffer.alloc(256 * 1024, 1) })
+    const r = await request(`${g.base}/s/${dead.instanceId}/upload`, {
+      method: 'POST',
+      dispatcher: client,
+      headers: { cookie: alice, accept: 'text/html' },
+      body: Buffer.alloc(256 * 1024, 1),
+    })
     assert.equal(r.statusCode, 502)
     assert.match(await r.body.text(), /does not answer/)
     // A request the app never answers: the client gives up, and the gateway closes its upstream request too.
     const before = { ...app.hang }
     const ac = new AbortController()
-    const pending = request(`${g.base}/s/${strip.instanceId}/hang`, { dispatcher: client, headers: { cookie: alice }, signal: ac.signal })
+    const pending = request(`${g.base}/s/${strip.instanceId}/hang`, {
+      dispatcher: client,
+      headers: { cookie: alice },
+      signal: ac.signal,
+    })
     const deadline = Date.now() + 5000
     while (app.hang.opened === before.opened && Date.now() < deadline) await new Promise((res) => setTimeout(res, 10))
     assert.equal(app.hang.opened, before.opened + 1, 'the app saw the request')
@@ -179,7 +218,9 @@ describe('gateway forwarding (path mode, real sockets)', () => {
       const r0 = route({ address: app.url, ownerId: 'alice' })
       slow.hub.upsert(r0)
       const t0 = Date.now()
-      const r = await request(`${slow.base}/s/${r0.instanceId}/hang`, { headers: { cookie: slow.cookie('alice'), accept: 'text/html' } })
+      const r = await request(`${slow.base}/s/${r0.instanceId}/hang`, {
+        headers: { cookie: slow.cookie('alice'), accept: 'text/html' },
+      })
       assert.equal(r.statusCode, 504)
       await r.body.dump()
       assert.ok(Date.now() - t0 >= 250, 'not before the timeout')
@@ -189,7 +230,14 @@ describe('gateway forwarding (path mode, real sockets)', () => {
   })
 
   test('progress page while starting, then the app once ready', async () => {
-    const r = route({ address: null, ownerId: 'alice', state: 'queued', queuePosition: 3, progress: 0, progressMessage: 'waiting <for> a slot' })
+    const r = route({
+      address: null,
+      ownerId: 'alice',
+      state: 'queued',
+      queuePosition: 3,
+      progress: 0,
+      progressMessage: 'waiting <for> a slot',
+    })
     g.hub.upsert(r)
     const p1 = await get(`/s/${r.instanceId}/`, { accept: 'text/html' })
     const html = await p1.body.text()

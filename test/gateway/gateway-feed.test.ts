@@ -18,7 +18,12 @@ describe('gatewayFeedRoutes', () => {
 
   before(async () => {
     app = Fastify()
-    await app.register(gatewayFeedRoutes, { routes: hub, activity: { recordActivity: async (e) => void recorded.push(...e) }, nonces: createMemoryNonceLedger(), heartbeatMs: 100 })
+    await app.register(gatewayFeedRoutes, {
+      routes: hub,
+      activity: { recordActivity: async (e) => void recorded.push(...e) },
+      nonces: createMemoryNonceLedger(),
+      heartbeatMs: 100,
+    })
     base = await app.listen({ port: 0, host: '127.0.0.1' })
   })
   after(async () => {
@@ -27,11 +32,19 @@ describe('gatewayFeedRoutes', () => {
 
   test('activity: validated, future times clamped', async () => {
     const r = route({ address: null })
-    const ok = await app.inject({ method: 'POST', url: '/api/v1/gateway/activity', payload: { entries: [{ id: r.instanceId, at: Date.now() + 3_600_000 }] } })
+    const ok = await app.inject({
+      method: 'POST',
+      url: '/api/v1/gateway/activity',
+      payload: { entries: [{ id: r.instanceId, at: Date.now() + 3_600_000 }] },
+    })
     assert.equal(ok.statusCode, 204)
     assert.equal(recorded.length, 1)
     assert.ok(recorded[0]!.at <= Date.now())
-    for (const payload of [{ entries: [{ id: '../etc', at: 1 }] }, { entries: [{ id: r.instanceId, at: 'x' }] }, { nope: 1 }]) {
+    for (const payload of [
+      { entries: [{ id: '../etc', at: 1 }] },
+      { entries: [{ id: r.instanceId, at: 'x' }] },
+      { nope: 1 },
+    ]) {
       const bad = await app.inject({ method: 'POST', url: '/api/v1/gateway/activity', payload })
       assert.equal(bad.statusCode, 400)
     }
@@ -39,9 +52,17 @@ describe('gatewayFeedRoutes', () => {
 
   test('nonces: first true, then false; bad input 400', async () => {
     const body = { nonce: 'abcdefghijklmnop0123', expiresAt: Date.now() + 60_000 }
-    assert.deepEqual((await app.inject({ method: 'POST', url: '/api/v1/gateway/nonces', payload: body })).json(), { first: true })
-    assert.deepEqual((await app.inject({ method: 'POST', url: '/api/v1/gateway/nonces', payload: body })).json(), { first: false })
-    assert.equal((await app.inject({ method: 'POST', url: '/api/v1/gateway/nonces', payload: { nonce: 'x', expiresAt: 1 } })).statusCode, 400)
+    assert.deepEqual((await app.inject({ method: 'POST', url: '/api/v1/gateway/nonces', payload: body })).json(), {
+      first: true,
+    })
+    assert.deepEqual((await app.inject({ method: 'POST', url: '/api/v1/gateway/nonces', payload: body })).json(), {
+      first: false,
+    })
+    assert.equal(
+      (await app.inject({ method: 'POST', url: '/api/v1/gateway/nonces', payload: { nonce: 'x', expiresAt: 1 } }))
+        .statusCode,
+      400,
+    )
   })
 
   test('routes stream: reset first, then changes, heartbeats; the remote source mirrors it', async () => {
@@ -58,7 +79,10 @@ describe('gatewayFeedRoutes', () => {
       hub.upsert(b)
       hub.remove(a.instanceId, 'deleted')
       await waitFor(() => events.length >= 3, 3000, 'events')
-      assert.deepEqual(events.slice(1).map((e) => e.type), ['upsert', 'remove'])
+      assert.deepEqual(
+        events.slice(1).map((e) => e.type),
+        ['upsert', 'remove'],
+      )
       off()
     } finally {
       remote.close()

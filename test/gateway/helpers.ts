@@ -107,7 +107,9 @@ export async function startUpstream(): Promise<Upstream> {
       return res.end()
     }
     if (p === '/cookies') {
-      res.writeHead(200, { 'set-cookie': ['a=1; Path=/', 'b=2; Path=/sub; HttpOnly', 'c=3', 'sp_session=evil; Path=/'] })
+      res.writeHead(200, {
+        'set-cookie': ['a=1; Path=/', 'b=2; Path=/sub; HttpOnly', 'c=3', 'sp_session=evil; Path=/'],
+      })
       return res.end('ok')
     }
     if (p === '/hang') {
@@ -121,7 +123,12 @@ export async function startUpstream(): Promise<Upstream> {
       setTimeout(() => res.destroy(), 50)
       return
     }
-    res.writeHead(200, { 'content-type': 'application/json', connection: 'keep-alive, x-hop', 'x-hop': 'drop-me', 'keep-alive': 'timeout=5' })
+    res.writeHead(200, {
+      'content-type': 'application/json',
+      connection: 'keep-alive, x-hop',
+      'x-hop': 'drop-me',
+      'keep-alive': 'timeout=5',
+    })
     res.end(JSON.stringify({ method: req.method, url: req.url, headers: req.headers }))
   })
   const wss = new WebSocketServer({ server })
@@ -222,7 +229,10 @@ export interface TestGateway {
   close(): Promise<void>
 }
 
-export async function startGateway(over: Partial<Config['gateway']> = {}, publicUrl?: (port: number) => string): Promise<TestGateway> {
+export async function startGateway(
+  over: Partial<Config['gateway']> = {},
+  publicUrl?: (port: number) => string,
+): Promise<TestGateway> {
   const hub = new RouteHub()
   const config = gatewayConfig(over)
   const tokens = createTokenService(SECRET, { launchTtlMs: config.launchTokenTtlMs, cookieTtlMs: config.cookieTtlMs })

@@ -9,7 +9,10 @@ import { gatewayConfig, route, SECRET, startGateway, startUpstream } from './hel
 import type { TestGateway, Upstream } from './helpers.js'
 
 /** Opens a WebSocket; resolves with the handshake status (101 when it opened). */
-function wsOpen(url: string, headers: Record<string, string>): Promise<{ status: number; ws?: WebSocket; first?: string }> {
+function wsOpen(
+  url: string,
+  headers: Record<string, string>,
+): Promise<{ status: number; ws?: WebSocket; first?: string }> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, { headers })
     const t = setTimeout(() => reject(new Error('ws handshake timed out')), 5000)
@@ -43,14 +46,19 @@ const SPOOFED = {
   'X-Studiopool-Admin': '1',
   'X-STUDIOPOOL-USER': 'root',
   X_Forwarded_User: 'root',
-  'remote_user': 'root',
+  remote_user: 'root',
 }
 
 describe('identity to apps, one encoding, requester-scoped cookies, and the switch-user question', () => {
   let app: Upstream
   let g: TestGateway
   const client = new Agent()
-  const a = route({ address: '', ownerId: 'alice', requester: 'portal-a', upstreamHeaders: { Authorization: 'token {{appToken}}', 'X-App-Owner': 'owner={{user}} id={{instanceId}}' } })
+  const a = route({
+    address: '',
+    ownerId: 'alice',
+    requester: 'portal-a',
+    upstreamHeaders: { Authorization: 'token {{appToken}}', 'X-App-Owner': 'owner={{user}} id={{instanceId}}' },
+  })
   const a2 = route({ address: '', ownerId: 'alice', template: 'other', requester: 'portal-b' })
   const b = route({ address: '', ownerId: 'bob', requester: 'portal-a' })
 
@@ -65,41 +73,70 @@ describe('identity to apps, one encoding, requester-scoped cookies, and the swit
     await app.close()
   })
 
-  const get = (path: string, headers: Record<string, string> = {}) => request(`${g.base}${path}`, { dispatcher: client, headers })
+  const get = (path: string, headers: Record<string, string> = {}) =>
+    request(`${g.base}${path}`, { dispatcher: client, headers })
   const seenBy = async (path: string, headers: Record<string, string>) => {
     const r = await get(path, headers)
     assert.equal(r.statusCode, 200)
     return ((await r.body.json()) as { headers: Record<string, string> }).headers
   }
   /** The header fields of the upgrade request as the app saw it. */
-  async function upgradeHeaders(url: string, headers: Record<string, string>): Promise<Record<string, string | string[] | undefined>> {
-    const seen = new Promise<Record<string, string | string[] | undefined>>((resolve) => app.wss.once('connection', (_ws, req) => resolve(req.headers)))
+  async function upgradeHeaders(
+    url: string,
+    headers: Record<string, string>,
+  ): Promise<Record<string, string | string[] | undefined>> {
+    const seen = new Promise<Record<string, string | string[] | undefined>>((resolve) =>
+      app.wss.once('connection', (_ws, req) => resolve(req.headers)),
+    )
     const w = await wsOpen(url, headers)
     assert.equal(w.status, 101)
     const h = await seen
     w.ws!.terminate()
     return h
   }
-  const dashboardCookie = (userId: string, groups: string[] = []) => `sp_session=${g.tokens.issueSession({ userId, admin: false, groups })}`
+  const dashboardCookie = (userId: string, groups: string[] = []) =>
+    `sp_session=${g.tokens.issueSession({ userId, admin: false, groups })}`
 
   test("a spoofed X-Forwarded-User (and every other identity header) from alice's browser reaches the app as alice, over HTTP and WebSocket", async () => {
-    const h = await seenBy(`/s/${a2.instanceId}/echo`, { cookie: dashboardCookie('alice', ['students', 'r-users']), ...SPOOFED })
+    const h = await seenBy(`/s/${a2.instanceId}/echo`, {
+      cookie: dashboardCookie('alice', ['students', 'r-users']),
+      ...SPOOFED,
+    })
     assert.equal(h['x-forwarded-user'], 'alice')
     assert.equal(h['x-forwarded-groups'], 'students,r-users', 'the groups the login knows')
     for (const name of Object.keys(SPOOFED).map((n) => n.toLowerCase())) {
       if (name === 'x-forwarded-user' || name === 'x-forwarded-groups') continue
       assert.equal(h[name], undefined, `${name} is dropped`)
     }
-    const noGroups = await seenBy(`/s/${a2.instanceId}/echo`, { cookie: dashboardCookie('alice'), 'x-forwarded-groups': 'admins' })
+    const noGroups = await seenBy(`/s/${a2.instanceId}/echo`, {
+      cookie: dashboardCookie('alice'),
+      'x-forwarded-groups': 'admins',
+    })
     assert.equal(noGroups['x-forwarded-groups'], undefined, 'no groups when the login knows none')
 
-    const w = await wsOpen(`ws://127.0.0.1:${g.port}/s/${a2.instanceId}/ws`, { cookie: dashboardCookie('alice'), ...SPOOFED })
+    const w = await wsOpen(`ws://127.0.0.1:${g.port}/s/${a2.instanceId}/ws`, {
+      cookie: dashboardCookie('alice'),
+      ...SPOOFED,
+    })
     assert.equal(w.status, 101)
     w.ws!.terminate()
     // The upstream's WebSocket handshake request, as the app saw it.
-    const upgrade = await upgradeHeaders(`ws://127.0.0.1:${g.port}/s/${a2.instanceId}/ws`, { cookie: dashboardCookie('alice'), ...SPOOFED })
+    const upgrade = await upgradeHeaders(`ws://127.0.0.1:${g.port}/s/${a2.instanceId}/ws`, {
+      cookie: dashboardCookie('alice'),
+      ...SPOOFED,
+    })
     assert.equal(upgrade['x-forwarded-user'], 'alice')
-    for (const name of ['remote-user', 'x-remote-user', 'x-auth-request-user', 'x-studiopool-admin', 'x-studiopool-user', 'x-forwarded-email', 'x_forwarded_user', 'remote_user']) assert.equal(upgrade[name], undefined, name)
+    for (const name of [
+      'remote-user',
+      'x-remote-user',
+      'x-auth-request-user',
+      'x-studiopool-admin',
+      'x-studiopool-user',
+      'x-forwarded-email',
+      'x_forwarded_user',
+      'remote_user',
+    ])
+      assert.equal(upgrade[name], undefined, name)
   })
 
   test("the template's upstreamHeaders reach the app on HTTP and WebSocket, with the app token; the client's own are replaced, and the token is never logged", async () => {
@@ -108,10 +145,17 @@ describe('identity to apps, one encoding, requester-scoped cookies, and the swit
     const h = await seenBy(`/s/${a.instanceId}/echo`, { cookie, authorization: 'token forged-by-the-client' })
     assert.equal(h.authorization, `token ${token}`)
     assert.equal(h['x-app-owner'], `owner=alice id=${a.instanceId}`)
-    assert.equal(g.tokens.appToken(a.instanceId, a.generation), token, 'TokenService.appToken is deriveAppToken with the gateway secret')
+    assert.equal(
+      g.tokens.appToken(a.instanceId, a.generation),
+      token,
+      'TokenService.appToken is deriveAppToken with the gateway secret',
+    )
     const cgi = await seenBy(`/s/${a.instanceId}/echo`, { cookie, x_app_owner: 'owner=root' })
     assert.equal(cgi['x_app_owner'], undefined, 'the underscore spelling of a template header is dropped too')
-    const upgrade = await upgradeHeaders(`ws://127.0.0.1:${g.port}/s/${a.instanceId}/ws`, { cookie, authorization: 'Bearer nope' })
+    const upgrade = await upgradeHeaders(`ws://127.0.0.1:${g.port}/s/${a.instanceId}/ws`, {
+      cookie,
+      authorization: 'Bearer nope',
+    })
     assert.equal(upgrade.authorization, `token ${token}`)
     // A new generation (a replaced instance) gets a new token.
     g.hub.upsert({ ...a, address: app.url, generation: a.generation + 1 })
@@ -124,7 +168,13 @@ describe('identity to apps, one encoding, requester-scoped cookies, and the swit
     }
     assert.ok(!g.logs().includes(token), 'the app token is not in the logs')
     // The gateway vouches with the token, so requests that change state must come from the session's own pages.
-    const postA = (headers: Record<string, string>) => request(`${g.base}/s/${a.instanceId}/echo`, { method: 'POST', dispatcher: client, headers: { cookie, 'content-type': 'text/plain', ...headers }, body: 'x' })
+    const postA = (headers: Record<string, string>) =>
+      request(`${g.base}/s/${a.instanceId}/echo`, {
+        method: 'POST',
+        dispatcher: client,
+        headers: { cookie, 'content-type': 'text/plain', ...headers },
+        body: 'x',
+      })
     for (const [name, headers, status] of [
       ['another site', { origin: 'https://evil.example' }, 403],
       ['a sibling on the same site', { origin: g.base, 'sec-fetch-site': 'same-site' }, 403],
@@ -136,7 +186,12 @@ describe('identity to apps, one encoding, requester-scoped cookies, and the swit
       assert.equal(r.statusCode, status, name)
       await r.body.dump()
     }
-    const other = await request(`${g.base}/s/${a2.instanceId}/echo`, { method: 'POST', dispatcher: client, headers: { cookie, origin: 'https://evil.example' }, body: 'x' })
+    const other = await request(`${g.base}/s/${a2.instanceId}/echo`, {
+      method: 'POST',
+      dispatcher: client,
+      headers: { cookie, origin: 'https://evil.example' },
+      body: 'x',
+    })
     assert.equal(other.statusCode, 200, 'templates without upstreamHeaders leave CSRF to the app, as before')
     await other.body.dump()
     // Templates without upstreamHeaders pass the client's Authorization on, as before.
@@ -152,9 +207,15 @@ describe('identity to apps, one encoding, requester-scoped cookies, and the swit
     const last = alphabet.indexOf(mac.at(-1)!)
     const sameBytes = alphabet[(last & ~0x3) | ((last & 0x3) ^ 0x1)]!
     const reencodedMac = mac.slice(0, -1) + sameBytes
-    assert.deepEqual(Buffer.from(reencodedMac, 'base64url'), Buffer.from(mac, 'base64url'), 'the test really re-encodes the same bytes')
+    assert.deepEqual(
+      Buffer.from(reencodedMac, 'base64url'),
+      Buffer.from(mac, 'base64url'),
+      'the test really re-encodes the same bytes',
+    )
     // The same claims, written with a space: signed with the real key, so only the JSON's spelling differs.
-    const spaced = Buffer.from(JSON.stringify(JSON.parse(Buffer.from(payload, 'base64url').toString())).replace(':', ': ')).toString('base64url')
+    const spaced = Buffer.from(
+      JSON.stringify(JSON.parse(Buffer.from(payload, 'base64url').toString())).replace(':', ': '),
+    ).toString('base64url')
     const sessionKey = createHmac('sha256', SECRET).update('studiopool/session/v1').digest()
     const spacedToken = `${v}.${kid}.${spaced}.${createHmac('sha256', sessionKey).update(`${v}.${kid}.${spaced}`).digest('base64url')}`
     const variants = {
@@ -179,7 +240,9 @@ describe('identity to apps, one encoding, requester-scoped cookies, and the swit
     assert.equal(ws.status, 401)
     // Launch tokens too.
     const t = g.tokens.issueLaunch({ instanceId: a2.instanceId, userId: 'alice', requester: 'portal-b' })
-    const r = await request(`${g.base}/s/${a2.instanceId}/?sp_token=${encodeURIComponent(t + '==')}`, { dispatcher: client })
+    const r = await request(`${g.base}/s/${a2.instanceId}/?sp_token=${encodeURIComponent(t + '==')}`, {
+      dispatcher: client,
+    })
     assert.equal(r.statusCode, 401)
     await r.body.dump()
     assert.deepEqual(canonicalBytes('AA'), Buffer.from([0]))
@@ -206,12 +269,16 @@ describe('identity to apps, one encoding, requester-scoped cookies, and the swit
     }
     // portal-b's own link in the same browser: the cookie now opens both, and only those.
     const t2 = g.tokens.issueLaunch({ instanceId: a2.instanceId, userId: 'alice', requester: 'portal-b' })
-    const r2 = await request(`${g.base}/s/${a2.instanceId}/?sp_token=${t2}`, { dispatcher: client, headers: { cookie: scoped } })
+    const r2 = await request(`${g.base}/s/${a2.instanceId}/?sp_token=${t2}`, {
+      dispatcher: client,
+      headers: { cookie: scoped },
+    })
     assert.equal(r2.statusCode, 302)
     await r2.body.dump()
     const widened = String(r2.headers['set-cookie']).split(';')[0]!
     assert.deepEqual(g.tokens.verifySession(widened.slice('sp_session='.length))?.requesters, ['portal-a', 'portal-b'])
-    for (const inst of [a, a2]) assert.equal((await get(`/s/${inst.instanceId}/echo`, { cookie: widened })).statusCode, 200)
+    for (const inst of [a, a2])
+      assert.equal((await get(`/s/${inst.instanceId}/echo`, { cookie: widened })).statusCode, 200)
   })
 
   test("a launch link opened in a browser holding another user's cookie asks first; only the page's own POST switches", async () => {
@@ -224,24 +291,42 @@ describe('identity to apps, one encoding, requester-scoped cookies, and the swit
       assert.equal(page.statusCode, 200)
       assert.equal(page.headers['set-cookie'], undefined, 'no switch on GET')
       assert.equal(page.headers['x-frame-options'], 'DENY')
-      assert.equal(page.headers['referrer-policy'], 'origin', 'the POST carries a real Origin, and no Referer holds the token')
+      assert.equal(
+        page.headers['referrer-policy'],
+        'origin',
+        'the POST carries a real Origin, and no Referer holds the token',
+      )
       assert.match(String(page.headers['content-security-policy']), /frame-ancestors 'none'/)
       const html = await page.body.text()
-      assert.match(html, /You are signed in as <strong>bob<\/strong>\. This link opens <strong>alice<\/strong>’s session\./)
+      assert.match(
+        html,
+        /You are signed in as <strong>bob<\/strong>\. This link opens <strong>alice<\/strong>’s session\./,
+      )
       assert.match(html, /<button class="btn" type="submit">Continue as alice<\/button>/)
       assert.match(html, /Stay bob<\/a>/)
       assert.ok(!/<script/i.test(html), 'works without JavaScript')
       action = /<form method="post" action="([^"]+)"/.exec(html)![1]!.replaceAll('&amp;', '&')
     }
-    assert.ok(action.startsWith('?') && action.includes(`sp_token=${encodeURIComponent(t)}`) && action.includes('sp_switch='))
+    assert.ok(
+      action.startsWith('?') && action.includes(`sp_token=${encodeURIComponent(t)}`) && action.includes('sp_switch='),
+    )
     const post = (headers: Record<string, string>, url = `/s/${a2.instanceId}/tree${action}`) =>
-      request(`${g.base}${url}`, { method: 'POST', dispatcher: client, headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers }, body: '' })
+      request(`${g.base}${url}`, {
+        method: 'POST',
+        dispatcher: client,
+        headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers },
+        body: '',
+      })
     // Refused: no Origin, another site, a cross-site fetch, a wrong or missing form secret, or another cookie than the page's.
     const refusals: [string, Record<string, string>, string?][] = [
       ['no Origin', { cookie: bobCookie }],
       ['another origin', { cookie: bobCookie, origin: 'https://evil.example' }],
       ['cross-site', { cookie: bobCookie, origin: g.base, 'sec-fetch-site': 'cross-site' }],
-      ['wrong secret', { cookie: bobCookie, origin: g.base }, `/s/${a2.instanceId}/tree?sp_token=${encodeURIComponent(t)}&sp_switch=${'A'.repeat(43)}`],
+      [
+        'wrong secret',
+        { cookie: bobCookie, origin: g.base },
+        `/s/${a2.instanceId}/tree?sp_token=${encodeURIComponent(t)}&sp_switch=${'A'.repeat(43)}`,
+      ],
       ['another cookie', { cookie: dashboardCookie('carol'), origin: g.base }],
     ]
     for (const [name, headers, url] of refusals) {
@@ -275,6 +360,7 @@ describe('identity to apps, one encoding, requester-scoped cookies, and the swit
     assert.match(String(fresh.headers['set-cookie']), /^sp_session=/)
     await fresh.body.dump()
     const logs = g.logs()
-    for (const secret of [t, t3, t4, action]) assert.ok(!logs.includes(secret.slice(-20)), 'no token or form secret in the logs')
+    for (const secret of [t, t3, t4, action])
+      assert.ok(!logs.includes(secret.slice(-20)), 'no token or form secret in the logs')
   })
 })

@@ -47,7 +47,8 @@ describe('gateway access control', () => {
     await app.close()
   })
 
-  const get = (path: string, headers: Record<string, string> = {}) => request(`${g.base}${path}`, { dispatcher: client, headers })
+  const get = (path: string, headers: Record<string, string> = {}) =>
+    request(`${g.base}${path}`, { dispatcher: client, headers })
 
   test("user A's cookie cannot reach B's instance (HTTP) but reaches A's", async () => {
     const ra = await get(`/s/${a.instanceId}/echo`, { cookie: g.cookie('alice') })
@@ -94,7 +95,12 @@ describe('gateway access control', () => {
     const html = await get(`/s/${a.instanceId}/some/path?x=1`, { accept: 'text/html,application/xhtml+xml' })
     assert.equal(html.statusCode, 401)
     const text = await html.body.text()
-    assert.match(text, new RegExp(`href="http://127.0.0.1:${g.port}/login\\?next=${encodeURIComponent(`/s/${a.instanceId}/some/path?x=1`).replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}"`))
+    assert.match(
+      text,
+      new RegExp(
+        `href="http://127.0.0.1:${g.port}/login\\?next=${encodeURIComponent(`/s/${a.instanceId}/some/path?x=1`).replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}"`,
+      ),
+    )
     const json = await get(`/s/${a.instanceId}/`)
     assert.equal(json.statusCode, 401)
     assert.equal(((await json.body.json()) as { error: { code: string } }).error.code, 'UNAUTHORIZED')
@@ -104,10 +110,22 @@ describe('gateway access control', () => {
     const good = g.tokens.issueSession({ userId: 'alice', admin: false, groups: [] })
     const parts = good.split('.')
     const payload = JSON.parse(Buffer.from(parts[2]!, 'base64url').toString()) as Record<string, unknown>
-    const forged = [parts[0], parts[1], Buffer.from(JSON.stringify({ ...payload, u: 'bob' })).toString('base64url'), parts[3]].join('.')
+    const forged = [
+      parts[0],
+      parts[1],
+      Buffer.from(JSON.stringify({ ...payload, u: 'bob' })).toString('base64url'),
+      parts[3],
+    ].join('.')
     const flipped = good.slice(0, -2) + (good.endsWith('A') ? 'BB' : 'AA')
-    const expired = createTokenService(SECRET, { launchTtlMs: 1000, cookieTtlMs: 1000, now: () => Date.now() - 10_000 }).issueSession({ userId: 'alice', admin: false, groups: [] })
-    const foreign = createTokenService('another-secret-0123456789', { launchTtlMs: 1000, cookieTtlMs: 60_000 }).issueSession({ userId: 'alice', admin: false, groups: [] })
+    const expired = createTokenService(SECRET, {
+      launchTtlMs: 1000,
+      cookieTtlMs: 1000,
+      now: () => Date.now() - 10_000,
+    }).issueSession({ userId: 'alice', admin: false, groups: [] })
+    const foreign = createTokenService('another-secret-0123456789', {
+      launchTtlMs: 1000,
+      cookieTtlMs: 60_000,
+    }).issueSession({ userId: 'alice', admin: false, groups: [] })
     const launchAsCookie = g.tokens.issueLaunch({ instanceId: a.instanceId, userId: 'alice' })
     for (const [name, v] of Object.entries({ forged, flipped, expired, foreign, launchAsCookie })) {
       const r = await get(`/s/${a.instanceId}/echo`, { cookie: `sp_session=${v}` })
@@ -148,7 +166,11 @@ describe('gateway access control', () => {
     assert.equal(r2.headers.location, `/s/${a.instanceId}/lab/tree?x=1&y=2`)
     await r2.body.dump()
     // Expired.
-    const old = createTokenService(SECRET, { launchTtlMs: 1000, cookieTtlMs: 1000, now: () => Date.now() - 10_000 }).issueLaunch({ instanceId: a.instanceId, userId: 'alice' })
+    const old = createTokenService(SECRET, {
+      launchTtlMs: 1000,
+      cookieTtlMs: 1000,
+      now: () => Date.now() - 10_000,
+    }).issueLaunch({ instanceId: a.instanceId, userId: 'alice' })
     const r3 = await request(`${g.base}/s/${a.instanceId}/?sp_token=${old}`, { dispatcher: client })
     assert.equal(r3.statusCode, 401)
     await r3.body.dump()
@@ -179,13 +201,19 @@ describe('gateway access control', () => {
   })
 
   test('cross-origin WebSocket upgrade is refused; configured origins are allowed', async () => {
-    const evil = await wsStatus(`ws://127.0.0.1:${g.port}/s/${a.instanceId}/ws`, { cookie: g.cookie('alice'), origin: 'https://evil.example' })
+    const evil = await wsStatus(`ws://127.0.0.1:${g.port}/s/${a.instanceId}/ws`, {
+      cookie: g.cookie('alice'),
+      origin: 'https://evil.example',
+    })
     assert.equal(evil.status, 403)
     assert.match(g.logs(), /cross-origin WebSocket refused/)
     const g2 = await startGateway({ allowedOrigins: ['https://portal.example'] })
     try {
       g2.hub.upsert({ ...a, address: app.url })
-      const ok = await wsStatus(`ws://127.0.0.1:${g2.port}/s/${a.instanceId}/ws`, { cookie: g2.cookie('alice'), origin: 'https://portal.example' })
+      const ok = await wsStatus(`ws://127.0.0.1:${g2.port}/s/${a.instanceId}/ws`, {
+        cookie: g2.cookie('alice'),
+        origin: 'https://portal.example',
+      })
       assert.equal(ok.status, 101)
       ok.ws!.terminate()
     } finally {
@@ -194,7 +222,14 @@ describe('gateway access control', () => {
   })
 
   test('ids of the wrong format are 404 without a table lookup', async () => {
-    for (const p of ['/s/', '/s/short/', '/s/AAAAAAAAAAAAAAAAAAAA/', `/s/${a.instanceId}x/`, '/s/../../etc/passwd', `/s/${a.instanceId.slice(0, 19)}1/`]) {
+    for (const p of [
+      '/s/',
+      '/s/short/',
+      '/s/AAAAAAAAAAAAAAAAAAAA/',
+      `/s/${a.instanceId}x/`,
+      '/s/../../etc/passwd',
+      `/s/${a.instanceId.slice(0, 19)}1/`,
+    ]) {
       const r = await get(p, { cookie: g.cookie('alice') })
       assert.equal(r.statusCode, 404, p)
       await r.body.dump()
@@ -211,7 +246,10 @@ describe('subdomain mode', () => {
 
   before(async () => {
     app = await startUpstream()
-    g = await startGateway({ mode: 'subdomain', sessionDomain: 'sessions.test' }, (port) => `http://sessions.test:${port}`)
+    g = await startGateway(
+      { mode: 'subdomain', sessionDomain: 'sessions.test' },
+      (port) => `http://sessions.test:${port}`,
+    )
     g.hub.upsert({ ...a, address: app.url })
   })
   after(async () => {
@@ -221,13 +259,24 @@ describe('subdomain mode', () => {
 
   test('routes by host, passes the path unchanged, launch works per subdomain', async () => {
     const host = `${a.instanceId}.sessions.test:${g.port}`
-    assert.equal(sessionUrl(gatewayConfig({ mode: 'subdomain', sessionDomain: 'sessions.test' }), `http://sessions.test:${g.port}`, a.instanceId), `http://${host}/`)
+    assert.equal(
+      sessionUrl(
+        gatewayConfig({ mode: 'subdomain', sessionDomain: 'sessions.test' }),
+        `http://sessions.test:${g.port}`,
+        a.instanceId,
+      ),
+      `http://${host}/`,
+    )
     const token = g.tokens.issueLaunch({ instanceId: a.instanceId, userId: 'alice' })
     const l = await request(`${g.base}/?sp_token=${token}`, { headers: { host } })
     assert.equal(l.statusCode, 302)
     assert.equal(l.headers.location, `http://${host}/`)
     const cookie = String(l.headers['set-cookie']).split(';')[0]!
-    assert.doesNotMatch(String(l.headers['set-cookie']), /Domain=/i, 'host-only cookie: one session subdomain never sees another one')
+    assert.doesNotMatch(
+      String(l.headers['set-cookie']),
+      /Domain=/i,
+      'host-only cookie: one session subdomain never sees another one',
+    )
     await l.body.dump()
     const r = await request(`${g.base}/echo?x=1`, { headers: { host, cookie } })
     assert.equal(r.statusCode, 200)
@@ -248,7 +297,11 @@ describe('subdomain mode', () => {
     assert.equal(ok.status, 101)
     ok.ws!.terminate()
     const other = route({ address: null })
-    const cross = await wsStatus(`ws://127.0.0.1:${g.port}/ws`, { host, cookie, origin: `http://${other.instanceId}.sessions.test:${g.port}` })
+    const cross = await wsStatus(`ws://127.0.0.1:${g.port}/ws`, {
+      host,
+      cookie,
+      origin: `http://${other.instanceId}.sessions.test:${g.port}`,
+    })
     assert.equal(cross.status, 403)
   })
 })

@@ -20,12 +20,25 @@ interface Child {
 }
 
 async function spawnChild(file: string, env: Record<string, string>): Promise<Child & { port: number }> {
-  const proc = fork(file, [], { execArgv: ['--import', 'tsx'], env: { ...process.env, ...env }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+  const proc = fork(file, [], {
+    execArgv: ['--import', 'tsx'],
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  })
   const messages: Record<string, unknown>[] = []
   proc.on('message', (m) => messages.push(m as Record<string, unknown>))
-  const exited = new Promise<never>((_, rej) => proc.once('exit', (code) => rej(new Error(`${file} exited with ${code}`))))
+  const exited = new Promise<never>((_, rej) =>
+    proc.once('exit', (code) => rej(new Error(`${file} exited with ${code}`))),
+  )
   exited.catch(() => {})
-  const port: number = await Promise.race([waitFor(() => messages.find((m) => typeof m.port === 'number')?.port as number | undefined, 20_000, `${file} port`) as Promise<number>, exited])
+  const port: number = await Promise.race([
+    waitFor(
+      () => messages.find((m) => typeof m.port === 'number')?.port as number | undefined,
+      20_000,
+      `${file} port`,
+    ) as Promise<number>,
+    exited,
+  ])
   return { proc, messages, port }
 }
 
@@ -80,20 +93,34 @@ describe('split mode: gateway and API feed in two processes', () => {
 
   test('launch tokens are single-use through the remote ledger; activity reaches the API', async () => {
     const t = tokens.issueLaunch({ instanceId: r1.instanceId, userId: 'alice' })
-    const first = await request(`http://127.0.0.1:${gw!.port}/s/${r1.instanceId}/?sp_token=${t}`, { dispatcher: client })
+    const first = await request(`http://127.0.0.1:${gw!.port}/s/${r1.instanceId}/?sp_token=${t}`, {
+      dispatcher: client,
+    })
     assert.equal(first.statusCode, 302)
     await first.body.dump()
-    const second = await request(`http://127.0.0.1:${gw!.port}/s/${r1.instanceId}/?sp_token=${t}`, { dispatcher: client })
+    const second = await request(`http://127.0.0.1:${gw!.port}/s/${r1.instanceId}/?sp_token=${t}`, {
+      dispatcher: client,
+    })
     assert.equal(second.statusCode, 401)
     await second.body.dump()
-    await waitFor(() => feed!.messages.some((m) => Array.isArray(m.activity) && (m.activity as { id: string }[]).some((e) => e.id === r1.instanceId)), 5000, 'activity at the feed')
+    await waitFor(
+      () =>
+        feed!.messages.some(
+          (m) => Array.isArray(m.activity) && (m.activity as { id: string }[]).some((e) => e.id === r1.instanceId),
+        ),
+      5000,
+      'activity at the feed',
+    )
   })
 
   test("a template's upstreamHeaders travel with the route; the gateway process computes the app token from its own copy of the secret", async () => {
     const r4 = route({ address: app.url, ownerId: 'alice', upstreamHeaders: { Authorization: 'token {{appToken}}' } })
     sendFeed({ op: 'upsert', route: r4 })
     await waitFor(async () => (await status(r4.instanceId)) === 200, 5000, 'r4 routable')
-    const r = await request(`http://127.0.0.1:${gw!.port}/s/${r4.instanceId}/echo`, { dispatcher: client, headers: { cookie, 'x-forwarded-user': 'root' } })
+    const r = await request(`http://127.0.0.1:${gw!.port}/s/${r4.instanceId}/echo`, {
+      dispatcher: client,
+      headers: { cookie, 'x-forwarded-user': 'root' },
+    })
     const seen = ((await r.body.json()) as { headers: Record<string, string> }).headers
     assert.equal(seen.authorization, `token ${deriveAppToken(SECRET, r4.instanceId, r4.generation)}`)
     assert.equal(seen['x-forwarded-user'], 'alice')

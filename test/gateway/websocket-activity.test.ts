@@ -6,7 +6,10 @@ import { WsFrameScanner } from '../../src/gateway/forward.js'
 import { route, startGateway, startUpstream, waitFor } from './helpers.js'
 import type { TestGateway, Upstream } from './helpers.js'
 
-function open(url: string, headers: Record<string, string>): Promise<{ ws: WebSocket; messages: string[]; closed: Promise<number> }> {
+function open(
+  url: string,
+  headers: Record<string, string>,
+): Promise<{ ws: WebSocket; messages: string[]; closed: Promise<number> }> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, { headers })
     const messages: string[] = []
@@ -94,7 +97,10 @@ describe('WebSockets and activity', () => {
   test('an HTTP request counts, for its own instance only; an SSE stream from the app adds nothing after it', async () => {
     await g.gw.flushActivity()
     g.activity.length = 0
-    const r = await request(`${g.base}/s/${b.instanceId}/echo`, { dispatcher: client, headers: { cookie: g.cookie('bob') } })
+    const r = await request(`${g.base}/s/${b.instanceId}/echo`, {
+      dispatcher: client,
+      headers: { cookie: g.cookie('bob') },
+    })
     await r.body.dump()
     await g.gw.flushActivity()
     assert.deepEqual(ids(g.activity), [b.instanceId])
@@ -102,7 +108,10 @@ describe('WebSockets and activity', () => {
     assert.ok(Math.abs(at - Date.now()) < 5000)
     // Refused requests are not activity.
     g.activity.length = 0
-    const denied = await request(`${g.base}/s/${b.instanceId}/echo`, { dispatcher: client, headers: { cookie: g.cookie('alice') } })
+    const denied = await request(`${g.base}/s/${b.instanceId}/echo`, {
+      dispatcher: client,
+      headers: { cookie: g.cookie('alice') },
+    })
     await denied.body.dump()
     await g.gw.flushActivity()
     assert.deepEqual(ids(g.activity), [])
@@ -110,10 +119,18 @@ describe('WebSockets and activity', () => {
 
   test("the template's keep-alive polling paths are not activity, in strip and keep mode", async () => {
     for (const pathMode of ['strip', 'keep'] as const) {
-      const c = route({ address: app.url, ownerId: 'carol', pathMode, activityIgnore: ['^/events/get_events$', '^/api/(kernels|sessions)$'] })
+      const c = route({
+        address: app.url,
+        ownerId: 'carol',
+        pathMode,
+        activityIgnore: ['^/events/get_events$', '^/api/(kernels|sessions)$'],
+      })
       g.hub.upsert(c)
       const get = async (path: string) => {
-        const r = await request(`${g.base}/s/${c.instanceId}${path}`, { dispatcher: client, headers: { cookie: g.cookie('carol') } })
+        const r = await request(`${g.base}/s/${c.instanceId}${path}`, {
+          dispatcher: client,
+          headers: { cookie: g.cookie('carol') },
+        })
         await r.body.dump()
         assert.equal(r.statusCode, 200, path)
         await g.gw.flushActivity()
@@ -132,16 +149,30 @@ describe('WebSockets and activity', () => {
     const ca = await open(wsUrl(a.instanceId), { cookie: g.cookie('alice') })
     const cb = await open(wsUrl(b.instanceId), { cookie: g.cookie('bob') })
     await waitFor(() => ca.messages.length >= 1 && cb.messages.length >= 1, 5000, 'hellos')
-    await waitFor(async () => /studiopool_gateway_websockets_open 2\n/.test(await g.registry.metrics()), 5000, 'gauge at 2')
+    await waitFor(
+      async () => /studiopool_gateway_websockets_open 2\n/.test(await g.registry.metrics()),
+      5000,
+      'gauge at 2',
+    )
     g.hub.remove(a.instanceId, 'deleted')
-    const code = await Promise.race([ca.closed, new Promise<number>((_, rej) => setTimeout(() => rej(new Error('not closed')), 5000))])
+    const code = await Promise.race([
+      ca.closed,
+      new Promise<number>((_, rej) => setTimeout(() => rej(new Error('not closed')), 5000)),
+    ])
     assert.equal(code, 1006)
     cb.ws.send('still here')
     await waitFor(() => cb.messages.includes('still here'), 5000, 'b still works')
     // A new generation of b drops b's connections too.
     g.hub.upsert({ ...b, address: app.url, generation: 2 })
-    await Promise.race([cb.closed, new Promise<number>((_, rej) => setTimeout(() => rej(new Error('not closed')), 5000))])
-    await waitFor(async () => /studiopool_gateway_websockets_open 0/.test(await g.registry.metrics()), 5000, 'gauge back to 0')
+    await Promise.race([
+      cb.closed,
+      new Promise<number>((_, rej) => setTimeout(() => rej(new Error('not closed')), 5000)),
+    ])
+    await waitFor(
+      async () => /studiopool_gateway_websockets_open 0/.test(await g.registry.metrics()),
+      5000,
+      'gauge back to 0',
+    )
   })
 })
 
@@ -157,7 +188,15 @@ describe('WsFrameScanner', () => {
   }
 
   test('counts data frames, skips control frames, across any chunking', () => {
-    const stream = Buffer.concat([frame(1, 5), frame(9, 3), frame(2, 300), frame(10, 0), frame(1, 70_000), frame(8, 2), frame(0, 1)])
+    const stream = Buffer.concat([
+      frame(1, 5),
+      frame(9, 3),
+      frame(2, 300),
+      frame(10, 0),
+      frame(1, 70_000),
+      frame(8, 2),
+      frame(0, 1),
+    ])
     for (const size of [1, 2, 3, 7, 13, 100, 4096, stream.length]) {
       let n = 0
       const s = new WsFrameScanner(() => n++)

@@ -10,20 +10,38 @@ import { createRequire } from 'node:module'
 import { WsFrameBoundary, wsCloseFrame } from '../../src/gateway/forward.js'
 
 // ws's own frame parser (not in its type definitions), as an independent judge of our close frame.
-const { Receiver } = createRequire(import.meta.url)('ws') as { Receiver: new (o: { isServer: boolean }) => NodeJS.WritableStream & { on(e: string, f: (...a: any[]) => void): void } }
+const { Receiver } = createRequire(import.meta.url)('ws') as {
+  Receiver: new (o: { isServer: boolean }) => NodeJS.WritableStream & { on(e: string, f: (...a: any[]) => void): void }
+}
 
 function frame(len: number, masked: boolean, opcode = 0x2): Buffer {
-  const head = len < 126 ? Buffer.from([0x80 | opcode, (masked ? 0x80 : 0) | len]) : len < 65536 ? Buffer.from([0x80 | opcode, (masked ? 0x80 : 0) | 126, len >> 8, len & 0xff]) : Buffer.concat([Buffer.from([0x80 | opcode, (masked ? 0x80 : 0) | 127]), (() => {
-    const b = Buffer.alloc(8)
-    b.writeBigUInt64BE(BigInt(len))
-    return b
-  })()])
+  const head =
+    len < 126
+      ? Buffer.from([0x80 | opcode, (masked ? 0x80 : 0) | len])
+      : len < 65536
+        ? Buffer.from([0x80 | opcode, (masked ? 0x80 : 0) | 126, len >> 8, len & 0xff])
+        : Buffer.concat([
+            Buffer.from([0x80 | opcode, (masked ? 0x80 : 0) | 127]),
+            (() => {
+              const b = Buffer.alloc(8)
+              b.writeBigUInt64BE(BigInt(len))
+              return b
+            })(),
+          ])
   return Buffer.concat([head, masked ? randomBytes(4) : Buffer.alloc(0), randomBytes(len)])
 }
 
 test('advance() finds every frame end, whatever the chunking', () => {
   for (const masked of [false, true]) {
-    const frames = [frame(0, masked), frame(5, masked), frame(125, masked), frame(126, masked), frame(1000, masked), frame(70_000, masked), frame(1, masked, 0x9)]
+    const frames = [
+      frame(0, masked),
+      frame(5, masked),
+      frame(125, masked),
+      frame(126, masked),
+      frame(1000, masked),
+      frame(70_000, masked),
+      frame(1, masked, 0x9),
+    ]
     const stream = Buffer.concat(frames)
     const ends = new Set<number>()
     let at = 0
@@ -42,7 +60,12 @@ test('advance() finds every frame end, whatever the chunking', () => {
       }
       for (const f of found) assert.ok(ends.has(f), `chunk ${chunk}: ${f} is not a frame end`)
       assert.ok(found.includes(stream.length))
-      if (chunk === 1) assert.deepEqual(found, [...ends].filter((e) => e > 0), 'byte by byte, every boundary is seen')
+      if (chunk === 1)
+        assert.deepEqual(
+          found,
+          [...ends].filter((e) => e > 0),
+          'byte by byte, every boundary is seen',
+        )
     }
     // stopAtBoundary: from mid-frame, consumes exactly to the end of the current frame.
     const b = new WsFrameBoundary()

@@ -8,7 +8,12 @@ import type { InstanceSpec } from '../../src/providers/provider.js'
 
 const { url, poolId, spec } = JSON.parse(process.argv[2]!) as { url: string; poolId: string; spec: InstanceSpec }
 const log = pino({ level: 'silent' })
-const provider = new DockerProvider({ poolId, dataDir: '/nonexistent', settings: { hosts: [{ name: 'h1', url }] }, log })
+const provider = new DockerProvider({
+  poolId,
+  dataDir: '/nonexistent',
+  settings: { hosts: [{ name: 'h1', url }] },
+  log,
+})
 await provider.init({ log })
 process.stdout.write('init\n')
 await provider.create(spec, { log })

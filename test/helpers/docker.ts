@@ -11,7 +11,20 @@
  * ```
  */
 import { spawn, spawnSync } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, rmSync, writeFileSync, chownSync, chmodSync, symlinkSync, createReadStream, readFileSync } from 'node:fs'
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  closeSync,
+  rmSync,
+  writeFileSync,
+  chownSync,
+  chmodSync,
+  symlinkSync,
+  createReadStream,
+  readFileSync,
+} from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Agent, request } from 'undici'
@@ -68,14 +81,19 @@ export async function startDockerd(opts: StartDockerdOptions = {}): Promise<Test
   // Each daemon draws container subnets from its own range, so two daemons never route the same subnet.
   const second = (100 + ((process.pid + poolCounter++ * 7) % 100)).toString()
   const args = [
-    '--host', `unix://${socket}`,
-    '--data-root', join(dir, 'data'),
-    '--exec-root', join(dir, 'x'),
-    '--pidfile', pidFile,
+    '--host',
+    `unix://${socket}`,
+    '--data-root',
+    join(dir, 'data'),
+    '--exec-root',
+    join(dir, 'x'),
+    '--pidfile',
+    pidFile,
     '--bridge=none', // no docker0: the provider makes its own network
     '--ip-forward=false', // leave the machine's forwarding setting alone (other tests share it)
     `--iptables=${opts.iptables ?? true}`,
-    '--default-address-pool', `base=10.${second}.0.0/16,size=24`,
+    '--default-address-pool',
+    `base=10.${second}.0.0/16,size=24`,
     '--log-level=warn',
   ]
   const out = openSync(logFile, 'a')
@@ -111,8 +129,13 @@ export async function startDockerd(opts: StartDockerdOptions = {}): Promise<Test
     if (killed) return
     killed = true
     try {
-      const networks = await api<{ Id: string; Driver: string; Options: Record<string, string> | null }[]>('GET', '/networks')
-      for (const n of networks.body ?? []) if (n.Driver === 'bridge') bridges.add(n.Options?.['com.docker.network.bridge.name'] ?? `br-${n.Id.slice(0, 12)}`)
+      const networks = await api<{ Id: string; Driver: string; Options: Record<string, string> | null }[]>(
+        'GET',
+        '/networks',
+      )
+      for (const n of networks.body ?? [])
+        if (n.Driver === 'bridge')
+          bridges.add(n.Options?.['com.docker.network.bridge.name'] ?? `br-${n.Id.slice(0, 12)}`)
     } catch {
       // not answering (stopped): the bridges seen before are all we know
     }
@@ -140,7 +163,8 @@ export async function startDockerd(opts: StartDockerdOptions = {}): Promise<Test
         for (const v of volumes.body?.Volumes ?? []) await api('DELETE', `/volumes/${v.Name}`)
         // Removing networks also removes their bridges and the daemon's per-bridge iptables rules.
         const networks = await api<{ Name: string; Id: string }[]>('GET', '/networks')
-        for (const n of networks.body ?? []) if (!['none', 'host', 'bridge'].includes(n.Name)) await api('DELETE', `/networks/${n.Id}`)
+        for (const n of networks.body ?? [])
+          if (!['none', 'host', 'bridge'].includes(n.Name)) await api('DELETE', `/networks/${n.Id}`)
       } catch {
         // the daemon is gone already: its data directory goes below anyway
       }
@@ -149,13 +173,20 @@ export async function startDockerd(opts: StartDockerdOptions = {}): Promise<Test
     await kill()
     for (const b of bridges) if (existsSync(`/sys/class/net/${b}`)) spawnSync('ip', ['link', 'del', b])
     // A daemon stopped with containers running may leave overlay mounts behind.
-    const mounts = readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(dir + '/'))
+    const mounts = readFileSync('/proc/self/mounts', 'utf8')
+      .split('\n')
+      .map((l) => l.split(' ')[1] ?? '')
+      .filter((m) => m.startsWith(dir + '/'))
     for (const m of mounts.reverse()) spawnSync('umount', ['-l', m])
     rmSync(dir, { recursive: true, force: true })
   }
 
   try {
-    await waitFor(async () => (await api('GET', '/_ping')).status === 200, 30_000, `dockerd to answer on ${socket} (log: ${logFile})`)
+    await waitFor(
+      async () => (await api('GET', '/_ping')).status === 200,
+      30_000,
+      `dockerd to answer on ${socket} (log: ${logFile})`,
+    )
     if (opts.image !== false) await importTestImage(api, dir)
   } catch (err) {
     await stop()
@@ -167,12 +198,22 @@ export async function startDockerd(opts: StartDockerdOptions = {}): Promise<Test
 /** `docker import` of a root filesystem with nothing in it but mount points, passwd and group. */
 async function importTestImage(api: TestDockerd['api'], dir: string): Promise<void> {
   const root = join(dir, 'rootfs')
-  for (const d of ['etc', 'tmp', 'usr', 'home/session', 'proc', 'sys', 'dev', 'run']) mkdirSync(join(root, d), { recursive: true })
-  for (const [link, target] of [['bin', 'usr/bin'], ['sbin', 'usr/sbin'], ['lib', 'usr/lib'], ['lib64', 'usr/lib64']]) symlinkSync(target!, join(root, link!))
+  for (const d of ['etc', 'tmp', 'usr', 'home/session', 'proc', 'sys', 'dev', 'run'])
+    mkdirSync(join(root, d), { recursive: true })
+  for (const [link, target] of [
+    ['bin', 'usr/bin'],
+    ['sbin', 'usr/sbin'],
+    ['lib', 'usr/lib'],
+    ['lib64', 'usr/lib64'],
+  ])
+    symlinkSync(target!, join(root, link!))
   chmodSync(join(root, 'tmp'), 0o1777)
   // The home volume is seeded from this directory, so a fresh volume belongs to the session's user.
   chownSync(join(root, 'home/session'), 1000, 1000)
-  writeFileSync(join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\nsession:x:1000:1000:session:/home/session:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n')
+  writeFileSync(
+    join(root, 'etc/passwd'),
+    'root:x:0:0:root:/root:/bin/sh\nsession:x:1000:1000:session:/home/session:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n',
+  )
   writeFileSync(join(root, 'etc/group'), 'root:x:0:\nsession:x:1000:\nnogroup:x:65534:\n')
   const tar = join(dir, 'rootfs.tar')
   const r = spawnSync('tar', ['-C', root, '-cf', tar, '.'])
@@ -187,7 +228,8 @@ async function importTestImage(api: TestDockerd['api'], dir: string): Promise<vo
       body: createReadStream(tar),
     })
     const text = await res.body.text()
-    if (res.statusCode !== 200 || text.includes('"error"')) throw new Error(`docker import failed: ${res.statusCode} ${text}`)
+    if (res.statusCode !== 200 || text.includes('"error"'))
+      throw new Error(`docker import failed: ${res.statusCode} ${text}`)
   } finally {
     await agent.close()
   }

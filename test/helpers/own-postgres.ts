@@ -27,7 +27,9 @@ export interface OwnPostgres {
 export function postgresBinDir(): string | undefined {
   const base = '/usr/lib/postgresql'
   if (!existsSync(base)) return undefined
-  const versions = readdirSync(base).filter((v) => existsSync(join(base, v, 'bin', 'initdb'))).sort((a, b) => Number(b) - Number(a))
+  const versions = readdirSync(base)
+    .filter((v) => existsSync(join(base, v, 'bin', 'initdb')))
+    .sort((a, b) => Number(b) - Number(a))
   return versions[0] ? join(base, versions[0], 'bin') : undefined
 }
 
@@ -48,25 +50,58 @@ export async function startOwnPostgres(): Promise<OwnPostgres> {
   const dir = mkdtempSync(join(tmpdir(), 'sp-ownpg-'))
   chownSync(dir, uid, gid)
   const data = join(dir, 'data')
-  execFileSync('runuser', ['-u', 'postgres', '--', join(bin, 'initdb'), '-D', data, '-A', 'trust', '-U', 'postgres', '-N', '-E', 'UTF8'], { stdio: 'ignore' })
+  execFileSync(
+    'runuser',
+    ['-u', 'postgres', '--', join(bin, 'initdb'), '-D', data, '-A', 'trust', '-U', 'postgres', '-N', '-E', 'UTF8'],
+    { stdio: 'ignore' },
+  )
   const port = await freePort()
-  const child = spawn('runuser', ['-u', 'postgres', '--', join(bin, 'postgres'), '-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'max_connections=40'], { stdio: 'ignore' })
+  const child = spawn(
+    'runuser',
+    [
+      '-u',
+      'postgres',
+      '--',
+      join(bin, 'postgres'),
+      '-D',
+      data,
+      '-p',
+      String(port),
+      '-k',
+      dir,
+      '-c',
+      'listen_addresses=127.0.0.1',
+      '-c',
+      'fsync=off',
+      '-c',
+      'max_connections=40',
+    ],
+    { stdio: 'ignore' },
+  )
   child.unref()
-  const pid = await waitFor(() => {
-    const f = join(data, 'postmaster.pid')
-    return existsSync(f) ? Number(readFileSync(f, 'utf8').split('\n')[0]) || undefined : undefined
-  }, 30_000, 'postmaster.pid')
+  const pid = await waitFor(
+    () => {
+      const f = join(data, 'postmaster.pid')
+      return existsSync(f) ? Number(readFileSync(f, 'utf8').split('\n')[0]) || undefined : undefined
+    },
+    30_000,
+    'postmaster.pid',
+  )
   const url = `postgres://postgres@127.0.0.1:${port}/postgres`
-  await waitFor(async () => {
-    const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 1000 })
-    try {
-      await c.connect()
-      await c.query('select 1')
-      return true
-    } finally {
-      await c.end().catch(() => {})
-    }
-  }, 30_000, 'own Postgres accepting connections')
+  await waitFor(
+    async () => {
+      const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 1000 })
+      try {
+        await c.connect()
+        await c.query('select 1')
+        return true
+      } finally {
+        await c.end().catch(() => {})
+      }
+    },
+    30_000,
+    'own Postgres accepting connections',
+  )
   const pids = () => {
     const out = [pid]
     for (const p of readdirSync('/proc')) {

@@ -19,12 +19,18 @@ const redact = (url: string) => url.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1:***@'
 
 async function client(): Promise<pg.Client> {
   if (admin) return admin
-  const c = new pg.Client({ connectionString: pgClientConfig(PG_BASE_URL).connectionString, connectionTimeoutMillis: 5000 })
+  const c = new pg.Client({
+    connectionString: pgClientConfig(PG_BASE_URL).connectionString,
+    connectionTimeoutMillis: 5000,
+  })
   try {
     await c.connect()
   } catch (err) {
     await c.end().catch(() => {})
-    throw new Error(`Postgres is not reachable at ${redact(PG_BASE_URL)}: ${(err as Error).message}. Start Postgres, point STUDIOPOOL_TEST_PG at one, or set STUDIOPOOL_SKIP_PG=1.`, { cause: err })
+    throw new Error(
+      `Postgres is not reachable at ${redact(PG_BASE_URL)}: ${(err as Error).message}. Start Postgres, point STUDIOPOOL_TEST_PG at one, or set STUDIOPOOL_SKIP_PG=1.`,
+      { cause: err },
+    )
   }
   admin = c
   return c

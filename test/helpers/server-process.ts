@@ -19,12 +19,25 @@ export interface ServerProcess {
 }
 
 /** Starts `studiopool serve` as a real process and waits until it listens. */
-export async function spawnServer(opts: { cwd: string; config: string; env?: Record<string, string>; args?: string[]; timeoutMs?: number; runAs?: number }): Promise<ServerProcess> {
+export async function spawnServer(opts: {
+  cwd: string
+  config: string
+  env?: Record<string, string>
+  args?: string[]
+  timeoutMs?: number
+  runAs?: number
+}): Promise<ServerProcess> {
   const cfgPath = join(opts.cwd, 'studiopool.yaml')
   writeFileSync(cfgPath, opts.config)
   const argv = [BIN, 'serve', '--config', cfgPath, '--port', '0', ...(opts.args ?? [])]
   // `runAs`: the server itself as that uid (and gid), without supplementary groups (tests run as root).
-  const [bin, args] = opts.runAs === undefined ? [process.execPath, argv] : ['setpriv', [`--reuid=${opts.runAs}`, `--regid=${opts.runAs}`, '--clear-groups', '--', process.execPath, ...argv]]
+  const [bin, args] =
+    opts.runAs === undefined
+      ? [process.execPath, argv]
+      : [
+          'setpriv',
+          [`--reuid=${opts.runAs}`, `--regid=${opts.runAs}`, '--clear-groups', '--', process.execPath, ...argv],
+        ]
   const child = spawn(bin, args, {
     cwd: opts.cwd,
     env: { PATH: process.env.PATH ?? '', HOME: opts.cwd, STUDIOPOOL_LOG_LEVEL: 'warn', ...opts.env },
@@ -38,7 +51,8 @@ export async function spawnServer(opts: { cwd: string; config: string; env?: Rec
   while (!url) {
     const m = /listening on (http:\/\/\S+)/.exec(out)
     if (m) url = m[1]
-    else if (child.exitCode !== null || child.signalCode !== null) throw new Error(`server exited early (${child.exitCode ?? child.signalCode}):\n${out}`)
+    else if (child.exitCode !== null || child.signalCode !== null)
+      throw new Error(`server exited early (${child.exitCode ?? child.signalCode}):\n${out}`)
     else if (Date.now() > deadline) {
       child.kill('SIGKILL')
       throw new Error(`server did not start:\n${out}`)
@@ -110,12 +124,21 @@ export function killAll(dataDir: string): void {
   }
 }
 
-export async function api<T = any>(url: string, key: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
+export async function api<T = any>(
+  url: string,
+  key: string,
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; body: T }> {
   const res = await request(new URL(path, url), {
     method: method as 'GET',
     headers: { authorization: `Bearer ${key}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
     body: body === undefined ? undefined : JSON.stringify(body),
   })
   const text = await res.body.text()
-  return { status: res.statusCode, body: (text && String(res.headers['content-type']).includes('json') ? JSON.parse(text) : text) as T }
+  return {
+    status: res.statusCode,
+    body: (text && String(res.headers['content-type']).includes('json') ? JSON.parse(text) : text) as T,
+  }
 }

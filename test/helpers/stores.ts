@@ -40,7 +40,10 @@ async function pgAdmin(): Promise<pg.Client> {
   try {
     await c.connect()
   } catch (err) {
-    throw new Error(`Postgres is not reachable at ${PG_URL}: ${(err as Error).message}. Start it, set STUDIOPOOL_TEST_PG, or STUDIOPOOL_SKIP_PG=1 to skip.`, { cause: err })
+    throw new Error(
+      `Postgres is not reachable at ${PG_URL}: ${(err as Error).message}. Start it, set STUDIOPOOL_TEST_PG, or STUDIOPOOL_SKIP_PG=1 to skip.`,
+      { cause: err },
+    )
   }
   admin = c
   cleanups.unshift(async () => {
@@ -77,17 +80,27 @@ const postgres: TestStoreKind = {
     return u.toString()
   },
   async make(opts = {}) {
-    const s = await createStoreFromUrl(await this.freshUrl(), { poolId: opts.poolId ?? 'test', poolSize: opts.poolSize ?? 10 })
+    const s = await createStoreFromUrl(await this.freshUrl(), {
+      poolId: opts.poolId ?? 'test',
+      poolSize: opts.poolSize ?? 10,
+    })
     cleanups.push(() => s.close())
     return s
   },
 }
 
 /** The store kinds this run tests (both unless STORES says otherwise or STUDIOPOOL_SKIP_PG=1). */
-export const STORE_KINDS: readonly TestStoreKind[] = [sqlite, postgres].filter((k) => wanted.includes(k.name) && !(k.name === 'postgres' && SKIP_PG))
+export const STORE_KINDS: readonly TestStoreKind[] = [sqlite, postgres].filter(
+  (k) => wanted.includes(k.name) && !(k.name === 'postgres' && SKIP_PG),
+)
 
 /** Polls `fn` until it returns a truthy value or the deadline passes (then throws with `what`). */
-export async function waitFor<T>(fn: () => Promise<T> | T, what: string, timeoutMs = 10_000, everyMs = 25): Promise<NonNullable<T>> {
+export async function waitFor<T>(
+  fn: () => Promise<T> | T,
+  what: string,
+  timeoutMs = 10_000,
+  everyMs = 25,
+): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs
   for (;;) {
     const v = await fn()

@@ -30,7 +30,10 @@ export function makeTemplate(overrides: Partial<TemplateConfig> = {}): TemplateC
 }
 
 /** A template on the `local` provider that runs the demo session app (real processes). */
-export function makeLocalDemoTemplate(overrides: Partial<TemplateConfig> = {}, extraArgs: readonly string[] = []): TemplateConfig {
+export function makeLocalDemoTemplate(
+  overrides: Partial<TemplateConfig> = {},
+  extraArgs: readonly string[] = [],
+): TemplateConfig {
   return makeTemplate({
     provider: 'local',
     settings: { command: ['node', DEMO_APP_SCRIPT, ...extraArgs], stopGrace: 3000 },

@@ -4,7 +4,11 @@ import { createServer } from 'node:net'
  * Polls `fn` until it returns a truthy value, or fails after `ms` naming `what` (and the last error
  * `fn` threw, which is otherwise treated as "not yet"). Polls quickly at first, then every 50 ms.
  */
-export async function waitFor<T>(fn: () => Promise<T | undefined | null | false> | T | undefined | null | false, ms: number, what: string): Promise<T> {
+export async function waitFor<T>(
+  fn: () => Promise<T | undefined | null | false> | T | undefined | null | false,
+  ms: number,
+  what: string,
+): Promise<T> {
   const deadline = Date.now() + ms
   let last: unknown
   for (let i = 0; ; i++) {
@@ -14,7 +18,8 @@ export async function waitFor<T>(fn: () => Promise<T | undefined | null | false>
     } catch (err) {
       last = err
     }
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`)
+    if (Date.now() > deadline)
+      throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`)
     await new Promise((r) => setTimeout(r, Math.min(10 * 2 ** Math.min(i, 3), 50)))
   }
 }

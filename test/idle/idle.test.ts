@@ -38,7 +38,6 @@ const LATE_MS = 4000
 const SECRET = 'idle-test-gateway-secret-0123456789abcdef'
 const PROXY_KEY = 'idle-test-proxy-key-0123456789abcdefgh'
 
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 interface HistoryRow {
@@ -165,7 +164,12 @@ templates:
     assert.ok(typeof JSON.parse(body).requests === 'number', body)
   }
 
-  async function openWs(gw: string, id: string, cookie: string, path = '/ws'): Promise<{ ws: WebSocket; messages: string[]; closed: Promise<void> }> {
+  async function openWs(
+    gw: string,
+    id: string,
+    cookie: string,
+    path = '/ws',
+  ): Promise<{ ws: WebSocket; messages: string[]; closed: Promise<void> }> {
     const ws = new WebSocket(`${gw.replace(/^http/, 'ws')}/s/${id}${path}`, { headers: { cookie, origin: gw } })
     sockets.push(ws)
     const messages: string[] = []
@@ -180,14 +184,24 @@ templates:
 
   /** Waits for the idle cull and checks when it came: not before IDLE_MS after `lastSentAt`, not long after. */
   async function assertCulledOnTime(id: string, lastSentAt: number): Promise<HistoryRow> {
-    const row = await waitFor(async () => {
-      const h = await historyRow(id)
-      return h?.endedAt ? h : undefined
-    }, IDLE_MS + LATE_MS + 5000, 'the idle cull')
+    const row = await waitFor(
+      async () => {
+        const h = await historyRow(id)
+        return h?.endedAt ? h : undefined
+      },
+      IDLE_MS + LATE_MS + 5000,
+      'the idle cull',
+    )
     assert.equal(row.endReason, 'idle')
     const after = Date.parse(row.endedAt!) - lastSentAt
-    assert.ok(after >= IDLE_MS, `culled ${after} ms after the last client message, before the ${IDLE_MS} ms idle timeout`)
-    assert.ok(after <= IDLE_MS + LATE_MS, `culled ${after} ms after the last client message, later than ${IDLE_MS + LATE_MS} ms`)
+    assert.ok(
+      after >= IDLE_MS,
+      `culled ${after} ms after the last client message, before the ${IDLE_MS} ms idle timeout`,
+    )
+    assert.ok(
+      after <= IDLE_MS + LATE_MS,
+      `culled ${after} ms after the last client message, later than ${IDLE_MS + LATE_MS} ms`,
+    )
     const s = await state(id)
     assert.ok(s === 'stopping' || s === 'terminated', `state after the cull: ${s}`)
     return row
@@ -240,7 +254,10 @@ templates:
   test('server-sent events held open through the gateway do not keep a session alive', async (t) => {
     const { id, cookie } = await session('sse-user')
     const sentAt = Date.now()
-    const res = await request(`${base}/s/${id}/sse?n=300&interval=200`, { dispatcher: client, headers: { cookie, accept: 'text/event-stream' } })
+    const res = await request(`${base}/s/${id}/sse?n=300&interval=200`, {
+      dispatcher: client,
+      headers: { cookie, accept: 'text/event-stream' },
+    })
     assert.equal(res.statusCode, 200)
     assert.match(String(res.headers['content-type']), /text\/event-stream/)
     const events: number[] = []
@@ -254,7 +271,10 @@ templates:
     const row = await assertCulledOnTime(id, sentAt)
     const endedAt = Date.parse(row.endedAt!)
     assert.ok(events.length >= 10, `the app pushed ${events.length} events`)
-    assert.ok(events.some((at) => at >= endedAt - 1000), 'the app was still pushing in the last second before the cull')
+    assert.ok(
+      events.some((at) => at >= endedAt - 1000),
+      'the app was still pushing in the last second before the cull',
+    )
     await reading
     t.diagnostic(`${events.length} events pushed; culled ${endedAt - sentAt} ms after the request`)
   })
@@ -292,11 +312,21 @@ templates:
 
     async function startGatewayProcess(): Promise<{ child: ChildProcess; output: () => string; startedIn: number }> {
       const t0 = Date.now()
-      const child = spawn(process.execPath, [BIN, 'serve', '--role', 'gateway', '--config', join(gwDir, 'studiopool.yaml'), '--port', String(gwPort)], {
-        cwd: gwDir,
-        env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: gwDir, SERVICE_URL: base, PROXY_KEY, STUDIOPOOL_SECRET: SECRET },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      })
+      const child = spawn(
+        process.execPath,
+        [BIN, 'serve', '--role', 'gateway', '--config', join(gwDir, 'studiopool.yaml'), '--port', String(gwPort)],
+        {
+          cwd: gwDir,
+          env: {
+            PATH: process.env.PATH ?? '/usr/bin:/bin',
+            HOME: gwDir,
+            SERVICE_URL: base,
+            PROXY_KEY,
+            STUDIOPOOL_SECRET: SECRET,
+          },
+          stdio: ['ignore', 'pipe', 'pipe'],
+        },
+      )
       children.push(child)
       let out = ''
       child.stdout!.on('data', (b: Buffer) => (out = (out + b.toString()).slice(-20_000)))
@@ -330,14 +360,24 @@ templates:
       // Only what the gateway role reads: its own flush interval (the rest comes from the environment).
       const { mkdirSync } = await import('node:fs')
       mkdirSync(gwDir, { recursive: true })
-      writeFileSync(join(gwDir, 'studiopool.yaml'), 'server:\n  logLevel: warn\ngateway:\n  activityFlush: 250ms\ntemplates:\n  demo:\n    provider: fake\n')
+      writeFileSync(
+        join(gwDir, 'studiopool.yaml'),
+        'server:\n  logLevel: warn\ngateway:\n  activityFlush: 250ms\ntemplates:\n  demo:\n    provider: fake\n',
+      )
     })
 
     test('activity through a restarted gateway keeps the session; once the user stops it is culled on time', async (t) => {
       let gw = await startGatewayProcess()
       const { id, cookie } = await session('split-user', 'demo', gwBase)
       // The gateway learns of the session from the API's route stream.
-      await waitFor(async () => (await request(`${gwBase}/s/${id}/counter`, { dispatcher: client, headers: { cookie } }).then(async (r) => (await r.body.dump(), r.statusCode))) === 200, 5000, 'the gateway to route the session')
+      await waitFor(
+        async () =>
+          (await request(`${gwBase}/s/${id}/counter`, { dispatcher: client, headers: { cookie } }).then(
+            async (r) => (await r.body.dump(), r.statusCode),
+          )) === 200,
+        5000,
+        'the gateway to route the session',
+      )
 
       const restartAfter = Date.now() + IDLE_MS
       let restarted = false
@@ -351,14 +391,25 @@ templates:
           await stopGatewayProcess(gw.child)
           gw = await startGatewayProcess()
           let lastStatus = 0
-          await waitFor(async () => (lastStatus = await request(`${gwBase}/s/${id}/counter`, { dispatcher: client, headers: { cookie } }).then(async (r) => (await r.body.dump(), r.statusCode))) === 200, 5000, 'the new gateway to route the session').catch((err: Error) => {
+          await waitFor(
+            async () =>
+              (lastStatus = await request(`${gwBase}/s/${id}/counter`, {
+                dispatcher: client,
+                headers: { cookie },
+              }).then(async (r) => (await r.body.dump(), r.statusCode))) === 200,
+            5000,
+            'the new gateway to route the session',
+          ).catch((err: Error) => {
             throw new Error(`${err.message} (last status ${lastStatus})\n${gw.output()}`)
           })
           restartGap = Date.now() - t0
         }
       })
       assert.ok(restarted, 'the gateway was restarted while the user was active')
-      assert.ok(restartGap < IDLE_MS, `the restart took ${restartGap} ms, longer than the idle timeout: the test cannot tell`)
+      assert.ok(
+        restartGap < IDLE_MS,
+        `the restart took ${restartGap} ms, longer than the idle timeout: the test cannot tell`,
+      )
       // Keep going a little through the new process, then stop.
       let last = lastSentAt
       for (let i = 0; i < 2; i++) {
@@ -368,7 +419,9 @@ templates:
         assert.equal(await state(id), 'ready')
       }
       const row = await assertCulledOnTime(id, last)
-      t.diagnostic(`gateway restart took ${restartGap} ms (new process listening in ${gw.startedIn} ms); culled ${Date.parse(row.endedAt!) - last} ms after the last request`)
+      t.diagnostic(
+        `gateway restart took ${restartGap} ms (new process listening in ${gw.startedIn} ms); culled ${Date.parse(row.endedAt!) - last} ms after the last request`,
+      )
       await stopGatewayProcess(gw.child)
     })
   })

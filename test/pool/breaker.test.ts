@@ -66,9 +66,13 @@ describe('CreateBreaker', () => {
 for (const kind of STORE_KINDS) {
   describe(`provider failures on ${kind.name}`, () => {
     test('a create that fails at once with minFree 1 does not loop; requests get 503 PROVIDER_UNAVAILABLE with the cause and Retry-After and create nothing; a re-probe closes the breaker', async () => {
-      const h = makeHarness(await kind.make({ poolId: ownPool() }), YAML, { appUrl: app.url, backoff: { baseMs: 100, maxMs: 400 } })
+      const h = makeHarness(await kind.make({ poolId: ownPool() }), YAML, {
+        appUrl: app.url,
+        backoff: { baseMs: 100, maxMs: 400 },
+      })
       try {
-        h.provider.failCreate = () => Object.assign(new Error("EACCES: permission denied, mkdir '/data/instances/x'"), { code: 'EACCES' })
+        h.provider.failCreate = () =>
+          Object.assign(new Error("EACCES: permission denied, mkdir '/data/instances/x'"), { code: 'EACCES' })
         h.worker.start()
         // Over two seconds of worker cycles every 50 ms, at most a handful of creates (backoff ≥ 50 ms, growing to 200–400 ms).
         await waitFor(() => h.pool.breakers()[0]?.open, 'the breaker to open', 30_000)
@@ -82,7 +86,10 @@ for (const kind of STORE_KINDS) {
         // A request while the breaker is open (and its probe waits for the backoff): 503, nothing created or queued.
         const before = (await h.store.listInstances({})).length
         const err = await waitFor(async () => {
-          const e = await h.pool.request({ userId: 'alice' }).then(() => undefined, (x: unknown) => x)
+          const e = await h.pool.request({ userId: 'alice' }).then(
+            () => undefined,
+            (x: unknown) => x,
+          )
           return e instanceof AppError && e.code === 'PROVIDER_UNAVAILABLE' ? e : undefined
         }, 'a 503 PROVIDER_UNAVAILABLE')
         assert.equal(err.statusCode, 503)
@@ -93,7 +100,10 @@ for (const kind of STORE_KINDS) {
         // The cause goes away: the worker's re-probe succeeds and closes the breaker, the warm pool fills.
         h.provider.failCreate = undefined
         await waitFor(() => h.pool.breakers().length === 0, 'the breaker to close', 10_000)
-        await waitFor(async () => (await h.store.listInstances({ states: ['ready'], assigned: false })).length === 1, 'a warm instance')
+        await waitFor(
+          async () => (await h.store.listInstances({ states: ['ready'], assigned: false })).length === 1,
+          'a warm instance',
+        )
         assert.equal(h.pool.unavailableReason('demo'), undefined)
         const r = await h.pool.request({ userId: 'alice' })
         assert.equal(r.outcome, 'warm')
@@ -103,7 +113,10 @@ for (const kind of STORE_KINDS) {
     })
 
     test('the fail → top-up → create path leaves the microtask queue: with no backoff at all a real socket is still answered promptly', async () => {
-      const h = makeHarness(await kind.make({ poolId: ownPool() }), YAML, { appUrl: app.url, backoff: { baseMs: 0, maxMs: 0 } })
+      const h = makeHarness(await kind.make({ poolId: ownPool() }), YAML, {
+        appUrl: app.url,
+        backoff: { baseMs: 0, maxMs: 0 },
+      })
       const srv = createServer((_req, res) => res.end('alive'))
       await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r))
       try {
@@ -117,7 +130,10 @@ for (const kind of STORE_KINDS) {
           assert.ok(performance.now() - t0 < 1000, 'the event loop serves sockets between failures')
         }
         h.provider.failCreate = undefined
-        await waitFor(async () => (await h.store.listInstances({ states: ['ready'], assigned: false })).length === 1, 'the warm pool to recover')
+        await waitFor(
+          async () => (await h.store.listInstances({ states: ['ready'], assigned: false })).length === 1,
+          'the warm pool to recover',
+        )
       } finally {
         await new Promise<void>((r) => (srv.closeAllConnections(), srv.close(() => r())))
         await h.close()

@@ -43,7 +43,19 @@ templates:
 /** A queued request as request() writes it (row + open assignment), for states a replica or an older server left. */
 async function queueRequest(store: Store, userId: string, at: number): Promise<string> {
   const id = newInstanceId()
-  await store.insertInstance({ id, template: 'demo', state: 'queued', ownerId: userId, keyName: 'test', createdAt: at, updatedAt: at, assignedAt: at, lastActivityAt: at, progress: 0, progressMessage: 'waiting for a free place in the pool' })
+  await store.insertInstance({
+    id,
+    template: 'demo',
+    state: 'queued',
+    ownerId: userId,
+    keyName: 'test',
+    createdAt: at,
+    updatedAt: at,
+    assignedAt: at,
+    lastActivityAt: at,
+    progress: 0,
+    progressMessage: 'waiting for a free place in the pool',
+  })
   await store.openAssignment({ instanceId: id, template: 'demo', userId, keyName: 'test', startedAt: at })
   return id
 }
@@ -69,11 +81,19 @@ for (const kind of STORE_KINDS) {
       const h = makeHarness(await kind.make({ poolId: ownPool() }), YAML, { appUrl: app.url })
       harnesses.push(h)
       await h.pool.topUp()
-      const warm = await waitFor(async () => (await h.store.listInstances({ states: ['starting'], assigned: false }))[0], 'the warm instance to be starting')
+      const warm = await waitFor(
+        async () => (await h.store.listInstances({ states: ['starting'], assigned: false }))[0],
+        'the warm instance to be starting',
+      )
       // Five users at once while the warm instance is still starting.
-      const results = await Promise.all(['u1', 'u2', 'u3', 'u4', 'u5'].map((userId) => h.pool.request({ userId, keyName: 'test' })))
+      const results = await Promise.all(
+        ['u1', 'u2', 'u3', 'u4', 'u5'].map((userId) => h.pool.request({ userId, keyName: 'test' })),
+      )
       // (No drain() while the app does not answer: the start probes run until the app answers.)
-      await waitFor(async () => (await h.store.listInstances({ states: ['starting'] })).length === 3, 'three instances starting')
+      await waitFor(
+        async () => (await h.store.listInstances({ states: ['starting'] })).length === 3,
+        'three instances starting',
+      )
       const taker = results.find((r) => r.instance.id === warm.id)
       assert.ok(taker, 'one user was given the starting warm instance instead of a cold start')
       assert.equal(taker.outcome, 'warm')
@@ -81,7 +101,10 @@ for (const kind of STORE_KINDS) {
       assert.equal(h.provider.calls.create, 3, 'three instances made, none beyond the cap')
       await noQueueBesideFree(h.store)
       app.open()
-      await waitFor(async () => (await h.store.listInstances({ states: ['ready'] })).length === 3, 'three ready instances')
+      await waitFor(
+        async () => (await h.store.listInstances({ states: ['ready'] })).length === 3,
+        'three ready instances',
+      )
       // A session ends: the first queued user gets the freed place; no free instance exists, so a new one is made.
       const first = results.find((r) => r.outcome === 'queued' && r.queuePosition === 1)!
       await h.pool.release(results.find((r) => r.outcome !== 'queued')!.instance.id, 'user')
@@ -94,13 +117,26 @@ for (const kind of STORE_KINDS) {
     test('a queued request takes a free instance the moment it finishes starting, without a worker cycle or a new create', async () => {
       const app = await gatedApp()
       apps.push(app)
-      const h = makeHarness(await kind.make({ poolId: ownPool() }), YAML.replace('minFree: 1', 'minFree: 0'), { appUrl: app.url })
+      const h = makeHarness(await kind.make({ poolId: ownPool() }), YAML.replace('minFree: 1', 'minFree: 0'), {
+        appUrl: app.url,
+      })
       harnesses.push(h)
       // Two users hold instances; a free one is starting (left by a replica, or by an older server); two users wait.
       const a = await h.pool.request({ userId: 'a' })
       await h.pool.request({ userId: 'b' })
       const now = Date.now()
-      const free = await h.store.insertInstance({ id: newInstanceId(), template: 'demo', state: 'provisioning', ownerId: null, keyName: null, createdAt: now, updatedAt: now, startedAt: now, progress: 0, progressMessage: 'warming up' })
+      const free = await h.store.insertInstance({
+        id: newInstanceId(),
+        template: 'demo',
+        state: 'provisioning',
+        ownerId: null,
+        keyName: null,
+        createdAt: now,
+        updatedAt: now,
+        startedAt: now,
+        progress: 0,
+        progressMessage: 'warming up',
+      })
       const q1 = await queueRequest(h.store, 'q1', now + 1)
       const q2 = await queueRequest(h.store, 'q2', now + 2)
       await h.pool.provision(free)
@@ -116,11 +152,20 @@ for (const kind of STORE_KINDS) {
       assert.equal((await h.store.getInstance(free.id))!.state, 'terminated', 'the free row ended')
       const res = h.provider.instances().find((r) => r.ref === moved.providerRef)!
       assert.equal(res.state === 'terminated', false, 'the resource was kept, not destroyed')
-      await waitFor(() => h.provider.calls.relabel > 0 && res && h.provider.instances().find((r) => r.ref === moved.providerRef)!.labels['studiopool:owner'] === 'q1', 'the owner in the resource labels')
+      await waitFor(
+        () =>
+          h.provider.calls.relabel > 0 &&
+          res &&
+          h.provider.instances().find((r) => r.ref === moved.providerRef)!.labels['studiopool:owner'] === 'q1',
+        'the owner in the resource labels',
+      )
       assert.equal(h.provider.instances().find((r) => r.ref === moved.providerRef)!.instanceId, q1)
       assert.equal((await h.store.getInstance(q2))!.state, 'queued', 'the second waits: the pool is full')
       app.open()
-      await waitFor(async () => (await h.store.getInstance(q1))!.state === 'ready', 'the handed-over instance to be ready')
+      await waitFor(
+        async () => (await h.store.getInstance(q1))!.state === 'ready',
+        'the handed-over instance to be ready',
+      )
       assert.equal(h.provider.calls.create, creates, 'no instance was made for the queue')
       // The worker does not reap the handed-over resource as an orphan of the ended free row.
       await h.worker.runOnce()
@@ -129,7 +174,21 @@ for (const kind of STORE_KINDS) {
       // A session is deleted while a free ready instance sits beside the queue: the free one goes to q2, nothing is launched.
       const spareId = newInstanceId()
       const spareRes = h.provider.addUnknown({ instanceId: spareId, template: 'demo' })
-      await h.store.insertInstance({ id: spareId, template: 'demo', state: 'ready', ownerId: null, keyName: null, providerRef: spareRes.ref, address: app.url, createdAt: now, updatedAt: now, startedAt: now, readyAt: now, progress: 100, progressMessage: 'ready' })
+      await h.store.insertInstance({
+        id: spareId,
+        template: 'demo',
+        state: 'ready',
+        ownerId: null,
+        keyName: null,
+        providerRef: spareRes.ref,
+        address: app.url,
+        createdAt: now,
+        updatedAt: now,
+        startedAt: now,
+        readyAt: now,
+        progress: 100,
+        progressMessage: 'ready',
+      })
       await h.pool.release(a.instance.id, 'user')
       await h.pool.drain()
       const q2row = (await h.store.getInstance(q2))!

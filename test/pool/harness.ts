@@ -22,7 +22,17 @@ export interface Harness {
 }
 
 /** A pool over a real store and the fake provider, as main.ts composes it (without HTTP). */
-export function makeHarness(store: Store, yaml: string, opts: { appUrl: string; faults?: FaultHooks; provider?: FakeProvider; now?: () => number; backoff?: Partial<BackoffOptions> }): Harness {
+export function makeHarness(
+  store: Store,
+  yaml: string,
+  opts: {
+    appUrl: string
+    faults?: FaultHooks
+    provider?: FakeProvider
+    now?: () => number
+    backoff?: Partial<BackoffOptions>
+  },
+): Harness {
   const config = loadConfig({ text: yaml, env: {}, cwd: '/tmp' })
   const provider = opts.provider ?? new FakeProvider({ poolId: config.pool.id, settings: { address: opts.appUrl } })
   const providers = new Map([['fake', provider]])
@@ -31,7 +41,16 @@ export function makeHarness(store: Store, yaml: string, opts: { appUrl: string; 
   // Backoff after failed creates in milliseconds, not seconds, unless a test sets it: the engine's
   // tests assert what happens after a failure, not how long the pool waits.
   const backoff = opts.backoff ?? { baseMs: 5, maxMs: 50 }
-  const pool = new PoolService({ config, store, providers, routes: hub, log, faults: opts.faults, now: opts.now, backoff })
+  const pool = new PoolService({
+    config,
+    store,
+    providers,
+    routes: hub,
+    log,
+    faults: opts.faults,
+    now: opts.now,
+    backoff,
+  })
   const worker = new Worker({ config, store, pool, providers, log, now: opts.now })
   return {
     config,

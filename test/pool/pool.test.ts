@@ -12,7 +12,13 @@ import { appServer, makeHarness } from './harness.js'
 const app = await appServer()
 after(() => app.close())
 
-const yaml = (o: { poolMax: number; tMax?: number; minFree?: number; whenFull?: 'queue' | 'reject'; extra?: string }) => `
+const yaml = (o: {
+  poolMax: number
+  tMax?: number
+  minFree?: number
+  whenFull?: 'queue' | 'reject'
+  extra?: string
+}) => `
 pool: { id: test, maxInstances: ${o.poolMax} }
 templates:
   demo: { provider: fake, minFree: ${o.minFree ?? 0}, maxInstances: ${o.tMax ?? 1000}, whenFull: ${o.whenFull ?? 'queue'}, healthPath: / }
@@ -24,15 +30,26 @@ for (const kind of STORE_KINDS) {
       const store = await kind.make({ poolSize: 20 })
       const h = makeHarness(store, yaml({ poolMax: 50 }), { appUrl: app.url })
       try {
-        const results = await Promise.all(Array.from({ length: 200 }, (_, i) => h.pool.request({ userId: `u${i}`, keyName: 'test' })))
+        const results = await Promise.all(
+          Array.from({ length: 200 }, (_, i) => h.pool.request({ userId: `u${i}`, keyName: 'test' })),
+        )
         const by = (o: string) => results.filter((r) => r.outcome === o).length
         assert.equal(by('cold'), 50)
         assert.equal(by('queued'), 150)
         // Queue positions are 1..150, each once.
-        const positions = results.filter((r) => r.outcome === 'queued').map((r) => r.queuePosition).sort((a, b) => a! - b!)
-        assert.deepEqual(positions, Array.from({ length: 150 }, (_, i) => i + 1))
+        const positions = results
+          .filter((r) => r.outcome === 'queued')
+          .map((r) => r.queuePosition)
+          .sort((a, b) => a! - b!)
+        assert.deepEqual(
+          positions,
+          Array.from({ length: 150 }, (_, i) => i + 1),
+        )
         await h.pool.drain()
-        await waitFor(async () => (await store.listInstances({ states: ['ready'] })).length === 50, '50 ready instances')
+        await waitFor(
+          async () => (await store.listInstances({ states: ['ready'] })).length === 50,
+          '50 ready instances',
+        )
         assert.equal(h.provider.calls.create, 50, 'the provider was asked for exactly 50 instances')
         assert.equal(h.provider.instances().length, 50)
         assert.equal((await store.countActive()).total, 50)
@@ -49,7 +66,9 @@ for (const kind of STORE_KINDS) {
       const store = await kind.make({ poolSize: 20 })
       const h = makeHarness(store, yaml({ poolMax: 50, whenFull: 'reject' }), { appUrl: app.url })
       try {
-        const settled = await Promise.allSettled(Array.from({ length: 200 }, (_, i) => h.pool.request({ userId: `u${i}` })))
+        const settled = await Promise.allSettled(
+          Array.from({ length: 200 }, (_, i) => h.pool.request({ userId: `u${i}` })),
+        )
         const ok = settled.filter((s) => s.status === 'fulfilled')
         const full = settled.filter((s): s is PromiseRejectedResult => s.status === 'rejected')
         assert.equal(ok.length, 50)
@@ -73,7 +92,10 @@ for (const kind of STORE_KINDS) {
       const h = makeHarness(store, yaml({ poolMax: 50, minFree: 3 }), { appUrl: app.url })
       try {
         await h.pool.topUp()
-        await waitFor(async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 3, 'three warm instances')
+        await waitFor(
+          async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 3,
+          'three warm instances',
+        )
         const results = await Promise.all(Array.from({ length: 20 }, () => h.pool.request({ userId: 'alice' })))
         const ids = new Set(results.map((r) => r.instance.id))
         assert.equal(ids.size, 1)
@@ -90,7 +112,10 @@ for (const kind of STORE_KINDS) {
       const h = makeHarness(store, yaml({ poolMax: 100, minFree: 10 }), { appUrl: app.url })
       try {
         await h.pool.topUp()
-        await waitFor(async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 10, 'ten warm instances')
+        await waitFor(
+          async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 10,
+          'ten warm instances',
+        )
         const warm = new Set((await store.listInstances({ states: ['ready'], assigned: false })).map((i) => i.id))
         // On SQLite these share commits (one batch per turn of the event loop); a user's second request sees the first.
         const users = [...Array.from({ length: 10 }, (_, i) => `w${i}`), 'w0', 'w3', 'w7', 'w9']
@@ -100,13 +125,18 @@ for (const kind of STORE_KINDS) {
         for (const [i, r] of results.entries()) {
           assert.equal(r.instance.ownerId, users[i])
           assert.ok(warm.has(r.instance.id), 'every user got one of the warm instances')
-          assert.equal(r.instance.id, results[users.indexOf(users[i]!)]!.instance.id, 'a second request gets the same instance')
+          assert.equal(
+            r.instance.id,
+            results[users.indexOf(users[i]!)]!.instance.id,
+            'a second request gets the same instance',
+          )
         }
         assert.equal(new Set(results.map((r) => r.instance.id)).size, 10)
         const history = await store.listHistory({})
         assert.equal(history.length, 10, 'one assignment per user')
         assert.deepEqual(new Set(history.map((a) => a.userId)), new Set(users))
-        for (const id of warm) assert.equal((await store.listAudit({ instanceId: id })).filter((e) => e.event === 'assigned').length, 1)
+        for (const id of warm)
+          assert.equal((await store.listAudit({ instanceId: id })).filter((e) => e.event === 'assigned').length, 1)
       } finally {
         await h.close()
       }
@@ -130,12 +160,18 @@ for (const kind of STORE_KINDS) {
       const h = makeHarness(store, yaml({ poolMax: 2, minFree: 1 }), { appUrl: app.url })
       try {
         await h.pool.topUp()
-        await waitFor(async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 1, 'one warm instance')
+        await waitFor(
+          async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 1,
+          'one warm instance',
+        )
         const a = await h.pool.request({ userId: 'a' })
         assert.equal(a.outcome, 'warm')
         assert.equal(a.instance.state, 'ready')
         // Top-up refills the warm pool (pool cap 2: one assigned + one free).
-        await waitFor(async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 1, 'warm pool refilled')
+        await waitFor(
+          async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 1,
+          'warm pool refilled',
+        )
         const b = await h.pool.request({ userId: 'b' })
         assert.equal(b.outcome, 'warm')
         await h.pool.drain()
@@ -145,7 +181,10 @@ for (const kind of STORE_KINDS) {
         assert.equal(h.hub.get(c.instance.id)?.queuePosition, 1, 'the gateway sees the queue position')
         await h.pool.release(a.instance.id, 'user', 'test')
         await h.pool.drain()
-        await waitFor(async () => (await store.getInstance(c.instance.id))?.state === 'ready', 'the queued request is served when capacity frees')
+        await waitFor(
+          async () => (await store.getInstance(c.instance.id))?.state === 'ready',
+          'the queued request is served when capacity frees',
+        )
         const hist = await store.listHistory({ userId: 'a' })
         assert.equal(hist.length, 1)
         assert.equal(hist[0]!.endReason, 'user')
@@ -165,11 +204,17 @@ for (const kind of STORE_KINDS) {
       const h = makeHarness(store, yaml({ poolMax: 2, minFree: 2, extra }), { appUrl: app.url })
       try {
         await h.pool.topUp()
-        await waitFor(async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 2, 'two warm demo instances')
+        await waitFor(
+          async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 2,
+          'two warm demo instances',
+        )
         const r = await h.pool.request({ userId: 'x', template: 'other' })
         assert.equal(r.outcome, 'queued')
         await h.pool.drain()
-        await waitFor(async () => (await store.getInstance(r.instance.id))?.state === 'ready', 'the other template gets its instance')
+        await waitFor(
+          async () => (await store.getInstance(r.instance.id))?.state === 'ready',
+          'the other template gets its instance',
+        )
         const active = await store.countActive()
         assert.ok(active.total <= 2, `pool cap held: ${active.total}`)
       } finally {
@@ -210,7 +255,10 @@ for (const kind of STORE_KINDS) {
         const r = await h.pool.request({ userId: 'p' })
         await waitFor(() => token, 'create to be called')
         await waitFor(async () => (await store.getInstance(r.instance.id))?.state === 'starting', 'starting')
-        await assert.rejects(h.pool.reportProgress(r.instance.id, 'wrong-token', 50, 'x'), (e: AppError) => e.code === 'UNAUTHORIZED')
+        await assert.rejects(
+          h.pool.reportProgress(r.instance.id, 'wrong-token', 50, 'x'),
+          (e: AppError) => e.code === 'UNAUTHORIZED',
+        )
         await h.pool.reportProgress(r.instance.id, token, 60, 'image pulled')
         assert.equal(h.hub.get(r.instance.id)?.progress, 60)
         assert.equal(h.hub.get(r.instance.id)?.progressMessage, 'image pulled')
@@ -234,6 +282,9 @@ describe('pool engine inputs', () => {
   })
   after(() => h.close())
   test('an unknown template is a 400 naming the known ones', async () => {
-    await assert.rejects(h.pool.request({ userId: 'u', template: 'nope' }), (e: AppError) => e.code === 'INVALID_REQUEST' && /known templates: demo/.test(JSON.stringify(e.details)))
+    await assert.rejects(
+      h.pool.request({ userId: 'u', template: 'nope' }),
+      (e: AppError) => e.code === 'INVALID_REQUEST' && /known templates: demo/.test(JSON.stringify(e.details)),
+    )
   })
 })

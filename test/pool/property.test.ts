@@ -34,8 +34,23 @@ type Action =
   | { kind: 'cycle' }
 
 const action: fc.Arbitrary<Action> = fc.oneof(
-  { weight: 5, arbitrary: fc.record({ kind: fc.constant('request' as const), user: fc.integer({ min: 0, max: 5 }), template: fc.constantFrom('a' as const, 'b' as const) }) },
-  { weight: 3, arbitrary: fc.record({ kind: fc.constant('release' as const), user: fc.integer({ min: 0, max: 5 }), template: fc.constantFrom('a' as const, 'b' as const), reason: fc.constantFrom('user' as const, 'idle' as const, 'admin' as const) }) },
+  {
+    weight: 5,
+    arbitrary: fc.record({
+      kind: fc.constant('request' as const),
+      user: fc.integer({ min: 0, max: 5 }),
+      template: fc.constantFrom('a' as const, 'b' as const),
+    }),
+  },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      kind: fc.constant('release' as const),
+      user: fc.integer({ min: 0, max: 5 }),
+      template: fc.constantFrom('a' as const, 'b' as const),
+      reason: fc.constantFrom('user' as const, 'idle' as const, 'admin' as const),
+    }),
+  },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('failNextCreate' as const) }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('vanish' as const), pick: fc.nat() }) },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('cycle' as const) }) },
@@ -90,7 +105,10 @@ async function checkSettled(h: Harness): Promise<void> {
       const free = mine.filter((i) => !i.ownerId).length
       // A template whose breaker is open is unavailable by design: it creates nothing until a probe succeeds.
       const room = active.length < POOL_MAX && mine.length < t.max && !h.pool.unavailableReason(name)
-      assert.ok(free >= t.minFree || !room, `template ${name}: ${free} free of minFree ${t.minFree} while there is room`)
+      assert.ok(
+        free >= t.minFree || !room,
+        `template ${name}: ${free} free of minFree ${t.minFree} while there is room`,
+      )
     }
   }
   // History: every instance that was ever assigned has exactly one assignment row; ended ones are closed.
@@ -102,62 +120,77 @@ async function checkSettled(h: Harness): Promise<void> {
     const rows = byInstance.get(inst.id) ?? []
     assert.equal(rows.length, 1, `one assignment row for ${inst.id} (${inst.state})`)
     const ended = inst.state === 'terminated' || inst.state === 'failed' || inst.state === 'stopping'
-    assert.equal(rows[0]!.endedAt !== null, ended, `assignment of ${inst.id} is ${ended ? 'closed' : 'open'} (state ${inst.state})`)
+    assert.equal(
+      rows[0]!.endedAt !== null,
+      ended,
+      `assignment of ${inst.id} is ${ended ? 'closed' : 'open'} (state ${inst.state})`,
+    )
     if (ended) assert.ok(rows[0]!.endReason, 'an ended assignment says why')
   }
   // Nothing leaked: every live provider resource belongs to an active instance.
   const activeIds = new Set(active.map((i) => i.id))
-  for (const r of h.provider.instances()) if (r.state !== 'terminated') assert.ok(activeIds.has(r.instanceId), `resource ${r.ref} of ${r.instanceId} is not leaked`)
+  for (const r of h.provider.instances())
+    if (r.state !== 'terminated')
+      assert.ok(activeIds.has(r.instanceId), `resource ${r.ref} of ${r.instanceId} is not leaked`)
 }
 
 for (const kind of STORE_KINDS) {
   describe(`pool engine properties on ${kind.name}`, () => {
     test('caps, one instance per user, minFree, history and no leaks hold for random sequences', async () => {
-      await fc.assert(
-        fc.asyncProperty(fc.array(action, { minLength: 1, maxLength: 14 }), async (actions) => {
-          const store = await kind.make({ poolId: 'prop' })
-          const h = makeHarness(store, YAML, { appUrl: app.url })
-          try {
-            await h.pool.topUp()
-            for (const a of actions) {
-              switch (a.kind) {
-                case 'request':
-                  // Three failed creates in a row open the template's breaker (issue 9): 503 until a probe succeeds.
-                  await h.pool.request({ userId: `u${a.user}`, template: a.template }).catch((err: unknown) => {
-                    if (!(err instanceof AppError && err.code === 'PROVIDER_UNAVAILABLE')) throw err
-                  })
-                  break
-                case 'release': {
-                  const live = await store.findLive(`u${a.user}`, a.template)
-                  if (live) await h.pool.release(live.id, a.reason)
-                  break
+      await fc
+        .assert(
+          fc.asyncProperty(fc.array(action, { minLength: 1, maxLength: 14 }), async (actions) => {
+            const store = await kind.make({ poolId: 'prop' })
+            const h = makeHarness(store, YAML, { appUrl: app.url })
+            try {
+              await h.pool.topUp()
+              for (const a of actions) {
+                switch (a.kind) {
+                  case 'request':
+                    // Three failed creates in a row open the template's breaker (issue 9): 503 until a probe succeeds.
+                    await h.pool.request({ userId: `u${a.user}`, template: a.template }).catch((err: unknown) => {
+                      if (!(err instanceof AppError && err.code === 'PROVIDER_UNAVAILABLE')) throw err
+                    })
+                    break
+                  case 'release': {
+                    const live = await store.findLive(`u${a.user}`, a.template)
+                    if (live) await h.pool.release(live.id, a.reason)
+                    break
+                  }
+                  case 'failNextCreate':
+                    h.provider.failNextCreate(new Error('injected: no capacity'))
+                    break
+                  case 'vanish': {
+                    const res = h.provider.instances().filter((r) => r.state !== 'terminated')
+                    if (res.length) h.provider.vanish(res[a.pick % res.length]!.ref)
+                    break
+                  }
+                  case 'cycle':
+                    await h.worker.runOnce()
+                    break
                 }
-                case 'failNextCreate':
-                  h.provider.failNextCreate(new Error('injected: no capacity'))
-                  break
-                case 'vanish': {
-                  const res = h.provider.instances().filter((r) => r.state !== 'terminated')
-                  if (res.length) h.provider.vanish(res[a.pick % res.length]!.ref)
-                  break
-                }
-                case 'cycle':
-                  await h.worker.runOnce()
-                  break
+                await checkAlways(store)
               }
+              await settle(h)
               await checkAlways(store)
+              await checkSettled(h)
+            } finally {
+              await h.close()
             }
-            await settle(h)
-            await checkAlways(store)
-            await checkSettled(h)
-          } finally {
-            await h.close()
-          }
-        }),
-        { numRuns: kind.name === 'sqlite' ? 30 : 15, interruptAfterTimeLimit: 90_000, verbose: 1, ...(process.env.FC_SEED ? { seed: Number(process.env.FC_SEED), path: process.env.FC_PATH, endOnFailure: true } : {}) },
-      ).catch((err: Error & { cause?: Error }) => {
-        // The counterexample alone does not say which property broke: name it.
-        throw new Error(`${err.message}\ncause: ${err.cause?.message ?? "(none)"}`)
-      })
+          }),
+          {
+            numRuns: kind.name === 'sqlite' ? 30 : 15,
+            interruptAfterTimeLimit: 90_000,
+            verbose: 1,
+            ...(process.env.FC_SEED
+              ? { seed: Number(process.env.FC_SEED), path: process.env.FC_PATH, endOnFailure: true }
+              : {}),
+          },
+        )
+        .catch((err: Error & { cause?: Error }) => {
+          // The counterexample alone does not say which property broke: name it.
+          throw new Error(`${err.message}\ncause: ${err.cause?.message ?? '(none)'}`)
+        })
     })
   })
 }

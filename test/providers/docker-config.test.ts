@@ -1,13 +1,23 @@
 /** The docker provider's settings parsing (no Docker needed). */
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import { parseDockerProviderSettings, parseDockerTemplateSettings, parseDockerUrl, parseSize, splitImage, userSlug } from '../../src/providers/docker/index.js'
+import {
+  parseDockerProviderSettings,
+  parseDockerTemplateSettings,
+  parseDockerUrl,
+  parseSize,
+  splitImage,
+  userSlug,
+} from '../../src/providers/docker/index.js'
 import { fromDockerLabels, toDockerLabelKey } from '../../src/providers/docker/index.js'
 
 describe('docker provider settings', () => {
   it('defaults to one local host, and reads every host key', () => {
     const d = parseDockerProviderSettings({})
-    assert.deepEqual(d.hosts.map((h) => [h.name, h.url, h.publishIp, h.address]), [['local', 'unix:///var/run/docker.sock', '127.0.0.1', '127.0.0.1']])
+    assert.deepEqual(
+      d.hosts.map((h) => [h.name, h.url, h.publishIp, h.address]),
+      [['local', 'unix:///var/run/docker.sock', '127.0.0.1', '127.0.0.1']],
+    )
     assert.equal(d.requestTimeoutMs, 30_000)
     const s = parseDockerProviderSettings({
       hosts: [
@@ -26,15 +36,32 @@ describe('docker provider settings', () => {
 
   it('lists every problem of the provider settings', () => {
     assert.throws(
-      () => parseDockerProviderSettings({ hosts: [{ name: 'a', url: 'http://x' }, { name: 'a', url: 'unix:///s' }, { name: 'a', url: 'unix:///t' }], requestTimeout: 'soon' }),
-      (err: Error) => /hosts\.0\.url/.test(err.message) && /"a" is used twice/.test(err.message) && /requestTimeout/.test(err.message),
+      () =>
+        parseDockerProviderSettings({
+          hosts: [
+            { name: 'a', url: 'http://x' },
+            { name: 'a', url: 'unix:///s' },
+            { name: 'a', url: 'unix:///t' },
+          ],
+          requestTimeout: 'soon',
+        }),
+      (err: Error) =>
+        /hosts\.0\.url/.test(err.message) &&
+        /"a" is used twice/.test(err.message) &&
+        /requestTimeout/.test(err.message),
     )
-    assert.throws(() => parseDockerProviderSettings({ hosts: [{ name: 'Bad Name', url: 'unix:///s' }] }), /providers\.docker\.hosts\.0\.name/)
+    assert.throws(
+      () => parseDockerProviderSettings({ hosts: [{ name: 'Bad Name', url: 'unix:///s' }] }),
+      /providers\.docker\.hosts\.0\.name/,
+    )
     assert.throws(() => parseDockerProviderSettings({ host: [] }), /providers\.docker/)
   })
 
   it('reads template settings with their defaults', () => {
-    const r = parseDockerTemplateSettings({ image: 'jupyter/base-notebook', memory: '2g', cpus: 1.5, shmSize: '256m' }, 8888)
+    const r = parseDockerTemplateSettings(
+      { image: 'jupyter/base-notebook', memory: '2g', cpus: 1.5, shmSize: '256m' },
+      8888,
+    )
     assert.ok(r.settings, r.problems.join('; '))
     assert.equal(r.settings.port, 8888)
     assert.equal(r.settings.memoryBytes, 2 * 1024 ** 3)
@@ -47,14 +74,17 @@ describe('docker provider settings', () => {
   })
 
   it('refuses unknown keys, a home volume shared by everyone, and the Docker socket', () => {
-    const r = parseDockerTemplateSettings(
-      { image: 'x', port: 80, privileged: true },
+    const r = parseDockerTemplateSettings({ image: 'x', port: 80, privileged: true }, null)
+    assert.match(r.problems.join('; '), /docker/)
+    const home = parseDockerTemplateSettings(
+      { image: 'x', port: 80, home: { volume: 'shared-home', mountPath: '/home/u' } },
       null,
     )
-    assert.match(r.problems.join('; '), /docker/)
-    const home = parseDockerTemplateSettings({ image: 'x', port: 80, home: { volume: 'shared-home', mountPath: '/home/u' } }, null)
     assert.match(home.problems.join('; '), /\{\{userSlug\}\}/)
-    const sock = parseDockerTemplateSettings({ image: 'x', port: 80, mounts: [{ type: 'bind', source: '/run/docker.sock', target: '/d' }] }, null)
+    const sock = parseDockerTemplateSettings(
+      { image: 'x', port: 80, mounts: [{ type: 'bind', source: '/run/docker.sock', target: '/d' }] },
+      null,
+    )
     assert.match(sock.problems.join('; '), /never mount the Docker socket/)
     const bind = parseDockerTemplateSettings({ image: 'x', port: 80, mounts: [{ type: 'bind', target: '/d' }] }, null)
     assert.match(bind.problems.join('; '), /mounts\.0\.source/)
@@ -77,6 +107,9 @@ describe('docker provider settings', () => {
     assert.match(userSlug('日本'), /^user-[0-9a-f]{8}$/)
     assert.equal(toDockerLabelKey('studiopool:pool'), 'studiopool.pool')
     assert.equal(toDockerLabelKey('team'), 'team')
-    assert.deepEqual(fromDockerLabels({ 'studiopool.owner': 'a', 'studiopool.kind': 'home', team: 'x' }), { 'studiopool:owner': 'a', team: 'x' })
+    assert.deepEqual(fromDockerLabels({ 'studiopool.owner': 'a', 'studiopool.kind': 'home', team: 'x' }), {
+      'studiopool:owner': 'a',
+      team: 'x',
+    })
   })
 })

@@ -11,7 +11,13 @@ import { after, before, describe, it } from 'node:test'
 import pino from 'pino'
 import { newInstanceId } from '../../src/domain/ids.js'
 import { DockerProvider } from '../../src/providers/docker/index.js'
-import { LABEL_INSTANCE, LABEL_POOL, LABEL_TEMPLATE, type InstanceSpec, type OperationOptions } from '../../src/providers/provider.js'
+import {
+  LABEL_INSTANCE,
+  LABEL_POOL,
+  LABEL_TEMPLATE,
+  type InstanceSpec,
+  type OperationOptions,
+} from '../../src/providers/provider.js'
 import { startDockerProxy, type DockerProxy } from '../helpers/docker-proxy.js'
 import { dockerSkipReason, startDockerd, testAppSettings, type TestDockerd } from '../helpers/docker.js'
 import { makeTemplate } from '../helpers/template.js'
@@ -58,7 +64,11 @@ describe('kill -9 of the server during a docker create', { skip, timeout: 300_00
       sessionUrl: `http://gateway.test/s/${id}/`,
     }
     proxy.holdWhere((method, path) => method === 'POST' && /^\/containers\/[0-9a-f]{64}\/start/.test(path))
-    const child = spawn(process.execPath, ['--import', 'tsx', CHILD, JSON.stringify({ url: proxy.url, poolId: POOL, spec })], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', CHILD, JSON.stringify({ url: proxy.url, poolId: POOL, spec })],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    )
     childPid = child.pid
     let out = ''
     child.stdout.on('data', (d: Buffer) => (out += d.toString()))
@@ -70,21 +80,36 @@ describe('kill -9 of the server during a docker create', { skip, timeout: 300_00
     proxy.dropAll() // the start never reaches the daemon
 
     const filter = encodeURIComponent(JSON.stringify({ label: [`studiopool.instance=${id}`] }))
-    const before = (await docker.api<{ Id: string; State: string }[]>('GET', `/containers/json?all=true&filters=${filter}`)).body
+    const before = (
+      await docker.api<{ Id: string; State: string }[]>('GET', `/containers/json?all=true&filters=${filter}`)
+    ).body
     assert.equal(before.length, 1, 'one container')
     assert.equal(before[0]!.State, 'created', 'made, never started')
 
-    provider = new DockerProvider({ poolId: POOL, dataDir: '/nonexistent', settings: { hosts: [{ name: 'h1', url: docker.url }] }, log })
+    provider = new DockerProvider({
+      poolId: POOL,
+      dataDir: '/nonexistent',
+      settings: { hosts: [{ name: 'h1', url: docker.url }] },
+      log,
+    })
     await provider.init(op)
     const listed = (await provider.list(op)).filter((i) => i.instanceId === id)
-    assert.deepEqual(listed.map((i) => i.state), ['pending'], 'listed once, as pending')
+    assert.deepEqual(
+      listed.map((i) => i.state),
+      ['pending'],
+      'listed once, as pending',
+    )
     const adopted = await provider.create(spec, op)
     assert.equal(adopted.ref, `h1/${before[0]!.Id}`, 'the same container')
     assert.equal(adopted.state, 'running')
-    const res = await waitFor(async () => {
-      const r = await fetch(new URL('/', adopted.address!), { signal: AbortSignal.timeout(5000) })
-      return r.ok ? ((await r.json()) as { instanceId: string }) : undefined
-    }, 20_000, 'the adopted session to answer')
+    const res = await waitFor(
+      async () => {
+        const r = await fetch(new URL('/', adopted.address!), { signal: AbortSignal.timeout(5000) })
+        return r.ok ? ((await r.json()) as { instanceId: string }) : undefined
+      },
+      20_000,
+      'the adopted session to answer',
+    )
     assert.equal(res.instanceId, id)
     const afterCreate = (await docker.api<unknown[]>('GET', `/containers/json?all=true&filters=${filter}`)).body
     assert.equal(afterCreate.length, 1, 'still one container')

@@ -13,12 +13,24 @@ import pino from 'pino'
 import WebSocket from 'ws'
 import { newInstanceId } from '../../src/domain/ids.js'
 import { DockerProvider } from '../../src/providers/docker/index.js'
-import { LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL, LABEL_TEMPLATE, type InstanceSpec, type OperationOptions, type ProviderInstance } from '../../src/providers/provider.js'
+import {
+  LABEL_INSTANCE,
+  LABEL_OWNER,
+  LABEL_POOL,
+  LABEL_TEMPLATE,
+  type InstanceSpec,
+  type OperationOptions,
+  type ProviderInstance,
+} from '../../src/providers/provider.js'
 import { dockerSkipReason, startDockerd, testAppSettings, type TestDockerd } from '../helpers/docker.js'
 import { makeTemplate } from '../helpers/template.js'
 import { waitFor } from '../helpers/wait.js'
 
-const skip = dockerSkipReason() ?? (existsSync('/usr/bin/jupyter-notebook') ? undefined : 'jupyter-notebook is not installed (Debian: jupyter-notebook python3-ipykernel)')
+const skip =
+  dockerSkipReason() ??
+  (existsSync('/usr/bin/jupyter-notebook')
+    ? undefined
+    : 'jupyter-notebook is not installed (Debian: jupyter-notebook python3-ipykernel)')
 const log = pino({ level: 'silent' })
 const op: OperationOptions = { log }
 const POOL = 'docker-jupyter-pool'
@@ -31,9 +43,18 @@ const template = makeTemplate({
   healthPath: '{{basePath}}api',
   settings: testAppSettings({
     command: [
-      'jupyter', 'notebook', '--no-browser', '--ip=0.0.0.0', '--port=8888', '--port-retries=0',
-      '--NotebookApp.base_url={{basePath}}', '--NotebookApp.token={{appToken}}', '--NotebookApp.password=',
-      '--NotebookApp.allow_remote_access=True', '--NotebookApp.notebook_dir=/home/session', '--NotebookApp.quit_button=False',
+      'jupyter',
+      'notebook',
+      '--no-browser',
+      '--ip=0.0.0.0',
+      '--port=8888',
+      '--port-retries=0',
+      '--NotebookApp.base_url={{basePath}}',
+      '--NotebookApp.token={{appToken}}',
+      '--NotebookApp.password=',
+      '--NotebookApp.allow_remote_access=True',
+      '--NotebookApp.notebook_dir=/home/session',
+      '--NotebookApp.quit_button=False',
     ],
     port: 8888,
     memory: '1g',
@@ -47,7 +68,12 @@ describe('Jupyter in a Docker session (real Docker Engine)', { skip, timeout: 30
 
   before(async () => {
     docker = await startDockerd()
-    provider = new DockerProvider({ poolId: POOL, dataDir: '/nonexistent', settings: { hosts: [{ name: 'h1', url: docker.url }] }, log })
+    provider = new DockerProvider({
+      poolId: POOL,
+      dataDir: '/nonexistent',
+      settings: { hosts: [{ name: 'h1', url: docker.url }] },
+      log,
+    })
     await provider.init(op)
   })
 
@@ -77,7 +103,9 @@ describe('Jupyter in a Docker session (real Docker Engine)', { skip, timeout: 30
   async function jupyterReady(inst: ProviderInstance, s: InstanceSpec, token: string): Promise<string> {
     const base = `${inst.address}${s.basePath}`
     await waitFor(
-      async () => (await fetch(`${base}api`, { headers: { authorization: `token ${token}` }, signal: AbortSignal.timeout(5000) })).ok,
+      async () =>
+        (await fetch(`${base}api`, { headers: { authorization: `token ${token}` }, signal: AbortSignal.timeout(5000) }))
+          .ok,
       90_000,
       `Jupyter to answer at ${base}api`,
     )
@@ -93,11 +121,17 @@ describe('Jupyter in a Docker session (real Docker Engine)', { skip, timeout: 30
     const anonymous = await fetch(`${base}api/contents`, { redirect: 'manual' })
     assert.ok(anonymous.status === 403 || anonymous.status === 302, `without the app token: ${anonymous.status}`)
 
-    const created = await fetch(`${base}api/kernels`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: '{"name":"python3"}' })
+    const created = await fetch(`${base}api/kernels`, {
+      method: 'POST',
+      headers: { ...auth, 'content-type': 'application/json' },
+      body: '{"name":"python3"}',
+    })
     assert.equal(created.status, 201, await created.clone().text())
     const kernelId = ((await created.json()) as { id: string }).id
     const session = randomUUID()
-    const ws = new WebSocket(`${base.replace(/^http/, 'ws')}api/kernels/${kernelId}/channels?session_id=${session}`, { headers: auth })
+    const ws = new WebSocket(`${base.replace(/^http/, 'ws')}api/kernels/${kernelId}/channels?session_id=${session}`, {
+      headers: auth,
+    })
     const messages: { msg_type: string; parent_header: { msg_id?: string }; content: Record<string, unknown> }[] = []
     ws.on('message', (data) => messages.push(JSON.parse(data.toString())))
     await new Promise<void>((resolve, reject) => {
@@ -109,15 +143,33 @@ describe('Jupyter in a Docker session (real Docker Engine)', { skip, timeout: 30
       const msgId = randomUUID()
       ws.send(
         JSON.stringify({
-          header: { msg_id: msgId, username: 'test', session, msg_type: 'execute_request', version: '5.3', date: new Date().toISOString() },
+          header: {
+            msg_id: msgId,
+            username: 'test',
+            session,
+            msg_type: 'execute_request',
+            version: '5.3',
+            date: new Date().toISOString(),
+          },
           parent_header: {},
           metadata: {},
-          content: { code: "open('/home/session/from-kernel.txt', 'w').write('kept'); print(6*7)", silent: false, store_history: true, user_expressions: {}, allow_stdin: false, stop_on_error: true },
+          content: {
+            code: "open('/home/session/from-kernel.txt', 'w').write('kept'); print(6*7)",
+            silent: false,
+            store_history: true,
+            user_expressions: {},
+            allow_stdin: false,
+            stop_on_error: true,
+          },
           channel: 'shell',
           buffers: [],
         }),
       )
-      const stream = await waitFor(() => messages.find((m) => m.msg_type === 'stream' && m.parent_header.msg_id === msgId), 60_000, 'the kernel to print')
+      const stream = await waitFor(
+        () => messages.find((m) => m.msg_type === 'stream' && m.parent_header.msg_id === msgId),
+        60_000,
+        'the kernel to print',
+      )
       assert.equal(stream.content.text, '42\n')
     } finally {
       ws.close()
@@ -128,10 +180,15 @@ describe('Jupyter in a Docker session (real Docker Engine)', { skip, timeout: 30
     const s2 = spec('alice')
     const next = await provider.create(s2, op)
     const base2 = await jupyterReady(next, s2, s2.token)
-    const file = await fetch(`${base2}api/contents/from-kernel.txt?content=1`, { headers: { authorization: `token ${s2.token}` } })
+    const file = await fetch(`${base2}api/contents/from-kernel.txt?content=1`, {
+      headers: { authorization: `token ${s2.token}` },
+    })
     assert.equal(file.status, 200)
     assert.equal(((await file.json()) as { content: string }).content, 'kept')
-    const stale = await fetch(`${base2}api/contents`, { headers: { authorization: `token ${s.token}` }, redirect: 'manual' })
+    const stale = await fetch(`${base2}api/contents`, {
+      headers: { authorization: `token ${s.token}` },
+      redirect: 'manual',
+    })
     assert.notEqual(stale.status, 200, "the previous session's token does not open the new one")
     await provider.destroy(next.ref, op)
   })

@@ -22,7 +22,9 @@ import { dockerSkipReason, startDockerd, testAppSettings, type TestDockerd } fro
 import { STORE_KINDS } from '../helpers/stores.js'
 import { waitFor } from '../helpers/wait.js'
 
-const skip = dockerSkipReason() ?? (STORE_KINDS.some((k) => k.name === 'sqlite') ? undefined : 'the sqlite store is not selected (STORES)')
+const skip =
+  dockerSkipReason() ??
+  (STORE_KINDS.some((k) => k.name === 'sqlite') ? undefined : 'the sqlite store is not selected (STORES)')
 const log = pino({ level: 'silent' })
 const POOL = 'docker-pool-test'
 
@@ -48,7 +50,12 @@ describe('pool + worker over the docker provider (real Docker Engine)', { skip, 
 
   before(async () => {
     docker = await startDockerd()
-    provider = new DockerProvider({ poolId: POOL, dataDir: '/nonexistent', settings: { hosts: [{ name: 'h1', url: docker.url }] }, log })
+    provider = new DockerProvider({
+      poolId: POOL,
+      dataDir: '/nonexistent',
+      settings: { hosts: [{ name: 'h1', url: docker.url }] },
+      log,
+    })
     await provider.init({ log })
     const base = loadConfig({ text: YAML, env: {}, cwd: '/tmp' })
     const template: TemplateConfig = {
@@ -102,8 +109,16 @@ describe('pool + worker over the docker provider (real Docker Engine)', { skip, 
     assert.equal(replaced.id, first.id, 'same instanceId, so the same URL')
     assert.equal(replaced.ownerId, 'alice')
     assert.notEqual(replaced.providerRef, first.providerRef, 'a new container')
-    assert.deepEqual(await get(replaced, '/read?name=work.txt'), { text: 'survives' }, 'the file in the home volume is there')
-    assert.equal((await docker.api('GET', `/containers/${containerId}/json`)).status, 404, 'the killed container was removed')
+    assert.deepEqual(
+      await get(replaced, '/read?name=work.txt'),
+      { text: 'survives' },
+      'the file in the home volume is there',
+    )
+    assert.equal(
+      (await docker.api('GET', `/containers/${containerId}/json`)).status,
+      404,
+      'the killed container was removed',
+    )
 
     // No activity: the idle cull (3 s) ends the session, removes the container, keeps the volume.
     const culled = await waitFor(
@@ -117,17 +132,33 @@ describe('pool + worker over the docker provider (real Docker Engine)', { skip, 
     )
     assert.equal(culled.endReason, 'idle')
     const newRef = replaced.providerRef!.split('/')[1]!
-    await waitFor(async () => (await docker.api('GET', `/containers/${newRef}/json`)).status === 404, 30_000, 'the culled container to be removed')
-    assert.equal((await docker.api('GET', `/volumes/studiopool-home-${userSlug('alice')}`)).status, 200, 'the home volume is kept')
+    await waitFor(
+      async () => (await docker.api('GET', `/containers/${newRef}/json`)).status === 404,
+      30_000,
+      'the culled container to be removed',
+    )
+    assert.equal(
+      (await docker.api('GET', `/volumes/studiopool-home-${userSlug('alice')}`)).status,
+      200,
+      'the home volume is kept',
+    )
 
     const next = await pool.request({ userId: 'alice', template: 'notebook' })
     assert.notEqual(next.instance.id, first.id, 'a new session')
     const again = await ready(next.instance.id)
-    assert.deepEqual(await get(again, '/read?name=work.txt'), { text: 'survives' }, "the user's next session has the file")
+    assert.deepEqual(
+      await get(again, '/read?name=work.txt'),
+      { text: 'survives' },
+      "the user's next session has the file",
+    )
     await pool.release(again.id, 'user')
-    await waitFor(async () => {
-      await worker.runOnce()
-      return (await provider.list({ log })).every((i) => i.state === 'terminated')
-    }, 30_000, 'the released session to be destroyed')
+    await waitFor(
+      async () => {
+        await worker.runOnce()
+        return (await provider.list({ log })).every((i) => i.state === 'terminated')
+      },
+      30_000,
+      'the released session to be destroyed',
+    )
   })
 })

@@ -25,7 +25,12 @@ if (skip) {
     make: async () => {
       docker = await startDockerd()
       const log = pino({ level: 'silent' })
-      const provider = new DockerProvider({ poolId: CONTRACT_POOL_ID, dataDir: '/nonexistent', settings: { hosts: [{ name: 't1', url: docker.url }] }, log })
+      const provider = new DockerProvider({
+        poolId: CONTRACT_POOL_ID,
+        dataDir: '/nonexistent',
+        settings: { hosts: [{ name: 't1', url: docker.url }] },
+        log,
+      })
       await provider.init({ log })
       return {
         provider,

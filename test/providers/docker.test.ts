@@ -12,7 +12,15 @@ import type { TemplateConfig } from '../../src/config/types.js'
 import { ProviderError } from '../../src/domain/errors.js'
 import { newInstanceId } from '../../src/domain/ids.js'
 import { DockerProvider, userSlug } from '../../src/providers/docker/index.js'
-import { LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL, LABEL_TEMPLATE, type InstanceSpec, type OperationOptions, type ProviderInstance } from '../../src/providers/provider.js'
+import {
+  LABEL_INSTANCE,
+  LABEL_OWNER,
+  LABEL_POOL,
+  LABEL_TEMPLATE,
+  type InstanceSpec,
+  type OperationOptions,
+  type ProviderInstance,
+} from '../../src/providers/provider.js'
 import { dockerSkipReason, startDockerd, testAppSettings, TEST_IMAGE, type TestDockerd } from '../helpers/docker.js'
 import { makeTemplate } from '../helpers/template.js'
 import { waitFor } from '../helpers/wait.js'
@@ -28,7 +36,12 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
   const providers: DockerProvider[] = []
 
   function makeProvider(poolId = POOL): DockerProvider {
-    const p = new DockerProvider({ poolId, dataDir: '/nonexistent', settings: { hosts: [{ name: 'h1', url: docker.url }], requestTimeout: '20s', pullTimeout: '30s' }, log })
+    const p = new DockerProvider({
+      poolId,
+      dataDir: '/nonexistent',
+      settings: { hosts: [{ name: 'h1', url: docker.url }], requestTimeout: '20s', pullTimeout: '30s' },
+      log,
+    })
     providers.push(p)
     return p
   }
@@ -41,13 +54,24 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
     settings: testAppSettings({ home: { volume: 'studiopool-home-{{userSlug}}', mountPath: '/home/session' } }),
   })
 
-  function spec(template: TemplateConfig, ownerId: string | null = null, id = newInstanceId(), poolId = POOL): InstanceSpec {
+  function spec(
+    template: TemplateConfig,
+    ownerId: string | null = null,
+    id = newInstanceId(),
+    poolId = POOL,
+  ): InstanceSpec {
     return {
       id,
       poolId,
       template,
       basePath: `/s/${id}/`,
-      labels: { [LABEL_POOL]: poolId, [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: template.name, 'studiopool:generation': '0', ...(ownerId ? { [LABEL_OWNER]: ownerId } : {}) },
+      labels: {
+        [LABEL_POOL]: poolId,
+        [LABEL_INSTANCE]: id,
+        [LABEL_TEMPLATE]: template.name,
+        'studiopool:generation': '0',
+        ...(ownerId ? { [LABEL_OWNER]: ownerId } : {}),
+      },
       progressUrl: `http://127.0.0.1:9/api/v1/instances/${id}/progress`,
       progressToken: 'progress-token',
       appToken: 'app-token',
@@ -96,13 +120,24 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
     // Sanity: the check does see what is there.
     assert.deepEqual(await app(inst, `/exists?path=${encodeURIComponent('/usr/bin/node')}`), { exists: true })
     // No Docker socket; none of the server's files (its checkout, the daemon's data root); none of its processes.
-    for (const path of ['/var/run/docker.sock', '/run/docker.sock', docker.socket, docker.dir, process.cwd(), `/proc/${process.pid}/environ`]) {
-      assert.deepEqual(await app(inst, `/exists?path=${encodeURIComponent(path)}`), { exists: false }, `${path} is not visible in the container`)
+    for (const path of [
+      '/var/run/docker.sock',
+      '/run/docker.sock',
+      docker.socket,
+      docker.dir,
+      process.cwd(),
+      `/proc/${process.pid}/environ`,
+    ]) {
+      assert.deepEqual(
+        await app(inst, `/exists?path=${encodeURIComponent(path)}`),
+        { exists: false },
+        `${path} is not visible in the container`,
+      )
     }
-    const c = await docker.api<{ HostConfig: { CapDrop: string[]; SecurityOpt: string[]; PidsLimit: number; Memory: number; NetworkMode: string }; Config: { Labels: Record<string, string> } }>(
-      'GET',
-      `/containers/${await containerIdOf(inst)}/json`,
-    )
+    const c = await docker.api<{
+      HostConfig: { CapDrop: string[]; SecurityOpt: string[]; PidsLimit: number; Memory: number; NetworkMode: string }
+      Config: { Labels: Record<string, string> }
+    }>('GET', `/containers/${await containerIdOf(inst)}/json`)
     assert.deepEqual(c.body.HostConfig.CapDrop, ['ALL'])
     assert.deepEqual(c.body.HostConfig.SecurityOpt, ['no-new-privileges'])
     assert.equal(c.body.HostConfig.PidsLimit, 1024)
@@ -120,7 +155,9 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
     const a = await provider.create(spec(demo, 'alice'), op)
     const b = await provider.create(spec(demo, 'bob'), op)
     await app(b, '/')
-    const bInfo = await docker.api<{ NetworkSettings: { Networks: Record<string, { IPAddress: string; Gateway: string }> } }>('GET', `/containers/${await containerIdOf(b)}/json`)
+    const bInfo = await docker.api<{
+      NetworkSettings: { Networks: Record<string, { IPAddress: string; Gateway: string }> }
+    }>('GET', `/containers/${await containerIdOf(b)}/json`)
     const bNet = bInfo.body.NetworkSettings.Networks[provider.networkName]!
     const bPort = new URL(b.address!).port
     // A listener of the host on loopback only, as the server's internal ports are.
@@ -133,8 +170,16 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
       // Sanity: the probe does connect where it may (its own port).
       assert.equal(await probe('127.0.0.1', 8000), 'connected')
       assert.notEqual(await probe(bNet.IPAddress, 8000), 'connected', "alice reaches bob's container directly")
-      assert.notEqual(await probe(bNet.Gateway, bPort), 'connected', "alice reaches bob's published port through the host")
-      assert.notEqual(await probe(bNet.Gateway, hostPort), 'connected', "alice reaches a host listener bound to 127.0.0.1")
+      assert.notEqual(
+        await probe(bNet.Gateway, bPort),
+        'connected',
+        "alice reaches bob's published port through the host",
+      )
+      assert.notEqual(
+        await probe(bNet.Gateway, hostPort),
+        'connected',
+        'alice reaches a host listener bound to 127.0.0.1',
+      )
       assert.notEqual(await probe('127.0.0.1', bPort), 'connected')
     } finally {
       server.close()
@@ -155,13 +200,22 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
     assert.equal(vol.body.Labels['studiopool.pool'], POOL)
 
     const second = await provider.create(spec(withHome, 'carol@example.org'), op)
-    assert.deepEqual(await app(second, '/read?name=notes.txt'), { text: 'kept' }, "the next session has the user's file")
+    assert.deepEqual(
+      await app(second, '/read?name=notes.txt'),
+      { text: 'kept' },
+      "the next session has the user's file",
+    )
     const other = await provider.create(spec(withHome, 'dave'), op)
-    const res = await app<{ error?: string }>(other, '/').then(() => fetch(new URL('/read?name=notes.txt', other.address!)))
+    const res = await app<{ error?: string }>(other, '/').then(() =>
+      fetch(new URL('/read?name=notes.txt', other.address!)),
+    )
     assert.equal(res.status, 500, "another user does not see carol's file")
 
     const listed = await provider.listHomeVolumes(op, 'carol@example.org')
-    assert.deepEqual(listed.map((v) => v.name), [volume])
+    assert.deepEqual(
+      listed.map((v) => v.name),
+      [volume],
+    )
     await provider.destroy(second.ref, op)
     await provider.destroy(other.ref, op)
     await provider.deleteHomeVolume('h1', volume, op)
@@ -171,7 +225,10 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
   it('a home template refuses a warm pool and a session without its user', async () => {
     const warm = makeTemplate({ ...withHome, minFree: 1 })
     assert.match(provider.validateTemplate(warm).join('; '), /minFree: 0/)
-    await assert.rejects(provider.create(spec(withHome, null), op), (err: unknown) => err instanceof ProviderError && /needs its user/.test(err.message))
+    await assert.rejects(
+      provider.create(spec(withHome, null), op),
+      (err: unknown) => err instanceof ProviderError && /needs its user/.test(err.message),
+    )
   })
 
   it('docker kill → listed as terminated with the reason; create replaces it under the same instanceId', async () => {
@@ -198,18 +255,36 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
   })
 
   it('an app that exits on its own is reported with its exit code', async () => {
-    const t = makeTemplate({ name: 'crash', provider: 'docker', minFree: 0, settings: testAppSettings({ command: ['node', '-e', 'process.exit(3)'] }) })
+    const t = makeTemplate({
+      name: 'crash',
+      provider: 'docker',
+      minFree: 0,
+      settings: testAppSettings({ command: ['node', '-e', 'process.exit(3)'] }),
+    })
     const inst = await provider.create(spec(t), op)
-    const listed = await waitFor(async () => (await provider.list(op)).find((i) => i.ref === inst.ref && i.state === 'terminated'), 10_000, 'the exited container')
+    const listed = await waitFor(
+      async () => (await provider.list(op)).find((i) => i.ref === inst.ref && i.state === 'terminated'),
+      10_000,
+      'the exited container',
+    )
     assert.equal(listed.message, 'the container exited with code 3')
     await provider.destroy(inst.ref, op)
   })
 
   it('an OOM kill is reported as such, with the memory limit', async () => {
-    const t = makeTemplate({ name: 'hog', provider: 'docker', minFree: 0, settings: testAppSettings({ memory: '64m' }) })
+    const t = makeTemplate({
+      name: 'hog',
+      provider: 'docker',
+      minFree: 0,
+      settings: testAppSettings({ memory: '64m' }),
+    })
     const inst = await provider.create(spec(t), op)
     await app(inst, '/alloc')
-    const listed = await waitFor(async () => (await provider.list(op)).find((i) => i.ref === inst.ref && i.state === 'terminated'), 30_000, 'the OOM-killed container')
+    const listed = await waitFor(
+      async () => (await provider.list(op)).find((i) => i.ref === inst.ref && i.state === 'terminated'),
+      30_000,
+      'the OOM-killed container',
+    )
     assert.equal(listed.message, 'the container was killed: out of memory (memory limit 64 MiB)')
     await provider.destroy(inst.ref, op)
   })
@@ -219,7 +294,12 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
     const [one, two] = [makeProvider(), makeProvider()]
     const [x, y] = await Promise.all([one.create(s, op), two.create(s, op)])
     assert.equal(x.ref, y.ref)
-    const all = (await docker.api<unknown[]>('GET', `/containers/json?all=true&filters=${encodeURIComponent(JSON.stringify({ label: [`studiopool.instance=${s.id}`] }))}`)).body
+    const all = (
+      await docker.api<unknown[]>(
+        'GET',
+        `/containers/json?all=true&filters=${encodeURIComponent(JSON.stringify({ label: [`studiopool.instance=${s.id}`] }))}`,
+      )
+    ).body
     assert.equal(all.length, 1)
     await one.destroy(x.ref, op)
   })
@@ -237,12 +317,17 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
     assert.equal(found.labels[LABEL_OWNER], 'frank')
     const again = await restarted.create(s, op)
     assert.equal(again.ref, inst.ref, 'create after a restart adopts, never duplicates')
-    const all = (await docker.api<unknown[]>('GET', `/containers/json?all=true&filters=${encodeURIComponent(JSON.stringify({ label: [`studiopool.instance=${s.id}`] }))}`)).body
+    const all = (
+      await docker.api<unknown[]>(
+        'GET',
+        `/containers/json?all=true&filters=${encodeURIComponent(JSON.stringify({ label: [`studiopool.instance=${s.id}`] }))}`,
+      )
+    ).body
     assert.equal(all.length, 1)
     await restarted.destroy(inst.ref, op)
   })
 
-  it('lists containers of this pool the store does not know (orphans), never another pool\'s', async () => {
+  it("lists containers of this pool the store does not know (orphans), never another pool's", async () => {
     const other = makeProvider('another-pool')
     await other.init(op)
     const theirs = await other.create(spec(demo, null, newInstanceId(), 'another-pool'), op)
@@ -250,7 +335,10 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
     const orphanId = newInstanceId()
     const orphan = await makeProvider().create(spec(demo, null, orphanId), op)
     const listed = await provider.list(op)
-    assert.ok(listed.some((i) => i.ref === orphan.ref && i.instanceId === orphanId && i.state === 'running'), 'the orphan is listed')
+    assert.ok(
+      listed.some((i) => i.ref === orphan.ref && i.instanceId === orphanId && i.state === 'running'),
+      'the orphan is listed',
+    )
     assert.ok(!listed.some((i) => i.ref === theirs.ref), "another pool's container is not")
     for (const i of listed) assert.equal(i.labels[LABEL_POOL], POOL)
     await provider.destroy(theirs.ref, op) // not ours: destroy leaves it alone
@@ -260,38 +348,73 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
   })
 
   it('a missing image (pullPolicy never, or a failed pull), and an image that runs as root, are clear errors', async () => {
-    const missing = makeTemplate({ name: 'missing', provider: 'docker', minFree: 0, settings: testAppSettings({ image: 'rocker/rstudio:4.4.1' }) })
+    const missing = makeTemplate({
+      name: 'missing',
+      provider: 'docker',
+      minFree: 0,
+      settings: testAppSettings({ image: 'rocker/rstudio:4.4.1' }),
+    })
     await assert.rejects(
       provider.create(spec(missing), op),
-      (err: unknown) => err instanceof ProviderError && err.message.includes('"rocker/rstudio:4.4.1"') && err.message.includes('pullPolicy is never') && !err.retryable,
+      (err: unknown) =>
+        err instanceof ProviderError &&
+        err.message.includes('"rocker/rstudio:4.4.1"') &&
+        err.message.includes('pullPolicy is never') &&
+        !err.retryable,
     )
     // ifNotPresent: a pull, which fails here (no registry can be reached; elsewhere the image does not exist).
-    const pulling = makeTemplate({ name: 'pull', provider: 'docker', minFree: 0, settings: testAppSettings({ image: 'studiopool/does-not-exist:1', pullPolicy: 'ifNotPresent' }) })
+    const pulling = makeTemplate({
+      name: 'pull',
+      provider: 'docker',
+      minFree: 0,
+      settings: testAppSettings({ image: 'studiopool/does-not-exist:1', pullPolicy: 'ifNotPresent' }),
+    })
     await assert.rejects(
       provider.create(spec(pulling), op),
-      (err: unknown) => err instanceof ProviderError && err.message.includes('cannot pull image "studiopool/does-not-exist:1" on h1') && !err.retryable,
+      (err: unknown) =>
+        err instanceof ProviderError &&
+        err.message.includes('cannot pull image "studiopool/does-not-exist:1" on h1') &&
+        !err.retryable,
     )
     const settings = testAppSettings()
     delete settings.user
     const root = makeTemplate({ name: 'root', provider: 'docker', minFree: 0, settings })
-    await assert.rejects(provider.create(spec(root), op), (err: unknown) => err instanceof ProviderError && err.message.includes(`image "${TEST_IMAGE}" runs as root`))
-    const rootOk = makeTemplate({ name: 'root', provider: 'docker', minFree: 0, settings: testAppSettings({ user: 'root' }) })
+    await assert.rejects(
+      provider.create(spec(root), op),
+      (err: unknown) => err instanceof ProviderError && err.message.includes(`image "${TEST_IMAGE}" runs as root`),
+    )
+    const rootOk = makeTemplate({
+      name: 'root',
+      provider: 'docker',
+      minFree: 0,
+      settings: testAppSettings({ user: 'root' }),
+    })
     const inst = await provider.create(spec(rootOk), op)
     assert.equal((await app<{ uid: number }>(inst, '/')).uid, 0, 'root only because the template says user: root')
     await provider.destroy(inst.ref, op)
   })
 
   it('validateTemplate lists every problem of the docker settings', () => {
-    const bad = makeTemplate({ provider: 'docker', settings: { image: '', memory: 'lots', mounts: [{ type: 'bind', source: '/var/run/docker.sock', target: '/s' }] } })
+    const bad = makeTemplate({
+      provider: 'docker',
+      settings: { image: '', memory: 'lots', mounts: [{ type: 'bind', source: '/var/run/docker.sock', target: '/s' }] },
+    })
     const problems = provider.validateTemplate(bad)
-    assert.ok(problems.some((p) => p.startsWith('docker.image')), problems.join('; '))
-    const sock = makeTemplate({ provider: 'docker', port: 80, settings: { image: 'x', mounts: [{ type: 'bind', source: '/var/run/docker.sock', target: '/s' }] } })
+    assert.ok(
+      problems.some((p) => p.startsWith('docker.image')),
+      problems.join('; '),
+    )
+    const sock = makeTemplate({
+      provider: 'docker',
+      port: 80,
+      settings: { image: 'x', mounts: [{ type: 'bind', source: '/var/run/docker.sock', target: '/s' }] },
+    })
     assert.match(provider.validateTemplate(sock).join('; '), /never mount the Docker socket/)
     const noPort = makeTemplate({ provider: 'docker', settings: { image: 'x' } })
     assert.match(provider.validateTemplate(noPort).join('; '), /docker\.port/)
   })
 
-  it('reports what it isolates, with the managed network\'s subnet', () => {
+  it("reports what it isolates, with the managed network's subnet", () => {
     const report = provider.isolation()
     assert.equal(report.isolated, true)
     assert.equal(report.sessionsReachLoopback, false)

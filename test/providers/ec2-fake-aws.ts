@@ -27,7 +27,12 @@ import {
 import { mockClient } from 'aws-sdk-client-mock'
 
 export function awsError(name: string, message = name, status = 400): EC2ServiceException {
-  return new EC2ServiceException({ name, $fault: status >= 500 ? 'server' : 'client', $metadata: { httpStatusCode: status }, message })
+  return new EC2ServiceException({
+    name,
+    $fault: status >= 500 ? 'server' : 'client',
+    $metadata: { httpStatusCode: status },
+    message,
+  })
 }
 
 interface FakeInstance {
@@ -65,19 +70,31 @@ export class FakeEc2 {
       }
       return out
     })
-    this.mock.on(DescribeInstancesCommand).callsFake((input: DescribeInstancesCommandInput) => (this.#fail('DescribeInstances'), this.describe(input)))
-    this.mock.on(TerminateInstancesCommand).callsFake((input: { InstanceIds?: string[] }) => (this.#fail('TerminateInstances'), this.change(input, 'terminated')))
-    this.mock.on(StopInstancesCommand).callsFake((input: { InstanceIds?: string[] }) => (this.#fail('StopInstances'), this.change(input, 'stopped')))
-    this.mock.on(StartInstancesCommand).callsFake((input: { InstanceIds?: string[] }) => (this.#fail('StartInstances'), this.change(input, 'pending')))
-    this.mock.on(CreateTagsCommand).callsFake((input: { Resources?: string[]; Tags?: { Key?: string; Value?: string }[] }) => {
-      this.#fail('CreateTags')
-      for (const id of input.Resources ?? []) {
-        const inst = this.instances.get(id)
-        if (!inst) throw awsError('InvalidInstanceID.NotFound', `The instance ID '${id}' does not exist`)
-        for (const t of input.Tags ?? []) if (t.Key !== undefined) inst.tags[t.Key] = t.Value ?? ''
-      }
-      return {}
-    })
+    this.mock
+      .on(DescribeInstancesCommand)
+      .callsFake((input: DescribeInstancesCommandInput) => (this.#fail('DescribeInstances'), this.describe(input)))
+    this.mock
+      .on(TerminateInstancesCommand)
+      .callsFake(
+        (input: { InstanceIds?: string[] }) => (this.#fail('TerminateInstances'), this.change(input, 'terminated')),
+      )
+    this.mock
+      .on(StopInstancesCommand)
+      .callsFake((input: { InstanceIds?: string[] }) => (this.#fail('StopInstances'), this.change(input, 'stopped')))
+    this.mock
+      .on(StartInstancesCommand)
+      .callsFake((input: { InstanceIds?: string[] }) => (this.#fail('StartInstances'), this.change(input, 'pending')))
+    this.mock
+      .on(CreateTagsCommand)
+      .callsFake((input: { Resources?: string[]; Tags?: { Key?: string; Value?: string }[] }) => {
+        this.#fail('CreateTags')
+        for (const id of input.Resources ?? []) {
+          const inst = this.instances.get(id)
+          if (!inst) throw awsError('InvalidInstanceID.NotFound', `The instance ID '${id}' does not exist`)
+          for (const t of input.Tags ?? []) if (t.Key !== undefined) inst.tags[t.Key] = t.Value ?? ''
+        }
+        return {}
+      })
   }
 
   /**
@@ -99,7 +116,11 @@ export class FakeEc2 {
 
   #fail(operation: string): void {
     if (this.denied.has(operation)) {
-      throw awsError('UnauthorizedOperation', `You are not authorized to perform this operation. User: arn:aws:sts::123456789012:assumed-role/studiopool/i-0abc is not authorized to perform: ec2:${operation} on resource: arn:aws:ec2:eu-central-1:123456789012:instance/* because no identity-based policy allows the ec2:${operation} action. Encoded authorization failure message: AbCdEf0123`, 403)
+      throw awsError(
+        'UnauthorizedOperation',
+        `You are not authorized to perform this operation. User: arn:aws:sts::123456789012:assumed-role/studiopool/i-0abc is not authorized to perform: ec2:${operation} on resource: arn:aws:ec2:eu-central-1:123456789012:instance/* because no identity-based policy allows the ec2:${operation} action. Encoded authorization failure message: AbCdEf0123`,
+        403,
+      )
     }
     const err = this.failures.get(operation)?.shift()
     if (err) throw err
@@ -112,7 +133,16 @@ export class FakeEc2 {
   /** Adds an instance as if someone else (or an earlier run) had launched it. */
   add(tags: Record<string, string>, state: FakeInstance['state'] = 'running'): string {
     const id = this.#newId()
-    this.instances.set(id, { id, state, tags, clientToken: undefined, input: {} as RunInstancesCommandInput, privateIp: `10.0.${this.#seq >> 8}.${this.#seq & 255}`, launchTime: new Date(), spot: false })
+    this.instances.set(id, {
+      id,
+      state,
+      tags,
+      clientToken: undefined,
+      input: {} as RunInstancesCommandInput,
+      privateIp: `10.0.${this.#seq >> 8}.${this.#seq & 255}`,
+      launchTime: new Date(),
+      spot: false,
+    })
     return id
   }
 
@@ -154,7 +184,8 @@ export class FakeEc2 {
       Tags: Object.entries(i.tags).map(([Key, Value]) => ({ Key, Value })),
       PrivateIpAddress: gone ? undefined : i.privateIp,
       PublicIpAddress: gone || i.state === 'stopped' ? undefined : `3.120.0.${this.#seqOf(i) & 255}`,
-      PublicDnsName: gone || i.state === 'stopped' ? '' : `ec2-3-120-0-${this.#seqOf(i) & 255}.eu-central-1.compute.amazonaws.com`,
+      PublicDnsName:
+        gone || i.state === 'stopped' ? '' : `ec2-3-120-0-${this.#seqOf(i) & 255}.eu-central-1.compute.amazonaws.com`,
       LaunchTime: i.launchTime,
       ...(i.spot ? { InstanceLifecycle: 'spot' as const } : {}),
     }
@@ -183,14 +214,20 @@ export class FakeEc2 {
 
   describe(input: DescribeInstancesCommandInput): { Reservations: { Instances: Instance[] }[]; NextToken?: string } {
     if (input.DryRun) throw awsError('DryRunOperation', 'Request would have succeeded, but DryRun flag is set.', 412)
-    if (input.InstanceIds && input.MaxResults) throw awsError('InvalidParameterCombination', 'The parameter instancesSet cannot be used with the parameter maxResults')
+    if (input.InstanceIds && input.MaxResults)
+      throw awsError(
+        'InvalidParameterCombination',
+        'The parameter instancesSet cannot be used with the parameter maxResults',
+      )
     let found: FakeInstance[]
     if (input.InstanceIds) {
       const bad = input.InstanceIds.filter((id) => !/^i-[0-9a-f]{8,17}$/.test(id))
       if (bad.length) throw awsError('InvalidInstanceID.Malformed', `Invalid id: "${bad[0]}"`)
       const missing = input.InstanceIds.filter((id) => !this.instances.has(id))
-      if (missing.length === 1) throw awsError('InvalidInstanceID.NotFound', `The instance ID '${missing[0]}' does not exist`)
-      if (missing.length > 1) throw awsError('InvalidInstanceID.NotFound', `The instance IDs '${missing.join(', ')}' do not exist`)
+      if (missing.length === 1)
+        throw awsError('InvalidInstanceID.NotFound', `The instance ID '${missing[0]}' does not exist`)
+      if (missing.length > 1)
+        throw awsError('InvalidInstanceID.NotFound', `The instance IDs '${missing.join(', ')}' do not exist`)
       found = input.InstanceIds.map((id) => this.instances.get(id)!)
     } else {
       found = [...this.instances.values()]
@@ -209,13 +246,22 @@ export class FakeEc2 {
   change(input: { InstanceIds?: string[] }, to: FakeInstance['state']): Record<string, unknown> {
     const ids = input.InstanceIds ?? []
     const missing = ids.filter((id) => !this.instances.has(id))
-    if (missing.length) throw awsError('InvalidInstanceID.NotFound', `The instance ID '${missing.join(', ')}' does not exist`)
+    if (missing.length)
+      throw awsError('InvalidInstanceID.NotFound', `The instance ID '${missing.join(', ')}' does not exist`)
     for (const id of ids) {
       const i = this.instances.get(id)!
-      if (i.state === 'terminated' && to !== 'terminated') throw awsError('IncorrectInstanceState', `The instance '${id}' is not in a state from which it can be started or stopped.`)
-      if (to === 'stopped' && i.spot) throw awsError('UnsupportedOperation', `The instance '${id}' is a spot instance and cannot be stopped.`)
+      if (i.state === 'terminated' && to !== 'terminated')
+        throw awsError(
+          'IncorrectInstanceState',
+          `The instance '${id}' is not in a state from which it can be started or stopped.`,
+        )
+      if (to === 'stopped' && i.spot)
+        throw awsError('UnsupportedOperation', `The instance '${id}' is a spot instance and cannot be stopped.`)
       i.state = to
     }
-    return { [to === 'terminated' ? 'TerminatingInstances' : to === 'stopped' ? 'StoppingInstances' : 'StartingInstances']: ids.map((InstanceId) => ({ InstanceId })) }
+    return {
+      [to === 'terminated' ? 'TerminatingInstances' : to === 'stopped' ? 'StoppingInstances' : 'StartingInstances']:
+        ids.map((InstanceId) => ({ InstanceId })),
+    }
   }
 }

@@ -12,7 +12,12 @@ import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
 import { Writable } from 'node:stream'
 import { afterEach, beforeEach, describe, it } from 'node:test'
-import { DescribeInstancesCommand, RunInstancesCommand, StopInstancesCommand, TerminateInstancesCommand } from '@aws-sdk/client-ec2'
+import {
+  DescribeInstancesCommand,
+  RunInstancesCommand,
+  StopInstancesCommand,
+  TerminateInstancesCommand,
+} from '@aws-sdk/client-ec2'
 import pino from 'pino'
 import type { TemplateConfig } from '../../src/config/types.js'
 import { ProviderError } from '../../src/domain/errors.js'
@@ -24,7 +29,14 @@ import {
   validateTemplate,
   type Ec2Provider,
 } from '../../src/providers/ec2/index.js'
-import { LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL, LABEL_TEMPLATE, type InstanceSpec, type OperationOptions } from '../../src/providers/provider.js'
+import {
+  LABEL_INSTANCE,
+  LABEL_OWNER,
+  LABEL_POOL,
+  LABEL_TEMPLATE,
+  type InstanceSpec,
+  type OperationOptions,
+} from '../../src/providers/provider.js'
 import { makeTemplate } from '../helpers/template.js'
 import { awsError, FakeEc2 } from './ec2-fake-aws.js'
 
@@ -160,7 +172,8 @@ describe('RunInstances for the seed configuration', () => {
     assert.match(script, /^REGISTRY='XXXXXXX\.dkr\.ecr\.eu-central-1\.amazonaws\.com'$/m)
     assert.match(script, /^REGION='eu-central-1'$/m)
     assert.match(script, /-e DISABLE_AUTH=true/)
-    for (const step of ['docker installed', 'image pulled', 'app started']) assert.match(script, new RegExp(`progress \\d+ "${step}"`))
+    for (const step of ['docker installed', 'image pulled', 'app started'])
+      assert.match(script, new RegExp(`progress \\d+ "${step}"`))
 
     assert.equal(inst.instanceId, IDS[0])
     assert.equal(inst.template, 'rstudio')
@@ -172,11 +185,16 @@ describe('RunInstances for the seed configuration', () => {
   it('adds SubnetId, an instance profile ARN and the root volume size when configured', async () => {
     const p = makeProvider()
     const arn = 'arn:aws:iam::123456789012:instance-profile/studiopool-rstudio'
-    await p.create(specFor(seedTemplate({ subnetId: 'subnet-0abc1234def567890', iamInstanceProfile: arn, volumeSize: 30 })), op)
+    await p.create(
+      specFor(seedTemplate({ subnetId: 'subnet-0abc1234def567890', iamInstanceProfile: arn, volumeSize: 30 })),
+      op,
+    )
     const input = runInputs()[0]!
     assert.equal(input.SubnetId, 'subnet-0abc1234def567890')
     assert.deepEqual(input.IamInstanceProfile, { Arn: arn })
-    assert.deepEqual(input.BlockDeviceMappings, [{ DeviceName: '/dev/sda1', Ebs: { VolumeSize: 30, VolumeType: 'gp3', DeleteOnTermination: true } }])
+    assert.deepEqual(input.BlockDeviceMappings, [
+      { DeviceName: '/dev/sda1', Ebs: { VolumeSize: 30, VolumeType: 'gp3', DeleteOnTermination: true } },
+    ])
   })
 
   it('never logs the progress token or the user data', async () => {
@@ -210,10 +228,18 @@ describe('spot', () => {
     assert.equal(input.ClientToken, clientToken(POOL, IDS[0], '0', 'spot'))
   })
 
-  for (const code of ['InsufficientInstanceCapacity', 'SpotMaxPriceTooLow', 'MaxSpotInstanceCountExceeded', 'Unsupported']) {
+  for (const code of [
+    'InsufficientInstanceCapacity',
+    'SpotMaxPriceTooLow',
+    'MaxSpotInstanceCountExceeded',
+    'Unsupported',
+  ]) {
     it(`falls back to on-demand on ${code}, with a different ClientToken`, async () => {
       const p = makeProvider()
-      aws.failNext('RunInstances', awsError(code, `There is no Spot capacity available that matches your request. (${code})`, 500))
+      aws.failNext(
+        'RunInstances',
+        awsError(code, `There is no Spot capacity available that matches your request. (${code})`, 500),
+      )
       const inst = await p.create(specFor(seedTemplate({ spot: { enabled: true } })), op)
       const [first, second] = runInputs()
       assert.equal(runInputs().length, 2)
@@ -229,21 +255,31 @@ describe('spot', () => {
 
   it('without fallback, a capacity error fails with a reason a user can read', async () => {
     const p = makeProvider()
-    aws.failNext('RunInstances', awsError('InsufficientInstanceCapacity', 'We currently do not have sufficient t2.micro capacity.', 500))
-    await assert.rejects(p.create(specFor(seedTemplate({ spot: { enabled: true, fallbackToOnDemand: false } })), op), (err: unknown) => {
-      assert.ok(err instanceof ProviderError)
-      assert.equal(err.code, 'PROVIDER_ERROR')
-      assert.equal(err.retryable, true)
-      assert.match(err.message, /no free capacity for this machine type right now/)
-      return true
-    })
+    aws.failNext(
+      'RunInstances',
+      awsError('InsufficientInstanceCapacity', 'We currently do not have sufficient t2.micro capacity.', 500),
+    )
+    await assert.rejects(
+      p.create(specFor(seedTemplate({ spot: { enabled: true, fallbackToOnDemand: false } })), op),
+      (err: unknown) => {
+        assert.ok(err instanceof ProviderError)
+        assert.equal(err.code, 'PROVIDER_ERROR')
+        assert.equal(err.retryable, true)
+        assert.match(err.message, /no free capacity for this machine type right now/)
+        return true
+      },
+    )
     assert.equal(runInputs().length, 1)
     assert.equal(aws.instances.size, 0)
   })
 
   it('an on-demand capacity error is not "fallen back" again', async () => {
     const p = makeProvider()
-    aws.failNext('RunInstances', awsError('InsufficientInstanceCapacity', 'no capacity', 500), awsError('InsufficientInstanceCapacity', 'no capacity', 500))
+    aws.failNext(
+      'RunInstances',
+      awsError('InsufficientInstanceCapacity', 'no capacity', 500),
+      awsError('InsufficientInstanceCapacity', 'no capacity', 500),
+    )
     await assert.rejects(p.create(specFor(seedTemplate({ spot: { enabled: true } })), op), /no free capacity/)
     assert.equal(runInputs().length, 2)
   })
@@ -252,7 +288,11 @@ describe('spot', () => {
 describe('throttling and retries', () => {
   it('retries RequestLimitExceeded with jittered backoff, then succeeds', async () => {
     const p = makeProvider({ retryBaseDelayMs: 100, retryMaxDelayMs: 1000 })
-    aws.failNext('RunInstances', awsError('RequestLimitExceeded', 'Request limit exceeded.', 503), awsError('Throttling', 'Rate exceeded', 400))
+    aws.failNext(
+      'RunInstances',
+      awsError('RequestLimitExceeded', 'Request limit exceeded.', 503),
+      awsError('Throttling', 'Rate exceeded', 400),
+    )
     const inst = await p.create(specFor(seedTemplate()), op)
     assert.match(inst.ref, /^i-/)
     assert.equal(runInputs().length, 3)
@@ -273,7 +313,10 @@ describe('throttling and retries', () => {
 
   it('gives up after maxRetries with a retryable ProviderError', async () => {
     const p = makeProvider({ maxRetries: 3 })
-    aws.failNext('DescribeInstances', ...Array.from({ length: 10 }, () => awsError('RequestLimitExceeded', 'Request limit exceeded.', 503)))
+    aws.failNext(
+      'DescribeInstances',
+      ...Array.from({ length: 10 }, () => awsError('RequestLimitExceeded', 'Request limit exceeded.', 503)),
+    )
     await assert.rejects(p.list(op), (err: unknown) => {
       assert.ok(err instanceof ProviderError)
       assert.equal(err.retryable, true)
@@ -287,11 +330,18 @@ describe('throttling and retries', () => {
 
   it('retries 5xx and network errors too, but not client errors', async () => {
     const p = makeProvider()
-    aws.failNext('DescribeInstances', awsError('InternalError', 'An internal error has occurred', 500), Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' }))
+    aws.failNext(
+      'DescribeInstances',
+      awsError('InternalError', 'An internal error has occurred', 500),
+      Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' }),
+    )
     assert.deepEqual(await p.list(op), [])
     assert.equal(aws.mock.commandCalls(DescribeInstancesCommand).length, 3)
 
-    aws.failNext('RunInstances', awsError('InvalidAMIID.NotFound', "The image id '[ami-0130bec6e5047f596]' does not exist", 400))
+    aws.failNext(
+      'RunInstances',
+      awsError('InvalidAMIID.NotFound', "The image id '[ami-0130bec6e5047f596]' does not exist", 400),
+    )
     await assert.rejects(p.create(specFor(seedTemplate()), op), (err: unknown) => {
       assert.ok(err instanceof ProviderError)
       assert.equal(err.retryable, false)
@@ -363,7 +413,12 @@ describe('idempotency', () => {
 describe('list and describe', () => {
   it('list pages through NextToken with the pool tag filter and returns every state', async () => {
     aws.pageSize = 2
-    const mine = Array.from({ length: 6 }, (_, i) => aws.add({ [LABEL_POOL]: POOL, [LABEL_INSTANCE]: `inst${i}`, [LABEL_TEMPLATE]: 'rstudio' }, i === 5 ? 'terminated' : 'running'))
+    const mine = Array.from({ length: 6 }, (_, i) =>
+      aws.add(
+        { [LABEL_POOL]: POOL, [LABEL_INSTANCE]: `inst${i}`, [LABEL_TEMPLATE]: 'rstudio' },
+        i === 5 ? 'terminated' : 'running',
+      ),
+    )
     aws.add({ [LABEL_POOL]: 'another-pool', [LABEL_INSTANCE]: 'x' })
     aws.add({ Purpose: 'RStudio' })
     const p = makeProvider()
@@ -374,7 +429,10 @@ describe('list and describe', () => {
     const calls = aws.mock.commandCalls(DescribeInstancesCommand).map((c) => c.args[0].input)
     assert.equal(calls.length, 3)
     for (const c of calls) assert.deepEqual(c.Filters, [{ Name: `tag:${LABEL_POOL}`, Values: [POOL] }])
-    assert.deepEqual(calls.map((c) => c.NextToken), [undefined, '2', '4'])
+    assert.deepEqual(
+      calls.map((c) => c.NextToken),
+      [undefined, '2', '4'],
+    )
   })
 
   it('describe batches 450 refs into 3 calls of at most 200', async () => {
@@ -383,7 +441,10 @@ describe('list and describe', () => {
     const map = await p.describe(refs, op)
     assert.equal(map.size, 450)
     const calls = aws.mock.commandCalls(DescribeInstancesCommand).map((c) => c.args[0].input)
-    assert.deepEqual(calls.map((c) => c.InstanceIds!.length), [200, 200, 50])
+    assert.deepEqual(
+      calls.map((c) => c.InstanceIds!.length),
+      [200, 200, 50],
+    )
     assert.equal(map.get(refs[449]!)!.instanceId, 'inst449')
   })
 
@@ -393,20 +454,32 @@ describe('list and describe', () => {
     const map = await p.describe([known, 'i-0123456789abcdef0', 'i-0fedcba9876543210', 'not-an-id', known], op)
     assert.deepEqual([...map.keys()], [known])
     const calls = aws.mock.commandCalls(DescribeInstancesCommand).map((c) => c.args[0].input)
-    assert.deepEqual(calls.map((c) => c.InstanceIds), [[known, 'i-0123456789abcdef0', 'i-0fedcba9876543210'], [known]])
+    assert.deepEqual(
+      calls.map((c) => c.InstanceIds),
+      [[known, 'i-0123456789abcdef0', 'i-0fedcba9876543210'], [known]],
+    )
     assert.equal((await p.describe(['i-0123456789abcdef0'], op)).size, 0)
     assert.equal((await p.describe([], op)).size, 0)
   })
 
   it('maps EC2 states: stopping/stopped → stopped, shutting-down/terminated → terminated', async () => {
-    const refs = (['pending', 'running', 'stopping', 'stopped', 'shutting-down', 'terminated'] as const).map((s) => aws.add({ [LABEL_POOL]: POOL }, s))
+    const refs = (['pending', 'running', 'stopping', 'stopped', 'shutting-down', 'terminated'] as const).map((s) =>
+      aws.add({ [LABEL_POOL]: POOL }, s),
+    )
     const map = await makeProvider().describe(refs, op)
-    assert.deepEqual(refs.map((r) => map.get(r)!.state), ['pending', 'running', 'stopped', 'stopped', 'terminated', 'terminated'])
+    assert.deepEqual(
+      refs.map((r) => map.get(r)!.state),
+      ['pending', 'running', 'stopped', 'stopped', 'terminated', 'terminated'],
+    )
   })
 
   it('address from private IP, public DNS or public IP, with the template port', async () => {
     const t = seedTemplate({}, { port: 9000 })
-    const cases = { 'private-ip': /^http:\/\/10\.0\.\d+\.\d+:9000$/, 'public-dns': /^http:\/\/ec2-3-120-0-\d+\.eu-central-1\.compute\.amazonaws\.com:9000$/, 'public-ip': /^http:\/\/3\.120\.0\.\d+:9000$/ }
+    const cases = {
+      'private-ip': /^http:\/\/10\.0\.\d+\.\d+:9000$/,
+      'public-dns': /^http:\/\/ec2-3-120-0-\d+\.eu-central-1\.compute\.amazonaws\.com:9000$/,
+      'public-ip': /^http:\/\/3\.120\.0\.\d+:9000$/,
+    }
     for (const [addressFrom, re] of Object.entries(cases)) {
       const p = makeProvider({ addressFrom })
       assert.deepEqual(p.validateTemplate(t), [])
@@ -456,9 +529,22 @@ describe('errors', () => {
   it('expired or missing credentials → PROVIDER_UNAVAILABLE', async () => {
     const p = makeProvider()
     aws.failNext('DescribeInstances', awsError('RequestExpired', 'Request has expired.', 400))
-    await assert.rejects(p.list(op), (err: unknown) => err instanceof ProviderError && err.code === 'PROVIDER_UNAVAILABLE' && /expired/.test(err.message))
-    aws.failNext('DescribeInstances', Object.assign(new Error('Could not load credentials from any providers'), { name: 'CredentialsProviderError' }))
-    await assert.rejects(p.list(op), (err: unknown) => err instanceof ProviderError && err.code === 'PROVIDER_UNAVAILABLE' && /ec2:DescribeInstances/.test(err.message))
+    await assert.rejects(
+      p.list(op),
+      (err: unknown) =>
+        err instanceof ProviderError && err.code === 'PROVIDER_UNAVAILABLE' && /expired/.test(err.message),
+    )
+    aws.failNext(
+      'DescribeInstances',
+      Object.assign(new Error('Could not load credentials from any providers'), { name: 'CredentialsProviderError' }),
+    )
+    await assert.rejects(
+      p.list(op),
+      (err: unknown) =>
+        err instanceof ProviderError &&
+        err.code === 'PROVIDER_UNAVAILABLE' &&
+        /ec2:DescribeInstances/.test(err.message),
+    )
   })
 
   it('init checks credentials with a dry run; a denial names ec2:DescribeInstances', async () => {
@@ -466,7 +552,13 @@ describe('errors', () => {
     const call = aws.mock.commandCalls(DescribeInstancesCommand)[0]!.args[0].input
     assert.equal(call.DryRun, true)
     aws.failNext('DescribeInstances', denied('ec2:DescribeInstances'))
-    await assert.rejects(makeProvider().init(op), (err: unknown) => err instanceof ProviderError && err.code === 'PROVIDER_UNAVAILABLE' && /ec2:DescribeInstances/.test(err.message))
+    await assert.rejects(
+      makeProvider().init(op),
+      (err: unknown) =>
+        err instanceof ProviderError &&
+        err.code === 'PROVIDER_UNAVAILABLE' &&
+        /ec2:DescribeInstances/.test(err.message),
+    )
   })
 
   it('destroy: TerminateInstances; an unknown or already terminated instance resolves', async () => {
@@ -501,7 +593,12 @@ describe('errors', () => {
 describe('registry', () => {
   it('loads the ec2 provider lazily through the registry', async () => {
     const { loadProvider } = await import('../../src/providers/registry.js')
-    const p = await loadProvider('ec2', { poolId: POOL, dataDir: '/nonexistent', settings: { region: SEED.REGION }, log: op.log })
+    const p = await loadProvider('ec2', {
+      poolId: POOL,
+      dataDir: '/nonexistent',
+      settings: { region: SEED.REGION },
+      log: op.log,
+    })
     assert.equal(p.name, 'ec2')
     assert.equal(p.capabilities.supportsSuspend, true)
     assert.deepEqual(p.validateTemplate(seedTemplate()), [])
@@ -515,13 +612,25 @@ describe('validateTemplate', () => {
     const problems = validateTemplate(
       seedTemplate({ imageId: 'not-an-ami', securityGroupIds: [], extra: 1, tags: { 'studiopool:pool': 'x' } }),
     )
-    assert.ok(problems.some((p) => p.includes('/imageId')), problems.join('\n'))
-    assert.ok(problems.some((p) => p.includes('/securityGroupIds')), problems.join('\n'))
-    assert.ok(problems.some((p) => /extra/.test(p)), problems.join('\n'))
+    assert.ok(
+      problems.some((p) => p.includes('/imageId')),
+      problems.join('\n'),
+    )
+    assert.ok(
+      problems.some((p) => p.includes('/securityGroupIds')),
+      problems.join('\n'),
+    )
+    assert.ok(
+      problems.some((p) => /extra/.test(p)),
+      problems.join('\n'),
+    )
     assert.deepEqual(validateTemplate(seedTemplate({ tags: { 'studiopool:pool': 'x' } })), [
       'templates.rstudio.settings/tags/studiopool:pool: tag keys starting with aws: or studiopool: are reserved',
     ])
-    assert.match(validateTemplate(seedTemplate({ tokens: { progressToken: 'x' } })).join(''), /set by studiopool for each instance/)
+    assert.match(
+      validateTemplate(seedTemplate({ tokens: { progressToken: 'x' } })).join(''),
+      /set by studiopool for each instance/,
+    )
   })
 
   it('an unknown token in the user-data file is an error at validate time', async () => {
@@ -534,17 +643,23 @@ describe('validateTemplate', () => {
     const problems = validateTemplate(seedTemplate({ userDataTemplate: file, tokens: { account: '123' } }))
     assert.equal(problems.length, 1, problems.join('\n'))
     assert.match(problems[0]!, /unknown token \{\{\{mystery\}\}\}/)
-    assert.match(validateTemplate(seedTemplate({ userDataTemplate: join(dir, 'missing.sh') })).join(''), /cannot read .*ENOENT/)
+    assert.match(
+      validateTemplate(seedTemplate({ userDataTemplate: join(dir, 'missing.sh') })).join(''),
+      /cannot read .*ENOENT/,
+    )
     const p = makeProvider()
     await assert.rejects(p.create(specFor(seedTemplate({ userDataTemplate: file })), op), /unknown token/)
     assert.equal(runInputs().length, 0)
   })
 
   it('invalid provider settings fail at construction with every problem', () => {
-    assert.throws(() => makeProvider({ addressFrom: 'elastic-ip', describeBatchSize: 5000 }), (err: any) => {
-      assert.equal(err.code, 'INVALID_REQUEST')
-      assert.ok(err.details.length >= 2)
-      return true
-    })
+    assert.throws(
+      () => makeProvider({ addressFrom: 'elastic-ip', describeBatchSize: 5000 }),
+      (err: any) => {
+        assert.equal(err.code, 'INVALID_REQUEST')
+        assert.ok(err.details.length >= 2)
+        return true
+      },
+    )
   })
 })

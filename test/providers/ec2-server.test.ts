@@ -62,7 +62,11 @@ for (const kind of STORE_KINDS) {
       assert.match(r.json.error.message, /ec2:RunInstances/)
       assert.ok(Number(r.headers['retry-after']) >= 1, 'Retry-After')
       assert.equal(aws.instances.size, 0, 'nothing was launched')
-      assert.equal(await s.store.findLive('student-1', 'rstudio'), undefined, 'nothing was created or queued for the request')
+      assert.equal(
+        await s.store.findLive('student-1', 'rstudio'),
+        undefined,
+        'nothing was created or queued for the request',
+      )
       const rows = await s.store.listInstances({})
       assert.ok(rows.length <= 3, `failed rows do not pile up (${rows.length})`)
       const templates = await call(s.url, 'GET', '/api/v1/templates', { key: s.adminKey })
@@ -74,12 +78,24 @@ for (const kind of STORE_KINDS) {
       const cookie = await fetchLogin(s.url, 'ops')
       const admin = await call(s.url, 'GET', '/admin', { headers: { cookie, accept: 'text/html' } })
       assert.equal(admin.status, 200)
-      assert.match(admin.text, /title="[^"]*AWS denied ec2:RunInstances[^"]*">unavailable</, 'the admin dashboard shows the template unavailable with the cause')
+      assert.match(
+        admin.text,
+        /title="[^"]*AWS denied ec2:RunInstances[^"]*">unavailable</,
+        'the admin dashboard shows the template unavailable with the cause',
+      )
 
       // The operator fixes the policy: the worker's re-probe (after the backoff) launches, the breaker closes.
       aws.allow('RunInstances')
-      await waitFor(async () => (await call(s.url, 'GET', '/readyz')).json.checks['template:rstudio'] === 'ok', 'the breaker to close', 30_000, 100)
-      assert.match((await call(s.url, 'GET', '/metrics', { key: s.adminKey })).text, /studiopool_template_unavailable\{template="rstudio"\} 0/)
+      await waitFor(
+        async () => (await call(s.url, 'GET', '/readyz')).json.checks['template:rstudio'] === 'ok',
+        'the breaker to close',
+        30_000,
+        100,
+      )
+      assert.match(
+        (await call(s.url, 'GET', '/metrics', { key: s.adminKey })).text,
+        /studiopool_template_unavailable\{template="rstudio"\} 0/,
+      )
       await waitFor(() => aws.instances.size >= 1, 'the warm instance to be launched')
     })
 
@@ -110,7 +126,12 @@ for (const kind of STORE_KINDS) {
 
       // CreateTags denied: the claim is not held up and does not fail.
       aws.deny('CreateTags')
-      await waitFor(async () => (await s.store.listInstances({ template: 'rstudio', assigned: false, states: ['starting', 'ready'] })).length >= 1, 'the next warm instance')
+      await waitFor(
+        async () =>
+          (await s.store.listInstances({ template: 'rstudio', assigned: false, states: ['starting', 'ready'] }))
+            .length >= 1,
+        'the next warm instance',
+      )
       const t0 = Date.now()
       const r2 = await command(s.url, ARENA, 'REQUEST_RSTUDIO', { userId: 'student-2' }, '/')
       assert.equal(r2.status, 200, r2.text)

@@ -119,7 +119,12 @@ async function renderedScript(): Promise<string> {
     ownerId: null,
     sessionUrl: 'http://127.0.0.1:1/s/x/',
   }
-  const provider = createEc2Provider({ poolId: 'p', dataDir: dir, settings: { region: 'eu-central-1' }, log: pino({ level: 'silent' }) })
+  const provider = createEc2Provider({
+    poolId: 'p',
+    dataDir: dir,
+    settings: { region: 'eu-central-1' },
+    log: pino({ level: 'silent' }),
+  })
   const input = await provider.buildRunInput(spec, 'on-demand')
   await provider.close()
   return Buffer.from(input.UserData!, 'base64').toString('utf8')
@@ -181,7 +186,10 @@ describe('the shipped RStudio user data', () => {
   })
 
   it('an unreachable progress endpoint never stops the launch', async () => {
-    const script = (await renderedScript()).replace(/PROGRESS_URL='[^']*'/, "PROGRESS_URL='http://127.0.0.1:9/progress'")
+    const script = (await renderedScript()).replace(
+      /PROGRESS_URL='[^']*'/,
+      "PROGRESS_URL='http://127.0.0.1:9/progress'",
+    )
     const { code, stderr } = await runScript(script, stubs())
     assert.equal(code, 0, stderr)
     assert.equal(reports.length, 0)

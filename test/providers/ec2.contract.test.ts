@@ -35,7 +35,12 @@ providerContract({
   make: async () => {
     const aws = new FakeEc2({ pageSize: 2 })
     const provider = createEc2Provider(
-      { poolId: CONTRACT_POOL_ID, dataDir: '/nonexistent', settings: { region: 'eu-central-1' }, log: pino({ level: 'silent' }) },
+      {
+        poolId: CONTRACT_POOL_ID,
+        dataDir: '/nonexistent',
+        settings: { region: 'eu-central-1' },
+        log: pino({ level: 'silent' }),
+      },
       { sleep: async () => {}, random: () => 0 },
     )
     await provider.init({ log: pino({ level: 'silent' }) })

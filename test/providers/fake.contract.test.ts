@@ -15,7 +15,10 @@ providerContract({
 providerContract({
   name: 'fake (slow start, no suspend)',
   make: async () => {
-    const provider = new FakeProvider({ poolId: CONTRACT_POOL_ID, settings: { startDelayMs: 50, supportsSuspend: false } })
+    const provider = new FakeProvider({
+      poolId: CONTRACT_POOL_ID,
+      settings: { startDelayMs: 50, supportsSuspend: false },
+    })
     await provider.init({ log: pino({ level: 'silent' }) })
     return { provider, template: makeTemplate({ provider: 'fake' }), cleanup: async () => {} }
   },

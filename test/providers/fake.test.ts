@@ -49,7 +49,10 @@ describe('fake provider', () => {
   it('fails the next create(s) on demand, and through the failCreate hook', async () => {
     const p = new FakeProvider({ poolId: POOL, settings: {} })
     p.failNextCreate('capacity', 2)
-    await assert.rejects(p.create(spec(), op), (e: unknown) => e instanceof ProviderError && e.message === 'capacity' && e.retryable)
+    await assert.rejects(
+      p.create(spec(), op),
+      (e: unknown) => e instanceof ProviderError && e.message === 'capacity' && e.retryable,
+    )
     await assert.rejects(p.create(spec(), op), /capacity/)
     await p.create(spec(), op)
     p.failCreate = (s) => (s.id.startsWith('a') ? new ProviderError('fake', 'no a-ids') : undefined)
@@ -86,7 +89,10 @@ describe('fake provider', () => {
 
   it('is pending for startDelayMs, with progress, then running', async () => {
     let now = 1_000_000
-    const p = new FakeProvider({ poolId: POOL, settings: { startDelayMs: 1000, address: 'http://127.0.0.1:5555' } }, { now: () => now })
+    const p = new FakeProvider(
+      { poolId: POOL, settings: { startDelayMs: 1000, address: 'http://127.0.0.1:5555' } },
+      { now: () => now },
+    )
     const a = await p.create(spec(), op)
     assert.equal(a.state, 'pending')
     assert.equal(a.address, 'http://127.0.0.1:5555')
@@ -113,7 +119,10 @@ describe('fake provider', () => {
       const first = new FakeProvider({ poolId: POOL, settings: { cloud: name } })
       const a = await first.create(spec(), op)
       const second = new FakeProvider({ poolId: POOL, settings: { cloud: name } })
-      assert.deepEqual((await second.list(op)).map((i) => i.ref), [a.ref])
+      assert.deepEqual(
+        (await second.list(op)).map((i) => i.ref),
+        [a.ref],
+      )
       const otherPool = new FakeProvider({ poolId: 'other', settings: { cloud: name } })
       assert.deepEqual(await otherPool.list(op), [])
       await otherPool.destroy(a.ref, op)
@@ -140,8 +149,14 @@ describe('fake provider', () => {
   it('validates template settings', () => {
     const p = new FakeProvider({ poolId: POOL, settings: {} })
     assert.deepEqual(p.validateTemplate(makeTemplate({ settings: { startDelayMs: 10, address: 'http://x' } })), [])
-    assert.deepEqual(p.validateTemplate(makeTemplate({ settings: { startDelayMs: -1 } })), ['settings.startDelayMs: must be a number ≥ 0'])
-    assert.deepEqual(p.validateTemplate(makeTemplate({ settings: { nope: 1 } })), ['settings.nope: unknown setting of the fake provider'])
-    assert.deepEqual(p.validateTemplate(makeTemplate({ settings: { validationError: 'broken on purpose' } })), ['broken on purpose'])
+    assert.deepEqual(p.validateTemplate(makeTemplate({ settings: { startDelayMs: -1 } })), [
+      'settings.startDelayMs: must be a number ≥ 0',
+    ])
+    assert.deepEqual(p.validateTemplate(makeTemplate({ settings: { nope: 1 } })), [
+      'settings.nope: unknown setting of the fake provider',
+    ])
+    assert.deepEqual(p.validateTemplate(makeTemplate({ settings: { validationError: 'broken on purpose' } })), [
+      'broken on purpose',
+    ])
   })
 })

@@ -1,7 +1,12 @@
 import { readFileSync, readdirSync } from 'node:fs'
 
 /** Polls `check` until it returns a truthy value or the deadline passes (then throws with `what`). */
-export async function waitFor<T>(what: string, check: () => T | Promise<T>, timeoutMs = 10_000, intervalMs = 25): Promise<NonNullable<Awaited<T>>> {
+export async function waitFor<T>(
+  what: string,
+  check: () => T | Promise<T>,
+  timeoutMs = 10_000,
+  intervalMs = 25,
+): Promise<NonNullable<Awaited<T>>> {
   const deadline = Date.now() + timeoutMs
   for (;;) {
     const v = await check()

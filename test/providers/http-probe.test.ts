@@ -45,7 +45,11 @@ describe('probeHttp', () => {
 
   it('is not ok for 5xx', async () => {
     for (const status of [500, 502, 503]) {
-      assert.deepEqual(await probeHttp(base, `/status/${status}`, { timeoutMs: 2000 }), { ok: false, status, error: `HTTP ${status}` })
+      assert.deepEqual(await probeHttp(base, `/status/${status}`, { timeoutMs: 2000 }), {
+        ok: false,
+        status,
+        error: `HTTP ${status}`,
+      })
     }
   })
 
@@ -98,7 +102,10 @@ describe('probeHttp', () => {
     await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r))
     try {
       const ac = new AbortController()
-      const p = probeHttp(`http://127.0.0.1:${(silent.address() as AddressInfo).port}`, '/', { timeoutMs: 10_000, signal: ac.signal })
+      const p = probeHttp(`http://127.0.0.1:${(silent.address() as AddressInfo).port}`, '/', {
+        timeoutMs: 10_000,
+        signal: ac.signal,
+      })
       ac.abort()
       const t0 = Date.now()
       const res = await p

@@ -10,7 +10,12 @@ providerContract({
   name: 'local',
   make: async () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'studiopool-local-contract-'))
-    const provider = new LocalProvider({ poolId: CONTRACT_POOL_ID, dataDir, settings: {}, log: pino({ level: 'silent' }) })
+    const provider = new LocalProvider({
+      poolId: CONTRACT_POOL_ID,
+      dataDir,
+      settings: {},
+      log: pino({ level: 'silent' }),
+    })
     await provider.init({ log: pino({ level: 'silent' }) })
     return {
       provider,

@@ -10,7 +10,13 @@ import { ProviderError } from '../../src/domain/errors.js'
 import { newInstanceId } from '../../src/domain/ids.js'
 import { probeHttp } from '../../src/providers/http-probe.js'
 import { LocalProvider, type LocalInstanceRecord } from '../../src/providers/local/index.js'
-import { LABEL_INSTANCE, LABEL_POOL, LABEL_TEMPLATE, type InstanceSpec, type ProviderInstance } from '../../src/providers/provider.js'
+import {
+  LABEL_INSTANCE,
+  LABEL_POOL,
+  LABEL_TEMPLATE,
+  type InstanceSpec,
+  type ProviderInstance,
+} from '../../src/providers/provider.js'
 import { makeLocalDemoTemplate, makeTemplate } from '../helpers/template.js'
 import { killAll, pidAlive, pidsInGroup, waitFor } from './helpers.js'
 
@@ -23,7 +29,11 @@ function pidOf(ref: string): number {
 }
 
 function shTemplate(script: string, extra: Record<string, unknown> = {}): TemplateConfig {
-  return makeTemplate({ name: 'sh', provider: 'local', settings: { command: ['sh', '-c', script], stopGrace: 2000, ...extra } })
+  return makeTemplate({
+    name: 'sh',
+    provider: 'local',
+    settings: { command: ['sh', '-c', script], stopGrace: 2000, ...extra },
+  })
 }
 
 describe('local provider', () => {
@@ -80,9 +90,15 @@ describe('local provider', () => {
     const inst = await create(provider, s)
     assert.equal(inst.state, 'running')
     // Isolated (root): the session's own network namespace; otherwise a free port on loopback.
-    assert.match(inst.address!, provider.isolation().sessionsReachLoopback ? /^http:\/\/127\.0\.0\.1:\d+$/ : /^http:\/\/10\.213\.\d+\.\d+:8888$/)
+    assert.match(
+      inst.address!,
+      provider.isolation().sessionsReachLoopback ? /^http:\/\/127\.0\.0\.1:\d+$/ : /^http:\/\/10\.213\.\d+\.\d+:8888$/,
+    )
     assert.match(inst.ref, /^\d+:\d+$/)
-    await waitFor('the demo app to answer', async () => (await probeHttp(inst.address!, '/healthz', { timeoutMs: 1000 })).ok)
+    await waitFor(
+      'the demo app to answer',
+      async () => (await probeHttp(inst.address!, '/healthz', { timeoutMs: 1000 })).ok,
+    )
     const keep = await probeHttp(inst.address!, `${s.basePath}healthz`, { timeoutMs: 1000 })
     assert.deepEqual(keep, { ok: true, status: 200 })
     const headers = await fetch(`${inst.address}/headers`).then((r) => r.json() as Promise<{ instanceId: string }>)
@@ -92,7 +108,11 @@ describe('local provider', () => {
     assert.equal(rec.state, 'running')
     await provider.destroy(inst.ref, op)
     assert.equal(pidAlive(pidOf(inst.ref)), false)
-    assert.equal((await probeHttp(inst.address!, '/healthz', { timeoutMs: 1000 })).ok, false, 'nothing answers after destroy')
+    assert.equal(
+      (await probeHttp(inst.address!, '/healthz', { timeoutMs: 1000 })).ok,
+      false,
+      'nothing answers after destroy',
+    )
   })
 
   it('substitutes tokens in argv and env, sets the environment, and writes output.log', async () => {
@@ -118,13 +138,21 @@ describe('local provider', () => {
       const lines = text.split('\n').filter((l) => !l.startsWith('--- studiopool'))
       assert.ok(lines.includes(`argv port=${port} base=/s/${s.id}/ id=${s.id} wd=${wd} host=${host}`), text)
       assert.ok(
-        lines.includes(`env PORT=${port} BASE_PATH=/s/${s.id}/ ID=${s.id} MINE=p${port}-${s.id} HOME=${wd} TOKEN=secret-progress-token URL=${s.progressUrl} SECRET=none`),
+        lines.includes(
+          `env PORT=${port} BASE_PATH=/s/${s.id}/ ID=${s.id} MINE=p${port}-${s.id} HOME=${wd} TOKEN=secret-progress-token URL=${s.progressUrl} SECRET=none`,
+        ),
         `environment as expected, and the server's other variables not passed on:\n${text}`,
       )
       assert.ok(lines.includes('stderr line'), 'stderr goes to the log too')
-      assert.ok(lines.includes(wd), 'the working directory is the instance\'s session directory')
-      assert.ok(!existsSync(join(wd, 'instance.json')) && !existsSync(join(wd, 'output.log')), 'no bookkeeping in the session\'s directory')
-      assert.ok(!record(s.id).command.join(' ').includes('secret-progress-token'), 'the progress token is not written to instance.json')
+      assert.ok(lines.includes(wd), "the working directory is the instance's session directory")
+      assert.ok(
+        !existsSync(join(wd, 'instance.json')) && !existsSync(join(wd, 'output.log')),
+        "no bookkeeping in the session's directory",
+      )
+      assert.ok(
+        !record(s.id).command.join(' ').includes('secret-progress-token'),
+        'the progress token is not written to instance.json',
+      )
       await provider.destroy(inst.ref, op)
     } finally {
       delete process.env.STUDIOPOOL_TEST_SECRET
@@ -156,10 +184,15 @@ describe('local provider', () => {
   })
 
   it('SIGKILLs a group that ignores SIGTERM once the grace is over', async () => {
-    const s = spec(shTemplate('trap "" TERM; sleep 1000 & echo trapped; while true; do sleep 0.05; done', { stopGrace: 400 }))
+    const s = spec(
+      shTemplate('trap "" TERM; sleep 1000 & echo trapped; while true; do sleep 0.05; done', { stopGrace: 400 }),
+    )
     const inst = await create(provider, s)
     const logFile = join(dataDir, 'instances', s.id, 'output.log')
-    await waitFor('the trap to be set', () => existsSync(logFile) && readFileSync(logFile, 'utf8').split('\n').includes('trapped'))
+    await waitFor(
+      'the trap to be set',
+      () => existsSync(logFile) && readFileSync(logFile, 'utf8').split('\n').includes('trapped'),
+    )
     const pgid = pidOf(inst.ref)
     const members = pidsInGroup(pgid)
     assert.ok(members.length >= 2)
@@ -174,7 +207,10 @@ describe('local provider', () => {
   it('a new provider object on the same dataDir finds the running process and destroys it', async () => {
     const s = spec(makeLocalDemoTemplate())
     const inst = await create(provider, s)
-    await waitFor('the demo app to answer', async () => (await probeHttp(inst.address!, '/healthz', { timeoutMs: 1000 })).ok)
+    await waitFor(
+      'the demo app to answer',
+      async () => (await probeHttp(inst.address!, '/healthz', { timeoutMs: 1000 })).ok,
+    )
 
     const restarted = new LocalProvider({ poolId: POOL, dataDir, settings: {}, log })
     await restarted.init(op)
@@ -192,7 +228,11 @@ describe('local provider', () => {
 
     await restarted.destroy(inst.ref, op)
     assert.equal(pidAlive(pidOf(inst.ref)), false)
-    assert.equal((await provider.describe([inst.ref], op)).get(inst.ref)?.state, 'terminated', 'the old object sees it too')
+    assert.equal(
+      (await provider.describe([inst.ref], op)).get(inst.ref)?.state,
+      'terminated',
+      'the old object sees it too',
+    )
 
     // A provider of another pool on the same directory sees none of it.
     const other = new LocalProvider({ poolId: 'another-pool', dataDir, settings: {}, log })
@@ -203,7 +243,9 @@ describe('local provider', () => {
   it('lets the server process exit while the instance runs on; a later server finds and destroys it', async () => {
     const id = newInstanceId()
     const fixture = join(import.meta.dirname, 'fixtures', 'create-and-exit.ts')
-    const server = spawn(process.execPath, ['--import', 'tsx', fixture, dataDir, POOL, id], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const server = spawn(process.execPath, ['--import', 'tsx', fixture, dataDir, POOL, id], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    })
     let out = ''
     server.stdout!.on('data', (d: Buffer) => (out += d.toString()))
     const code = await new Promise<number | null>((resolve) => {
@@ -221,7 +263,10 @@ describe('local provider', () => {
     assert.equal(code, 0, 'the "server" exited by itself, not held open by its child')
     assert.ok(inst)
     assert.equal(pidAlive(pidOf(inst.ref)), true, 'the instance outlived the server')
-    await waitFor('the orphaned demo app to answer', async () => (await probeHttp(inst.address!, '/healthz', { timeoutMs: 1000 })).ok)
+    await waitFor(
+      'the orphaned demo app to answer',
+      async () => (await probeHttp(inst.address!, '/healthz', { timeoutMs: 1000 })).ok,
+    )
     const listed = (await provider.list(op)).find((i) => i.instanceId === id)
     assert.equal(listed?.state, 'running')
     await provider.destroy(inst.ref, op)
@@ -286,7 +331,15 @@ describe('local provider', () => {
     const insts = await Promise.all(Array.from({ length: 20 }, () => create(provider, spec(makeLocalDemoTemplate()))))
     const created = Date.now() - t0
     assert.equal(new Set(insts.map((i) => i.address)).size, 20, 'distinct ports')
-    await Promise.all(insts.map((i) => waitFor(`demo app ${i.instanceId}`, async () => (await probeHttp(i.address!, '/healthz', { timeoutMs: 1000 })).ok, 20_000)))
+    await Promise.all(
+      insts.map((i) =>
+        waitFor(
+          `demo app ${i.instanceId}`,
+          async () => (await probeHttp(i.address!, '/healthz', { timeoutMs: 1000 })).ok,
+          20_000,
+        ),
+      ),
+    )
     const ready = Date.now() - t0
     const t1 = Date.now()
     await Promise.all(insts.map((i) => provider.destroy(i.ref, op)))
@@ -324,29 +377,50 @@ describe('local provider', () => {
   it('validateTemplate explains a missing program or bad settings', async () => {
     assert.deepEqual(provider.validateTemplate(makeLocalDemoTemplate()), [])
     assert.deepEqual(provider.validateTemplate(shTemplate('true')), [])
-    const missing = provider.validateTemplate(makeTemplate({ provider: 'local', settings: { command: ['no-such-program-xyz', '--flag'] } }))
+    const missing = provider.validateTemplate(
+      makeTemplate({ provider: 'local', settings: { command: ['no-such-program-xyz', '--flag'] } }),
+    )
     assert.equal(missing.length, 1)
     assert.match(missing[0]!, /"no-such-program-xyz" was not found on PATH/)
     const notExec = join(dataDir, 'not-executable.sh')
     writeFileSync(notExec, '#!/bin/sh\n')
     chmodSync(notExec, 0o644)
-    assert.match(provider.validateTemplate(makeTemplate({ provider: 'local', settings: { command: [notExec] } }))[0]!, /does not exist or is not executable/)
+    assert.match(
+      provider.validateTemplate(makeTemplate({ provider: 'local', settings: { command: [notExec] } }))[0]!,
+      /does not exist or is not executable/,
+    )
     const noCommand = provider.validateTemplate(makeTemplate({ provider: 'local', settings: {} }))
-    assert.ok(noCommand.some((p) => p.startsWith('settings.command')), noCommand.join('; '))
-    const extra = provider.validateTemplate(makeTemplate({ provider: 'local', settings: { command: ['sh'], stopGrace: 'soon', typo: 1 } }))
+    assert.ok(
+      noCommand.some((p) => p.startsWith('settings.command')),
+      noCommand.join('; '),
+    )
+    const extra = provider.validateTemplate(
+      makeTemplate({ provider: 'local', settings: { command: ['sh'], stopGrace: 'soon', typo: 1 } }),
+    )
     assert.ok(extra.length >= 1, extra.join('; '))
-    assert.match(provider.validateTemplate(makeTemplate({ provider: 'local', settings: { command: ['sh'], stopGrace: 'soon' } }))[0]!, /stopGrace/)
+    assert.match(
+      provider.validateTemplate(
+        makeTemplate({ provider: 'local', settings: { command: ['sh'], stopGrace: 'soon' } }),
+      )[0]!,
+      /stopGrace/,
+    )
   })
 
   it('refuses an instance id that is not one of ours before touching the file system', async () => {
     const bad = { ...spec(makeLocalDemoTemplate()), id: '../../etc' }
-    await assert.rejects(provider.create(bad, op), (err: unknown) => err instanceof ProviderError && /invalid instance id/.test(err.message))
+    await assert.rejects(
+      provider.create(bad, op),
+      (err: unknown) => err instanceof ProviderError && /invalid instance id/.test(err.message),
+    )
     assert.equal(existsSync(join(dataDir, 'etc')), false)
   })
 
   it('reports a program that cannot be started as a ProviderError', async () => {
     const t = makeTemplate({ provider: 'local', settings: { command: ['no-such-program-xyz'] } })
-    await assert.rejects(provider.create(spec(t), op), (err: unknown) => err instanceof ProviderError && /ENOENT/.test(err.message))
+    await assert.rejects(
+      provider.create(spec(t), op),
+      (err: unknown) => err instanceof ProviderError && /ENOENT/.test(err.message),
+    )
   })
 
   it('removes terminated instance directories after keepTerminated', async () => {
@@ -357,7 +431,10 @@ describe('local provider', () => {
     await pruning.destroy(inst.ref, op)
     await waitFor('terminatedAt to be in the past', () => Date.now() > record(s.id).terminatedAt!)
     const listed = await pruning.list(op)
-    assert.equal(listed.find((i) => i.instanceId === s.id), undefined)
+    assert.equal(
+      listed.find((i) => i.instanceId === s.id),
+      undefined,
+    )
     assert.equal(existsSync(join(dataDir, 'instances', s.id)), false)
   })
 })
@@ -383,7 +460,13 @@ describe('local provider: a server killed between spawn and record (issue 9, ite
     const child = spawn('sleep', ['1000'], {
       detached: true,
       stdio: 'ignore',
-      env: { PATH: process.env.PATH ?? '', STUDIOPOOL_POOL: POOL, STUDIOPOOL_SCOPE: provider.scope, STUDIOPOOL_INSTANCE_ID: id, STUDIOPOOL_TEMPLATE: 'sh' },
+      env: {
+        PATH: process.env.PATH ?? '',
+        STUDIOPOOL_POOL: POOL,
+        STUDIOPOOL_SCOPE: provider.scope,
+        STUDIOPOOL_INSTANCE_ID: id,
+        STUDIOPOOL_TEMPLATE: 'sh',
+      },
     })
     child.unref()
     started.add(child.pid!)
@@ -393,7 +476,9 @@ describe('local provider: a server killed between spawn and record (issue 9, ite
   it('list() finds the process by its marker, and destroy() of that ref ends it', async () => {
     const id = newInstanceId()
     const pid = unrecordedSession(id)
-    const listed = await waitFor('the unrecorded process to be listed', async () => (await provider.list(op)).find((i) => i.instanceId === id))
+    const listed = await waitFor('the unrecorded process to be listed', async () =>
+      (await provider.list(op)).find((i) => i.instanceId === id),
+    )
     assert.equal(listed.state, 'running')
     assert.equal(pidOf(listed.ref), pid)
     await provider.destroy(listed.ref, op)
@@ -403,19 +488,38 @@ describe('local provider: a server killed between spawn and record (issue 9, ite
   it('create() for that instance ends the unrecorded process and starts exactly one', async () => {
     const id = newInstanceId()
     const orphan = unrecordedSession(id)
-    const t = makeTemplate({ name: 'sh', provider: 'local', settings: { command: ['sh', '-c', 'exec sleep 1000'], stopGrace: 2000 } })
+    const t = makeTemplate({
+      name: 'sh',
+      provider: 'local',
+      settings: { command: ['sh', '-c', 'exec sleep 1000'], stopGrace: 2000 },
+    })
     const inst = await provider.create(
-      { id, poolId: POOL, template: t, basePath: `/s/${id}/`, labels: { [LABEL_POOL]: POOL, [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: 'sh' }, progressUrl: 'http://127.0.0.1:9/', progressToken: 'x', appToken: 'x', ownerId: null, sessionUrl: 'http://127.0.0.1:9/' },
+      {
+        id,
+        poolId: POOL,
+        template: t,
+        basePath: `/s/${id}/`,
+        labels: { [LABEL_POOL]: POOL, [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: 'sh' },
+        progressUrl: 'http://127.0.0.1:9/',
+        progressToken: 'x',
+        appToken: 'x',
+        ownerId: null,
+        sessionUrl: 'http://127.0.0.1:9/',
+      },
       op,
     )
     started.add(pidOf(inst.ref))
     assert.equal(pidAlive(orphan), false, 'the process without a record is gone')
     const mine = (await provider.list(op)).filter((i) => i.instanceId === id && i.state === 'running')
-    assert.deepEqual(mine.map((i) => i.ref), [inst.ref], 'one process for the instance, the recorded one')
+    assert.deepEqual(
+      mine.map((i) => i.ref),
+      [inst.ref],
+      'one process for the instance, the recorded one',
+    )
     await provider.destroy(inst.ref, op)
   })
 
-  it('a record naming a process without the instance\'s marker never gets it signalled', async () => {
+  it("a record naming a process without the instance's marker never gets it signalled", async () => {
     // A forged (or stale) record pointing at a live process that is not this instance's.
     const stranger = spawn('sleep', ['1000'], { detached: true, stdio: 'ignore' })
     stranger.unref()

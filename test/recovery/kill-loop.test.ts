@@ -62,7 +62,11 @@ function markedSessions(scope: string): Map<number, string> {
 
 function recordOf(dataDir: string, id: string): { pid: number; state: string; labels: Record<string, string> } | null {
   try {
-    return JSON.parse(readFileSync(join(dataDir, 'instances', id, 'instance.json'), 'utf8')) as { pid: number; state: string; labels: Record<string, string> }
+    return JSON.parse(readFileSync(join(dataDir, 'instances', id, 'instance.json'), 'utf8')) as {
+      pid: number
+      state: string
+      labels: Record<string, string>
+    }
   } catch {
     return null
   }
@@ -97,7 +101,10 @@ for (const kind of STORE_KINDS) {
     })
 
     test(`${ROUNDS} rounds: no duplicate, no leak, no lost process, history closed`, async (t) => {
-      const storeYaml = kind.name === 'sqlite' ? 'store: { driver: sqlite }' : `store: { driver: postgres, url: ${JSON.stringify(await kind.freshUrl())} }`
+      const storeYaml =
+        kind.name === 'sqlite'
+          ? 'store: { driver: sqlite }'
+          : `store: { driver: postgres, url: ${JSON.stringify(await kind.freshUrl())} }`
       const yaml = config(storeYaml)
       server = await spawnServer({ cwd, config: yaml })
       const key = server.adminKey!
@@ -117,7 +124,10 @@ for (const kind of STORE_KINDS) {
               known.delete(u)
             } else {
               stats.requests++
-              const r = await api<{ instanceId: string }>(s.url, key, 'POST', '/api/commands', { command: 'REQUEST_SESSION', payload: { userId: u } })
+              const r = await api<{ instanceId: string }>(s.url, key, 'POST', '/api/commands', {
+                command: 'REQUEST_SESSION',
+                payload: { userId: u },
+              })
               if (r.status === 200) known.set(u, r.body.instanceId)
             }
           } catch {
@@ -143,30 +153,55 @@ for (const kind of STORE_KINDS) {
         )
         // 1. No user with two live instances of a template.
         const owners = live.filter((i) => i.userId && i.state !== 'queued').map((i) => `${i.userId}/${i.template}`)
-        assert.equal(new Set(owners).size, owners.length, `round ${round}: a user holds two instances: ${owners.join(', ')}`)
+        assert.equal(
+          new Set(owners).size,
+          owners.length,
+          `round ${round}: a user holds two instances: ${owners.join(', ')}`,
+        )
         // 2. Every live instance has its process.
         for (const i of live.filter((v) => v.state === 'ready')) {
           const rec = recordFor(dataDir, i.instanceId)
-          assert.ok(rec && rec.state === 'running' && isAlive(rec.pid), `round ${round}: ready instance ${i.instanceId} has no live process`)
+          assert.ok(
+            rec && rec.state === 'running' && isAlive(rec.pid),
+            `round ${round}: ready instance ${i.instanceId} has no live process`,
+          )
         }
         // 3. Every session process has its record and its live instance (orphans reaped after the 1 s grace).
         const liveIds = new Set(live.map((i) => i.instanceId))
         await waitFor(
-          () => [...markedSessions(scope)].every(([pid, id]) => liveIds.has(holderOf(dataDir, id)) && recordOf(dataDir, id)?.pid === pid),
+          () =>
+            [...markedSessions(scope)].every(
+              ([pid, id]) => liveIds.has(holderOf(dataDir, id)) && recordOf(dataDir, id)?.pid === pid,
+            ),
           `round ${round}: no session process without its record and live instance (${JSON.stringify([...markedSessions(scope)])})`,
           15_000,
           100,
         )
         const perInstance = new Map<string, number>()
-        for (const id of markedSessions(scope).values()) perInstance.set(holderOf(dataDir, id), (perInstance.get(holderOf(dataDir, id)) ?? 0) + 1)
-        assert.ok([...perInstance.values()].every((n) => n === 1), `round ${round}: an instance has two processes`)
+        for (const id of markedSessions(scope).values())
+          perInstance.set(holderOf(dataDir, id), (perInstance.get(holderOf(dataDir, id)) ?? 0) + 1)
+        assert.ok(
+          [...perInstance.values()].every((n) => n === 1),
+          `round ${round}: an instance has two processes`,
+        )
         // 4. History closed for every ended assignment.
-        const hist = await api<{ history: { instanceId: string; endedAt: string | null }[] }>(srv.url, key, 'GET', '/api/v1/history?limit=10000')
+        const hist = await api<{ history: { instanceId: string; endedAt: string | null }[] }>(
+          srv.url,
+          key,
+          'GET',
+          '/api/v1/history?limit=10000',
+        )
         for (const h of hist.body.history) {
-          if (h.endedAt === null) assert.ok(liveIds.has(h.instanceId), `round ${round}: assignment of ended instance ${h.instanceId} left open`)
+          if (h.endedAt === null)
+            assert.ok(
+              liveIds.has(h.instanceId),
+              `round ${round}: assignment of ended instance ${h.instanceId} left open`,
+            )
         }
       }
-      t.diagnostic(`${kind.name}: ${ROUNDS} rounds, ${stats.requests} requests and ${stats.deletes} deletes sent, ${stats.killedMidway} cut by the kill; 0 duplicates, 0 leaks, 0 lost processes`)
+      t.diagnostic(
+        `${kind.name}: ${ROUNDS} rounds, ${stats.requests} requests and ${stats.deletes} deletes sent, ${stats.killedMidway} cut by the kill; 0 duplicates, 0 leaks, 0 lost processes`,
+      )
     })
   })
 }

@@ -18,7 +18,13 @@ import { newInstanceId } from '../../src/domain/ids.js'
 import { recoverFromProviders } from '../../src/pool/recover.js'
 import { createEc2Provider } from '../../src/providers/ec2/index.js'
 import { FakeCloud, FakeProvider } from '../../src/providers/fake/index.js'
-import { LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL, LABEL_TEMPLATE, type InstanceSpec } from '../../src/providers/provider.js'
+import {
+  LABEL_INSTANCE,
+  LABEL_OWNER,
+  LABEL_POOL,
+  LABEL_TEMPLATE,
+  type InstanceSpec,
+} from '../../src/providers/provider.js'
 import { createStoreFromUrl } from '../../src/store/sql-store.js'
 import { STORE_KINDS, waitFor } from '../helpers/stores.js'
 import { BIN } from '../helpers/server-process.js'
@@ -52,7 +58,10 @@ for (const kind of STORE_KINDS) {
       const owners = new Map<string, string>()
       try {
         await a.pool.topUp()
-        await waitFor(async () => (await a.store.listInstances({ states: ['ready'], assigned: false })).length === 2, 'two warm instances')
+        await waitFor(
+          async () => (await a.store.listInstances({ states: ['ready'], assigned: false })).length === 2,
+          'two warm instances',
+        )
         const w = await a.pool.request({ userId: 'warm-user', keyName: 'arena' })
         assert.equal(w.outcome, 'warm')
         // Fill the warm pool's replacement too, then a cold start beyond it.
@@ -64,8 +73,18 @@ for (const kind of STORE_KINDS) {
         warmUser = w.instance.id
         coldUser = c.instance.id
         await a.pool.drain()
-        await waitFor(() => cloud.resources.get((providerA.instances().find((r) => r.instanceId === warmUser) ?? { ref: '' }).ref)?.labels[LABEL_OWNER] === 'warm-user', 'the warm claim relabelled')
-        for (const [id, owner] of owners) assert.equal(providerA.instances().find((r) => r.instanceId === id && r.state !== 'terminated')?.labels[LABEL_OWNER], owner, `owner label of ${id}`)
+        await waitFor(
+          () =>
+            cloud.resources.get((providerA.instances().find((r) => r.instanceId === warmUser) ?? { ref: '' }).ref)
+              ?.labels[LABEL_OWNER] === 'warm-user',
+          'the warm claim relabelled',
+        )
+        for (const [id, owner] of owners)
+          assert.equal(
+            providerA.instances().find((r) => r.instanceId === id && r.state !== 'terminated')?.labels[LABEL_OWNER],
+            owner,
+            `owner label of ${id}`,
+          )
       } finally {
         await a.close() // the store is "lost"; the provider's resources stay
       }
@@ -85,11 +104,24 @@ for (const kind of STORE_KINDS) {
         assert.equal(hist[0]!.endedAt, null, 'the assignment is open')
         assert.equal(hist[0]!.keyName, id === coldUser ? 'portal' : 'arena')
       }
-      assert.equal((await store.listInstances({ assigned: false })).length, live.length - owners.size, 'the free warm instances come back free')
+      assert.equal(
+        (await store.listInstances({ assigned: false })).length,
+        live.length - owners.size,
+        'the free warm instances come back free',
+      )
 
       // Not again into a store that holds data, unless forced; forced, nothing is duplicated.
-      await assert.rejects(recoverFromProviders({ config, store, providers: new Map([['fake', providerB]]), log }), (e: unknown) => e instanceof AppError && e.code === 'CONFLICT')
-      const again = await recoverFromProviders({ config, store, providers: new Map([['fake', providerB]]), log, force: true })
+      await assert.rejects(
+        recoverFromProviders({ config, store, providers: new Map([['fake', providerB]]), log }),
+        (e: unknown) => e instanceof AppError && e.code === 'CONFLICT',
+      )
+      const again = await recoverFromProviders({
+        config,
+        store,
+        providers: new Map([['fake', providerB]]),
+        log,
+        force: true,
+      })
       assert.equal(again.instances.length, 0)
       assert.ok(again.skipped.every((s) => s.reason === 'already in the store' || s.reason === 'terminated'))
 
@@ -97,14 +129,21 @@ for (const kind of STORE_KINDS) {
       const b = makeHarness(store, YAML, { appUrl: app.url, provider: providerB })
       try {
         await b.worker.runOnce()
-        await waitFor(async () => (await store.listInstances({ states: ['ready'] })).length === live.length, 'the recovered instances to be ready')
+        await waitFor(
+          async () => (await store.listInstances({ states: ['ready'] })).length === live.length,
+          'the recovered instances to be ready',
+        )
         // The same requester as before (the requester is part of a session's identity, issue 8).
         const back = await b.pool.request({ userId: 'warm-user', keyName: 'arena' })
         assert.equal(back.outcome, 'existing')
         assert.equal(back.instance.id, warmUser)
         assert.equal((await b.pool.request({ userId: 'cold-user', keyName: 'portal' })).instance.id, coldUser)
         await b.worker.runOnce()
-        assert.equal(providerB.instances().filter((r) => r.state !== 'terminated').length, live.length, 'nothing was reaped as an orphan')
+        assert.equal(
+          providerB.instances().filter((r) => r.state !== 'terminated').length,
+          live.length,
+          'nothing was reaped as an orphan',
+        )
       } finally {
         await b.close()
         FakeCloud.drop(cloudName)
@@ -121,7 +160,10 @@ templates:
 `
       const config = loadConfig({ text: ec2Yaml, env: {}, cwd: tmp })
       const t = config.templates[0]!
-      const provider = createEc2Provider({ poolId: 'rec-ec2', dataDir: tmp, settings: { region: 'eu-central-1' }, log }, { sleep: async () => {}, random: () => 0 })
+      const provider = createEc2Provider(
+        { poolId: 'rec-ec2', dataDir: tmp, settings: { region: 'eu-central-1' }, log },
+        { sleep: async () => {}, random: () => 0 },
+      )
       try {
         await provider.init({ log })
         assert.deepEqual(provider.validateTemplate(t), [])
@@ -140,11 +182,22 @@ templates:
         const cold = newInstanceId()
         const warm = newInstanceId()
         const free = newInstanceId()
-        await provider.create(spec(cold, { [LABEL_OWNER]: 'ann', 'studiopool:assigned-at': '1700000000000', 'studiopool:requester': 'arena' }), { log })
+        await provider.create(
+          spec(cold, {
+            [LABEL_OWNER]: 'ann',
+            'studiopool:assigned-at': '1700000000000',
+            'studiopool:requester': 'arena',
+          }),
+          { log },
+        )
         const w = await provider.create(spec(warm), { log })
         await provider.create(spec(free), { log })
         // A warm claim: the pool relabels in the background.
-        await provider.relabel(w.ref, { [LABEL_INSTANCE]: warm, [LABEL_OWNER]: 'bob', 'studiopool:assigned-at': '1700000001000' }, { log })
+        await provider.relabel(
+          w.ref,
+          { [LABEL_INSTANCE]: warm, [LABEL_OWNER]: 'bob', 'studiopool:assigned-at': '1700000001000' },
+          { log },
+        )
         const store = await kind.make({ poolId: `rec-ec2-${newInstanceId().slice(0, 10)}` })
         const report = await recoverFromProviders({ config, store, providers: new Map([['ec2', provider]]), log })
         assert.equal(report.instances.length, 3)
@@ -165,11 +218,17 @@ templates:
     test('the CLI, a real process: reports what it found; refuses a non-empty store with exit 2', async () => {
       const url = await kind.freshUrl()
       const dir = mkdtempSync(join(tmp, 'cli-'))
-      const storeYaml = url.startsWith('sqlite:') ? `store: { driver: sqlite, path: ${JSON.stringify(url.slice(7))} }` : `store: { driver: postgres, url: ${JSON.stringify(url)} }`
+      const storeYaml = url.startsWith('sqlite:')
+        ? `store: { driver: sqlite, path: ${JSON.stringify(url.slice(7))} }`
+        : `store: { driver: postgres, url: ${JSON.stringify(url)} }`
       const file = join(dir, 'studiopool.yaml')
       writeFileSync(file, `${storeYaml}\npool: { id: cli }\ntemplates:\n  demo: { provider: fake }\n`)
       const run = async (...args: string[]) => {
-        const child = spawn(process.execPath, [BIN, 'recover', '--config', file, ...args], { cwd: dir, env: { PATH: process.env.PATH ?? '', HOME: dir }, stdio: ['ignore', 'pipe', 'pipe'] })
+        const child = spawn(process.execPath, [BIN, 'recover', '--config', file, ...args], {
+          cwd: dir,
+          env: { PATH: process.env.PATH ?? '', HOME: dir },
+          stdio: ['ignore', 'pipe', 'pipe'],
+        })
         let out = ''
         child.stdout.on('data', (d: Buffer) => (out += d.toString()))
         child.stderr.on('data', (d: Buffer) => (out += d.toString()))
@@ -185,7 +244,15 @@ templates:
       assert.deepEqual(report.instances, [])
       const s = await createStoreFromUrl(url, { poolId: 'cli' })
       const now = Date.now()
-      await s.insertInstance({ id: newInstanceId(), template: 'demo', state: 'ready', ownerId: null, keyName: null, createdAt: now, updatedAt: now })
+      await s.insertInstance({
+        id: newInstanceId(),
+        template: 'demo',
+        state: 'ready',
+        ownerId: null,
+        keyName: null,
+        createdAt: now,
+        updatedAt: now,
+      })
       await s.close()
       const refused = await run()
       assert.equal(refused.code, 2, refused.out)

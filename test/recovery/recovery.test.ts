@@ -21,7 +21,15 @@ import { LABEL_INSTANCE, LABEL_POOL, LABEL_TEMPLATE } from '../../src/providers/
 import { createProvider } from '../../src/providers/local/index.js'
 import { makeLocalDemoTemplate } from '../helpers/template.js'
 import { waitFor } from '../helpers/stores.js'
-import { api, DEMO_APP, isAlive, killAll, livePids, spawnServer, type ServerProcess } from '../helpers/server-process.js'
+import {
+  api,
+  DEMO_APP,
+  isAlive,
+  killAll,
+  livePids,
+  spawnServer,
+  type ServerProcess,
+} from '../helpers/server-process.js'
 
 const dirs: string[] = []
 const servers: ServerProcess[] = []
@@ -65,10 +73,15 @@ async function command(s: ServerProcess, key: string, command: string, payload: 
 }
 
 async function waitReady(s: ServerProcess, key: string, instanceId: string, userId: string) {
-  return waitFor(async () => {
-    const r = await command(s, key, 'GET_STATUS', { instanceId, userId })
-    return r.status === 200 && r.body.instance.state === 'ready' ? r.body.instance : undefined
-  }, `instance ${instanceId} ready`, 30_000, 100)
+  return waitFor(
+    async () => {
+      const r = await command(s, key, 'GET_STATUS', { instanceId, userId })
+      return r.status === 200 && r.body.instance.state === 'ready' ? r.body.instance : undefined
+    },
+    `instance ${instanceId} ready`,
+    30_000,
+    100,
+  )
 }
 
 /** Follows the launch URL like a browser: returns the session cookie. */
@@ -109,7 +122,10 @@ describe('restart and recovery', () => {
     await waitReady(a, key, g2.instanceId, 'u2')
     const cookie = await launch(g1.url)
     assert.equal(await getPage(`${a.url}/s/${g1.instanceId}/`, cookie), 200)
-    await waitFor(async () => (await api(a.url, key, 'GET', '/api/v1/pool')).body.byTemplate.demo?.ready === 3, 'two assigned and one warm instance')
+    await waitFor(
+      async () => (await api(a.url, key, 'GET', '/api/v1/pool')).body.byTemplate.demo?.ready === 3,
+      'two assigned and one warm instance',
+    )
     const before = livePids(dataDir)
     assert.equal(before.size, 3)
 
@@ -129,14 +145,25 @@ describe('restart and recovery', () => {
     const lastActivity = Date.now()
 
     // Nobody sends anything now: both sessions are culled after the idle timeout, and not much later.
-    await waitFor(async () => {
-      const h = (await api(b.url, key, 'GET', '/api/v1/history?reason=idle')).body.history as unknown[]
-      return h.length === 2
-    }, 'both sessions culled as idle', 30_000, 100)
+    await waitFor(
+      async () => {
+        const h = (await api(b.url, key, 'GET', '/api/v1/history?reason=idle')).body.history as unknown[]
+        return h.length === 2
+      },
+      'both sessions culled as idle',
+      30_000,
+      100,
+    )
     const culledAfter = Date.now() - lastActivity
     assert.ok(culledAfter >= IDLE_S * 1000 - 1000, `not culled early (${culledAfter} ms)`)
-    assert.ok(culledAfter < IDLE_S * 1000 + 4_000, `culled on time (${culledAfter} ms after the last activity, ${Date.now() - killedAt} ms after the kill)`)
-    await waitFor(() => !isAlive(before.get(g1.instanceId)!) && !isAlive(before.get(g2.instanceId)!), 'the culled processes gone')
+    assert.ok(
+      culledAfter < IDLE_S * 1000 + 4_000,
+      `culled on time (${culledAfter} ms after the last activity, ${Date.now() - killedAt} ms after the kill)`,
+    )
+    await waitFor(
+      () => !isAlive(before.get(g1.instanceId)!) && !isAlive(before.get(g2.instanceId)!),
+      'the culled processes gone',
+    )
     await b.kill()
   })
 
@@ -172,14 +199,19 @@ describe('restart and recovery', () => {
 
     // The client reconnects with backoff, as a browser app would, to the same URL.
     let ws2: WebSocket | undefined
-    await waitFor(async () => {
-      try {
-        ws2 = await connect()
-        return true
-      } catch {
-        return false
-      }
-    }, 'a WebSocket to the replacement', 30_000, 200)
+    await waitFor(
+      async () => {
+        try {
+          ws2 = await connect()
+          return true
+        } catch {
+          return false
+        }
+      },
+      'a WebSocket to the replacement',
+      30_000,
+      200,
+    )
     assert.match(await echo(ws2!, 'after'), /after/)
     ws2!.close()
     const inst = (await command(s, key, 'GET_STATUS', { instanceId: g.instanceId, userId: 'u3' })).body.instance
@@ -187,7 +219,9 @@ describe('restart and recovery', () => {
     assert.equal(inst.generation, 1, 'a new generation behind it')
     assert.equal(inst.userId, 'u3', 'the owner kept')
     assert.notEqual(livePids(dataDir).get(g.instanceId), pid, 'a new process')
-    const audit = (await api(s.url, key, 'GET', `/api/v1/audit?instanceId=${g.instanceId}`)).body.events as { event: string }[]
+    const audit = (await api(s.url, key, 'GET', `/api/v1/audit?instanceId=${g.instanceId}`)).body.events as {
+      event: string
+    }[]
     assert.ok(audit.some((e) => e.event === 'replaced'))
     await s.kill()
   })
@@ -211,8 +245,11 @@ describe('restart and recovery', () => {
       assert.equal(inst.userId, 'u4')
       const now = livePids(dataDir)
       assert.equal(now.size, 1, 'exactly one process: adopted or made once, nothing leaked')
-      if (fault === 'kill-after-create') assert.deepEqual(now, orphanPids, 'the process made before the crash was adopted, not duplicated')
-      const hist = (await api(b.url, key, 'GET', '/api/v1/history?userId=u4')).body.history as { endedAt: string | null }[]
+      if (fault === 'kill-after-create')
+        assert.deepEqual(now, orphanPids, 'the process made before the crash was adopted, not duplicated')
+      const hist = (await api(b.url, key, 'GET', '/api/v1/history?userId=u4')).body.history as {
+        endedAt: string | null
+      }[]
       assert.equal(hist.length, 1)
       assert.equal(hist[0]!.endedAt, null, 'the assignment is still open')
       await b.kill()
@@ -231,7 +268,18 @@ describe('restart and recovery', () => {
     // The grace counts from the resource's own creation time, which is before create() returns.
     const bornAt = Date.now()
     const made = await provider.create(
-      { id, poolId: 'studiopool', template, basePath: `/s/${id}/`, labels: { [LABEL_POOL]: 'studiopool', [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: 'demo' }, progressUrl: 'http://127.0.0.1:9/', progressToken: 'x', appToken: 'x', ownerId: null, sessionUrl: 'http://127.0.0.1:9/' },
+      {
+        id,
+        poolId: 'studiopool',
+        template,
+        basePath: `/s/${id}/`,
+        labels: { [LABEL_POOL]: 'studiopool', [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: 'demo' },
+        progressUrl: 'http://127.0.0.1:9/',
+        progressToken: 'x',
+        appToken: 'x',
+        ownerId: null,
+        sessionUrl: 'http://127.0.0.1:9/',
+      },
       { log: pino({ level: 'silent' }) },
     )
     const pid = livePids(dataDir).get(id)!
@@ -242,10 +290,18 @@ describe('restart and recovery', () => {
     await waitFor(() => !isAlive(pid), 'the orphan reaped', 20_000, 100)
     assert.ok(Date.now() - bornAt >= 2000, 'reaped only after the grace')
     // Audited once the destroy has finished (the process goes first, then its namespace).
-    await waitFor(async () => {
-      const audit = (await api(s.url, key, 'GET', `/api/v1/audit?instanceId=${id}`)).body.events as { event: string; detail: { ref: string } }[]
-      return audit.some((e) => e.event === 'orphan-reaped' && e.detail.ref === made.ref)
-    }, 'the reaping audited', 10_000, 100)
+    await waitFor(
+      async () => {
+        const audit = (await api(s.url, key, 'GET', `/api/v1/audit?instanceId=${id}`)).body.events as {
+          event: string
+          detail: { ref: string }
+        }[]
+        return audit.some((e) => e.event === 'orphan-reaped' && e.detail.ref === made.ref)
+      },
+      'the reaping audited',
+      10_000,
+      100,
+    )
     await provider.close()
     await s.kill()
   })

@@ -47,14 +47,28 @@ function exampleConfig(): string {
   return stringifyYaml(doc)
 }
 
-async function requestReady(srv: ServerProcess, key: string, userId: string, template: string): Promise<{ instanceId: string; url: string }> {
-  const r = await api<{ instanceId: string; url: string }>(srv.url, key, 'POST', '/api/commands', { command: 'REQUEST_SESSION', payload: { userId, template } })
+async function requestReady(
+  srv: ServerProcess,
+  key: string,
+  userId: string,
+  template: string,
+): Promise<{ instanceId: string; url: string }> {
+  const r = await api<{ instanceId: string; url: string }>(srv.url, key, 'POST', '/api/commands', {
+    command: 'REQUEST_SESSION',
+    payload: { userId, template },
+  })
   assert.equal(r.status, 200, JSON.stringify(r.body))
   await waitFor(`${template} for ${userId} to be ready`, 90_000, async () => {
-    const st = await api<{ instance: { state: string; failureReason: string | null } }>(srv.url, key, 'POST', '/api/commands', {
-      command: 'GET_STATUS',
-      payload: { instanceId: r.body.instanceId, userId },
-    })
+    const st = await api<{ instance: { state: string; failureReason: string | null } }>(
+      srv.url,
+      key,
+      'POST',
+      '/api/commands',
+      {
+        command: 'GET_STATUS',
+        payload: { instanceId: r.body.instanceId, userId },
+      },
+    )
     if (st.body.instance.state === 'failed') throw new Error(`failed: ${st.body.instance.failureReason}`)
     return st.body.instance.state === 'ready' ? true : undefined
   })
@@ -62,7 +76,11 @@ async function requestReady(srv: ServerProcess, key: string, userId: string, tem
 }
 
 /** Opens the launch URL (cookie), then starts a kernel through the gateway. */
-async function openJupyter(srv: ServerProcess, launchUrl: string, instanceId: string): Promise<{ jar: CookieJar; base: string; kernelId: string }> {
+async function openJupyter(
+  srv: ServerProcess,
+  launchUrl: string,
+  instanceId: string,
+): Promise<{ jar: CookieJar; base: string; kernelId: string }> {
   const jar = new CookieJar()
   const tree = await http(launchUrl, jar)
   assert.equal(tree.status, 200, tree.text.slice(0, 200))
@@ -77,7 +95,11 @@ async function openJupyter(srv: ServerProcess, launchUrl: string, instanceId: st
 }
 
 /** Runs `code` in the kernel over its WebSocket, through the gateway; returns what it printed. */
-async function runInKernel(srv: ServerProcess, k: { jar: CookieJar; base: string; kernelId: string }, code: string): Promise<string> {
+async function runInKernel(
+  srv: ServerProcess,
+  k: { jar: CookieJar; base: string; kernelId: string },
+  code: string,
+): Promise<string> {
   const session = randomUUID()
   const ws = new WebSocket(`${k.base.replace(/^http/, 'ws')}api/kernels/${k.kernelId}/channels?session_id=${session}`, {
     headers: { origin: new URL(srv.url).origin, cookie: k.jar.header() },
@@ -86,7 +108,11 @@ async function runInKernel(srv: ServerProcess, k: { jar: CookieJar; base: string
   let replied = false
   const msgId = randomUUID()
   ws.on('message', (data) => {
-    const m = JSON.parse(data.toString()) as { msg_type: string; parent_header: { msg_id?: string }; content: { text?: string; ename?: string; evalue?: string } }
+    const m = JSON.parse(data.toString()) as {
+      msg_type: string
+      parent_header: { msg_id?: string }
+      content: { text?: string; ename?: string; evalue?: string }
+    }
     if (m.parent_header.msg_id !== msgId) return
     if (m.msg_type === 'stream' && m.content.text) out.push(m.content.text)
     if (m.msg_type === 'error') out.push(`ERROR ${m.content.ename}: ${m.content.evalue}`)
@@ -98,10 +124,24 @@ async function runInKernel(srv: ServerProcess, k: { jar: CookieJar; base: string
   })
   ws.send(
     JSON.stringify({
-      header: { msg_id: msgId, username: 'alice', session, msg_type: 'execute_request', version: '5.3', date: new Date().toISOString() },
+      header: {
+        msg_id: msgId,
+        username: 'alice',
+        session,
+        msg_type: 'execute_request',
+        version: '5.3',
+        date: new Date().toISOString(),
+      },
       parent_header: {},
       metadata: {},
-      content: { code, silent: false, store_history: false, user_expressions: {}, allow_stdin: false, stop_on_error: true },
+      content: {
+        code,
+        silent: false,
+        store_history: false,
+        user_expressions: {},
+        allow_stdin: false,
+        stop_on_error: true,
+      },
       channel: 'shell',
       buffers: [],
     }),
@@ -116,11 +156,19 @@ function record(dataDir: string, id: string): Record_ {
 }
 
 /** Starts the server (as `runAs` when given), three sessions, and runs the attacks in alice's kernel. */
-async function attackFromAlice(runAs: number | undefined): Promise<{ report: Report; serverUid: number; readyIsolation: unknown; cleanup: () => Promise<void> }> {
+async function attackFromAlice(
+  runAs: number | undefined,
+): Promise<{ report: Report; serverUid: number; readyIsolation: unknown; cleanup: () => Promise<void> }> {
   const cwd = mkdtempSync(join(tmpdir(), 'studiopool-hostile-'))
   chmodSync(cwd, 0o711) // session accounts must pass through to their homes (<dataDir>-sessions)
   if (runAs !== undefined) chownSync(cwd, runAs, runAs)
-  const srv = await spawnServer({ cwd, config: exampleConfig(), runAs, timeoutMs: 60_000, env: { ARENA_POOL_SERVICE_KEY: 'arena-secret-key-0123456789abcdef', STUDIOPOOL_LOG_LEVEL: 'warn' } })
+  const srv = await spawnServer({
+    cwd,
+    config: exampleConfig(),
+    runAs,
+    timeoutMs: 60_000,
+    env: { ARENA_POOL_SERVICE_KEY: 'arena-secret-key-0123456789abcdef', STUDIOPOOL_LOG_LEVEL: 'warn' },
+  })
   const cleanup = async () => {
     await srv.kill('SIGTERM')
     killAll(join(cwd, 'data'))
@@ -144,7 +192,9 @@ async function attackFromAlice(runAs: number | undefined): Promise<{ report: Rep
     const carolAddr = new URL(carolRec.address)
     const aliceHost = new URL(aliceRec.address).hostname
     // The host's end of alice's veth (….1 of her /30), when she has one.
-    const hostAddrs = aliceHost.startsWith('127.') ? [] : [aliceHost.replace(/\.(\d+)$/, (_m, n: string) => `.${Number(n) - 1}`)]
+    const hostAddrs = aliceHost.startsWith('127.')
+      ? []
+      : [aliceHost.replace(/\.(\d+)$/, (_m, n: string) => `.${Number(n) - 1}`)]
     const params = {
       serverPid: srv.pid,
       serverPort: Number(new URL(srv.url).port),
@@ -168,7 +218,12 @@ async function attackFromAlice(runAs: number | undefined): Promise<{ report: Rep
     const line = out.split('\n').find((l) => l.startsWith('ATTACKS '))
     assert.ok(line, `the attack script printed its report:\n${out}`)
     const ready = (await (await fetch(`${srv.url}/readyz`)).json()) as { isolation: unknown }
-    return { report: JSON.parse(line.slice('ATTACKS '.length)) as Report, serverUid: runAs ?? process.getuid!(), readyIsolation: ready.isolation, cleanup }
+    return {
+      report: JSON.parse(line.slice('ATTACKS '.length)) as Report,
+      serverUid: runAs ?? process.getuid!(),
+      readyIsolation: ready.isolation,
+      cleanup,
+    }
   } catch (err) {
     await cleanup()
     throw err
@@ -176,60 +231,92 @@ async function attackFromAlice(runAs: number | undefined): Promise<{ report: Rep
 }
 
 function attacks(report: Report): [string, Attack][] {
-  return Object.entries(report).filter((e): e is [string, Attack] => typeof e[1] === 'object' && e[1] !== null && 'ok' in e[1])
+  return Object.entries(report).filter(
+    (e): e is [string, Attack] => typeof e[1] === 'object' && e[1] !== null && 'ok' in e[1],
+  )
 }
 
 describe('hostile tenant: local sessions', { skip }, () => {
-  describe('isolated (the server runs as root)', { skip: IS_ROOT ? false : 'needs root: the server must be able to switch accounts' }, () => {
-    let res: Awaited<ReturnType<typeof attackFromAlice>>
-    before(async () => {
-      res = await attackFromAlice(undefined)
-    })
-    after(async () => {
-      await res?.cleanup()
-    })
+  describe(
+    'isolated (the server runs as root)',
+    { skip: IS_ROOT ? false : 'needs root: the server must be able to switch accounts' },
+    () => {
+      let res: Awaited<ReturnType<typeof attackFromAlice>>
+      before(async () => {
+        res = await attackFromAlice(undefined)
+      })
+      after(async () => {
+        await res?.cleanup()
+      })
 
-    test('alice runs as her own unprivileged account, without supplementary groups', () => {
-      assert.notEqual(res.report.uid, 0, 'not root')
-      assert.notEqual(res.report.uid, res.serverUid, "not the server's account")
-      assert.deepEqual(res.report.groups.filter((g) => g !== res.report.gid), [], 'no supplementary groups')
-      assert.deepEqual(res.readyIsolation, [{ provider: 'local', isolated: true }], '/readyz says the sessions are isolated')
-    })
+      test('alice runs as her own unprivileged account, without supplementary groups', () => {
+        assert.notEqual(res.report.uid, 0, 'not root')
+        assert.notEqual(res.report.uid, res.serverUid, "not the server's account")
+        assert.deepEqual(
+          res.report.groups.filter((g) => g !== res.report.gid),
+          [],
+          'no supplementary groups',
+        )
+        assert.deepEqual(
+          res.readyIsolation,
+          [{ provider: 'local', isolated: true }],
+          '/readyz says the sessions are isolated',
+        )
+      })
 
-    test('every attack from inside alice\'s kernel fails', (t) => {
-      const all = attacks(res.report)
-      assert.ok(all.length >= 20, `the whole attack list ran (${all.length})`)
-      for (const [name, a] of all) t.diagnostic(`${a.ok ? 'SUCCEEDED' : 'failed   '} ${name}: ${a.detail}`)
-      const succeeded = all.filter(([, a]) => a.ok).map(([n, a]) => `${n} (${a.detail})`)
-      assert.deepEqual(succeeded, [], `attacks that succeeded:\n${succeeded.join('\n')}`)
-    })
-  })
+      test("every attack from inside alice's kernel fails", (t) => {
+        const all = attacks(res.report)
+        assert.ok(all.length >= 20, `the whole attack list ran (${all.length})`)
+        for (const [name, a] of all) t.diagnostic(`${a.ok ? 'SUCCEEDED' : 'failed   '} ${name}: ${a.detail}`)
+        const succeeded = all.filter(([, a]) => a.ok).map(([n, a]) => `${n} (${a.detail})`)
+        assert.deepEqual(succeeded, [], `attacks that succeeded:\n${succeeded.join('\n')}`)
+      })
+    },
+  )
 
-  describe('unisolated (the server runs as an unprivileged account)', { skip: IS_ROOT ? false : 'needs root to start the server as another account' }, () => {
-    let res: Awaited<ReturnType<typeof attackFromAlice>>
-    before(async () => {
-      res = await attackFromAlice(NOBODY)
-    })
-    after(async () => {
-      await res?.cleanup()
-    })
+  describe(
+    'unisolated (the server runs as an unprivileged account)',
+    { skip: IS_ROOT ? false : 'needs root to start the server as another account' },
+    () => {
+      let res: Awaited<ReturnType<typeof attackFromAlice>>
+      before(async () => {
+        res = await attackFromAlice(NOBODY)
+      })
+      after(async () => {
+        await res?.cleanup()
+      })
 
-    test('what a session can do when sessions are not isolated (the README warning)', (t) => {
-      const all = new Map(attacks(res.report))
-      for (const [name, a] of all) t.diagnostic(`${a.ok ? 'SUCCEEDED' : 'failed   '} ${name}: ${a.detail}`)
-      assert.equal(res.report.uid, NOBODY, "sessions run as the server's own account")
-      const ready = res.readyIsolation as { provider: string; isolated: boolean; notes: string[] }[]
-      assert.equal(ready[0]?.isolated, false, '/readyz says the sessions are not isolated')
-      assert.match(ready[0]!.notes.join(' '), /NOT isolated/)
-      // What the warning says: the control plane's files and other sessions are open to every session.
-      for (const name of ['read the store', 'list the data directory', "read the server's environment", "read bob's record", "signal bob's process", 'signal the server', "connect to bob's port", "use carol's demo app directly"]) {
-        assert.equal(all.get(name)?.ok, true, `${name} succeeds unisolated: ${all.get(name)?.detail}`)
-      }
-      // What holds whatever the account: Jupyter checks the app token only the gateway sends, and
-      // no login trusts a connection from a session (dev login is off while sessions reach loopback).
-      for (const name of ["use bob's Jupyter directly", "open bob's kernel WebSocket directly", 'dev login as bob', 'header login as bob']) {
-        assert.equal(all.get(name)?.ok, false, `${name} fails even unisolated: ${all.get(name)?.detail}`)
-      }
-    })
-  })
+      test('what a session can do when sessions are not isolated (the README warning)', (t) => {
+        const all = new Map(attacks(res.report))
+        for (const [name, a] of all) t.diagnostic(`${a.ok ? 'SUCCEEDED' : 'failed   '} ${name}: ${a.detail}`)
+        assert.equal(res.report.uid, NOBODY, "sessions run as the server's own account")
+        const ready = res.readyIsolation as { provider: string; isolated: boolean; notes: string[] }[]
+        assert.equal(ready[0]?.isolated, false, '/readyz says the sessions are not isolated')
+        assert.match(ready[0]!.notes.join(' '), /NOT isolated/)
+        // What the warning says: the control plane's files and other sessions are open to every session.
+        for (const name of [
+          'read the store',
+          'list the data directory',
+          "read the server's environment",
+          "read bob's record",
+          "signal bob's process",
+          'signal the server',
+          "connect to bob's port",
+          "use carol's demo app directly",
+        ]) {
+          assert.equal(all.get(name)?.ok, true, `${name} succeeds unisolated: ${all.get(name)?.detail}`)
+        }
+        // What holds whatever the account: Jupyter checks the app token only the gateway sends, and
+        // no login trusts a connection from a session (dev login is off while sessions reach loopback).
+        for (const name of [
+          "use bob's Jupyter directly",
+          "open bob's kernel WebSocket directly",
+          'dev login as bob',
+          'header login as bob',
+        ]) {
+          assert.equal(all.get(name)?.ok, false, `${name} fails even unisolated: ${all.get(name)?.detail}`)
+        }
+      })
+    },
+  )
 })

@@ -41,10 +41,17 @@ async function get(url: string, key?: string): Promise<{ status: number; text: s
 }
 
 async function storeYaml(kind: StoreKind, dir: string): Promise<string> {
-  return kind === 'sqlite' ? `store: { driver: sqlite, path: ${JSON.stringify(join(dir, 'studiopool.db'))} }\n` : `store: { driver: postgres, url: ${JSON.stringify(await freshPgUrl())} }\n`
+  return kind === 'sqlite'
+    ? `store: { driver: sqlite, path: ${JSON.stringify(join(dir, 'studiopool.db'))} }\n`
+    : `store: { driver: postgres, url: ${JSON.stringify(await freshPgUrl())} }\n`
 }
 
-async function serve(kind: StoreKind, role: string, templates: string, env: Record<string, string> = {}): Promise<ServerProcess> {
+async function serve(
+  kind: StoreKind,
+  role: string,
+  templates: string,
+  env: Record<string, string> = {},
+): Promise<ServerProcess> {
   const dir = mkdtempSync(join(tmpdir(), `sp-role-${role}-`))
   dirs.push(dir)
   const p = await spawnServer({
@@ -102,7 +109,9 @@ describe('role probes: --role gateway', () => {
     dirs.push(apiDir)
     const { freePort } = await import('../helpers/wait.js')
     const apiPort = await freePort()
-    const g = await serve(kind, 'gateway', '  demo:\n    provider: fake\n', { SERVICE_URL: `http://127.0.0.1:${apiPort}` })
+    const g = await serve(kind, 'gateway', '  demo:\n    provider: fake\n', {
+      SERVICE_URL: `http://127.0.0.1:${apiPort}`,
+    })
     const banner = BANNER.exec(g.output())!
     assert.ok(banner, g.output())
     assert.match(banner[2]!, /sessions .*\/s\//)
@@ -152,25 +161,47 @@ describe('the gateway role is isolated from the API process', () => {
       const a = await spawnServer({
         cwd: apiDir,
         args: ['--role', 'all', '--port', String(apiPort)],
-        env: { PROXY_KEY: PROXY, STUDIOPOOL_SECRET: SECRET, ARENA_POOL_SERVICE_KEY: ARENA, STUDIOPOOL_PUBLIC_URL: gwUrl },
+        env: {
+          PROXY_KEY: PROXY,
+          STUDIOPOOL_SECRET: SECRET,
+          ARENA_POOL_SERVICE_KEY: ARENA,
+          STUDIOPOOL_PUBLIC_URL: gwUrl,
+        },
         config: `${await storeYaml(kind, apiDir)}server: { dataDir: ${JSON.stringify(join(apiDir, 'data'))} }\nworker: { interval: 1s }\ntemplates:\n  demo:\n    provider: fake\n    fake: { address: ${JSON.stringify(app.url)} }\n`,
       })
       procs.push(a)
       const apiUrl = `http://127.0.0.1:${apiPort}`
       // The launch link names gwUrl (publicUrl); the test follows its path on the gateway's actual port.
-      const g = await serve(kind, 'gateway', '  demo:\n    provider: fake\n', { SERVICE_URL: apiUrl, STUDIOPOOL_PUBLIC_URL: gwUrl })
+      const g = await serve(kind, 'gateway', '  demo:\n    provider: fake\n', {
+        SERVICE_URL: apiUrl,
+        STUDIOPOOL_PUBLIC_URL: gwUrl,
+      })
       const gw = g.url
       await waitFor(async () => (await get(`${gw}/readyz`)).status === 200, 20_000, 'the gateway ready')
-      const r = await request(`${apiUrl}/api/v1/sessions`, { method: 'POST', headers: { authorization: `Bearer ${ARENA}`, 'content-type': 'application/json' }, body: JSON.stringify({ userId: 'alice' }) })
+      const r = await request(`${apiUrl}/api/v1/sessions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${ARENA}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ userId: 'alice' }),
+      })
       const grant = (await r.body.json()) as { instanceId: string; url: string }
       assert.equal(r.statusCode, 200)
-      await waitFor(async () => (await get(`${apiUrl}/api/v1/instances/${grant.instanceId}?userId=alice`, ARENA)).json?.instance?.state === 'ready', 20_000, 'ready')
+      await waitFor(
+        async () =>
+          (await get(`${apiUrl}/api/v1/instances/${grant.instanceId}?userId=alice`, ARENA)).json?.instance?.state ===
+          'ready',
+        20_000,
+        'ready',
+      )
       const launchUrl = new URL(grant.url)
-      const launch = await waitFor(async () => {
-        const l = await request(`${gw}${launchUrl.pathname}${launchUrl.search}`)
-        await l.body.dump()
-        return l.statusCode === 302 ? l : undefined
-      }, 10_000, 'the launch link through the gateway role')
+      const launch = await waitFor(
+        async () => {
+          const l = await request(`${gw}${launchUrl.pathname}${launchUrl.search}`)
+          await l.body.dump()
+          return l.statusCode === 302 ? l : undefined
+        },
+        10_000,
+        'the launch link through the gateway role',
+      )
       const cookie = String(launch.headers['set-cookie']).split(';')[0]!
       const session = `${gw}/s/${grant.instanceId}/`
       assert.equal((await request(session, { headers: { cookie } })).statusCode, 200)

@@ -24,7 +24,6 @@ const ARENA = 'split-test-requester-key-0123456789'
 const PROXY = 'split-test-proxy-key-0123456789'
 const SECRET = 'split-test-gateway-secret-0123456789abcdef'
 
-
 interface Proc {
   readonly name: string
   readonly child: ChildProcess
@@ -44,11 +43,25 @@ describe('split mode: api, worker and gateway as separate processes of the binar
   const gwUrl = () => `http://127.0.0.1:${gwPort}`
 
   function run(name: string, role: string, port: number | null, env: Record<string, string>): Proc {
-    const args = [BIN, 'serve', '--role', role, '--config', join(dir, 'studiopool.yaml'), ...(port ? ['--port', String(port)] : [])]
+    const args = [
+      BIN,
+      'serve',
+      '--role',
+      role,
+      '--config',
+      join(dir, 'studiopool.yaml'),
+      ...(port ? ['--port', String(port)] : []),
+    ]
     const child = spawn(process.execPath, args, {
       cwd: dir,
       // A clean environment: only what the roles are meant to read.
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? dir, PROXY_KEY: PROXY, STUDIOPOOL_SECRET: SECRET, ...env },
+      env: {
+        PATH: process.env.PATH ?? '/usr/bin:/bin',
+        HOME: process.env.HOME ?? dir,
+        PROXY_KEY: PROXY,
+        STUDIOPOOL_SECRET: SECRET,
+        ...env,
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     const p: Proc = {
@@ -75,12 +88,16 @@ describe('split mode: api, worker and gateway as separate processes of the binar
 
   const startApi = async () => {
     const p = run('api', 'api', apiPort, { ARENA_POOL_SERVICE_KEY: ARENA, STUDIOPOOL_PUBLIC_URL: gwUrl() })
-    await waitFor(async () => {
-      if (!alive(p)) throw new Error(`api exited:\n${p.output}`)
-      const r = await request(`${apiUrl()}/readyz`, { dispatcher: client })
-      await r.body.dump()
-      return r.statusCode === 200
-    }, 30_000, 'the api role to be ready')
+    await waitFor(
+      async () => {
+        if (!alive(p)) throw new Error(`api exited:\n${p.output}`)
+        const r = await request(`${apiUrl()}/readyz`, { dispatcher: client })
+        await r.body.dump()
+        return r.statusCode === 200
+      },
+      30_000,
+      'the api role to be ready',
+    )
     return p
   }
 
@@ -144,11 +161,15 @@ templates:
     // The worker role listens too (its probes, issue 9 item 10): on a free port, not the default 8080.
     run('worker', 'worker', await freePort(), {})
     run('gateway', 'gateway', gwPort, { SERVICE_URL: apiUrl() })
-    await waitFor(async () => {
-      const r = await request(`${gwUrl()}/s/${'a'.repeat(20)}/`, { dispatcher: client })
-      await r.body.dump()
-      return r.statusCode > 0
-    }, 30_000, 'the gateway role to listen')
+    await waitFor(
+      async () => {
+        const r = await request(`${gwUrl()}/s/${'a'.repeat(20)}/`, { dispatcher: client })
+        await r.body.dump()
+        return r.statusCode > 0
+      },
+      30_000,
+      'the gateway role to listen',
+    )
   })
 
   after(async () => {
@@ -167,7 +188,11 @@ templates:
     aliceId = r.json.instanceId
     aliceCookie = await redeem(r.json.url, aliceId)
     // Ready according to the API…
-    await waitFor(async () => (await cmd('GET_STATUS', { instanceId: aliceId, userId: 'alice' })).json.instance?.state === 'ready', 30_000, 'alice ready')
+    await waitFor(
+      async () => (await cmd('GET_STATUS', { instanceId: aliceId, userId: 'alice' })).json.instance?.state === 'ready',
+      30_000,
+      'alice ready',
+    )
     const readyAt = performance.now()
     // …and served by the gateway (a separate process fed over the route stream) within 1 s.
     await waitFor(() => page(aliceId, aliceCookie), 1000, 'the gateway to serve the ready session')
@@ -183,9 +208,13 @@ templates:
     assert.ok(aliceId, 'needs the first test')
     await kill(api, 'SIGKILL')
     await assert.rejects(request(`${apiUrl()}/healthz`, { dispatcher: client }).then((r) => r.body.dump()))
-    for (let i = 0; i < 5; i++) assert.ok(await page(aliceId, aliceCookie), `request ${i} through the gateway while the API is down`)
+    for (let i = 0; i < 5; i++)
+      assert.ok(await page(aliceId, aliceCookie), `request ${i} through the gateway while the API is down`)
     // The session's WebSocket-free HTTP API of the demo app too (a path below the prefix).
-    const echo = await request(`${gwUrl()}/s/${aliceId}/echo?x=1`, { dispatcher: client, headers: { cookie: aliceCookie } })
+    const echo = await request(`${gwUrl()}/s/${aliceId}/echo?x=1`, {
+      dispatcher: client,
+      headers: { cookie: aliceCookie },
+    })
     await echo.body.dump()
     assert.equal(echo.statusCode, 200)
   })
@@ -198,12 +227,17 @@ templates:
     const bobId: string = r.json.instanceId
     assert.notEqual(bobId, aliceId)
     // Redeeming needs the API's nonce ledger, so this also shows the gateway talks to the new API process.
-    const bobCookie = await waitFor(async () => redeem(r.json.url, bobId).catch(() => undefined), 10_000, 'bob’s launch link')
+    const bobCookie = await waitFor(
+      async () => redeem(r.json.url, bobId).catch(() => undefined),
+      10_000,
+      'bob’s launch link',
+    )
     await waitFor(() => page(bobId, bobCookie), 30_000, 'bob’s session through the gateway')
     assert.ok(await page(aliceId, aliceCookie), 'alice’s session still works')
     // The restarted API still knows alice's session.
     assert.equal((await cmd('GET_STATUS', { instanceId: aliceId, userId: 'alice' })).json.instance.state, 'ready')
     // Both are this pool's processes, still alive.
-    for (const p of procs.filter((x) => x.name !== 'api' || x === api)) assert.ok(alive(p), `${p.name} exited:\n${p.output}`)
+    for (const p of procs.filter((x) => x.name !== 'api' || x === api))
+      assert.ok(alive(p), `${p.name} exited:\n${p.output}`)
   })
 })

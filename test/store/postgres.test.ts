@@ -29,12 +29,16 @@ function redact(url: string): string {
 let admin: pg.Client | undefined
 let unreachable: string | undefined
 if (!SKIP) {
-  const c = new pg.Client({ connectionString: pgClientConfig(BASE_URL).connectionString, connectionTimeoutMillis: 5000 })
+  const c = new pg.Client({
+    connectionString: pgClientConfig(BASE_URL).connectionString,
+    connectionTimeoutMillis: 5000,
+  })
   try {
     await c.connect()
     admin = c
   } catch (err) {
-    unreachable = `Postgres is not reachable at ${redact(BASE_URL)}: ${(err as Error).message}. ` +
+    unreachable =
+      `Postgres is not reachable at ${redact(BASE_URL)}: ${(err as Error).message}. ` +
       'Start Postgres, point STUDIOPOOL_TEST_PG at one, or set STUDIOPOOL_SKIP_PG=1 to skip these tests.'
     await c.end().catch(() => {})
   }
@@ -79,16 +83,37 @@ if (SKIP) {
       const s = await makeStore(schema)
       try {
         const r = await admin!.query<{ table_name: string }>(
-          'select table_name from information_schema.tables where table_schema = $1 order by table_name', [schema])
-        assert.deepEqual(r.rows.map((x) => x.table_name), [
-          'api_keys', 'assignments', 'audit_log', 'instances', 'meta', 'nonces', 'state_samples',
-          'studiopool_migration', 'studiopool_migration_lock',
-        ])
+          'select table_name from information_schema.tables where table_schema = $1 order by table_name',
+          [schema],
+        )
+        assert.deepEqual(
+          r.rows.map((x) => x.table_name),
+          [
+            'api_keys',
+            'assignments',
+            'audit_log',
+            'instances',
+            'meta',
+            'nonces',
+            'state_samples',
+            'studiopool_migration',
+            'studiopool_migration_lock',
+          ],
+        )
         const col = await admin!.query<{ data_type: string }>(
-          "select data_type from information_schema.columns where table_schema = $1 and table_name = 'instances' and column_name = 'created_at'", [schema])
+          "select data_type from information_schema.columns where table_schema = $1 and table_name = 'instances' and column_name = 'created_at'",
+          [schema],
+        )
         assert.equal(col.rows[0]?.data_type, 'bigint')
         const big = 4_102_444_800_000 // 2100-01-01, beyond int4
-        const i = await s.insertInstance({ id: newInstanceId(), template: 't', state: 'ready', ownerId: null, keyName: null, createdAt: big })
+        const i = await s.insertInstance({
+          id: newInstanceId(),
+          template: 't',
+          state: 'ready',
+          ownerId: null,
+          keyName: null,
+          createdAt: big,
+        })
         assert.equal(i.createdAt, big)
         assert.equal(typeof (await s.getInstance(i.id))?.createdAt, 'number')
         // the parser is per pool: the global pg types still return int8 as a string
@@ -104,9 +129,18 @@ if (SKIP) {
       const stores = await Promise.all(Array.from({ length: 4 }, () => makeStore(schema)))
       try {
         const r = await admin!.query<{ name: string }>(`select name from "${schema}".studiopool_migration`)
-        assert.deepEqual(r.rows.map((x) => x.name), ['0001-initial', '0002-instance-started-at', '0003-free-instances-index'])
+        assert.deepEqual(
+          r.rows.map((x) => x.name),
+          ['0001-initial', '0002-instance-started-at', '0003-free-instances-index'],
+        )
         await Promise.all(stores.map((s) => s.migrate()))
-        await stores[0]!.insertInstance({ id: newInstanceId(), template: 't', state: 'ready', ownerId: null, keyName: null })
+        await stores[0]!.insertInstance({
+          id: newInstanceId(),
+          template: 't',
+          state: 'ready',
+          ownerId: null,
+          keyName: null,
+        })
         assert.equal((await stores[3]!.listInstances()).length, 1)
       } finally {
         await Promise.all(stores.map((s) => s.close()))
@@ -153,7 +187,8 @@ if (SKIP) {
         const killed = await admin!.query(
           `select pg_terminate_backend(pid) as ok from pg_locks
            where locktype = 'advisory' and granted and classid = $1::bigint::oid and objid = $2::bigint::oid and objsubid = 1`,
-          [(key >> 32n).toString(), (key & 0xffffffffn).toString()])
+          [(key >> 32n).toString(), (key & 0xffffffffn).toString()],
+        )
         assert.equal(killed.rowCount, 1)
         const deadline = Date.now() + 10_000
         let bLeads = false
@@ -179,7 +214,13 @@ if (SKIP) {
           Array.from({ length: 120 }, (_, i) =>
             replicas[i % replicas.length]!.withPoolLock(async (tx) => {
               if ((await tx.countActive()).total >= CAP) return false
-              await tx.insertInstance({ id: newInstanceId(), template: 't', state: 'provisioning', ownerId: `u${i}`, keyName: null })
+              await tx.insertInstance({
+                id: newInstanceId(),
+                template: 't',
+                state: 'provisioning',
+                ownerId: `u${i}`,
+                keyName: null,
+              })
               return true
             }),
           ),
@@ -193,7 +234,10 @@ if (SKIP) {
 
     test('an unreachable database fails createStore with the driver error, and closes its pool', async () => {
       await assert.rejects(
-        createStore({ driver: 'postgres', url: 'postgres://nobody@127.0.0.1:1/none', poolSize: 2 }, { log, poolId: 'x' }),
+        createStore(
+          { driver: 'postgres', url: 'postgres://nobody@127.0.0.1:1/none', poolSize: 2 },
+          { log, poolId: 'x' },
+        ),
         /ECONNREFUSED|connect/,
       )
     })

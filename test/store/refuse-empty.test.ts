@@ -9,7 +9,18 @@
 import { after, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs'
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  rmSync,
+  statSync,
+  truncateSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -31,13 +42,22 @@ const tempDir = (p: string) => {
   return d
 }
 
-const yaml = (store: string, dataDir: string) => `${store}\nserver: { dataDir: ${JSON.stringify(dataDir)} }\nworker: { enabled: false }\ntemplates:\n  demo:\n    provider: fake\n`
+const yaml = (store: string, dataDir: string) =>
+  `${store}\nserver: { dataDir: ${JSON.stringify(dataDir)} }\nworker: { enabled: false }\ntemplates:\n  demo:\n    provider: fake\n`
 
 /** Runs `serve` until it exits (it must, within the timeout) and returns its code and output. */
-async function serveUntilExit(cwd: string, config: string, timeoutMs = 30_000): Promise<{ code: number | null; out: string }> {
+async function serveUntilExit(
+  cwd: string,
+  config: string,
+  timeoutMs = 30_000,
+): Promise<{ code: number | null; out: string }> {
   const cfg = join(cwd, 'studiopool.yaml')
   writeFileSync(cfg, config)
-  const child = spawn(process.execPath, [BIN, 'serve', '--config', cfg, '--port', '0'], { cwd, env: { PATH: process.env.PATH ?? '', HOME: cwd, STUDIOPOOL_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, [BIN, 'serve', '--config', cfg, '--port', '0'], {
+    cwd,
+    env: { PATH: process.env.PATH ?? '', HOME: cwd, STUDIOPOOL_LOG_LEVEL: 'warn' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
   let out = ''
   child.stdout.on('data', (d: Buffer) => (out += d.toString()))
   child.stderr.on('data', (d: Buffer) => (out += d.toString()))
@@ -93,7 +113,9 @@ describe('a 0-byte or damaged SQLite database is not a new install', () => {
     await useOnce(dir, config)
     // Enough rows for many pages, checkpointed into the main file.
     const h = new BetterSqlite3(db)
-    const ins = h.prepare(`insert into audit_log (at, instance_id, event, actor, detail) values (?, null, 'filler', 'test', ?)`)
+    const ins = h.prepare(
+      `insert into audit_log (at, instance_id, event, actor, detail) values (?, null, 'filler', 'test', ?)`,
+    )
     h.transaction(() => {
       for (let i = 0; i < 3000; i++) ins.run(i, 'x'.repeat(100))
     })()
@@ -119,7 +141,10 @@ describe('a 0-byte or damaged SQLite database is not a new install', () => {
     const db = join(dataDir, 'studiopool.db')
     const config = yaml(`store: { driver: sqlite, path: ${JSON.stringify(db)} }`, dataDir)
     const s = await spawnServer({ cwd: dir, config })
-    assert.equal((await api(s.url, s.adminKey!, 'POST', '/api/v1/keys', { name: 'portal', role: 'requester' })).status, 201)
+    assert.equal(
+      (await api(s.url, s.adminKey!, 'POST', '/api/v1/keys', { name: 'portal', role: 'requester' })).status,
+      201,
+    )
     await s.kill('SIGKILL')
     rmSync(join(dataDir, 'store-in-use.json'))
     assert.ok(existsSync(`${db}-wal`), 'kill -9 leaves the WAL')
@@ -141,40 +166,50 @@ describe('a 0-byte or damaged SQLite database is not a new install', () => {
     const dataDir = join(dir, 'data')
     const db = join(dir, 'elsewhere.db')
     writeFileSync(db, '')
-    const s = await spawnServer({ cwd: dir, config: yaml(`store: { driver: sqlite, path: ${JSON.stringify(db)} }`, dataDir) })
+    const s = await spawnServer({
+      cwd: dir,
+      config: yaml(`store: { driver: sqlite, path: ${JSON.stringify(db)} }`, dataDir),
+    })
     assert.ok(s.adminKey)
     await s.kill()
   })
 })
 
-describe('an emptied Postgres store is not a new install', { skip: PG_SKIP ? 'STUDIOPOOL_SKIP_PG=1' : undefined }, () => {
-  test('the schema emptied: exit 2 naming the store (no password); a new schema elsewhere starts', async () => {
-    const dir = tempDir('sp-refuse-pg-')
-    const dataDir = join(dir, 'data')
-    const url = await freshPgUrl()
-    const config = yaml(`store: { driver: postgres, url: ${JSON.stringify(url)} }`, dataDir)
-    await useOnce(dir, config)
+describe(
+  'an emptied Postgres store is not a new install',
+  { skip: PG_SKIP ? 'STUDIOPOOL_SKIP_PG=1' : undefined },
+  () => {
+    test('the schema emptied: exit 2 naming the store (no password); a new schema elsewhere starts', async () => {
+      const dir = tempDir('sp-refuse-pg-')
+      const dataDir = join(dir, 'data')
+      const url = await freshPgUrl()
+      const config = yaml(`store: { driver: postgres, url: ${JSON.stringify(url)} }`, dataDir)
+      await useOnce(dir, config)
 
-    const schema = /search_path%3D([^&]+)|search_path=([^&]+)/.exec(url)!
-    const name = decodeURIComponent(schema[1] ?? schema[2]!)
-    const c = new pg.Client(pgClientConfig(url.replace(/\?.*$/, '')))
-    await c.connect()
-    try {
-      await c.query(`drop schema "${name}" cascade`)
-      await c.query(`create schema "${name}"`)
-    } finally {
-      await c.end()
-    }
-    const r = await serveUntilExit(dir, config)
-    assert.equal(r.code, 2, r.out)
-    assert.match(r.out, /empty \(no studiopool tables\)/)
-    assert.ok(r.out.includes('store-in-use.json'), r.out)
-    assert.doesNotMatch(r.out, /created the first admin key|listening on/)
+      const schema = /search_path%3D([^&]+)|search_path=([^&]+)/.exec(url)!
+      const name = decodeURIComponent(schema[1] ?? schema[2]!)
+      const c = new pg.Client(pgClientConfig(url.replace(/\?.*$/, '')))
+      await c.connect()
+      try {
+        await c.query(`drop schema "${name}" cascade`)
+        await c.query(`create schema "${name}"`)
+      } finally {
+        await c.end()
+      }
+      const r = await serveUntilExit(dir, config)
+      assert.equal(r.code, 2, r.out)
+      assert.match(r.out, /empty \(no studiopool tables\)/)
+      assert.ok(r.out.includes('store-in-use.json'), r.out)
+      assert.doesNotMatch(r.out, /created the first admin key|listening on/)
 
-    // A different (new) store with the same data directory is a deliberate choice: it starts.
-    const other = await freshPgUrl()
-    const s = await spawnServer({ cwd: dir, config: yaml(`store: { driver: postgres, url: ${JSON.stringify(other)} }`, dataDir) })
-    assert.ok(s.adminKey)
-    await s.kill()
-  })
-})
+      // A different (new) store with the same data directory is a deliberate choice: it starts.
+      const other = await freshPgUrl()
+      const s = await spawnServer({
+        cwd: dir,
+        config: yaml(`store: { driver: postgres, url: ${JSON.stringify(other)} }`, dataDir),
+      })
+      assert.ok(s.adminKey)
+      await s.kill()
+    })
+  },
+)

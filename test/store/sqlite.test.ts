@@ -15,16 +15,34 @@ after(() => rmSync(dir, { recursive: true, force: true }))
 const log = pino({ level: 'silent' })
 let n = 0
 
-storeContract('sqlite', () => createStore({ driver: 'sqlite', path: join(dir, `contract-${++n}.db`) }, { log, poolId: 'test' }))
+storeContract('sqlite', () =>
+  createStore({ driver: 'sqlite', path: join(dir, `contract-${++n}.db`) }, { log, poolId: 'test' }),
+)
 
 test('sqlite: creates the directory, uses WAL, survives a restart without re-running migrations', async () => {
   const path = join(dir, 'nested', 'deeper', 'pool.db')
   const s1 = await createStore({ driver: 'sqlite', path }, { log, poolId: 'test' })
   assert.ok(existsSync(path))
   const id = newInstanceId()
-  await s1.insertInstance({ id, template: 'rstudio', state: 'ready', ownerId: 'u1', keyName: 'k', tags: { a: '1' }, lastActivityAt: 123 })
+  await s1.insertInstance({
+    id,
+    template: 'rstudio',
+    state: 'ready',
+    ownerId: 'u1',
+    keyName: 'k',
+    tags: { a: '1' },
+    lastActivityAt: 123,
+  })
   await s1.openAssignment({ instanceId: id, template: 'rstudio', userId: 'u1', keyName: 'k', startedAt: 100 })
-  await s1.insertKey({ id: 'k1', name: 'admin', role: 'admin', hash: 'x'.repeat(64), createdAt: 1, revokedAt: null, lastUsedAt: null })
+  await s1.insertKey({
+    id: 'k1',
+    name: 'admin',
+    role: 'admin',
+    hash: 'x'.repeat(64),
+    createdAt: 1,
+    revokedAt: null,
+    lastUsedAt: null,
+  })
   await s1.setMeta('installation', 'abc')
   const before = await s1.getInstance(id)
   await s1.close()
@@ -34,7 +52,10 @@ test('sqlite: creates the directory, uses WAL, survives a restart without re-run
   try {
     assert.equal(raw.pragma('journal_mode', { simple: true }), 'wal')
     const migrations = raw.prepare('select name from studiopool_migration').all() as { name: string }[]
-    assert.deepEqual(migrations.map((m) => m.name), ['0001-initial', '0002-instance-started-at', '0003-free-instances-index'])
+    assert.deepEqual(
+      migrations.map((m) => m.name),
+      ['0001-initial', '0002-instance-started-at', '0003-free-instances-index'],
+    )
   } finally {
     raw.close()
   }
@@ -47,7 +68,11 @@ test('sqlite: creates the directory, uses WAL, survives a restart without re-run
     assert.equal(await s2.getMeta('installation'), 'abc')
     const raw2 = new BetterSqlite3(path, { readonly: true, fileMustExist: true })
     try {
-      assert.equal((raw2.prepare('select count(*) as n from studiopool_migration').get() as { n: number }).n, 3, 'each migration recorded once')
+      assert.equal(
+        (raw2.prepare('select count(*) as n from studiopool_migration').get() as { n: number }).n,
+        3,
+        'each migration recorded once',
+      )
     } finally {
       raw2.close()
     }
@@ -61,14 +86,21 @@ test('sqlite: a write waits for another process holding the lock instead of fail
   const store = await createStore({ driver: 'sqlite', path }, { log, poolId: 'test' })
   // Another process takes the write lock (BEGIN IMMEDIATE) and holds it for a while.
   const holdMs = 400
-  const child = spawn(process.execPath, ['-e', `
+  const child = spawn(
+    process.execPath,
+    [
+      '-e',
+      `
     const Database = require('better-sqlite3')
     const db = new Database(${JSON.stringify(path)})
     db.exec('begin immediate')
     db.prepare("insert into meta (key, value) values ('child', 'yes')").run()
     process.stdout.write('locked\\n')
     setTimeout(() => { db.exec('commit'); db.close(); process.exit(0) }, ${holdMs})
-  `], { cwd: process.cwd(), stdio: ['ignore', 'pipe', 'inherit'] })
+  `,
+    ],
+    { cwd: process.cwd(), stdio: ['ignore', 'pipe', 'inherit'] },
+  )
   after(() => {
     if (child.exitCode === null) child.kill('SIGKILL')
   })

@@ -33,12 +33,16 @@ function scripted() {
   }
 }
 
-const refused = () => Promise.reject(Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' }))
+const refused = () =>
+  Promise.reject(Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' }))
 
 test('unavailable driver errors become StoreUnavailableError; others pass unchanged', async () => {
   const s = scripted()
   s.set(refused)
-  await assert.rejects(s.store.getMeta('k'), (err: unknown) => err instanceof StoreUnavailableError && err.statusCode === 503 && (err.retryAfter ?? 0) > 0)
+  await assert.rejects(
+    s.store.getMeta('k'),
+    (err: unknown) => err instanceof StoreUnavailableError && err.statusCode === 503 && (err.retryAfter ?? 0) > 0,
+  )
   s.set(() => Promise.reject(new ConflictError('taken')))
   // The first call after a connection loss is the probe: it reaches the driver, and its own error passes.
   await assert.rejects(s.store.getMeta('k'), ConflictError)

@@ -2,7 +2,16 @@ import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
 import { after, before, describe, it } from 'node:test'
 import type { Browser, Page } from 'playwright-core'
-import { demoTemplateYaml, devLogin, fetchLogin, formToken, launchBrowser, startServer, waitFor, type TestServer } from './helpers.js'
+import {
+  demoTemplateYaml,
+  devLogin,
+  fetchLogin,
+  formToken,
+  launchBrowser,
+  startServer,
+  waitFor,
+  type TestServer,
+} from './helpers.js'
 
 /**
  * The dashboard in a real browser (Debian's chromium) against the real server: dev login, launch
@@ -57,7 +66,13 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
     const app = srv.running.app!
     const page = await app.inject({ method: 'GET', url: '/login', remoteAddress: '192.0.2.7' })
     assert.equal(page.statusCode, 403)
-    const post = await app.inject({ method: 'POST', url: '/login', remoteAddress: '192.0.2.7', headers: form, payload: 'user=ada&csrf=x' })
+    const post = await app.inject({
+      method: 'POST',
+      url: '/login',
+      remoteAddress: '192.0.2.7',
+      headers: form,
+      payload: 'user=ada&csrf=x',
+    })
     assert.equal(post.statusCode, 403)
     assert.equal(post.headers['set-cookie'], undefined)
     // The same from loopback gets the form.
@@ -75,7 +90,11 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
       await page.goto(srv.url + '/')
       await assertNoExternalRequests(page)
       const card = page.locator('#t-demo')
-      assert.equal(await page.locator('#t-staffonly').count(), 0, 'a template of a group alice is not in is not offered')
+      assert.equal(
+        await page.locator('#t-staffonly').count(),
+        0,
+        'a template of a group alice is not in is not offered',
+      )
       await card.getByRole('button', { name: 'Launch' }).click()
       await page.waitForURL(/\/\?done=launched/)
       // A marker on the window: it survives only if the page is updated in place (server-sent events), not reloaded.
@@ -85,12 +104,24 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
       assert.equal(await card.getByRole('link', { name: 'Open' }).isVisible(), false)
       const seen = new Set<number>()
       const open = card.getByRole('link', { name: 'Open' })
-      await waitFor('the Open button', async () => {
-        if (await bar.isVisible().catch(() => false)) seen.add(await bar.evaluate((b) => (b as HTMLProgressElement).value).catch(() => 100))
-        return open.isVisible()
-      }, 30_000)
-      assert.equal(await page.evaluate(() => (window as unknown as { marker?: number }).marker), 42, 'updated live, not by a reload')
-      assert.ok([...seen].some((v) => v < 100), `progress values seen while starting: ${[...seen].join(',')}`)
+      await waitFor(
+        'the Open button',
+        async () => {
+          if (await bar.isVisible().catch(() => false))
+            seen.add(await bar.evaluate((b) => (b as HTMLProgressElement).value).catch(() => 100))
+          return open.isVisible()
+        },
+        30_000,
+      )
+      assert.equal(
+        await page.evaluate(() => (window as unknown as { marker?: number }).marker),
+        42,
+        'updated live, not by a reload',
+      )
+      assert.ok(
+        [...seen].some((v) => v < 100),
+        `progress values seen while starting: ${[...seen].join(',')}`,
+      )
       assert.match((await card.locator('.js-state').textContent())!, /Ready/)
 
       const openHref = (await open.getAttribute('href'))!
@@ -109,7 +140,7 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
         const p2 = await other.newPage()
         const res = await p2.goto(sessionUrl)
         assert.equal(res!.status(), 403)
-        assert.match(await p2.locator('h1').textContent() ?? '', /Not your session/)
+        assert.match((await p2.locator('h1').textContent()) ?? '', /Not your session/)
         const viaOpen = await p2.goto(srv.url + openHref)
         assert.equal(viaOpen!.status(), 404, "another user's /open link gives nothing away")
       } finally {
@@ -135,9 +166,20 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
     // alice starts another session (through the form, as the browser would).
     const alice = await fetchLogin(srv.url, 'alice')
     const token = await formToken(srv.url, alice)
-    const launched = await fetch(srv.url + '/launch', { method: 'POST', redirect: 'manual', headers: { ...form, cookie: alice, origin: srv.url }, body: new URLSearchParams({ csrf: token, template: 'demo' }) })
+    const launched = await fetch(srv.url + '/launch', {
+      method: 'POST',
+      redirect: 'manual',
+      headers: { ...form, cookie: alice, origin: srv.url },
+      body: new URLSearchParams({ csrf: token, template: 'demo' }),
+    })
     assert.equal(launched.status, 303)
-    const live = await waitFor('alice instance', async () => (await srv.running.store!.listInstances({ ownerId: 'alice', states: ['provisioning', 'starting', 'ready'] }))[0])
+    const live = await waitFor(
+      'alice instance',
+      async () =>
+        (
+          await srv.running.store!.listInstances({ ownerId: 'alice', states: ['provisioning', 'starting', 'ready'] })
+        )[0],
+    )
 
     const ctx = await browser.newContext({ viewport: { width: 1280, height: 1000 }, acceptDownloads: true })
     try {
@@ -167,7 +209,10 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
       await page.waitForURL(/user=alice/)
       const rows = page.locator('#h-history ~ .table-wrap tbody tr')
       assert.equal(await rows.count(), 2)
-      const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('link', { name: 'Download CSV' }).click()])
+      const [download] = await Promise.all([
+        page.waitForEvent('download'),
+        page.getByRole('link', { name: 'Download CSV' }).click(),
+      ])
       const csv = readFileSync((await download.path())!, 'utf8')
       const lines = csv.trim().split('\r\n')
       assert.equal(lines[0], 'id,instanceId,template,userId,keyName,startedAt,endedAt,durationSeconds,endReason,cost')
@@ -175,7 +220,9 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
       assert.ok(lines.slice(1).every((l) => l.includes(',alice,dashboard,')))
       assert.ok(lines.some((l) => l.includes(live.id) && l.endsWith(',admin,' + l.split(',').at(-1))))
       // The same bytes as the API's CSV.
-      const api = await fetch(`${srv.url}/api/v1/history?format=csv&userId=alice`, { headers: { authorization: `Bearer ${srv.adminKey}` } })
+      const api = await fetch(`${srv.url}/api/v1/history?format=csv&userId=alice`, {
+        headers: { authorization: `Bearer ${srv.adminKey}` },
+      })
       assert.equal(await api.text(), csv)
 
       // Keys: create (the secret is shown once and works), then revoke (it stops working).
@@ -203,20 +250,51 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
     const bob = await fetchLogin(srv.url, 'bob')
     const token = await formToken(srv.url, bob)
     const post = (body: Record<string, string>, headers: Record<string, string> = {}) =>
-      fetch(srv.url + '/launch', { method: 'POST', redirect: 'manual', headers: { ...form, cookie: bob, ...headers }, body: new URLSearchParams(body) })
+      fetch(srv.url + '/launch', {
+        method: 'POST',
+        redirect: 'manual',
+        headers: { ...form, cookie: bob, ...headers },
+        body: new URLSearchParams(body),
+      })
     assert.equal((await post({ template: 'demo' })).status, 403, 'no token')
     assert.equal((await post({ template: 'demo', csrf: token.slice(0, -2) + 'xx' })).status, 403, 'wrong token')
     const ada = await fetchLogin(srv.url, 'ada')
-    assert.equal((await post({ template: 'demo', csrf: await formToken(srv.url, ada) })).status, 403, "another session's token")
-    assert.equal((await post({ template: 'demo', csrf: token }, { origin: 'http://evil.example' })).status, 403, 'foreign Origin')
-    assert.equal((await post({ template: 'demo', csrf: token }, { 'sec-fetch-site': 'cross-site' })).status, 403, 'cross-site fetch')
-    assert.equal((await post({ template: 'demo', csrf: token }, { 'sec-fetch-site': 'same-site' })).status, 403, 'same-site (a session subdomain)')
+    assert.equal(
+      (await post({ template: 'demo', csrf: await formToken(srv.url, ada) })).status,
+      403,
+      "another session's token",
+    )
+    assert.equal(
+      (await post({ template: 'demo', csrf: token }, { origin: 'http://evil.example' })).status,
+      403,
+      'foreign Origin',
+    )
+    assert.equal(
+      (await post({ template: 'demo', csrf: token }, { 'sec-fetch-site': 'cross-site' })).status,
+      403,
+      'cross-site fetch',
+    )
+    assert.equal(
+      (await post({ template: 'demo', csrf: token }, { 'sec-fetch-site': 'same-site' })).status,
+      403,
+      'same-site (a session subdomain)',
+    )
     assert.equal((await srv.running.store!.listInstances({ ownerId: 'bob' })).length, 0, 'nothing was launched')
     // An admin action without a token is refused too, and a non-admin with a token gets 403.
     const adaToken = await formToken(srv.url, ada, '/admin')
-    const keyNoToken = await fetch(srv.url + '/admin/keys', { method: 'POST', redirect: 'manual', headers: { ...form, cookie: ada }, body: new URLSearchParams({ name: 'x1', role: 'admin' }) })
+    const keyNoToken = await fetch(srv.url + '/admin/keys', {
+      method: 'POST',
+      redirect: 'manual',
+      headers: { ...form, cookie: ada },
+      body: new URLSearchParams({ name: 'x1', role: 'admin' }),
+    })
     assert.equal(keyNoToken.status, 403)
-    const bobKey = await fetch(srv.url + '/admin/keys', { method: 'POST', redirect: 'manual', headers: { ...form, cookie: bob }, body: new URLSearchParams({ name: 'x2', role: 'admin', csrf: token }) })
+    const bobKey = await fetch(srv.url + '/admin/keys', {
+      method: 'POST',
+      redirect: 'manual',
+      headers: { ...form, cookie: bob },
+      body: new URLSearchParams({ name: 'x2', role: 'admin', csrf: token }),
+    })
     assert.equal(bobKey.status, 403)
     assert.ok(!(await srv.running.store!.listKeys()).some((k) => k.name === 'x1' || k.name === 'x2'))
     // A forged launch of a template bob's groups do not allow: 403 even with a good token.
@@ -224,11 +302,25 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
     // With the token and our origin it works (the control).
     const good = await post({ template: 'demo', csrf: token }, { origin: srv.url, 'sec-fetch-site': 'same-origin' })
     assert.equal(good.status, 303)
-    const mine = await waitFor('bob instance', async () => (await srv.running.store!.listInstances({ ownerId: 'bob', states: ['provisioning', 'starting', 'ready'] }))[0])
+    const mine = await waitFor(
+      'bob instance',
+      async () =>
+        (await srv.running.store!.listInstances({ ownerId: 'bob', states: ['provisioning', 'starting', 'ready'] }))[0],
+    )
     // bob cannot stop someone else's session; ada (admin key aside) cannot stop it through the user route either.
-    const adaStop = await fetch(`${srv.url}/sessions/${mine.id}/stop`, { method: 'POST', redirect: 'manual', headers: { ...form, cookie: ada }, body: new URLSearchParams({ csrf: adaToken }) })
+    const adaStop = await fetch(`${srv.url}/sessions/${mine.id}/stop`, {
+      method: 'POST',
+      redirect: 'manual',
+      headers: { ...form, cookie: ada },
+      body: new URLSearchParams({ csrf: adaToken }),
+    })
     assert.equal(adaStop.status, 403)
-    const stop = await fetch(`${srv.url}/sessions/${mine.id}/stop`, { method: 'POST', redirect: 'manual', headers: { ...form, cookie: bob }, body: new URLSearchParams({ csrf: token }) })
+    const stop = await fetch(`${srv.url}/sessions/${mine.id}/stop`, {
+      method: 'POST',
+      redirect: 'manual',
+      headers: { ...form, cookie: bob },
+      body: new URLSearchParams({ csrf: token }),
+    })
     assert.equal(stop.status, 303)
   })
 
@@ -250,8 +342,11 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
       // Every form control has an accessible name.
       for (const path of ['/', '/admin']) {
         await page.goto(srv.url + path)
-        const unnamed = await page.evaluate(() =>
-          Array.from(document.querySelectorAll('input:not([type=hidden]),select,button')).filter((e) => !(e as HTMLInputElement).labels?.length && !e.getAttribute('aria-label') && !e.textContent?.trim()).length,
+        const unnamed = await page.evaluate(
+          () =>
+            Array.from(document.querySelectorAll('input:not([type=hidden]),select,button')).filter(
+              (e) => !(e as HTMLInputElement).labels?.length && !e.getAttribute('aria-label') && !e.textContent?.trim(),
+            ).length,
         )
         assert.equal(unnamed, 0, path)
       }
@@ -273,7 +368,13 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
       ['javascript:alert(1)', '/'],
       [`${srv.url}/s/abcdefghijklmnopqrst/`, '/s/abcdefghijklmnopqrst/'],
     ] as const) {
-      const res = await app.inject({ method: 'POST', url: '/login', remoteAddress: '127.0.0.1', headers: { ...form, cookie: state }, payload: new URLSearchParams({ csrf, user: 'carol', next }).toString() })
+      const res = await app.inject({
+        method: 'POST',
+        url: '/login',
+        remoteAddress: '127.0.0.1',
+        headers: { ...form, cookie: state },
+        payload: new URLSearchParams({ csrf, user: 'carol', next }).toString(),
+      })
       assert.equal(res.statusCode, 303, next)
       assert.equal(res.headers.location, want, next)
     }
@@ -286,6 +387,12 @@ async function assertNoExternalRequests(page: Page): Promise<void> {
   page.on('request', (r) => {
     if (!r.url().startsWith(base) && !r.url().startsWith('data:')) throw new Error(`external request: ${r.url()}`)
   })
-  const ext = await page.evaluate((b) => Array.from(document.querySelectorAll('link[href],script[src],img[src]')).map((e) => (e as HTMLLinkElement).href || (e as HTMLScriptElement).src).filter((u) => !u.startsWith(b)), base)
+  const ext = await page.evaluate(
+    (b) =>
+      Array.from(document.querySelectorAll('link[href],script[src],img[src]'))
+        .map((e) => (e as HTMLLinkElement).href || (e as HTMLScriptElement).src)
+        .filter((u) => !u.startsWith(b)),
+    base,
+  )
   assert.deepEqual(ext, [])
 }

@@ -7,11 +7,25 @@ import { loadConfig } from '../../src/config/load.js'
 import { DEMO_APP_SCRIPT } from '../../src/demo-app/index.js'
 import { start, type Running } from '../../src/main.js'
 
-export const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync']
+export const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-component-update',
+  '--disable-sync',
+]
 
 /** Debian's chromium, never a downloaded one. */
 export function launchBrowser(): Promise<Browser> {
-  return chromium.launch({ executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium', args: CHROMIUM_ARGS, headless: true, timeout: 60_000 })
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',
+    args: CHROMIUM_ARGS,
+    headless: true,
+    timeout: 60_000,
+  })
 }
 
 /** A demo template on the local provider: real processes running the demo session app. */
@@ -52,7 +66,11 @@ export async function startServer(yaml: string): Promise<TestServer> {
   const dataDir = mkdtempSync(join(tmpdir(), 'sp-web-'))
   const config = loadConfig({ text: yaml, env: {}, cwd: dataDir, overrides: { port: 0, dataDir, host: '127.0.0.1' } })
   let adminKey = ''
-  const running = await start({ config, log: pino({ level: process.env.TEST_LOG ?? 'silent' }), onBootstrapKey: (k) => (adminKey = k) })
+  const running = await start({
+    config,
+    log: pino({ level: process.env.TEST_LOG ?? 'silent' }),
+    onBootstrapKey: (k) => (adminKey = k),
+  })
   const pids = new Set<number>()
   const notePids = async () => {
     const rows = await running.store!.listInstances({ limit: 10_000 }).catch(() => [])
@@ -85,7 +103,11 @@ export async function startServer(yaml: string): Promise<TestServer> {
 }
 
 /** Polls fn until it returns a truthy value, or throws after timeoutMs. */
-export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | null | false> | T | undefined | null | false, timeoutMs = 20_000): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  fn: () => Promise<T | undefined | null | false> | T | undefined | null | false,
+  timeoutMs = 20_000,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs
   let last: unknown
   while (Date.now() < deadline) {
@@ -116,7 +138,10 @@ export async function fetchLogin(base: string, user: string, groups = ''): Promi
   const page = await fetch(`${base}/login`)
   const html = await page.text()
   const csrf = /name="csrf" value="([^"]+)"/.exec(html)?.[1]
-  const state = page.headers.getSetCookie().find((c) => c.includes('_login='))?.split(';')[0]
+  const state = page.headers
+    .getSetCookie()
+    .find((c) => c.includes('_login='))
+    ?.split(';')[0]
   if (!csrf || !state) throw new Error(`no login form (status ${page.status})`)
   const res = await fetch(`${base}/login`, {
     method: 'POST',

@@ -51,7 +51,8 @@ describe('OIDC login against a real identity provider (oidc-provider, chromium)'
       ],
       claims: { openid: ['sub'], groups: ['groups'] },
       scopes: ['openid', 'groups'],
-      findAccount: async (_ctx, id) => (USERS[id] ? { accountId: id, claims: async () => ({ sub: id, groups: USERS[id]!.groups }) } : undefined),
+      findAccount: async (_ctx, id) =>
+        USERS[id] ? { accountId: id, claims: async () => ({ sub: id, groups: USERS[id]!.groups }) } : undefined,
       features: { devInteractions: { enabled: true } },
       pkce: { required: () => true },
       cookies: { keys: ['test-only-cookie-key-0123456789abcdef'] },
@@ -71,7 +72,10 @@ describe('OIDC login against a real identity provider (oidc-provider, chromium)'
     const ctx = await browser.newContext()
     const page = await ctx.newPage()
     await page.goto(srv.url + '/')
-    assert.ok(page.url().startsWith(`http://127.0.0.1:${(idp.address() as AddressInfo).port}/`), `at the IdP: ${page.url()}`)
+    assert.ok(
+      page.url().startsWith(`http://127.0.0.1:${(idp.address() as AddressInfo).port}/`),
+      `at the IdP: ${page.url()}`,
+    )
     await page.locator('input[name=login]').fill(user)
     await page.locator('input[name=password]').fill('any')
     await page.getByRole('button', { name: 'Sign-in' }).click()
@@ -91,11 +95,19 @@ describe('OIDC login against a real identity provider (oidc-provider, chromium)'
       assert.equal(await page.locator('#t-research').count(), 0, 'research is for researchers only')
       assert.equal(await page.getByRole('link', { name: 'Admin' }).count(), 0)
       const csrf = await page.locator('input[name=csrf]').first().inputValue()
-      const forged = await ctx.request.post(srv.url + '/launch', { form: { csrf, template: 'research' }, headers: { origin: srv.url }, maxRedirects: 0 })
+      const forged = await ctx.request.post(srv.url + '/launch', {
+        form: { csrf, template: 'research' },
+        headers: { origin: srv.url },
+        maxRedirects: 0,
+      })
       assert.equal(forged.status(), 403)
       assert.equal((await srv.running.store!.listInstances({ ownerId: 'dave' })).length, 0)
       // The control: the template dave may use launches.
-      const ok = await ctx.request.post(srv.url + '/launch', { form: { csrf, template: 'demo' }, headers: { origin: srv.url }, maxRedirects: 0 })
+      const ok = await ctx.request.post(srv.url + '/launch', {
+        form: { csrf, template: 'demo' },
+        headers: { origin: srv.url },
+        maxRedirects: 0,
+      })
       assert.equal(ok.status(), 303)
       assert.equal((await srv.running.store!.listInstances({ ownerId: 'dave' })).length, 1)
       assert.equal((await ctx.request.get(srv.url + '/admin', { maxRedirects: 0 })).status(), 403)
@@ -121,15 +133,30 @@ describe('OIDC login against a real identity provider (oidc-provider, chromium)'
   it('refuses a callback without the login state cookie, or with a forged state', async () => {
     const noState = await fetch(`${srv.url}/login/callback?code=abc&state=xyz`, { redirect: 'manual' })
     assert.equal(noState.status, 400)
-    assert.equal(noState.headers.getSetCookie().some((c) => c.startsWith('studiopool_session=') && !c.includes('Max-Age=0')), false)
+    assert.equal(
+      noState.headers.getSetCookie().some((c) => c.startsWith('studiopool_session=') && !c.includes('Max-Age=0')),
+      false,
+    )
     // A real state cookie, but a code and state the IdP never issued for it.
     const begin = await fetch(`${srv.url}/login`, { redirect: 'manual' })
     assert.equal(begin.status, 303)
-    const state = begin.headers.getSetCookie().find((c) => c.startsWith('studiopool_session_login='))!.split(';')[0]!
-    const forged = await fetch(`${srv.url}/login/callback?code=abc&state=forged`, { redirect: 'manual', headers: { cookie: state } })
+    const state = begin.headers
+      .getSetCookie()
+      .find((c) => c.startsWith('studiopool_session_login='))!
+      .split(';')[0]!
+    const forged = await fetch(`${srv.url}/login/callback?code=abc&state=forged`, {
+      redirect: 'manual',
+      headers: { cookie: state },
+    })
     assert.equal(forged.status, 403)
-    assert.equal(forged.headers.getSetCookie().some((c) => /^studiopool_session=[^;]/.test(c)), false)
-    const denied = await fetch(`${srv.url}/login/callback?error=access_denied&error_description=%3Cscript%3E`, { redirect: 'manual', headers: { cookie: state } })
+    assert.equal(
+      forged.headers.getSetCookie().some((c) => /^studiopool_session=[^;]/.test(c)),
+      false,
+    )
+    const denied = await fetch(`${srv.url}/login/callback?error=access_denied&error_description=%3Cscript%3E`, {
+      redirect: 'manual',
+      headers: { cookie: state },
+    })
     assert.equal(denied.status, 403)
     assert.doesNotMatch(await denied.text(), /<script>/)
   })
@@ -167,13 +194,21 @@ describe('trusted header login (login proxy in front)', () => {
       const cookie = String([res.headers['set-cookie']].flat().find((c) => String(c).startsWith('studiopool_session=')))
       assert.match(cookie, /HttpOnly; SameSite=Lax/)
       const claims = srv.running.tokens!.verifySession(cookie.split(';')[0]!.split('=')[1]!)
-      assert.deepEqual({ ...claims, expiresAt: 0 }, { userId: 'erin', admin: true, groups: ['ops', 'staff'], expiresAt: 0 })
+      assert.deepEqual(
+        { ...claims, expiresAt: 0 },
+        { userId: 'erin', admin: true, groups: ['ops', 'staff'], expiresAt: 0 },
+      )
       // The dashboard itself: served straight away from the trusted proxy.
       const admin = await app.inject({ method: 'GET', url: '/admin', remoteAddress, headers: h })
       assert.equal(admin.statusCode, 200)
     }
     for (const remoteAddress of ['10.0.0.6', '127.0.0.1', '192.168.11.1']) {
-      const res = await app.inject({ method: 'GET', url: '/login', remoteAddress, headers: { ...h, 'x-forwarded-for': '10.0.0.5' } })
+      const res = await app.inject({
+        method: 'GET',
+        url: '/login',
+        remoteAddress,
+        headers: { ...h, 'x-forwarded-for': '10.0.0.5' },
+      })
       assert.equal(res.statusCode, 403, remoteAddress)
       assert.equal(res.headers['set-cookie'], undefined)
       const page = await app.inject({ method: 'GET', url: '/', remoteAddress, headers: h })
@@ -185,12 +220,27 @@ describe('trusted header login (login proxy in front)', () => {
 
   it('follows the header when the user behind the proxy changes', async () => {
     const app = srv.running.app!
-    const first = await app.inject({ method: 'GET', url: '/', remoteAddress: '10.0.0.5', headers: { 'x-auth-user': 'frank' } })
+    const first = await app.inject({
+      method: 'GET',
+      url: '/',
+      remoteAddress: '10.0.0.5',
+      headers: { 'x-auth-user': 'frank' },
+    })
     assert.equal(first.statusCode, 200)
     const cookie = String([first.headers['set-cookie']].flat()[0]).split(';')[0]!
-    const again = await app.inject({ method: 'GET', url: '/', remoteAddress: '10.0.0.5', headers: { 'x-auth-user': 'frank', cookie } })
+    const again = await app.inject({
+      method: 'GET',
+      url: '/',
+      remoteAddress: '10.0.0.5',
+      headers: { 'x-auth-user': 'frank', cookie },
+    })
     assert.equal(again.headers['set-cookie'], undefined, 'same user: the cookie is kept')
-    const other = await app.inject({ method: 'GET', url: '/', remoteAddress: '10.0.0.5', headers: { 'x-auth-user': 'gina', cookie } })
+    const other = await app.inject({
+      method: 'GET',
+      url: '/',
+      remoteAddress: '10.0.0.5',
+      headers: { 'x-auth-user': 'gina', cookie },
+    })
     assert.match(other.body, /gina/)
     assert.doesNotMatch(other.body, /frank/)
   })

@@ -38,8 +38,13 @@ describe('dashboard helpers', () => {
   })
 
   it('follows next to session subdomains of our own gateway in subdomain mode', () => {
-    const k = kit('server:\n  publicUrl: https://pool.example.org\ngateway:\n  mode: subdomain\n  sessionDomain: s.example.org')
-    assert.equal(k.safeNext('https://abcdefghijklmnopqrst.s.example.org/tree'), 'https://abcdefghijklmnopqrst.s.example.org/tree')
+    const k = kit(
+      'server:\n  publicUrl: https://pool.example.org\ngateway:\n  mode: subdomain\n  sessionDomain: s.example.org',
+    )
+    assert.equal(
+      k.safeNext('https://abcdefghijklmnopqrst.s.example.org/tree'),
+      'https://abcdefghijklmnopqrst.s.example.org/tree',
+    )
     assert.equal(k.safeNext('http://abcdefghijklmnopqrst.s.example.org/'), '/', 'not downgraded to http')
     assert.equal(k.safeNext('https://evil.s.example.org/'), '/', 'not an instance id')
     assert.equal(k.safeNext('https://abcdefghijklmnopqrst.s.example.org.evil.example/'), '/')
@@ -95,7 +100,11 @@ describe('dashboard helpers', () => {
     assert.match(svg, /<polygon/)
     assert.match(svg, /Peak 5 instances/)
     assert.match(svg, /Latest sample: 0 ready, 0 starting, 0 provisioning, 2 queued/)
-    assert.equal((svg.match(/<polygon/g) ?? []).length, 2, 'one bucket (latest sample: starting) before, one (queued) at the end')
+    assert.equal(
+      (svg.match(/<polygon/g) ?? []).length,
+      2,
+      'one bucket (latest sample: starting) before, one (queued) at the end',
+    )
     assert.match(svg, /role="img"/)
   })
 

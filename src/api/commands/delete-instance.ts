@@ -3,7 +3,10 @@ import { ForbiddenError } from '../../domain/errors.js'
 import { canAccess, keyNameOf, requireRole, type ApiDeps, type Caller } from '../context.js'
 import { InstanceId, UserId } from '../schemas.js'
 
-export const DeletePayload = Type.Object({ instanceId: InstanceId, userId: Type.Optional(UserId) }, { additionalProperties: true })
+export const DeletePayload = Type.Object(
+  { instanceId: InstanceId, userId: Type.Optional(UserId) },
+  { additionalProperties: true },
+)
 
 /** DELETE {instanceId} → {status: "OK"}; idempotent: an unknown or ended instance answers OK too. */
 export async function deleteInstance(deps: ApiDeps, caller: Caller, payload: Static<typeof DeletePayload>) {
@@ -13,7 +16,12 @@ export async function deleteInstance(deps: ApiDeps, caller: Caller, payload: Sta
     if (inst.state === 'terminated' || inst.state === 'failed') return { status: 'OK' as const }
     throw new ForbiddenError('this instance belongs to another user')
   }
-  const role = caller.principal.kind === 'key' ? caller.principal.role : caller.principal.kind === 'user' && !caller.principal.admin ? 'user' : 'admin'
+  const role =
+    caller.principal.kind === 'key'
+      ? caller.principal.role
+      : caller.principal.kind === 'user' && !caller.principal.admin
+        ? 'user'
+        : 'admin'
   const reason = role === 'proxy' ? 'idle' : role === 'admin' ? 'admin' : 'user'
   await deps.pool.release(payload.instanceId, reason, keyNameOf(caller.principal))
   return { status: 'OK' as const }

@@ -6,7 +6,10 @@ import { canAccess, roleOf, type ApiDeps, type Caller } from '../context.js'
 import { InstanceId, UserId } from '../schemas.js'
 import { instanceView, keyPairOf } from '../views.js'
 
-export const GetStatusPayload = Type.Object({ instanceId: Type.Optional(InstanceId), userId: Type.Optional(UserId) }, { additionalProperties: true })
+export const GetStatusPayload = Type.Object(
+  { instanceId: Type.Optional(InstanceId), userId: Type.Optional(UserId) },
+  { additionalProperties: true },
+)
 
 /**
  * GET_STATUS {} → ids of assigned live instances (a requester sees the ones it asked for);
@@ -21,7 +24,11 @@ export async function getStatus(deps: ApiDeps, caller: Caller, payload: Static<t
       if (payload.userId === undefined) {
         // A requester's poll: shared like the proxy's, per key.
         const name = p.name
-        return cachedList(deps, `assigned-ids:${name}`, async () => new RawJson({ instances: await store.listAssignedIds({ keyName: name }) }))
+        return cachedList(
+          deps,
+          `assigned-ids:${name}`,
+          async () => new RawJson({ instances: await store.listAssignedIds({ keyName: name }) }),
+        )
       }
       const ids = await store.listAssignedIds({ keyName: p.name })
       // The same rule as for one instance (canAccess): naming a user does not reveal another requester's sessions.
@@ -33,7 +40,9 @@ export async function getStatus(deps: ApiDeps, caller: Caller, payload: Static<t
     return cachedList(deps, 'assigned-ids', async () => new RawJson({ instances: await store.listAssignedIds() }))
   }
   if (role === 'requester' && payload.userId === undefined) {
-    throw new ValidationError('userId is needed with instanceId', [{ path: '/payload/userId', message: 'required for requester keys' }])
+    throw new ValidationError('userId is needed with instanceId', [
+      { path: '/payload/userId', message: 'required for requester keys' },
+    ])
   }
   const inst = await deps.store.getInstance(payload.instanceId)
   // Someone else's instance looks exactly like a missing one: ids must not be probed.

@@ -15,11 +15,22 @@ export interface GatewayFeedOptions {
 
 const InstanceId = Type.String({ pattern: '^[a-z2-7]{20}$' })
 const ActivityBody = Type.Object(
-  { entries: Type.Array(Type.Object({ id: InstanceId, at: Type.Integer({ minimum: 0, maximum: MAX_EPOCH_MS }) }, { additionalProperties: false }), { maxItems: 10_000 }) },
+  {
+    entries: Type.Array(
+      Type.Object(
+        { id: InstanceId, at: Type.Integer({ minimum: 0, maximum: MAX_EPOCH_MS }) },
+        { additionalProperties: false },
+      ),
+      { maxItems: 10_000 },
+    ),
+  },
   { additionalProperties: false },
 )
 const NonceBody = Type.Object(
-  { nonce: Type.String({ minLength: 16, maxLength: 128, pattern: '^[A-Za-z0-9_-]+$' }), expiresAt: Type.Integer({ minimum: 0, maximum: MAX_EPOCH_MS }) },
+  {
+    nonce: Type.String({ minLength: 16, maxLength: 128, pattern: '^[A-Za-z0-9_-]+$' }),
+    expiresAt: Type.Integer({ minimum: 0, maximum: MAX_EPOCH_MS }),
+  },
   { additionalProperties: false },
 )
 
@@ -34,43 +45,57 @@ const NonceBody = Type.Object(
 export const gatewayFeedRoutes: FastifyPluginAsync<GatewayFeedOptions> = async (app, opts) => {
   const heartbeatMs = opts.heartbeatMs ?? 15_000
 
-  app.get('/api/v1/gateway/routes', { schema: { tags: ['gateway'], summary: 'Route change stream for split-mode gateways (SSE)', hide: true } as never }, (req, reply) => {
-    reply.hijack()
-    const res = reply.raw
-    res.writeHead(200, {
-      'content-type': 'text/event-stream; charset=utf-8',
-      'cache-control': 'no-store',
-      'x-accel-buffering': 'no', // nginx: do not buffer the stream
-      connection: 'keep-alive',
-    })
-    res.socket?.setNoDelay(true)
-    let id = 0
-    const send = (event: RouteEvent) => {
-      res.write(`id: ${++id}\nevent: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`)
-    }
-    const unsubscribe = opts.routes.subscribe(send)
-    const beat = setInterval(() => res.write(': hb\n\n'), heartbeatMs)
-    const end = () => res.end()
-    opts.shuttingDown?.addEventListener('abort', end, { once: true })
-    const stop = () => {
-      clearInterval(beat)
-      unsubscribe()
-      opts.shuttingDown?.removeEventListener('abort', end)
-    }
-    req.raw.on('close', stop)
-    res.on('close', stop)
-  })
+  app.get(
+    '/api/v1/gateway/routes',
+    {
+      schema: { tags: ['gateway'], summary: 'Route change stream for split-mode gateways (SSE)', hide: true } as never,
+    },
+    (req, reply) => {
+      reply.hijack()
+      const res = reply.raw
+      res.writeHead(200, {
+        'content-type': 'text/event-stream; charset=utf-8',
+        'cache-control': 'no-store',
+        'x-accel-buffering': 'no', // nginx: do not buffer the stream
+        connection: 'keep-alive',
+      })
+      res.socket?.setNoDelay(true)
+      let id = 0
+      const send = (event: RouteEvent) => {
+        res.write(`id: ${++id}\nevent: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`)
+      }
+      const unsubscribe = opts.routes.subscribe(send)
+      const beat = setInterval(() => res.write(': hb\n\n'), heartbeatMs)
+      const end = () => res.end()
+      opts.shuttingDown?.addEventListener('abort', end, { once: true })
+      const stop = () => {
+        clearInterval(beat)
+        unsubscribe()
+        opts.shuttingDown?.removeEventListener('abort', end)
+      }
+      req.raw.on('close', stop)
+      res.on('close', stop)
+    },
+  )
 
-  app.post('/api/v1/gateway/activity', { schema: { tags: ['gateway'], summary: 'Batched activity from a split-mode gateway', body: ActivityBody } }, async (req, reply) => {
-    const { entries } = req.body as { entries: { id: string; at: number }[] }
-    // A gateway's clock may run ahead; never record activity in the future.
-    const now = Date.now()
-    await opts.activity.recordActivity(entries.map((e) => ({ id: e.id, at: Math.min(e.at, now) })))
-    return reply.code(204).send()
-  })
+  app.post(
+    '/api/v1/gateway/activity',
+    { schema: { tags: ['gateway'], summary: 'Batched activity from a split-mode gateway', body: ActivityBody } },
+    async (req, reply) => {
+      const { entries } = req.body as { entries: { id: string; at: number }[] }
+      // A gateway's clock may run ahead; never record activity in the future.
+      const now = Date.now()
+      await opts.activity.recordActivity(entries.map((e) => ({ id: e.id, at: Math.min(e.at, now) })))
+      return reply.code(204).send()
+    },
+  )
 
-  app.post('/api/v1/gateway/nonces', { schema: { tags: ['gateway'], summary: 'Consume a launch-token nonce once', body: NonceBody } }, async (req) => {
-    const { nonce, expiresAt } = req.body as { nonce: string; expiresAt: number }
-    return { first: await opts.nonces.consumeOnce(nonce, expiresAt) }
-  })
+  app.post(
+    '/api/v1/gateway/nonces',
+    { schema: { tags: ['gateway'], summary: 'Consume a launch-token nonce once', body: NonceBody } },
+    async (req) => {
+      const { nonce, expiresAt } = req.body as { nonce: string; expiresAt: number }
+      return { first: await opts.nonces.consumeOnce(nonce, expiresAt) }
+    },
+  )
 }

@@ -27,7 +27,11 @@ export interface DockerClientOptions {
 export class DockerApiError extends ProviderError {
   readonly status: number
   constructor(message: string, status: number, opts: { retryable: boolean; cause?: unknown; unavailable?: boolean }) {
-    super(PROVIDER, message, { retryable: opts.retryable, cause: opts.cause, code: opts.unavailable ? 'PROVIDER_UNAVAILABLE' : 'PROVIDER_ERROR' })
+    super(PROVIDER, message, {
+      retryable: opts.retryable,
+      cause: opts.cause,
+      code: opts.unavailable ? 'PROVIDER_UNAVAILABLE' : 'PROVIDER_ERROR',
+    })
     this.status = status
   }
 }
@@ -65,7 +69,11 @@ export interface ContainerInspect {
     readonly StartedAt: string
     readonly FinishedAt: string
   }
-  readonly Config: { readonly Labels: Readonly<Record<string, string>> | null; readonly Image: string; readonly StopTimeout?: number }
+  readonly Config: {
+    readonly Labels: Readonly<Record<string, string>> | null
+    readonly Image: string
+    readonly StopTimeout?: number
+  }
   readonly NetworkSettings: {
     readonly Ports: Readonly<Record<string, readonly { HostIp: string; HostPort: string }[] | null>> | null
     readonly Networks?: Readonly<Record<string, { readonly IPAddress: string }>>
@@ -126,12 +134,23 @@ export class DockerClient {
   }
 
   /** `GET /info`: the fields we read (CPUs, memory, iptables, rootless). */
-  async info(opts: CallOptions = {}): Promise<{ NCPU: number; MemTotal: number; Name: string; SecurityOptions?: readonly string[]; BridgeNfIptables?: boolean }> {
+  async info(
+    opts: CallOptions = {},
+  ): Promise<{
+    NCPU: number
+    MemTotal: number
+    Name: string
+    SecurityOptions?: readonly string[]
+    BridgeNfIptables?: boolean
+  }> {
     return this.#call('GET', '/info', opts)
   }
 
   /** Undefined when the daemon has no such image. */
-  async imageInspect(name: string, opts: CallOptions = {}): Promise<{ Id: string; Config?: { User?: string } } | undefined> {
+  async imageInspect(
+    name: string,
+    opts: CallOptions = {},
+  ): Promise<{ Id: string; Config?: { User?: string } } | undefined> {
     return this.#call('GET', `/images/${encodeURIComponent(name)}/json`, { ...opts, notFound: true })
   }
 
@@ -141,7 +160,11 @@ export class DockerClient {
    */
   async imagePull(name: string, onEvent: (e: PullEvent) => void, opts: CallOptions = {}): Promise<void> {
     const { repo, tag } = splitImage(name)
-    const body = await this.#call<AsyncIterable<Buffer>>('POST', `/images/create?fromImage=${encodeURIComponent(repo)}&tag=${encodeURIComponent(tag)}`, { ...opts, stream: true })
+    const body = await this.#call<AsyncIterable<Buffer>>(
+      'POST',
+      `/images/create?fromImage=${encodeURIComponent(repo)}&tag=${encodeURIComponent(tag)}`,
+      { ...opts, stream: true },
+    )
     let buf = ''
     for await (const chunk of body) {
       buf += chunk.toString('utf8')
@@ -164,7 +187,10 @@ export class DockerClient {
 
   /** `POST /containers/create?name=…` → the new container's id. A 409 means the name is taken. */
   async containerCreate(name: string, body: unknown, opts: CallOptions = {}): Promise<string> {
-    const res = await this.#call<{ Id: string }>('POST', `/containers/create?name=${encodeURIComponent(name)}`, { ...opts, body })
+    const res = await this.#call<{ Id: string }>('POST', `/containers/create?name=${encodeURIComponent(name)}`, {
+      ...opts,
+      body,
+    })
     return res.Id
   }
 
@@ -186,12 +212,19 @@ export class DockerClient {
   }
 
   async containerRename(id: string, name: string, opts: CallOptions = {}): Promise<void> {
-    await this.#call('POST', `/containers/${encodeURIComponent(id)}/rename?name=${encodeURIComponent(name)}`, { ...opts, raw: true })
+    await this.#call('POST', `/containers/${encodeURIComponent(id)}/rename?name=${encodeURIComponent(name)}`, {
+      ...opts,
+      raw: true,
+    })
   }
 
   /** Force-removes a container; never its named volumes (`v=false`). Resolves when it is absent. */
   async containerRemove(id: string, opts: CallOptions = {}): Promise<void> {
-    await this.#call('DELETE', `/containers/${encodeURIComponent(id)}?force=true&v=false`, { ...opts, raw: true, notFound: true })
+    await this.#call('DELETE', `/containers/${encodeURIComponent(id)}?force=true&v=false`, {
+      ...opts,
+      raw: true,
+      notFound: true,
+    })
   }
 
   /** Undefined when the daemon has no such container (id or name). */
@@ -219,7 +252,11 @@ export class DockerClient {
   }
 
   /** Idempotent in the daemon: creating an existing name returns it (its labels unchanged). */
-  async volumeCreate(name: string, labels: Readonly<Record<string, string>>, opts: CallOptions = {}): Promise<VolumeInfo> {
+  async volumeCreate(
+    name: string,
+    labels: Readonly<Record<string, string>>,
+    opts: CallOptions = {},
+  ): Promise<VolumeInfo> {
     return this.#call('POST', '/volumes/create', { ...opts, body: { Name: name, Labels: labels } })
   }
 
@@ -245,7 +282,13 @@ export class DockerClient {
   async #call<T>(
     method: 'GET' | 'POST' | 'DELETE',
     path: string,
-    o: CallOptions & { body?: unknown; raw?: boolean; notFound?: boolean; stream?: boolean; accept?: readonly number[] },
+    o: CallOptions & {
+      body?: unknown
+      raw?: boolean
+      notFound?: boolean
+      stream?: boolean
+      accept?: readonly number[]
+    },
   ): Promise<T> {
     const timeoutMs = o.timeoutMs ?? this.#timeoutMs
     const timeout = AbortSignal.timeout(timeoutMs)
@@ -302,8 +345,15 @@ export class DockerClient {
 function transportError(err: unknown, what: string, timeoutMs: number, callerSignal: AbortSignal | undefined): Error {
   if (callerSignal?.aborted) return callerSignal.reason instanceof Error ? callerSignal.reason : new Error('aborted')
   const e = err as { name?: string; code?: string; message?: string }
-  const timedOut = e.name === 'TimeoutError' || e.name === 'AbortError' || err instanceof undiciErrors.HeadersTimeoutError || err instanceof undiciErrors.BodyTimeoutError || err instanceof undiciErrors.ConnectTimeoutError
-  const detail = timedOut ? `no answer within ${timeoutMs} ms` : `${e.code ?? e.name ?? 'error'}: ${e.message ?? String(err)}`
+  const timedOut =
+    e.name === 'TimeoutError' ||
+    e.name === 'AbortError' ||
+    err instanceof undiciErrors.HeadersTimeoutError ||
+    err instanceof undiciErrors.BodyTimeoutError ||
+    err instanceof undiciErrors.ConnectTimeoutError
+  const detail = timedOut
+    ? `no answer within ${timeoutMs} ms`
+    : `${e.code ?? e.name ?? 'error'}: ${e.message ?? String(err)}`
   return new DockerApiError(`docker: ${what}: ${detail}`, 0, { retryable: true, unavailable: true, cause: err })
 }
 

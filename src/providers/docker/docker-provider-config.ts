@@ -111,7 +111,9 @@ export const dockerTemplateSettingsSchema = Type.Object(
     labels: Type.Optional(Labels),
     /** An existing network to use instead of the managed one (then its isolation is yours). */
     network: Type.Optional(Type.String({ minLength: 1 })),
-    pullPolicy: Type.Optional(Type.Union([Type.Literal('ifNotPresent'), Type.Literal('always'), Type.Literal('never')])),
+    pullPolicy: Type.Optional(
+      Type.Union([Type.Literal('ifNotPresent'), Type.Literal('always'), Type.Literal('never')]),
+    ),
     /** Per-user persistent home: a named volume created on first use and kept when sessions end. */
     home: Type.Optional(
       Type.Object(
@@ -214,7 +216,8 @@ export function parseDockerProviderSettings(raw: Readonly<Record<string, unknown
     if (seen.has(h.name)) problems.push(`providers.docker.hosts.${i}.name: "${h.name}" is used twice`)
     seen.add(h.name)
     const hostMemory = h.memory === undefined ? null : parseSize(h.memory)
-    if (hostMemory === undefined) problems.push(`providers.docker.hosts.${i}.memory: "${String(h.memory)}" is not a size (e.g. 64g)`)
+    if (hostMemory === undefined)
+      problems.push(`providers.docker.hosts.${i}.memory: "${String(h.memory)}" is not a size (e.g. 64g)`)
     const publishIp = h.publishIp ?? DOCKER_DEFAULTS.publishIp
     const address = h.address ?? (publishIp === '0.0.0.0' ? (url.kind === 'tcp' ? url.host : '127.0.0.1') : publishIp)
     hosts.push({
@@ -255,7 +258,7 @@ export function parseDockerTemplateSettings(
   if (problems.length) return { settings: null, problems }
   const s = raw as DockerTemplateSettingsInput
   const port = s.port ?? templatePort
-  if (!port) problems.push('docker.port: the container port is required (here or as the template\'s port)')
+  if (!port) problems.push("docker.port: the container port is required (here or as the template's port)")
   const memoryBytes = s.memory === undefined ? null : parseSize(s.memory)
   if (memoryBytes === undefined) problems.push(`docker.memory: "${String(s.memory)}" is not a size (e.g. 512m, 2g)`)
   const shmSizeBytes = s.shmSize === undefined ? null : parseSize(s.shmSize)
@@ -320,7 +323,12 @@ export function parseSize(v: number | string): number | undefined {
  * share a volume.
  */
 export function userSlug(userId: string): string {
-  const base = userId.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 40) || 'user'
+  const base =
+    userId
+      .toLowerCase()
+      .replace(/[^a-z0-9]+/g, '-')
+      .replace(/^-+|-+$/g, '')
+      .slice(0, 40) || 'user'
   return `${base}-${createHash('sha256').update(userId).digest('hex').slice(0, 8)}`
 }
 

@@ -17,7 +17,13 @@ import {
   type ProviderContext,
   type ProviderInstance,
 } from '../provider.js'
-import { DockerApiError, DockerClient, type ContainerInspect, type ContainerSummary, type VolumeInfo } from './docker-client.js'
+import {
+  DockerApiError,
+  DockerClient,
+  type ContainerInspect,
+  type ContainerSummary,
+  type VolumeInfo,
+} from './docker-client.js'
 import {
   DOCKER_DEFAULTS,
   parseDockerProviderSettings,
@@ -175,7 +181,9 @@ export class DockerProvider implements Provider {
     try {
       this.#settings = parseDockerProviderSettings(ctx.settings)
     } catch (err) {
-      throw new ValidationError('invalid providers.docker settings', [{ path: 'providers.docker', message: (err as Error).message }])
+      throw new ValidationError('invalid providers.docker settings', [
+        { path: 'providers.docker', message: (err as Error).message },
+      ])
     }
     this.#ctx = ctx
     this.#now = deps.now ?? Date.now
@@ -187,7 +195,10 @@ export class DockerProvider implements Provider {
       inflight: 0,
       inflightCpus: 0,
       inflightMemory: 0,
-      capacity: host.nanoCpus !== null && host.memoryBytes !== null ? { nanoCpus: host.nanoCpus, memoryBytes: host.memoryBytes } : null,
+      capacity:
+        host.nanoCpus !== null && host.memoryBytes !== null
+          ? { nanoCpus: host.nanoCpus, memoryBytes: host.memoryBytes }
+          : null,
       live: 0,
       downSince: null,
       retryAt: 0,
@@ -223,7 +234,14 @@ export class DockerProvider implements Provider {
    * Hosts, whether each answers, its live containers at the last look, and its starts under way
    * and waiting for a slot (for readiness details and the dashboard).
    */
-  hostStatus(): { name: string; up: boolean; reason: string | null; live: number; starting: number; waiting: number }[] {
+  hostStatus(): {
+    name: string
+    up: boolean
+    reason: string | null
+    live: number
+    starting: number
+    waiting: number
+  }[] {
     return this.#hosts.map((h) => ({
       name: h.host.name,
       up: h.downSince === null,
@@ -244,10 +262,15 @@ export class DockerProvider implements Provider {
         await this.#ensureNetwork(h, null, opts)
       }),
     )
-    const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [`${this.#hosts[i]!.host.name}: ${(r.reason as Error).message}`] : []))
+    const failed = results.flatMap((r, i) =>
+      r.status === 'rejected' ? [`${this.#hosts[i]!.host.name}: ${(r.reason as Error).message}`] : [],
+    )
     for (const f of failed) opts.log.warn(`docker provider: host ${f}`)
     if (failed.length === this.#hosts.length) {
-      throw new ProviderError(NAME, `no Docker host answers: ${failed.join('; ')}`, { retryable: true, code: 'PROVIDER_UNAVAILABLE' })
+      throw new ProviderError(NAME, `no Docker host answers: ${failed.join('; ')}`, {
+        retryable: true,
+        code: 'PROVIDER_UNAVAILABLE',
+      })
     }
   }
 
@@ -271,17 +294,23 @@ export class DockerProvider implements Provider {
     const s = parsed.settings
     const problems: string[] = []
     if (s.home && template.minFree > 0) {
-      problems.push('docker.home: a warm container is made before its user is known and cannot mount their volume; set minFree: 0 on this template')
+      problems.push(
+        'docker.home: a warm container is made before its user is known and cannot mount their volume; set minFree: 0 on this template',
+      )
     }
     const matching = this.#hosts.filter((h) => matchesSelector(h.host, s.hostSelector))
-    if (matching.length === 0) problems.push(`docker.hostSelector: no host in providers.docker.hosts has the labels ${JSON.stringify(s.hostSelector)}`)
+    if (matching.length === 0)
+      problems.push(
+        `docker.hostSelector: no host in providers.docker.hosts has the labels ${JSON.stringify(s.hostSelector)}`,
+      )
     return problems
   }
 
   async create(spec: InstanceSpec, opts: OperationOptions): Promise<ProviderInstance> {
     if (!isInstanceId(spec.id)) throw new ProviderError(NAME, `invalid instance id "${String(spec.id).slice(0, 40)}"`)
     const parsed = parseDockerTemplateSettings(spec.template.settings, spec.template.port)
-    if (!parsed.settings) throw new ProviderError(NAME, `template "${spec.template.name}": ${parsed.problems.join('; ')}`)
+    if (!parsed.settings)
+      throw new ProviderError(NAME, `template "${spec.template.name}": ${parsed.problems.join('; ')}`)
     const settings = parsed.settings
     return this.#locked(spec.id, async () => {
       opts.signal?.throwIfAborted()
@@ -292,7 +321,9 @@ export class DockerProvider implements Provider {
         if (!this.#usable(h)) continue
         let found: ContainerSummary[]
         try {
-          found = await this.#onHost(h, (c) => c.containerList([`${toDockerLabelKey(LABEL_POOL)}=${spec.poolId}`], { signal: opts.signal }))
+          found = await this.#onHost(h, (c) =>
+            c.containerList([`${toDockerLabelKey(LABEL_POOL)}=${spec.poolId}`], { signal: opts.signal }),
+          )
         } catch (err) {
           if (isUnavailable(err)) continue
           throw err
@@ -315,16 +346,23 @@ export class DockerProvider implements Provider {
           const suspended = c.State === 'exited' && c.Names.some((n) => n.endsWith(SUSPENDED_SUFFIX))
           if (sameGeneration && c.State === 'created') {
             // Made but never started: its creator died between the two calls (a server killed mid-create).
-            opts.log.info({ instanceId: spec.id, host: h.host.name, container: c.Id.slice(0, 12) }, 'docker: starting a container another process created and did not start')
+            opts.log.info(
+              { instanceId: spec.id, host: h.host.name, container: c.Id.slice(0, 12) },
+              'docker: starting a container another process created and did not start',
+            )
             return this.#startCreated(h, c.Id, spec, opts, false)
           }
           if (sameGeneration && (live || suspended)) return this.#toInstance(h, c, null)
           // An exited container of this instance, or one of an older generation: replaced.
-          opts.log.info({ instanceId: spec.id, host: h.host.name, container: c.Id.slice(0, 12), state: c.State }, 'docker: removing an earlier container of this instance')
+          opts.log.info(
+            { instanceId: spec.id, host: h.host.name, container: c.Id.slice(0, 12), state: c.State },
+            'docker: removing an earlier container of this instance',
+          )
           await this.#onHost(h, (cl) => cl.containerRemove(c.Id, { signal: opts.signal, timeoutMs: this.#slow }))
         }
         if (matchesSelector(h.host, settings.hostSelector)) {
-          const capacity = settings.nanoCpus || settings.memoryBytes ? await this.#capacity(h, opts).catch(() => null) : null
+          const capacity =
+            settings.nanoCpus || settings.memoryBytes ? await this.#capacity(h, opts).catch(() => null) : null
           candidates.push({ h, count, usedCpus, usedMemory, capacity })
         }
       }
@@ -382,12 +420,18 @@ export class DockerProvider implements Provider {
     for (const i of all) {
       const g = Number(i.labels[LABEL_GENERATION] ?? 0)
       if (i.state !== 'terminated' && g < (newest.get(i.instanceId) ?? g)) {
-        opts.log.info({ instanceId: i.instanceId, ref: i.ref, generation: g }, 'docker: removing a container superseded by a newer generation of its instance')
+        opts.log.info(
+          { instanceId: i.instanceId, ref: i.ref, generation: g },
+          'docker: removing a container superseded by a newer generation of its instance',
+        )
         try {
           await this.destroy(i.ref, opts)
           continue
         } catch (err) {
-          opts.log.warn({ ref: i.ref, err: (err as Error).message }, 'docker: cannot remove a superseded container; listed as it is')
+          opts.log.warn(
+            { ref: i.ref, err: (err as Error).message },
+            'docker: cannot remove a superseded container; listed as it is',
+          )
         }
       }
       out.push(i)
@@ -402,7 +446,10 @@ export class DockerProvider implements Provider {
     // A host that does not answer: nothing to do now. When it answers again the container is
     // listed, unknown to the store, and reaped as an orphan; destroy resolves (idempotent).
     const unreachable = (): void => {
-      opts.log.warn({ ref, host: h.host.name }, 'docker: destroy on a host that does not answer; the container is reaped when it is back')
+      opts.log.warn(
+        { ref, host: h.host.name },
+        'docker: destroy on a host that does not answer; the container is reaped when it is back',
+      )
       h.lastSeen.delete(ref)
     }
     if (!this.#usable(h)) return unreachable()
@@ -418,7 +465,9 @@ export class DockerProvider implements Provider {
     await this.#locked(instanceId, async () => {
       const grace = stopGraceOf(c)
       if (c.State.Running) {
-        await this.#onHost(h, (cl) => cl.containerStop(id, Math.ceil(grace / 1000), { signal: opts.signal, timeoutMs: this.#slow })).catch((err: unknown) => {
+        await this.#onHost(h, (cl) =>
+          cl.containerStop(id, Math.ceil(grace / 1000), { signal: opts.signal, timeoutMs: this.#slow }),
+        ).catch((err: unknown) => {
           if (!(err instanceof DockerApiError && err.status === 404)) throw err
         })
       }
@@ -436,8 +485,11 @@ export class DockerProvider implements Provider {
     const base = c.Name.replace(/^\//, '').replace(new RegExp(`${SUSPENDED_SUFFIX}$`), '')
     // Renamed first: a server that dies between the two calls leaves a running container, which
     // lists as running whatever its name.
-    if (!c.Name.endsWith(SUSPENDED_SUFFIX)) await this.#onHost(h, (cl) => cl.containerRename(id, base + SUSPENDED_SUFFIX, { signal: opts.signal }))
-    await this.#onHost(h, (cl) => cl.containerStop(id, Math.ceil(stopGraceOf(c) / 1000), { signal: opts.signal, timeoutMs: this.#slow }))
+    if (!c.Name.endsWith(SUSPENDED_SUFFIX))
+      await this.#onHost(h, (cl) => cl.containerRename(id, base + SUSPENDED_SUFFIX, { signal: opts.signal }))
+    await this.#onHost(h, (cl) =>
+      cl.containerStop(id, Math.ceil(stopGraceOf(c) / 1000), { signal: opts.signal, timeoutMs: this.#slow }),
+    )
   }
 
   async start(ref: string, opts: OperationOptions): Promise<void> {
@@ -465,14 +517,23 @@ export class DockerProvider implements Provider {
    * Home volumes of this pool on every answering host, optionally of one user (for the admin
    * action that lists and deletes a user's volumes).
    */
-  async listHomeVolumes(opts: OperationOptions, ownerId?: string): Promise<{ host: string; name: string; owner: string; createdAt: string | null }[]> {
+  async listHomeVolumes(
+    opts: OperationOptions,
+    ownerId?: string,
+  ): Promise<{ host: string; name: string; owner: string; createdAt: string | null }[]> {
     const out: { host: string; name: string; owner: string; createdAt: string | null }[] = []
     for (const h of this.#hosts) {
       if (!this.#usable(h)) continue
       const filters = [`${toDockerLabelKey(LABEL_POOL)}=${this.#ctx.poolId}`, `${DOCKER_LABEL_KIND}=home`]
       if (ownerId !== undefined) filters.push(`${toDockerLabelKey(LABEL_OWNER)}=${ownerId}`)
       const vols: VolumeInfo[] = await this.#onHost(h, (c) => c.volumeList(filters, { signal: opts.signal }))
-      for (const v of vols) out.push({ host: h.host.name, name: v.Name, owner: fromDockerLabels(v.Labels)[LABEL_OWNER] ?? '', createdAt: v.CreatedAt ?? null })
+      for (const v of vols)
+        out.push({
+          host: h.host.name,
+          name: v.Name,
+          owner: fromDockerLabels(v.Labels)[LABEL_OWNER] ?? '',
+          createdAt: v.CreatedAt ?? null,
+        })
     }
     return out
   }
@@ -497,7 +558,12 @@ export class DockerProvider implements Provider {
 
   // --- internals -------------------------------------------------------------------------
 
-  async #createOn(h: HostState, spec: InstanceSpec, s: DockerTemplateSettings, opts: OperationOptions): Promise<ProviderInstance> {
+  async #createOn(
+    h: HostState,
+    spec: InstanceSpec,
+    s: DockerTemplateSettings,
+    opts: OperationOptions,
+  ): Promise<ProviderInstance> {
     const signal = opts.signal
     await this.#ensureImage(h, spec, s, opts)
     const network = await this.#ensureNetwork(h, s.network, opts)
@@ -513,15 +579,26 @@ export class DockerProvider implements Provider {
     const mounts: unknown[] = []
     if (s.home) {
       if (!spec.ownerId) {
-        throw new ProviderError(NAME, `template "${spec.template.name}" has docker.home, and a session with a home volume needs its user at create (minFree: 0)`)
+        throw new ProviderError(
+          NAME,
+          `template "${spec.template.name}" has docker.home, and a session with a home volume needs its user at create (minFree: 0)`,
+        )
       }
       const volume = substitute(s.home.volume, tokens)
-      if (!DOCKER_NAME_RE.test(volume)) throw new ProviderError(NAME, `docker.home.volume: "${volume}" is not a valid Docker volume name (use {{userSlug}})`)
+      if (!DOCKER_NAME_RE.test(volume))
+        throw new ProviderError(
+          NAME,
+          `docker.home.volume: "${volume}" is not a valid Docker volume name (use {{userSlug}})`,
+        )
       // Created on first use and kept; the daemon returns an existing volume unchanged.
       await this.#onHost(h, (c) =>
         c.volumeCreate(
           volume,
-          { [toDockerLabelKey(LABEL_POOL)]: spec.poolId, [toDockerLabelKey(LABEL_OWNER)]: spec.ownerId!, [DOCKER_LABEL_KIND]: 'home' },
+          {
+            [toDockerLabelKey(LABEL_POOL)]: spec.poolId,
+            [toDockerLabelKey(LABEL_OWNER)]: spec.ownerId!,
+            [DOCKER_LABEL_KIND]: 'home',
+          },
           { signal, timeoutMs: this.#slow },
         ),
       )
@@ -529,7 +606,13 @@ export class DockerProvider implements Provider {
     }
     for (const m of s.mounts) {
       if (m.type === 'tmpfs') mounts.push({ Type: 'tmpfs', Target: m.target })
-      else mounts.push({ Type: m.type, Source: substitute(m.source!, tokens), Target: m.target, ReadOnly: m.readOnly ?? false })
+      else
+        mounts.push({
+          Type: m.type,
+          Source: substitute(m.source!, tokens),
+          Target: m.target,
+          ReadOnly: m.readOnly ?? false,
+        })
     }
     const env: Record<string, string> = {}
     for (const [k, v] of Object.entries(s.env)) env[k] = substitute(v, tokens)
@@ -546,7 +629,13 @@ export class DockerProvider implements Provider {
     // Known at create only for a cold start; a warm instance learns its user from X-Forwarded-User.
     if (spec.ownerId) env.STUDIOPOOL_USER = spec.ownerId
     const labels: Record<string, string> = {}
-    for (const [k, v] of Object.entries({ ...s.labels, ...spec.labels, [LABEL_POOL]: spec.poolId, [LABEL_INSTANCE]: spec.id, [LABEL_TEMPLATE]: spec.template.name })) {
+    for (const [k, v] of Object.entries({
+      ...s.labels,
+      ...spec.labels,
+      [LABEL_POOL]: spec.poolId,
+      [LABEL_INSTANCE]: spec.id,
+      [LABEL_TEMPLATE]: spec.template.name,
+    })) {
       labels[toDockerLabelKey(k)] = v
     }
     if (s.nanoCpus) labels[DOCKER_LABEL_CPUS] = String(s.nanoCpus)
@@ -592,7 +681,10 @@ export class DockerProvider implements Provider {
         await sleep(50, undefined, { signal })
       }
       if (!other || fromDockerLabels(other.Config.Labels)[LABEL_INSTANCE] !== spec.id) throw err
-      opts.log.info({ instanceId: spec.id, host: h.host.name }, 'docker: adopting the container another process created')
+      opts.log.info(
+        { instanceId: spec.id, host: h.host.name },
+        'docker: adopting the container another process created',
+      )
       id = other.Id
     }
     const inst = await this.#startCreated(h, id, spec, opts)
@@ -601,44 +693,82 @@ export class DockerProvider implements Provider {
   }
 
   /** Starts a created container (in a start slot); one that cannot start is removed. */
-  async #startCreated(h: HostState, id: string, spec: InstanceSpec, opts: OperationOptions, inSlot = true): Promise<ProviderInstance> {
+  async #startCreated(
+    h: HostState,
+    id: string,
+    spec: InstanceSpec,
+    opts: OperationOptions,
+    inSlot = true,
+  ): Promise<ProviderInstance> {
     const signal = opts.signal
     const release = !inSlot && h.starts ? await h.starts.acquire(signal) : () => {}
     try {
       await this.#onHost(h, (c) => c.containerStart(id, { signal, timeoutMs: this.#slow }))
     } catch (err) {
       await this.#onHost(h, (c) => c.containerRemove(id, { timeoutMs: this.#slow })).catch(() => {})
-      throw err instanceof DockerApiError ? new ProviderError(NAME, `cannot start the container of ${spec.id} on ${h.host.name}: ${err.message}`, { cause: err, retryable: err.retryable }) : err
+      throw err instanceof DockerApiError
+        ? new ProviderError(NAME, `cannot start the container of ${spec.id} on ${h.host.name}: ${err.message}`, {
+            cause: err,
+            retryable: err.retryable,
+          })
+        : err
     } finally {
       release()
     }
     const inspected = await this.#onHost(h, (c) => c.containerInspect(id, { signal }))
-    if (!inspected) throw new ProviderError(NAME, `the container of ${spec.id} vanished right after it started on ${h.host.name}`, { retryable: true })
+    if (!inspected)
+      throw new ProviderError(NAME, `the container of ${spec.id} vanished right after it started on ${h.host.name}`, {
+        retryable: true,
+      })
     return this.#inspectToInstance(h, inspected)
   }
 
   /** The image is there (pulled when the policy says so), or a clear problem naming it. */
-  async #ensureImage(h: HostState, spec: InstanceSpec, s: DockerTemplateSettings, opts: OperationOptions): Promise<void> {
-    let image = s.pullPolicy === 'always' ? undefined : await this.#onHost(h, (c) => c.imageInspect(s.image, { signal: opts.signal }))
+  async #ensureImage(
+    h: HostState,
+    spec: InstanceSpec,
+    s: DockerTemplateSettings,
+    opts: OperationOptions,
+  ): Promise<void> {
+    let image =
+      s.pullPolicy === 'always'
+        ? undefined
+        : await this.#onHost(h, (c) => c.imageInspect(s.image, { signal: opts.signal }))
     if (!image) {
       if (s.pullPolicy === 'never') {
-        throw new ProviderError(NAME, `template "${spec.template.name}": image "${s.image}" is not on Docker host ${h.host.name}, and its pullPolicy is never`)
+        throw new ProviderError(
+          NAME,
+          `template "${spec.template.name}": image "${s.image}" is not on Docker host ${h.host.name}, and its pullPolicy is never`,
+        )
       }
       opts.log.info({ image: s.image, host: h.host.name }, 'docker: pulling image')
       try {
-        await this.#onHost(h, (c) => c.imagePull(s.image, () => {}, { signal: opts.signal, timeoutMs: this.#settings.pullTimeoutMs }))
+        await this.#onHost(h, (c) =>
+          c.imagePull(s.image, () => {}, { signal: opts.signal, timeoutMs: this.#settings.pullTimeoutMs }),
+        )
       } catch (err) {
-        throw new ProviderError(NAME, `template "${spec.template.name}": cannot pull image "${s.image}" on ${h.host.name}: ${(err as Error).message}`, {
-          cause: err,
-          retryable: isUnavailable(err),
-        })
+        throw new ProviderError(
+          NAME,
+          `template "${spec.template.name}": cannot pull image "${s.image}" on ${h.host.name}: ${(err as Error).message}`,
+          {
+            cause: err,
+            retryable: isUnavailable(err),
+          },
+        )
       }
       image = await this.#onHost(h, (c) => c.imageInspect(s.image, { signal: opts.signal }))
-      if (!image) throw new ProviderError(NAME, `template "${spec.template.name}": image "${s.image}" is still missing on ${h.host.name} after a pull`)
+      if (!image)
+        throw new ProviderError(
+          NAME,
+          `template "${spec.template.name}": image "${s.image}" is still missing on ${h.host.name} after a pull`,
+        )
     }
     if (!s.user && isRootUser(image.Config?.User)) {
       // DESIGN.md: no session code runs as root unless a template says so in words.
-      throw new ProviderError(NAME, `template "${spec.template.name}": image "${s.image}" runs as root; set docker.user (for example "1000:1000"), or user: root to allow it`)
+      throw new ProviderError(
+        NAME,
+        `template "${spec.template.name}": image "${s.image}" runs as root; set docker.user (for example "1000:1000"), or user: root to allow it`,
+      )
     }
   }
 
@@ -667,10 +797,16 @@ export class DockerProvider implements Provider {
             if (!(err instanceof DockerApiError && err.status === 409)) throw err
           }
           net = await this.#onHost(h, (c) => c.networkInspect(name, { signal: opts.signal }))
-          if (!net) throw new ProviderError(NAME, `network ${name} vanished right after it was created on ${h.host.name}`, { retryable: true })
+          if (!net)
+            throw new ProviderError(NAME, `network ${name} vanished right after it was created on ${h.host.name}`, {
+              retryable: true,
+            })
         }
         if (net.Options?.['com.docker.network.bridge.enable_icc'] !== 'false') {
-          opts.log.warn({ network: name, host: h.host.name }, 'docker: the managed network lets containers talk to each other (enable_icc is not false); recreate it')
+          opts.log.warn(
+            { network: name, host: h.host.name },
+            'docker: the managed network lets containers talk to each other (enable_icc is not false); recreate it',
+          )
         }
         const subnets = (net.IPAM.Config ?? []).flatMap((c) => (c.Subnet ? [c.Subnet] : []))
         h.subnets = subnets
@@ -724,11 +860,16 @@ export class DockerProvider implements Provider {
   async #listHost(h: HostState, opts: OperationOptions): Promise<ProviderInstance[]> {
     if (this.#usable(h)) {
       try {
-        const found = await this.#onHost(h, (c) => c.containerList([`${toDockerLabelKey(LABEL_POOL)}=${this.#ctx.poolId}`], { signal: opts.signal }))
+        const found = await this.#onHost(h, (c) =>
+          c.containerList([`${toDockerLabelKey(LABEL_POOL)}=${this.#ctx.poolId}`], { signal: opts.signal }),
+        )
         const out: ProviderInstance[] = []
         for (const c of found) {
           // Exited containers are few (the pool destroys them); for them the reason needs an inspect.
-          const detail = c.State === 'exited' || c.State === 'dead' ? await this.#onHost(h, (cl) => cl.containerInspect(c.Id, { signal: opts.signal })) : undefined
+          const detail =
+            c.State === 'exited' || c.State === 'dead'
+              ? await this.#onHost(h, (cl) => cl.containerInspect(c.Id, { signal: opts.signal }))
+              : undefined
           out.push(this.#toInstance(h, c, detail ?? null))
         }
         h.live = out.filter((i) => i.state === 'running' || i.state === 'pending').length
@@ -806,7 +947,10 @@ export class DockerProvider implements Provider {
         if (h.downSince === null) {
           h.downSince = now
           h.backoffMs = this.#settings.downBackoffMs
-          this.#ctx.log.warn({ host: h.host.name, err: err.message }, 'docker: host does not answer; its sessions are lost until it is back')
+          this.#ctx.log.warn(
+            { host: h.host.name, err: err.message },
+            'docker: host does not answer; its sessions are lost until it is back',
+          )
         } else {
           h.backoffMs = Math.min(h.backoffMs * 2, DOCKER_DEFAULTS.maxDownBackoffMs)
         }
@@ -884,4 +1028,3 @@ function formatHost(host: string): string {
 export function createDockerProvider(ctx: ProviderContext): DockerProvider {
   return new DockerProvider(ctx)
 }
-

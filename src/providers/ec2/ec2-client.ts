@@ -33,7 +33,10 @@ export interface Ec2Api {
   runInstances(input: RunInstancesCommandInput, signal?: AbortSignal): Promise<RunInstancesCommandOutput>
   /** One page. */
   describeInstances(input: DescribeInstancesCommandInput, signal?: AbortSignal): Promise<DescribeInstancesCommandOutput>
-  terminateInstances(input: TerminateInstancesCommandInput, signal?: AbortSignal): Promise<TerminateInstancesCommandOutput>
+  terminateInstances(
+    input: TerminateInstancesCommandInput,
+    signal?: AbortSignal,
+  ): Promise<TerminateInstancesCommandOutput>
   stopInstances(input: StopInstancesCommandInput, signal?: AbortSignal): Promise<StopInstancesCommandOutput>
   startInstances(input: StartInstancesCommandInput, signal?: AbortSignal): Promise<StartInstancesCommandOutput>
   /** Adds or overwrites tags (relabel: the owner on claim). */

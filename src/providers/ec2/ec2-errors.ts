@@ -31,9 +31,24 @@ const THROTTLING_CODES = new Set([
   'BandwidthLimitExceeded',
 ])
 
-const SERVER_CODES = new Set(['InternalError', 'InternalFailure', 'ServiceUnavailable', 'Unavailable', 'ServerInternal'])
+const SERVER_CODES = new Set([
+  'InternalError',
+  'InternalFailure',
+  'ServiceUnavailable',
+  'Unavailable',
+  'ServerInternal',
+])
 
-const NETWORK_CODES = new Set(['ECONNRESET', 'ECONNREFUSED', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH'])
+const NETWORK_CODES = new Set([
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'ETIMEDOUT',
+  'EPIPE',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+])
 
 /**
  * Capacity codes: the request was fine but AWS cannot place it now. For a spot request they trigger
@@ -73,7 +88,13 @@ const AUTH_CODES = new Set([
 ])
 
 /** Account limits: only the operator (a limit increase) can fix them. */
-const QUOTA_CODES = new Set(['InstanceLimitExceeded', 'VcpuLimitExceeded', 'VolumeLimitExceeded', 'AddressLimitExceeded', 'MaxSpotFleetRequestCountExceeded'])
+const QUOTA_CODES = new Set([
+  'InstanceLimitExceeded',
+  'VcpuLimitExceeded',
+  'VolumeLimitExceeded',
+  'AddressLimitExceeded',
+  'MaxSpotFleetRequestCountExceeded',
+])
 
 /** Instance ids we did not find: absent, not an error, for describe and terminate. */
 export const NOT_FOUND_CODES = new Set(['InvalidInstanceID.NotFound', 'InvalidInstanceID.Malformed'])
@@ -142,7 +163,9 @@ export function deniedAction(err: unknown, calledAction: string): string {
 
 /** AWS's message without the encoded authorization blob, bounded in length. */
 function cleanMessage(err: unknown): string {
-  let msg = errorMessage(err).replace(/\s*Encoded authorization failure message:.*$/s, '').trim()
+  let msg = errorMessage(err)
+    .replace(/\s*Encoded authorization failure message:.*$/s, '')
+    .trim()
   if (msg.length > 300) msg = `${msg.slice(0, 297)}...`
   return msg
 }
@@ -176,7 +199,11 @@ export function toProviderError(err: unknown, operation: string, context = ''): 
         ? `AWS credentials expired while calling ${action}${where} (${code}); refresh the profile, environment or instance role`
         : `AWS rejected the credentials for ${action}${where} (${code || 'no credentials'}): ${cleanMessage(err)}`,
       // Expired or missing credentials can come back (instance role refresh, SSO login), so the worker may retry.
-      { code: 'PROVIDER_UNAVAILABLE', retryable: expired || code === 'CredentialsProviderError' || code === 'RequestExpired', cause: err },
+      {
+        code: 'PROVIDER_UNAVAILABLE',
+        retryable: expired || code === 'CredentialsProviderError' || code === 'RequestExpired',
+        cause: err,
+      },
     )
   }
   if (isCapacity(err)) {
@@ -184,18 +211,30 @@ export function toProviderError(err: unknown, operation: string, context = ''): 
   }
   if (isTransient(err)) {
     const kind = isThrottling(err) ? 'throttling' : 'failing'
-    return new ProviderError(PROVIDER, `AWS is ${kind} ${iamAction(operation)}${where} (${code || 'HTTP ' + String(httpStatus(err) ?? '?')}); will retry later`, {
-      retryable: true,
-      cause: err,
-    })
+    return new ProviderError(
+      PROVIDER,
+      `AWS is ${kind} ${iamAction(operation)}${where} (${code || 'HTTP ' + String(httpStatus(err) ?? '?')}); will retry later`,
+      {
+        retryable: true,
+        cause: err,
+      },
+    )
   }
   if (code === 'IncorrectInstanceState') {
-    return new ProviderError(PROVIDER, `${iamAction(operation)}${where}: the instance is not in a state that allows it: ${cleanMessage(err)}`, { retryable: true, cause: err })
+    return new ProviderError(
+      PROVIDER,
+      `${iamAction(operation)}${where}: the instance is not in a state that allows it: ${cleanMessage(err)}`,
+      { retryable: true, cause: err },
+    )
   }
   // Invalid AMI, security group, key pair, subnet, parameter: a configuration problem; AWS's message says which.
   // The kind feeds the pool's circuit breaker (issue 9): none of these goes away by retrying.
   const kind = QUOTA_CODES.has(code) ? 'quota' : /\.NotFound$/.test(code) ? 'missing' : 'config'
-  return new ProviderError(PROVIDER, `${iamAction(operation)} failed${where}: ${code ? code + ': ' : ''}${cleanMessage(err)}`, { retryable: false, kind, cause: err })
+  return new ProviderError(
+    PROVIDER,
+    `${iamAction(operation)} failed${where}: ${code ? code + ': ' : ''}${cleanMessage(err)}`,
+    { retryable: false, kind, cause: err },
+  )
 }
 
 /** A sentence an analyst can read on the progress page. */

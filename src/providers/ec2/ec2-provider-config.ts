@@ -65,7 +65,9 @@ export const Ec2TemplateSettingsSchema = Type.Object(
     volumeSize: Type.Optional(Type.Integer({ minimum: 1, maximum: 16_384 })),
     /** Root device name of the AMI: `/dev/sda1` for Ubuntu (the seed's AMI), `/dev/xvda` for Amazon Linux. */
     rootDeviceName: Type.Optional(Type.String({ pattern: '^/dev/[a-z0-9]+$' })),
-    volumeType: Type.Optional(Type.Union(['gp3', 'gp2', 'io1', 'io2', 'st1', 'sc1', 'standard'].map((v) => Type.Literal(v)))),
+    volumeType: Type.Optional(
+      Type.Union(['gp3', 'gp2', 'io1', 'io2', 'st1', 'sc1', 'standard'].map((v) => Type.Literal(v))),
+    ),
     /** Path to the user-data template; relative paths resolve against the working directory. */
     userDataTemplate: Type.Optional(Type.String({ minLength: 1 })),
     /** Extra `{{{token}}}` values for the user data (e.g. `registry`, `image`). */
@@ -104,19 +106,34 @@ export interface Ec2TemplateSettings {
   /** Absolute path. */
   readonly userDataTemplate: string
   readonly tokens: Readonly<Record<string, string>>
-  readonly spot: { readonly enabled: boolean; readonly maxPrice: string | undefined; readonly fallbackToOnDemand: boolean }
+  readonly spot: {
+    readonly enabled: boolean
+    readonly maxPrice: string | undefined
+    readonly fallbackToOnDemand: boolean
+  }
   readonly tags: Readonly<Record<string, string>>
   readonly addressFrom: 'private-ip' | 'public-dns' | 'public-ip' | undefined
 }
 
 /** The shipped RStudio user data (`examples/rstudio/user-data.sh`), found from this file in src/ or dist/. */
-export const DEFAULT_USER_DATA_TEMPLATE = fileURLToPath(new URL('../../../examples/rstudio/user-data.sh', import.meta.url))
+export const DEFAULT_USER_DATA_TEMPLATE = fileURLToPath(
+  new URL('../../../examples/rstudio/user-data.sh', import.meta.url),
+)
 
 /**
  * Tokens studiopool fills in per instance; config `tokens` may not override them.
  * `registry` and `image` are ordinary tokens with defaults (the seed pulled `${ACCOUNT}/rstudio`).
  */
-export const BUILTIN_TOKENS = ['instanceId', 'poolId', 'template', 'progressUrl', 'progressToken', 'port', 'region', 'basePath'] as const
+export const BUILTIN_TOKENS = [
+  'instanceId',
+  'poolId',
+  'template',
+  'progressUrl',
+  'progressToken',
+  'port',
+  'region',
+  'basePath',
+] as const
 export const DEFAULT_TOKENS: Readonly<Record<string, string>> = { registry: '', image: 'rstudio' }
 
 /** EC2's limit on user data, before base64. */
@@ -129,7 +146,10 @@ function schemaProblems(schema: TSchema, value: unknown, prefix: string): string
   return [...Value.Errors(schema, value)].map((e) => `${prefix}${e.path || '/'}: ${e.message}`)
 }
 
-export function parseProviderSettings(raw: Readonly<Record<string, unknown>> | undefined): { settings?: Ec2ProviderSettings; problems: string[] } {
+export function parseProviderSettings(raw: Readonly<Record<string, unknown>> | undefined): {
+  settings?: Ec2ProviderSettings
+  problems: string[]
+} {
   const value = raw ?? {}
   const problems = schemaProblems(Ec2ProviderSettingsSchema, value, 'providers.ec2')
   if (problems.length) return { problems }
@@ -162,13 +182,17 @@ export function parseTemplateSettings(
   if (problems.length) return { problems }
   const v = value as Ec2TemplateSettingsInput
   for (const key of Object.keys(v.tokens ?? {})) {
-    if ((BUILTIN_TOKENS as readonly string[]).includes(key)) problems.push(`${prefix}/tokens/${key}: "${key}" is set by studiopool for each instance and cannot be configured`)
+    if ((BUILTIN_TOKENS as readonly string[]).includes(key))
+      problems.push(`${prefix}/tokens/${key}: "${key}" is set by studiopool for each instance and cannot be configured`)
   }
   for (const key of Object.keys(v.tags ?? {})) {
-    if (RESERVED_TAG_PREFIXES.some((p) => key.toLowerCase().startsWith(p))) problems.push(`${prefix}/tags/${key}: tag keys starting with ${RESERVED_TAG_PREFIXES.join(' or ')} are reserved`)
+    if (RESERVED_TAG_PREFIXES.some((p) => key.toLowerCase().startsWith(p)))
+      problems.push(`${prefix}/tags/${key}: tag keys starting with ${RESERVED_TAG_PREFIXES.join(' or ')} are reserved`)
   }
-  if (Object.keys(v.tags ?? {}).length > 40) problems.push(`${prefix}/tags: at most 40 tags (AWS allows 50, studiopool uses some)`)
-  if (v.spot?.maxPrice !== undefined && !v.spot.enabled) problems.push(`${prefix}/spot/maxPrice: set, but spot.enabled is false`)
+  if (Object.keys(v.tags ?? {}).length > 40)
+    problems.push(`${prefix}/tags: at most 40 tags (AWS allows 50, studiopool uses some)`)
+  if (v.spot?.maxPrice !== undefined && !v.spot.enabled)
+    problems.push(`${prefix}/spot/maxPrice: set, but spot.enabled is false`)
   if (problems.length) return { problems }
   const settings: Ec2TemplateSettings = {
     imageId: v.imageId,
@@ -180,9 +204,17 @@ export function parseTemplateSettings(
     volumeSize: v.volumeSize,
     rootDeviceName: v.rootDeviceName ?? '/dev/sda1',
     volumeType: v.volumeType ?? 'gp3',
-    userDataTemplate: v.userDataTemplate ? (isAbsolute(v.userDataTemplate) ? v.userDataTemplate : resolve(v.userDataTemplate)) : DEFAULT_USER_DATA_TEMPLATE,
+    userDataTemplate: v.userDataTemplate
+      ? isAbsolute(v.userDataTemplate)
+        ? v.userDataTemplate
+        : resolve(v.userDataTemplate)
+      : DEFAULT_USER_DATA_TEMPLATE,
     tokens: { ...DEFAULT_TOKENS, ...(v.tokens ?? {}) },
-    spot: { enabled: v.spot?.enabled ?? false, maxPrice: v.spot?.maxPrice, fallbackToOnDemand: v.spot?.fallbackToOnDemand ?? true },
+    spot: {
+      enabled: v.spot?.enabled ?? false,
+      maxPrice: v.spot?.maxPrice,
+      fallbackToOnDemand: v.spot?.fallbackToOnDemand ?? true,
+    },
     tags: { ...(v.tags ?? {}) },
     addressFrom: v.addressFrom,
   }
@@ -193,22 +225,37 @@ export function parseTemplateSettings(
  * Reads the user-data template and checks it: present, within EC2's size limit, and every
  * `{{{token}}}` known (built-in or configured). Returns the text, or problems.
  */
-export function loadUserDataTemplate(settings: Ec2TemplateSettings, templateName: string): { text?: string; problems: string[] } {
+export function loadUserDataTemplate(
+  settings: Ec2TemplateSettings,
+  templateName: string,
+): { text?: string; problems: string[] } {
   const where = `templates.${templateName}.settings/userDataTemplate`
   let text: string
   try {
     const st = statSync(settings.userDataTemplate)
     if (!st.isFile()) return { problems: [`${where}: ${settings.userDataTemplate} is not a file`] }
-    if (st.size > USER_DATA_MAX_BYTES) return { problems: [`${where}: ${settings.userDataTemplate} is ${st.size} bytes; EC2 accepts at most ${USER_DATA_MAX_BYTES}`] }
+    if (st.size > USER_DATA_MAX_BYTES)
+      return {
+        problems: [
+          `${where}: ${settings.userDataTemplate} is ${st.size} bytes; EC2 accepts at most ${USER_DATA_MAX_BYTES}`,
+        ],
+      }
     text = readFileSync(settings.userDataTemplate, 'utf8')
   } catch (err) {
-    return { problems: [`${where}: cannot read ${settings.userDataTemplate}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`] }
+    return {
+      problems: [
+        `${where}: cannot read ${settings.userDataTemplate}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+      ],
+    }
   }
   const known = new Set<string>([...BUILTIN_TOKENS, ...Object.keys(settings.tokens)])
   const problems: string[] = []
   for (const name of tokensIn(text)) {
     if (!new RegExp(TOKEN_NAME).test(name)) problems.push(`${where}: "{{{${name}}}}" is not a valid token name`)
-    else if (!known.has(name)) problems.push(`${where}: unknown token {{{${name}}}} (known: ${[...known].sort().join(', ')}; add it under settings.tokens)`)
+    else if (!known.has(name))
+      problems.push(
+        `${where}: unknown token {{{${name}}}} (known: ${[...known].sort().join(', ')}; add it under settings.tokens)`,
+      )
   }
   return problems.length ? { problems } : { text, problems }
 }
@@ -220,7 +267,8 @@ export function loadUserDataTemplate(settings: Ec2TemplateSettings, templateName
 export function renderUserData(text: string, tokens: Readonly<Record<string, string>>): string {
   for (const name of BUILTIN_TOKENS) {
     const v = tokens[name]
-    if (v !== undefined && /['\n\r\0\\`$]/.test(v)) throw new Error(`user-data token ${name} has a character that is not allowed in a shell string`)
+    if (v !== undefined && /['\n\r\0\\`$]/.test(v))
+      throw new Error(`user-data token ${name} has a character that is not allowed in a shell string`)
   }
   return text.replace(TOKEN_RE, (whole, rawName: string) => {
     const name = rawName.trim()
@@ -234,7 +282,10 @@ export function renderUserData(text: string, tokens: Readonly<Record<string, str
  * Problems with one template's ec2 settings and its user-data template (schema, file, unknown
  * tokens); empty when fine. Needs no provider instance, so config validation can call it at start.
  */
-export function validateTemplate(template: { readonly name: string; readonly settings: Readonly<Record<string, unknown>> }): string[] {
+export function validateTemplate(template: {
+  readonly name: string
+  readonly settings: Readonly<Record<string, unknown>>
+}): string[] {
   const parsed = parseTemplateSettings(template.name, template.settings)
   if (!parsed.settings) return parsed.problems
   return loadUserDataTemplate(parsed.settings, template.name).problems

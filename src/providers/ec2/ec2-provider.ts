@@ -14,7 +14,16 @@ import {
   type ProviderInstance,
 } from '../provider.js'
 import { createEc2Api, type Ec2Api } from './ec2-client.js'
-import { errorCode, isCapacity, isNotFound, PROVIDER, sleep as realSleep, toProviderError, withRetries, type RetryOptions } from './ec2-errors.js'
+import {
+  errorCode,
+  isCapacity,
+  isNotFound,
+  PROVIDER,
+  sleep as realSleep,
+  toProviderError,
+  withRetries,
+  type RetryOptions,
+} from './ec2-errors.js'
 import {
   loadUserDataTemplate,
   parseProviderSettings,
@@ -54,10 +63,20 @@ export interface Ec2ProviderDeps {
  * create never launches twice. On-demand fallback gets its own token: AWS rejects a token reused
  * with different parameters (IdempotentParameterMismatch).
  */
-export function clientToken(poolId: string, instanceId: string, generation: string, market: 'spot' | 'on-demand', salt = ''): string {
+export function clientToken(
+  poolId: string,
+  instanceId: string,
+  generation: string,
+  market: 'spot' | 'on-demand',
+  salt = '',
+): string {
   const pool = createHash('sha256').update(poolId).digest('hex').slice(0, 8)
-  const id = /^[A-Za-z0-9_-]{1,24}$/.test(instanceId) ? instanceId : createHash('sha256').update(instanceId).digest('hex').slice(0, 24)
-  const gen = /^[0-9]{1,6}$/.test(generation) ? generation : createHash('sha256').update(generation).digest('hex').slice(0, 6)
+  const id = /^[A-Za-z0-9_-]{1,24}$/.test(instanceId)
+    ? instanceId
+    : createHash('sha256').update(instanceId).digest('hex').slice(0, 24)
+  const gen = /^[0-9]{1,6}$/.test(generation)
+    ? generation
+    : createHash('sha256').update(generation).digest('hex').slice(0, 6)
   const saltPart = salt ? `-${createHash('sha256').update(salt).digest('hex').slice(0, 8)}` : ''
   return `sp-${pool}-${id}-g${gen}-${market === 'spot' ? 's' : 'o'}${saltPart}`
 }
@@ -123,7 +142,10 @@ export class Ec2Provider implements Provider {
   constructor(ctx: ProviderContext, deps: Ec2ProviderDeps = {}) {
     const parsed = parseProviderSettings(ctx.settings)
     if (!parsed.settings) {
-      throw new ValidationError('invalid providers.ec2 settings', parsed.problems.map((message) => ({ path: 'providers.ec2', message })))
+      throw new ValidationError(
+        'invalid providers.ec2 settings',
+        parsed.problems.map((message) => ({ path: 'providers.ec2', message })),
+      )
     }
     this.#ctx = ctx
     this.#settings = parsed.settings
@@ -163,12 +185,19 @@ export class Ec2Provider implements Provider {
     try {
       this.#region = this.#settings.region ?? (await this.#api.region())
     } catch (err) {
-      throw new ProviderError(PROVIDER, 'no AWS region: set providers.ec2.region or AWS_REGION (or a profile with a region)', {
-        code: 'PROVIDER_UNAVAILABLE',
-        cause: err,
-      })
+      throw new ProviderError(
+        PROVIDER,
+        'no AWS region: set providers.ec2.region or AWS_REGION (or a profile with a region)',
+        {
+          code: 'PROVIDER_UNAVAILABLE',
+          cause: err,
+        },
+      )
     }
-    if (!this.#region) throw new ProviderError(PROVIDER, 'no AWS region: set providers.ec2.region or AWS_REGION', { code: 'PROVIDER_UNAVAILABLE' })
+    if (!this.#region)
+      throw new ProviderError(PROVIDER, 'no AWS region: set providers.ec2.region or AWS_REGION', {
+        code: 'PROVIDER_UNAVAILABLE',
+      })
     return this.#region
   }
 
@@ -179,7 +208,11 @@ export class Ec2Provider implements Provider {
   async init(opts: OperationOptions): Promise<void> {
     const region = await this.#resolveRegion()
     try {
-      await withRetries('DescribeInstances', () => this.#api.describeInstances({ DryRun: true }, opts.signal), this.#retry(opts))
+      await withRetries(
+        'DescribeInstances',
+        () => this.#api.describeInstances({ DryRun: true }, opts.signal),
+        this.#retry(opts),
+      )
     } catch (err) {
       if (errorCode(err) !== 'DryRunOperation') throw toProviderError(err, 'DescribeInstances', 'credentials check')
     }
@@ -206,7 +239,10 @@ export class Ec2Provider implements Provider {
     const problems = this.validateTemplate(template)
     if (problems.length) {
       // A configuration bug, found at launch: the instance fails with the problems as its reason.
-      throw new ProviderError(PROVIDER, `template ${template.name} has invalid ec2 settings: ${problems.join('; ')}`, { retryable: false, kind: 'config' })
+      throw new ProviderError(PROVIDER, `template ${template.name} has invalid ec2 settings: ${problems.join('; ')}`, {
+        retryable: false,
+        kind: 'config',
+      })
     }
     return this.#templates.get(template)!
   }
@@ -231,7 +267,11 @@ export class Ec2Provider implements Provider {
     }
     const script = renderUserData(userData, tokens)
     if (Buffer.byteLength(script) > USER_DATA_MAX_BYTES) {
-      throw new ProviderError(PROVIDER, `rendered user data for template ${spec.template.name} is over ${USER_DATA_MAX_BYTES} bytes`, { retryable: false })
+      throw new ProviderError(
+        PROVIDER,
+        `rendered user data for template ${spec.template.name} is over ${USER_DATA_MAX_BYTES} bytes`,
+        { retryable: false },
+      )
     }
     const tags = toTagList(instanceTags(spec, settings))
     const input: RunInstancesCommandInput = {
@@ -250,7 +290,9 @@ export class Ec2Provider implements Provider {
     if (settings.keyName) input.KeyName = settings.keyName
     if (settings.subnetId) input.SubnetId = settings.subnetId
     if (settings.iamInstanceProfile) {
-      input.IamInstanceProfile = settings.iamInstanceProfile.startsWith('arn:') ? { Arn: settings.iamInstanceProfile } : { Name: settings.iamInstanceProfile }
+      input.IamInstanceProfile = settings.iamInstanceProfile.startsWith('arn:')
+        ? { Arn: settings.iamInstanceProfile }
+        : { Name: settings.iamInstanceProfile }
     }
     if (settings.volumeSize !== undefined) {
       input.BlockDeviceMappings = [
@@ -279,7 +321,11 @@ export class Ec2Provider implements Provider {
     const stateName = inst.State?.Name
     const addressFrom = (template && this.#templates.get(template)?.settings.addressFrom) ?? this.#settings.addressFrom
     const host =
-      addressFrom === 'public-dns' ? inst.PublicDnsName : addressFrom === 'public-ip' ? inst.PublicIpAddress : inst.PrivateIpAddress
+      addressFrom === 'public-dns'
+        ? inst.PublicDnsName
+        : addressFrom === 'public-ip'
+          ? inst.PublicIpAddress
+          : inst.PrivateIpAddress
     const port = template?.port ?? DEFAULT_PORT
     const reason = inst.StateReason?.Message
     const spot = inst.InstanceLifecycle === 'spot' ? ' (spot)' : ''
@@ -298,11 +344,18 @@ export class Ec2Provider implements Provider {
   }
 
   /** Follows NextToken, bounded. */
-  async #describeAll(input: { Filters?: Filter[]; InstanceIds?: string[] }, opts: OperationOptions): Promise<Ec2Instance[]> {
+  async #describeAll(
+    input: { Filters?: Filter[]; InstanceIds?: string[] },
+    opts: OperationOptions,
+  ): Promise<Ec2Instance[]> {
     const out: Ec2Instance[] = []
     let token: string | undefined
     for (let page = 0; page < MAX_PAGES; page++) {
-      const req = { ...input, ...(input.InstanceIds ? {} : { MaxResults: LIST_PAGE_SIZE }), ...(token ? { NextToken: token } : {}) }
+      const req = {
+        ...input,
+        ...(input.InstanceIds ? {} : { MaxResults: LIST_PAGE_SIZE }),
+        ...(token ? { NextToken: token } : {}),
+      }
       const res = await this.#call('DescribeInstances', opts, () => this.#api.describeInstances(req, opts.signal))
       for (const r of res.Reservations ?? []) out.push(...(r.Instances ?? []))
       token = res.NextToken || undefined
@@ -321,7 +374,9 @@ export class Ec2Provider implements Provider {
     const gen = spec.labels[LABEL_GENERATION]
     if (gen !== undefined) filters.push({ Name: `tag:${LABEL_GENERATION}`, Values: [gen] })
     const found = await this.#describeAll({ Filters: filters }, opts)
-    return found.sort((a, b) => (b.LaunchTime ? +new Date(b.LaunchTime) : 0) - (a.LaunchTime ? +new Date(a.LaunchTime) : 0))[0]
+    return found.sort(
+      (a, b) => (b.LaunchTime ? +new Date(b.LaunchTime) : 0) - (a.LaunchTime ? +new Date(a.LaunchTime) : 0),
+    )[0]
   }
 
   /**
@@ -334,7 +389,10 @@ export class Ec2Provider implements Provider {
     const { settings } = this.#template(spec.template)
     const existing = await this.#findExisting(spec, opts)
     if (existing) {
-      opts.log.info({ provider: PROVIDER, instanceId: spec.id, ref: existing.InstanceId }, 'ec2 instance already exists; not launching another')
+      opts.log.info(
+        { provider: PROVIDER, instanceId: spec.id, ref: existing.InstanceId },
+        'ec2 instance already exists; not launching another',
+      )
       return this.#toProviderInstance(existing, spec.template)
     }
     const log = opts.log.child({ provider: PROVIDER, instanceId: spec.id, template: spec.template.name })
@@ -359,15 +417,31 @@ export class Ec2Provider implements Provider {
     for (let hop = 0; hop < 3; hop++) {
       const input = await this.buildRunInput(spec, market, salt)
       // The input holds the progress token in UserData: log the token and shape only, never the input.
-      opts.log.info({ provider: PROVIDER, instanceId: spec.id, market, clientToken: input.ClientToken, instanceType: input.InstanceType }, 'ec2 RunInstances')
-      const res = await this.#call('RunInstances', opts, () => this.#api.runInstances(input, opts.signal), market === 'spot' ? 'spot' : '')
+      opts.log.info(
+        {
+          provider: PROVIDER,
+          instanceId: spec.id,
+          market,
+          clientToken: input.ClientToken,
+          instanceType: input.InstanceType,
+        },
+        'ec2 RunInstances',
+      )
+      const res = await this.#call(
+        'RunInstances',
+        opts,
+        () => this.#api.runInstances(input, opts.signal),
+        market === 'spot' ? 'spot' : '',
+      )
       const inst = res.Instances?.[0]
       if (!inst?.InstanceId) throw new ProviderError(PROVIDER, 'RunInstances returned no instance', { retryable: true })
       const state = inst.State?.Name
       if (state !== 'terminated' && state !== 'shutting-down') return this.#toProviderInstance(inst, spec.template)
       salt = `${salt}/${inst.InstanceId}`
     }
-    throw new ProviderError(PROVIDER, `RunInstances kept returning terminated instances for ${spec.id}`, { retryable: false })
+    throw new ProviderError(PROVIDER, `RunInstances kept returning terminated instances for ${spec.id}`, {
+      retryable: false,
+    })
   }
 
   /**
@@ -408,7 +482,10 @@ export class Ec2Provider implements Provider {
 
   /** Every instance tagged with our pool id, in every state (terminated ones show for about an hour). */
   async list(opts: OperationOptions): Promise<ProviderInstance[]> {
-    const found = await this.#describeAll({ Filters: [{ Name: `tag:${LABEL_POOL}`, Values: [this.#ctx.poolId] }] }, opts)
+    const found = await this.#describeAll(
+      { Filters: [{ Name: `tag:${LABEL_POOL}`, Values: [this.#ctx.poolId] }] },
+      opts,
+    )
     return found.map((inst) => this.#toProviderInstance(inst))
   }
 
@@ -416,7 +493,12 @@ export class Ec2Provider implements Provider {
   async destroy(ref: string, opts: OperationOptions): Promise<void> {
     if (!EC2_ID_RE.test(ref)) return
     try {
-      await this.#call('TerminateInstances', opts, () => this.#api.terminateInstances({ InstanceIds: [ref] }, opts.signal), ref)
+      await this.#call(
+        'TerminateInstances',
+        opts,
+        () => this.#api.terminateInstances({ InstanceIds: [ref] }, opts.signal),
+        ref,
+      )
       opts.log.info({ provider: PROVIDER, ref }, 'ec2 instance terminating')
     } catch (err) {
       if (isNotFound(err)) return
@@ -426,25 +508,40 @@ export class Ec2Provider implements Provider {
 
   /** StopInstances (suspend: the EBS root volume is kept). One-time spot instances cannot be stopped. */
   async stop(ref: string, opts: OperationOptions): Promise<void> {
-    await this.#stateChange('StopInstances', ref, opts, () => this.#api.stopInstances({ InstanceIds: [ref] }, opts.signal))
+    await this.#stateChange('StopInstances', ref, opts, () =>
+      this.#api.stopInstances({ InstanceIds: [ref] }, opts.signal),
+    )
   }
 
   /** StartInstances (resume). The private IP stays; a public IP or DNS name may change. */
   async start(ref: string, opts: OperationOptions): Promise<void> {
-    await this.#stateChange('StartInstances', ref, opts, () => this.#api.startInstances({ InstanceIds: [ref] }, opts.signal))
+    await this.#stateChange('StartInstances', ref, opts, () =>
+      this.#api.startInstances({ InstanceIds: [ref] }, opts.signal),
+    )
   }
 
-  async #stateChange(operation: string, ref: string, opts: OperationOptions, fn: () => Promise<unknown>): Promise<void> {
-    if (!EC2_ID_RE.test(ref)) throw new ProviderError(PROVIDER, `not an EC2 instance id: ${JSON.stringify(ref.slice(0, 40))}`)
+  async #stateChange(
+    operation: string,
+    ref: string,
+    opts: OperationOptions,
+    fn: () => Promise<unknown>,
+  ): Promise<void> {
+    if (!EC2_ID_RE.test(ref))
+      throw new ProviderError(PROVIDER, `not an EC2 instance id: ${JSON.stringify(ref.slice(0, 40))}`)
     try {
       await this.#call(operation, opts, fn, ref)
     } catch (err) {
-      if (isNotFound(err)) throw new ProviderError(PROVIDER, `EC2 instance ${ref} no longer exists`, { retryable: false, cause: err })
+      if (isNotFound(err))
+        throw new ProviderError(PROVIDER, `EC2 instance ${ref} no longer exists`, { retryable: false, cause: err })
       if (errorCode((err as ProviderError).cause) === 'UnsupportedOperation') {
-        throw new ProviderError(PROVIDER, `EC2 instance ${ref} cannot be ${operation === 'StopInstances' ? 'stopped' : 'started'} (spot instances launched as one-time requests cannot be suspended)`, {
-          retryable: false,
-          cause: err,
-        })
+        throw new ProviderError(
+          PROVIDER,
+          `EC2 instance ${ref} cannot be ${operation === 'StopInstances' ? 'stopped' : 'started'} (spot instances launched as one-time requests cannot be suspended)`,
+          {
+            retryable: false,
+            cause: err,
+          },
+        )
       }
       throw err
     }
@@ -460,7 +557,13 @@ export class Ec2Provider implements Provider {
     const tags = Object.entries(labels).filter(([k]) => k !== LABEL_POOL && k !== LABEL_TEMPLATE)
     if (!tags.length) return
     try {
-      await this.#call('CreateTags', opts, () => this.#api.createTags({ Resources: [ref], Tags: tags.map(([Key, Value]) => ({ Key, Value })) }, opts.signal), ref)
+      await this.#call(
+        'CreateTags',
+        opts,
+        () =>
+          this.#api.createTags({ Resources: [ref], Tags: tags.map(([Key, Value]) => ({ Key, Value })) }, opts.signal),
+        ref,
+      )
     } catch (err) {
       if (isNotFound(err)) return
       throw err

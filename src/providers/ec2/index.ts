@@ -5,7 +5,14 @@
 import type { Provider, ProviderContext } from '../provider.js'
 import { Ec2Provider } from './ec2-provider.js'
 
-export { Ec2Provider, createEc2Provider, clientToken, LABEL_GENERATION, DEFAULT_PORT, type Ec2ProviderDeps } from './ec2-provider.js'
+export {
+  Ec2Provider,
+  createEc2Provider,
+  clientToken,
+  LABEL_GENERATION,
+  DEFAULT_PORT,
+  type Ec2ProviderDeps,
+} from './ec2-provider.js'
 export type { Ec2Api } from './ec2-client.js'
 export {
   Ec2ProviderSettingsSchema,
@@ -23,4 +30,3 @@ export {
 export function createProvider(ctx: ProviderContext): Provider {
   return new Ec2Provider(ctx)
 }
-

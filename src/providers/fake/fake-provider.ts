@@ -90,7 +90,15 @@ export class FakeProvider implements Provider {
   readonly name = NAME
   readonly capabilities: ProviderCapabilities
   /** Calls per method since construction (or `resetCalls()`). */
-  readonly calls: Record<FakeMethod, number> = { create: 0, describe: 0, list: 0, destroy: 0, stop: 0, start: 0, relabel: 0 }
+  readonly calls: Record<FakeMethod, number> = {
+    create: 0,
+    describe: 0,
+    list: 0,
+    destroy: 0,
+    stop: 0,
+    start: 0,
+    relabel: 0,
+  }
   /**
    * Hook consulted on every create that would make a new resource: return (or throw) an Error to
    * fail that create. Idempotent re-creates of a live resource do not consult it.
@@ -100,7 +108,15 @@ export class FakeProvider implements Provider {
   readonly poolId: string
   readonly settings: FakeSettings
   readonly #now: () => number
-  readonly #faults: Record<FakeMethod, Error[]> = { create: [], describe: [], list: [], destroy: [], stop: [], start: [], relabel: [] }
+  readonly #faults: Record<FakeMethod, Error[]> = {
+    create: [],
+    describe: [],
+    list: [],
+    destroy: [],
+    stop: [],
+    start: [],
+    relabel: [],
+  }
 
   constructor(ctx: Pick<ProviderContext, 'poolId' | 'settings'>, opts: { now?: () => number; cloud?: FakeCloud } = {}) {
     this.poolId = ctx.poolId
@@ -125,7 +141,11 @@ export class FakeProvider implements Provider {
   /** The next `times` calls of `method` fail with `error` (default: a retryable ProviderError). */
   failNext(method: FakeMethod, error?: Error | string, times = 1): void {
     for (let i = 0; i < times; i++) {
-      this.#faults[method].push(error instanceof Error ? error : new ProviderError(NAME, error ?? `injected ${method} fault`, { retryable: true }))
+      this.#faults[method].push(
+        error instanceof Error
+          ? error
+          : new ProviderError(NAME, error ?? `injected ${method} fault`, { retryable: true }),
+      )
     }
   }
 
@@ -150,7 +170,14 @@ export class FakeProvider implements Provider {
   }
 
   /** A resource tagged with this pool that the store does not know (an orphan). */
-  addUnknown(opts: { instanceId?: string; template?: string; labels?: Record<string, string>; state?: FakeResource['state'] } = {}): ProviderInstance {
+  addUnknown(
+    opts: {
+      instanceId?: string
+      template?: string
+      labels?: Record<string, string>
+      state?: FakeResource['state']
+    } = {},
+  ): ProviderInstance {
     const instanceId = opts.instanceId ?? `orphan${this.cloud.nextRef().replace(/[^a-z0-9]/g, '')}`
     const template = opts.template ?? 'orphan'
     const ref = this.cloud.nextRef()
@@ -171,7 +198,9 @@ export class FakeProvider implements Provider {
 
   /** Snapshot of this pool's resources, whatever their state. */
   instances(): ProviderInstance[] {
-    return [...this.cloud.resources.values()].filter((r) => r.labels[LABEL_POOL] === this.poolId).map((r) => this.#view(r))
+    return [...this.cloud.resources.values()]
+      .filter((r) => r.labels[LABEL_POOL] === this.poolId)
+      .map((r) => this.#view(r))
   }
 
   /** Removes terminated resources (a cloud forgets them after a while). */
@@ -190,9 +219,12 @@ export class FakeProvider implements Provider {
   validateTemplate(template: TemplateConfig): string[] {
     const s = template.settings ?? {}
     const problems: string[] = []
-    for (const k of Object.keys(s)) if (!KNOWN_TEMPLATE_KEYS.has(k)) problems.push(`settings.${k}: unknown setting of the fake provider`)
-    if (s.startDelayMs !== undefined && !(typeof s.startDelayMs === 'number' && s.startDelayMs >= 0)) problems.push('settings.startDelayMs: must be a number ≥ 0')
-    if (s.address !== undefined && !(typeof s.address === 'string' && /^https?:\/\//.test(s.address))) problems.push('settings.address: must be an http(s) URL')
+    for (const k of Object.keys(s))
+      if (!KNOWN_TEMPLATE_KEYS.has(k)) problems.push(`settings.${k}: unknown setting of the fake provider`)
+    if (s.startDelayMs !== undefined && !(typeof s.startDelayMs === 'number' && s.startDelayMs >= 0))
+      problems.push('settings.startDelayMs: must be a number ≥ 0')
+    if (s.address !== undefined && !(typeof s.address === 'string' && /^https?:\/\//.test(s.address)))
+      problems.push('settings.address: must be an http(s) URL')
     if (typeof s.validationError === 'string') problems.push(s.validationError)
     return problems
   }
@@ -216,7 +248,12 @@ export class FakeProvider implements Provider {
       ref: this.cloud.nextRef(),
       instanceId: spec.id,
       template: spec.template.name,
-      labels: { ...spec.labels, [LABEL_POOL]: this.poolId, [LABEL_INSTANCE]: spec.id, [LABEL_TEMPLATE]: spec.template.name },
+      labels: {
+        ...spec.labels,
+        [LABEL_POOL]: this.poolId,
+        [LABEL_INSTANCE]: spec.id,
+        [LABEL_TEMPLATE]: spec.template.name,
+      },
       createdAt: now,
       runningAt: now + delay,
       state: delay > 0 ? 'pending' : 'running',
@@ -310,7 +347,10 @@ export class FakeProvider implements Provider {
 
   #view(r: FakeResource): ProviderInstance {
     this.#settle(r)
-    const progress = r.state === 'pending' ? Math.min(99, Math.floor(((this.#now() - r.createdAt) / Math.max(1, r.runningAt - r.createdAt)) * 100)) : undefined
+    const progress =
+      r.state === 'pending'
+        ? Math.min(99, Math.floor(((this.#now() - r.createdAt) / Math.max(1, r.runningAt - r.createdAt)) * 100))
+        : undefined
     return {
       ref: r.ref,
       instanceId: r.instanceId,

@@ -1,6 +1,17 @@
 import { execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { closeSync, existsSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
+import {
+  closeSync,
+  existsSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import type { Logger } from 'pino'
@@ -44,7 +55,13 @@ export interface IsolationPlan {
   readonly pidns: boolean
   readonly report: IsolationReport
   /** Absolute paths of the helpers, when used. */
-  readonly bin: { readonly ip: string; readonly nft: string | null; readonly unshare: string | null; readonly setpriv: string | null; readonly sh: string }
+  readonly bin: {
+    readonly ip: string
+    readonly nft: string | null
+    readonly unshare: string | null
+    readonly setpriv: string | null
+    readonly sh: string
+  }
 }
 
 export interface IsolationSettings {
@@ -179,7 +196,8 @@ export async function planIsolation(s: IsolationSettings, tag: string, log: Logg
     } catch (err) {
       notes.push(`no PID namespace per session (${errLine(err)}): sessions can see, but not signal, other processes`)
     }
-  } else notes.push('no PID namespace per session (`unshare` not found): sessions can see, but not signal, other processes')
+  } else
+    notes.push('no PID namespace per session (`unshare` not found): sessions can see, but not signal, other processes')
   const ip = which('ip')
   let netnsWhy = ''
   if (ip) {
@@ -223,12 +241,21 @@ export async function planIsolation(s: IsolationSettings, tag: string, log: Logg
   if (nft) {
     try {
       // `add` then `flush` then the rules: idempotent across restarts, one atomic transaction.
-      await sh(nft, ['-f', '-'], `add table inet studiopool_${tag}\nflush table inet studiopool_${tag}\n${nftRules(tag)}`)
+      await sh(
+        nft,
+        ['-f', '-'],
+        `add table inet studiopool_${tag}\nflush table inet studiopool_${tag}\n${nftRules(tag)}`,
+      )
       firewall = true
     } catch (err) {
-      notes.push(`nftables rules could not be loaded (${errLine(err)}): sessions can connect to services listening on all of this host's addresses`)
+      notes.push(
+        `nftables rules could not be loaded (${errLine(err)}): sessions can connect to services listening on all of this host's addresses`,
+      )
     }
-  } else notes.push('nftables (`nft`) is not installed: sessions can connect to services listening on all of this host\'s addresses (install nftables)')
+  } else
+    notes.push(
+      "nftables (`nft`) is not installed: sessions can connect to services listening on all of this host's addresses (install nftables)",
+    )
   bin.nft = firewall ? nft : null
   const plan: IsolationPlan = {
     kind: 'netns',
@@ -260,7 +287,12 @@ export async function planIsolation(s: IsolationSettings, tag: string, log: Logg
 export async function setupSessionNetwork(plan: IsolationPlan, slot: SessionSlot): Promise<void> {
   if (existsSync(`/run/netns/${slot.netns}`)) await teardownSessionNetwork(plan, slot)
   // Two `ip -batch` runs (host side, then inside the namespace) rather than seven processes.
-  const host = [`netns add ${slot.netns}`, `link add ${slot.veth} type veth peer name eth0 netns ${slot.netns}`, `addr add ${slot.hostIp}/30 dev ${slot.veth}`, `link set ${slot.veth} up`]
+  const host = [
+    `netns add ${slot.netns}`,
+    `link add ${slot.veth} type veth peer name eth0 netns ${slot.netns}`,
+    `addr add ${slot.hostIp}/30 dev ${slot.veth}`,
+    `link set ${slot.veth} up`,
+  ]
   const inside = [`addr add ${slot.sessionIp}/30 dev eth0`, 'link set eth0 up', 'link set lo up']
   try {
     await sh(plan.bin.ip, ['-batch', '-'], host.join('\n') + '\n')
@@ -284,7 +316,12 @@ export async function teardownSessionNetwork(plan: IsolationPlan, slot: SessionS
  * Every step execs the next, except unshare, which stays as the parent of the namespace's first
  * process (and kills it if it dies itself): the spawned pid is the group and the record's pid.
  */
-export function wrapCommand(plan: IsolationPlan, slot: SessionSlot | null, program: string, args: readonly string[]): [string, string[]] {
+export function wrapCommand(
+  plan: IsolationPlan,
+  slot: SessionSlot | null,
+  program: string,
+  args: readonly string[],
+): [string, string[]] {
   if (plan.kind === 'none' || !slot) return [program, [...args]]
   const inner = [
     plan.bin.setpriv!,
@@ -301,7 +338,10 @@ export function wrapCommand(plan: IsolationPlan, slot: SessionSlot | null, progr
     program,
     ...args,
   ]
-  const withPid = plan.pidns && plan.bin.unshare ? [plan.bin.unshare, '--pid', '--fork', '--kill-child', '--mount-proc', ...inner] : inner
+  const withPid =
+    plan.pidns && plan.bin.unshare
+      ? [plan.bin.unshare, '--pid', '--fork', '--kill-child', '--mount-proc', ...inner]
+      : inner
   const full = plan.kind === 'netns' ? [plan.bin.ip, 'netns', 'exec', slot.netns, ...withPid] : withPid
   return [full[0]!, full.slice(1)]
 }
@@ -352,7 +392,15 @@ export function claimSlot(
     if (replace) rmSync(file, { force: true })
     try {
       const fd = openSync(file, 'wx', 0o600)
-      writeSync(fd, JSON.stringify({ pool: claim.pool, instanceId: claim.instanceId, netns: claim.netnsOf(n), at: Date.now() } satisfies SlotClaim))
+      writeSync(
+        fd,
+        JSON.stringify({
+          pool: claim.pool,
+          instanceId: claim.instanceId,
+          netns: claim.netnsOf(n),
+          at: Date.now(),
+        } satisfies SlotClaim),
+      )
       closeSync(fd)
       return true
     } catch (err) {
@@ -375,7 +423,11 @@ export function claimSlot(
       continue
     }
     if (c !== null && c.pool === claim.pool && c.instanceId === claim.instanceId) return n
-    const stale = c === null || (c.pool === claim.pool ? isStale(c.instanceId) : !existsSync(`/run/netns/${c.netns}`) && now - c.at > FOREIGN_CLAIM_GRACE_MS)
+    const stale =
+      c === null ||
+      (c.pool === claim.pool
+        ? isStale(c.instanceId)
+        : !existsSync(`/run/netns/${c.netns}`) && now - c.at > FOREIGN_CLAIM_GRACE_MS)
     if (stale) later.unshift(n)
   }
   for (const n of later) if (take(n, true)) return n
@@ -395,7 +447,13 @@ function readSlotFile(file: string): SlotFile | null | 'writing' {
   try {
     const c = JSON.parse(text) as Partial<SlotClaim> & { releasedAt?: number }
     if (typeof c.releasedAt === 'number') return { releasedAt: c.releasedAt }
-    if (typeof c.pool === 'string' && typeof c.instanceId === 'string' && typeof c.netns === 'string' && typeof c.at === 'number') return c as SlotClaim
+    if (
+      typeof c.pool === 'string' &&
+      typeof c.instanceId === 'string' &&
+      typeof c.netns === 'string' &&
+      typeof c.at === 'number'
+    )
+      return c as SlotClaim
   } catch {
     // fall through
   }

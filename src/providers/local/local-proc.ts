@@ -87,7 +87,10 @@ export function killGroup(pgid: number, signal: NodeJS.Signals): boolean {
 export function findExecutable(program: string, pathEnv: string | undefined, cwd: string): string | null {
   const candidates = program.includes('/')
     ? [isAbsolute(program) ? program : join(cwd, program)]
-    : (pathEnv ?? '').split(delimiter).filter(Boolean).map((dir) => join(dir, program))
+    : (pathEnv ?? '')
+        .split(delimiter)
+        .filter(Boolean)
+        .map((dir) => join(dir, program))
   for (const p of candidates) {
     try {
       if (!statSync(p).isFile()) continue

@@ -47,16 +47,21 @@ export const LOCAL_DEFAULTS = {
 } as const
 
 /** Returns the settings, or the list of problems (each prefixed with its path). */
-export function parseLocalTemplateSettings(raw: unknown): { settings: LocalTemplateSettings; problems: [] } | { settings: null; problems: string[] } {
+export function parseLocalTemplateSettings(
+  raw: unknown,
+): { settings: LocalTemplateSettings; problems: [] } | { settings: null; problems: string[] } {
   if (!Value.Check(localTemplateSettingsSchema, raw)) {
-    const problems = [...Value.Errors(localTemplateSettingsSchema, raw)].map((e) => `settings${e.path.replaceAll('/', '.')}: ${e.message}`)
+    const problems = [...Value.Errors(localTemplateSettingsSchema, raw)].map(
+      (e) => `settings${e.path.replaceAll('/', '.')}: ${e.message}`,
+    )
     return { settings: null, problems: problems.length ? problems : ['settings: invalid'] }
   }
   const s = raw as LocalTemplateSettingsInput
   let stopGraceMs: number = LOCAL_DEFAULTS.stopGraceMs
   if (s.stopGrace !== undefined) {
     const ms = parseDuration(s.stopGrace)
-    if (ms === undefined) return { settings: null, problems: [`settings.stopGrace: "${s.stopGrace}" is not a duration (e.g. 5000, 5s)`] }
+    if (ms === undefined)
+      return { settings: null, problems: [`settings.stopGrace: "${s.stopGrace}" is not a duration (e.g. 5000, 5s)`] }
     stopGraceMs = ms
   }
   return { settings: { command: s.command, env: s.env ?? {}, stopGraceMs, home: s.home ?? 'workdir' }, problems: [] }
@@ -93,19 +98,32 @@ export const ISOLATION_DEFAULTS = {
 /** Returns the settings, or throws with every problem (each prefixed with its path). */
 export function parseLocalProviderSettings(raw: Readonly<Record<string, unknown>>): LocalProviderSettings {
   if (!Value.Check(localProviderSettingsSchema, raw)) {
-    const problems = [...Value.Errors(localProviderSettingsSchema, raw)].map((e) => `providers.local${e.path.replaceAll('/', '.')}: ${e.message}`)
+    const problems = [...Value.Errors(localProviderSettingsSchema, raw)].map(
+      (e) => `providers.local${e.path.replaceAll('/', '.')}: ${e.message}`,
+    )
     throw new Error(problems.join('; '))
   }
   const v = raw.keepTerminated
   const ms = typeof v === 'number' || typeof v === 'string' ? parseDuration(v) : undefined
-  const [first, last] = String(raw.uids ?? ISOLATION_DEFAULTS.uids).split('-').map(Number) as [number, number]
-  if (!(first >= 1000 && last >= first && last < 2 ** 32 - 1)) throw new Error(`providers.local.uids: "${String(raw.uids)}" must be first-last with 1000 ≤ first ≤ last`)
+  const [first, last] = String(raw.uids ?? ISOLATION_DEFAULTS.uids)
+    .split('-')
+    .map(Number) as [number, number]
+  if (!(first >= 1000 && last >= first && last < 2 ** 32 - 1))
+    throw new Error(`providers.local.uids: "${String(raw.uids)}" must be first-last with 1000 ≤ first ≤ last`)
   const subnetText = String(raw.subnet ?? ISOLATION_DEFAULTS.subnet)
   const subnet = parseSubnet(subnetText)
-  if (!subnet) throw new Error(`providers.local.subnet: "${subnetText}" is not an IPv4 CIDR between /8 and /28 (e.g. 10.213.0.0/16)`)
+  if (!subnet)
+    throw new Error(
+      `providers.local.subnet: "${subnetText}" is not an IPv4 CIDR between /8 and /28 (e.g. 10.213.0.0/16)`,
+    )
   return {
     keepTerminatedMs: ms ?? LOCAL_DEFAULTS.keepTerminatedMs,
     sessionsDir: typeof raw.sessionsDir === 'string' ? raw.sessionsDir : null,
-    isolation: { mode: raw.isolation === 'required' ? 'required' : 'auto', uidFirst: first, uidCount: last - first + 1, subnet },
+    isolation: {
+      mode: raw.isolation === 'required' ? 'required' : 'auto',
+      uidFirst: first,
+      uidCount: last - first + 1,
+      subnet,
+    },
   }
 }

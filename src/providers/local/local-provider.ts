@@ -1,6 +1,22 @@
 import { spawn } from 'node:child_process'
 import { KeyedSerializer } from '../keyed-serializer.js'
-import { chmodSync, chownSync, closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
+import {
+  chmodSync,
+  chownSync,
+  closeSync,
+  existsSync,
+  fstatSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs'
 import { createServer } from 'node:net'
 import { basename, dirname, join, resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -36,8 +52,22 @@ import {
   type IsolationPlan,
   type SessionSlot,
 } from './local-isolation.js'
-import { parseLocalProviderSettings, parseLocalTemplateSettings, type LocalProviderSettings, type LocalTemplateSettings } from './local-provider-config.js'
-import { HAS_PROC, findExecutable, markerOf, findMarked, groupMembers, isRunningState, killGroup, readProcStat } from './local-proc.js'
+import {
+  parseLocalProviderSettings,
+  parseLocalTemplateSettings,
+  type LocalProviderSettings,
+  type LocalTemplateSettings,
+} from './local-provider-config.js'
+import {
+  HAS_PROC,
+  findExecutable,
+  markerOf,
+  findMarked,
+  groupMembers,
+  isRunningState,
+  killGroup,
+  readProcStat,
+} from './local-proc.js'
 
 const NAME = 'local'
 const HOST = '127.0.0.1'
@@ -114,20 +144,24 @@ export class LocalProvider implements Provider {
     const data = resolve(ctx.dataDir)
     this.#root = join(data, 'instances')
     this.#slotsDir = SLOTS_DIR
-    this.#sessionsDir = this.#settings.sessionsDir ? resolve(this.#settings.sessionsDir) : join(dirname(data), `${basename(data)}-sessions`)
+    this.#sessionsDir = this.#settings.sessionsDir
+      ? resolve(this.#settings.sessionsDir)
+      : join(dirname(data), `${basename(data)}-sessions`)
     this.scope = localScope(ctx.poolId, data)
     this.#tag = this.scope
   }
 
   /** Bookkeeping of one instance (record, output.log, lock): inside the data directory, never readable by sessions. */
   #dir(instanceId: string): string {
-    if (!isInstanceId(instanceId)) throw new ProviderError(NAME, `invalid instance id "${String(instanceId).slice(0, 40)}"`)
+    if (!isInstanceId(instanceId))
+      throw new ProviderError(NAME, `invalid instance id "${String(instanceId).slice(0, 40)}"`)
     return join(this.#root, instanceId)
   }
 
   /** Working directory (and HOME) of one instance: `<sessionsDir>/<id>`, owned by the session's account, 0700. */
   workdir(instanceId: string): string {
-    if (!isInstanceId(instanceId)) throw new ProviderError(NAME, `invalid instance id "${String(instanceId).slice(0, 40)}"`)
+    if (!isInstanceId(instanceId))
+      throw new ProviderError(NAME, `invalid instance id "${String(instanceId).slice(0, 40)}"`)
     return join(this.#sessionsDir, instanceId)
   }
 
@@ -172,7 +206,8 @@ export class LocalProvider implements Provider {
   async create(spec: InstanceSpec, opts: OperationOptions): Promise<ProviderInstance> {
     const dir = this.#dir(spec.id)
     const parsed = parseLocalTemplateSettings(spec.template.settings)
-    if (!parsed.settings) throw new ProviderError(NAME, `template "${spec.template.name}": ${parsed.problems.join('; ')}`)
+    if (!parsed.settings)
+      throw new ProviderError(NAME, `template "${spec.template.name}": ${parsed.problems.join('; ')}`)
     const settings = parsed.settings
     return this.#locked(spec.id, async () => {
       opts.signal?.throwIfAborted()
@@ -189,7 +224,10 @@ export class LocalProvider implements Provider {
         // find it by the marker it carries in its environment and end it before starting another.
         for (const { pid } of findMarked(this.scope, spec.id)) {
           if (existing && existing.state === 'running' && existing.pid === pid) continue
-          opts.log.warn({ instanceId: spec.id, pid }, 'local: ending a process of this instance that has no record (server died mid-spawn)')
+          opts.log.warn(
+            { instanceId: spec.id, pid },
+            'local: ending a process of this instance that has no record (server died mid-spawn)',
+          )
           await this.#terminateGroup(spec.id, pid, 0, opts.log)
         }
         return await this.#spawn(spec, settings, dir, opts.log)
@@ -214,7 +252,11 @@ export class LocalProvider implements Provider {
     const now = Date.now()
     const out: ProviderInstance[] = []
     for (const rec of this.#records()) {
-      if (rec.state === 'terminated' && rec.terminatedAt !== undefined && now - rec.terminatedAt > this.#settings.keepTerminatedMs) {
+      if (
+        rec.state === 'terminated' &&
+        rec.terminatedAt !== undefined &&
+        now - rec.terminatedAt > this.#settings.keepTerminatedMs
+      ) {
         // Not while a create of the same id is under way (it would lose the new process's record).
         if (this.#locks.has(rec.instanceId) || existsSync(join(this.#root, rec.instanceId, LOCK_FILE))) continue
         try {
@@ -292,7 +334,12 @@ export class LocalProvider implements Provider {
 
   // --- internals -------------------------------------------------------------------------
 
-  async #spawn(spec: InstanceSpec, settings: LocalTemplateSettings, dir: string, log: Logger): Promise<ProviderInstance> {
+  async #spawn(
+    spec: InstanceSpec,
+    settings: LocalTemplateSettings,
+    dir: string,
+    log: Logger,
+  ): Promise<ProviderInstance> {
     const plan = this.#isolationPlan()
     mkdirSync(dir, { recursive: true, mode: 0o700 })
     let slot: SessionSlot | null = null
@@ -302,7 +349,11 @@ export class LocalProvider implements Provider {
         n = claimSlot(
           this.#slotsDir,
           slotCount(this.#settings.isolation),
-          { pool: this.scope, instanceId: spec.id, netnsOf: (k) => slotOf(this.#settings.isolation, this.#tag, k).netns },
+          {
+            pool: this.scope,
+            instanceId: spec.id,
+            netnsOf: (k) => slotOf(this.#settings.isolation, this.#tag, k).netns,
+          },
           (holder) => this.#slotIsStale(holder),
         )
       } catch (err) {
@@ -314,7 +365,11 @@ export class LocalProvider implements Provider {
           await setupSessionNetwork(plan, slot)
         } catch (err) {
           releaseSlot(this.#slotsDir, n, this.scope, spec.id)
-          throw new ProviderError(NAME, `cannot create the network namespace of ${spec.id}: ${(err as Error).message}`, { cause: err, retryable: true })
+          throw new ProviderError(
+            NAME,
+            `cannot create the network namespace of ${spec.id}: ${(err as Error).message}`,
+            { cause: err, retryable: true },
+          )
         }
       }
     }
@@ -337,7 +392,8 @@ export class LocalProvider implements Provider {
     const argv = settings.command.map((a) => substitute(a, tokens))
     let program = argv[0]!
     if (program === 'node') program = process.execPath
-    else if (program.includes('/')) program = resolve(program) // relative to the server's cwd, not the workdir
+    else if (program.includes('/'))
+      program = resolve(program) // relative to the server's cwd, not the workdir
     else if (slot) program = findExecutable(program, process.env.PATH, process.cwd()) ?? program
     // Checked here because, isolated, the spawned process is a wrapper that would start anyway.
     if (!findExecutable(program, process.env.PATH, process.cwd())) {
@@ -374,7 +430,10 @@ export class LocalProvider implements Provider {
     const fd = openSync(logPath, 'a', 0o600)
     let child
     try {
-      writeSync(fd, `--- studiopool ${new Date().toISOString()}: starting ${JSON.stringify(argv[0])} on ${host}:${port}${slot ? ` as uid ${slot.uid}` : ''}\n`)
+      writeSync(
+        fd,
+        `--- studiopool ${new Date().toISOString()}: starting ${JSON.stringify(argv[0])} on ${host}:${port}${slot ? ` as uid ${slot.uid}` : ''}\n`,
+      )
       child = spawn(bin, args, { cwd: home, env, detached: true, stdio: ['ignore', fd, fd] })
     } finally {
       closeSync(fd)
@@ -386,7 +445,11 @@ export class LocalProvider implements Provider {
         setTimeout(() => res(new Error('spawn failed')), 1000).unref()
       })
       await this.#releaseIsolation(spec.id, slot, home)
-      throw new ProviderError(NAME, `cannot start "${argv[0]}": ${(err as NodeJS.ErrnoException).code ?? err.message}`, { cause: err })
+      throw new ProviderError(
+        NAME,
+        `cannot start "${argv[0]}": ${(err as NodeJS.ErrnoException).code ?? err.message}`,
+        { cause: err },
+      )
     }
     // Everything from here to writeRecord is synchronous. Should the server die in between anyway,
     // the process carries STUDIOPOOL_SCOPE and STUDIOPOOL_INSTANCE_ID: list() and create() find it by them.
@@ -400,8 +463,15 @@ export class LocalProvider implements Provider {
       startTime: stat?.startTime ?? '',
       port,
       address: `http://${host}:${port}`,
-      labels: { ...spec.labels, [LABEL_POOL]: spec.poolId, [LABEL_INSTANCE]: spec.id, [LABEL_TEMPLATE]: spec.template.name },
-      command: argv.map((a) => (spec.appToken && a.includes(spec.appToken) ? a.replaceAll(spec.appToken, '[app token]') : a)),
+      labels: {
+        ...spec.labels,
+        [LABEL_POOL]: spec.poolId,
+        [LABEL_INSTANCE]: spec.id,
+        [LABEL_TEMPLATE]: spec.template.name,
+      },
+      command: argv.map((a) =>
+        spec.appToken && a.includes(spec.appToken) ? a.replaceAll(spec.appToken, '[app token]') : a,
+      ),
       stopGraceMs: settings.stopGraceMs,
       createdAt: Date.now(),
       home,
@@ -413,7 +483,10 @@ export class LocalProvider implements Provider {
     } catch (err) {
       // Without its record nobody could find this process again: do not let it run.
       killGroup(pid, 'SIGKILL')
-      throw new ProviderError(NAME, `cannot write ${RECORD_FILE} for ${spec.id}: ${(err as Error).message}`, { cause: err, retryable: true })
+      throw new ProviderError(NAME, `cannot write ${RECORD_FILE} for ${spec.id}: ${(err as Error).message}`, {
+        cause: err,
+        retryable: true,
+      })
     }
     child.on('error', (err) => log.warn({ instanceId: spec.id, err: err.message }, 'local: process error'))
     child.once('exit', (code, signal) => this.#noteExit(spec.id, pid, code, signal))
@@ -490,7 +563,10 @@ export class LocalProvider implements Provider {
     const ours = !(leader && HAS_PROC && leader.startTime !== rec.startTime)
     if (ours && groupMembers(rec.pgid).length > 0) {
       if (leader && HAS_PROC && (await this.#settledMarker(rec)) !== 'yes') {
-        log.warn({ instanceId: rec.instanceId, pid: rec.pid }, 'local: the record names a process that is not this instance\'s; not signalling it')
+        log.warn(
+          { instanceId: rec.instanceId, pid: rec.pid },
+          "local: the record names a process that is not this instance's; not signalling it",
+        )
       } else {
         await this.#terminateGroup(rec.instanceId, rec.pgid, graceMs, log)
       }
@@ -525,21 +601,32 @@ export class LocalProvider implements Provider {
       if (groupMembers(pgid).length === 0) return
       await sleep(POLL_MS)
     }
-    throw new ProviderError(NAME, `process group ${pgid} of instance ${instanceId} survived SIGKILL`, { retryable: true })
+    throw new ProviderError(NAME, `process group ${pgid} of instance ${instanceId} survived SIGKILL`, {
+      retryable: true,
+    })
   }
 
   /** Running, with the start time recorded and this instance's marker: a forged record is never adopted. */
   #isAlive(rec: LocalInstanceRecord): boolean {
     const stat = readProcStat(rec.pid)
     // 'unknown' (an exec under way) counts as ours: pid and start time already match.
-    return isRunningState(stat) && stat.startTime === rec.startTime && (!HAS_PROC || markerOf(rec.pid, this.scope, rec.instanceId) !== 'no')
+    return (
+      isRunningState(stat) &&
+      stat.startTime === rec.startTime &&
+      (!HAS_PROC || markerOf(rec.pid, this.scope, rec.instanceId) !== 'no')
+    )
   }
 
   #toInstance(rec: LocalInstanceRecord): ProviderInstance {
     const alive = rec.state === 'running' && this.#isAlive(rec)
     let message: string | undefined
     if (!alive && rec.state === 'running') {
-      const how = rec.exitCode !== undefined ? (rec.exitSignal ? `was killed by ${rec.exitSignal}` : `exited with code ${rec.exitCode}`) : 'is gone'
+      const how =
+        rec.exitCode !== undefined
+          ? rec.exitSignal
+            ? `was killed by ${rec.exitSignal}`
+            : `exited with code ${rec.exitCode}`
+          : 'is gone'
       const tail = lastLine(join(this.#root, rec.instanceId, LOG_FILE))
       message = `the process ${how}${tail ? `: ${tail}` : ''}`
     }
@@ -576,7 +663,15 @@ export class LocalProvider implements Provider {
   #readRecord(instanceId: string): LocalInstanceRecord | null {
     try {
       const rec = JSON.parse(readFileSync(join(this.#root, instanceId, RECORD_FILE), 'utf8')) as LocalInstanceRecord
-      if (rec.version !== 1 || rec.instanceId !== instanceId || !Number.isInteger(rec.pid) || rec.pid <= 1 || !Number.isInteger(rec.pgid) || rec.pgid <= 1) return null
+      if (
+        rec.version !== 1 ||
+        rec.instanceId !== instanceId ||
+        !Number.isInteger(rec.pid) ||
+        rec.pid <= 1 ||
+        !Number.isInteger(rec.pgid) ||
+        rec.pgid <= 1
+      )
+        return null
       return rec
     } catch {
       return null
@@ -662,7 +757,8 @@ async function fileLock(path: string, signal: AbortSignal | undefined): Promise<
       rmSync(path, { force: true })
       continue
     }
-    if (Date.now() > deadline) throw new ProviderError(NAME, `instance directory ${path} is locked by process ${owner}`, { retryable: true })
+    if (Date.now() > deadline)
+      throw new ProviderError(NAME, `instance directory ${path} is locked by process ${owner}`, { retryable: true })
     await sleep(POLL_MS, undefined, { signal })
   }
 }
@@ -684,7 +780,11 @@ function lastLine(file: string): string {
     const len = Math.min(size, 4096)
     const buf = Buffer.alloc(len)
     readSync(fd, buf, 0, len, size - len)
-    const lines = buf.toString('utf8').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('--- studiopool'))
+    const lines = buf
+      .toString('utf8')
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l && !l.startsWith('--- studiopool'))
     return (lines.at(-1) ?? '').slice(0, 300)
   } catch {
     return ''
