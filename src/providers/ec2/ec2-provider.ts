@@ -1,5 +1,4 @@
-import { createHash } from 'node:crypto'
-import type { Filter, Instance as Ec2Instance, RunInstancesCommandInput, Tag } from '@aws-sdk/client-ec2'
+import type { Filter, Instance as Ec2Instance, RunInstancesCommandInput } from '@aws-sdk/client-ec2'
 import type { TemplateConfig } from '../../config/types.js'
 import { ProviderError, ValidationError } from '../../domain/errors.js'
 import {
@@ -24,30 +23,21 @@ import {
   withRetries,
   type RetryOptions,
 } from './ec2-errors.js'
+import { EC2_ID_RE, LIVE_EC2_STATES, tagsOf, toProviderInstance } from './ec2-instances.js'
+import { LABEL_GENERATION, runInstancesInput, type Market } from './ec2-launch.js'
 import {
   loadUserDataTemplate,
   parseProviderSettings,
   parseTemplateSettings,
-  renderUserData,
-  USER_DATA_MAX_BYTES,
   type Ec2ProviderSettings,
   type Ec2TemplateSettings,
 } from './ec2-provider-config.js'
 
-/** Label the recovery worker sets when it replaces an instance under the same instanceId. */
-export const LABEL_GENERATION = 'studiopool:generation'
-
-/** Default app port (RStudio Server). */
-export const DEFAULT_PORT = 8787
-
-/** States in which an instance holds capacity and may be returned by an idempotent create. */
-const LIVE_EC2_STATES = ['pending', 'running', 'stopping', 'stopped']
+export { clientToken, DEFAULT_PORT, instanceTags, LABEL_GENERATION } from './ec2-launch.js'
 
 /** Bounds on pagination loops: 1000 pages × 1000 instances is far beyond any pool. */
 const MAX_PAGES = 1000
 const LIST_PAGE_SIZE = 1000
-
-const EC2_ID_RE = /^i-[0-9a-f]{8}(?:[0-9a-f]{9})?$/
 
 export interface Ec2ProviderDeps {
   /** Defaults to the SDK-backed client (`createEc2Api`). */
@@ -55,69 +45,6 @@ export interface Ec2ProviderDeps {
   /** Injectable so that tests do not wait for backoff. */
   readonly sleep?: (ms: number, signal?: AbortSignal) => Promise<void>
   readonly random?: () => number
-}
-
-/**
- * The deterministic RunInstances ClientToken for one launch attempt (≤ 64 ASCII characters).
- * The same instanceId, generation and market always give the same token, so a retried or repeated
- * create never launches twice. On-demand fallback gets its own token: AWS rejects a token reused
- * with different parameters (IdempotentParameterMismatch).
- */
-export function clientToken(
-  poolId: string,
-  instanceId: string,
-  generation: string,
-  market: 'spot' | 'on-demand',
-  salt = '',
-): string {
-  const pool = createHash('sha256').update(poolId).digest('hex').slice(0, 8)
-  const id = /^[A-Za-z0-9_-]{1,24}$/.test(instanceId)
-    ? instanceId
-    : createHash('sha256').update(instanceId).digest('hex').slice(0, 24)
-  const gen = /^[0-9]{1,6}$/.test(generation)
-    ? generation
-    : createHash('sha256').update(generation).digest('hex').slice(0, 6)
-  const saltPart = salt ? `-${createHash('sha256').update(salt).digest('hex').slice(0, 8)}` : ''
-  return `sp-${pool}-${id}-g${gen}-${market === 'spot' ? 's' : 'o'}${saltPart}`
-}
-
-/** Decides the resource's tags: our labels win over template tags; `Name` and `Purpose` by default. */
-export function instanceTags(spec: InstanceSpec, settings: Ec2TemplateSettings): Record<string, string> {
-  return {
-    Name: `studiopool-${spec.template.name}-${spec.id}`,
-    Purpose: spec.template.displayName || spec.template.name,
-    ...settings.tags,
-    ...spec.labels,
-    [LABEL_POOL]: spec.poolId,
-    [LABEL_INSTANCE]: spec.id,
-    [LABEL_TEMPLATE]: spec.template.name,
-  }
-}
-
-function toTagList(tags: Readonly<Record<string, string>>): Tag[] {
-  return Object.entries(tags).map(([Key, Value]) => ({ Key, Value }))
-}
-
-function tagsOf(inst: Ec2Instance): Record<string, string> {
-  const out: Record<string, string> = {}
-  for (const t of inst.Tags ?? []) if (t.Key !== undefined) out[t.Key] = t.Value ?? ''
-  return out
-}
-
-function mapState(name: string | undefined): ProviderInstance['state'] {
-  switch (name) {
-    case 'pending':
-      return 'pending'
-    case 'running':
-      return 'running'
-    // A stopping instance no longer serves; it will be `stopped` (suspended) in a moment.
-    case 'stopping':
-    case 'stopped':
-      return 'stopped'
-    // shutting-down, terminated, and anything unknown: gone or going.
-    default:
-      return 'terminated'
-  }
 }
 
 /**
@@ -248,99 +175,16 @@ export class Ec2Provider implements Provider {
   }
 
   /** The RunInstances input for one attempt (exported through the class for tests and docs). */
-  async buildRunInput(spec: InstanceSpec, market: 'spot' | 'on-demand', salt = ''): Promise<RunInstancesCommandInput> {
+  async buildRunInput(spec: InstanceSpec, market: Market, salt = ''): Promise<RunInstancesCommandInput> {
     const { settings, userData } = this.#template(spec.template)
     const region = await this.#resolveRegion()
-    const port = spec.template.port ?? DEFAULT_PORT
-    const tokens: Record<string, string> = {
-      ...settings.tokens,
-      // The seed's ACCOUNT was the registry host; accept `account` as the registry when `registry` is unset.
-      registry: settings.tokens.registry || settings.tokens.account || '',
-      instanceId: spec.id,
-      poolId: spec.poolId,
-      template: spec.template.name,
-      progressUrl: spec.progressUrl,
-      progressToken: spec.progressToken,
-      port: String(port),
-      region,
-      basePath: spec.basePath,
-    }
-    const script = renderUserData(userData, tokens)
-    if (Buffer.byteLength(script) > USER_DATA_MAX_BYTES) {
-      throw new ProviderError(
-        PROVIDER,
-        `rendered user data for template ${spec.template.name} is over ${USER_DATA_MAX_BYTES} bytes`,
-        { retryable: false },
-      )
-    }
-    const tags = toTagList(instanceTags(spec, settings))
-    const input: RunInstancesCommandInput = {
-      ImageId: settings.imageId,
-      InstanceType: settings.instanceType as RunInstancesCommandInput['InstanceType'],
-      MinCount: 1,
-      MaxCount: 1,
-      SecurityGroupIds: [...settings.securityGroupIds],
-      UserData: Buffer.from(script, 'utf8').toString('base64'),
-      TagSpecifications: [
-        { ResourceType: 'instance', Tags: tags },
-        { ResourceType: 'volume', Tags: tags },
-      ],
-      ClientToken: clientToken(spec.poolId, spec.id, spec.labels[LABEL_GENERATION] ?? '0', market, salt),
-    }
-    if (settings.keyName) input.KeyName = settings.keyName
-    if (settings.subnetId) input.SubnetId = settings.subnetId
-    if (settings.iamInstanceProfile) {
-      input.IamInstanceProfile = settings.iamInstanceProfile.startsWith('arn:')
-        ? { Arn: settings.iamInstanceProfile }
-        : { Name: settings.iamInstanceProfile }
-    }
-    if (settings.volumeSize !== undefined) {
-      input.BlockDeviceMappings = [
-        {
-          DeviceName: settings.rootDeviceName,
-          Ebs: { VolumeSize: settings.volumeSize, VolumeType: settings.volumeType as 'gp3', DeleteOnTermination: true },
-        },
-      ]
-    }
-    if (market === 'spot') {
-      input.InstanceMarketOptions = {
-        MarketType: 'spot',
-        SpotOptions: {
-          SpotInstanceType: 'one-time',
-          InstanceInterruptionBehavior: 'terminate',
-          ...(settings.spot.maxPrice ? { MaxPrice: settings.spot.maxPrice } : {}),
-        },
-      }
-    }
-    return input
+    return runInstancesInput(spec, { settings, userData, region }, market, salt)
   }
 
   #toProviderInstance(inst: Ec2Instance, knownTemplate?: TemplateConfig): ProviderInstance {
-    const labels = tagsOf(inst)
-    const template = knownTemplate ?? this.#templatesByName.get(labels[LABEL_TEMPLATE] ?? '')
-    const stateName = inst.State?.Name
+    const template = knownTemplate ?? this.#templatesByName.get(tagsOf(inst)[LABEL_TEMPLATE] ?? '')
     const addressFrom = (template && this.#templates.get(template)?.settings.addressFrom) ?? this.#settings.addressFrom
-    const host =
-      addressFrom === 'public-dns'
-        ? inst.PublicDnsName
-        : addressFrom === 'public-ip'
-          ? inst.PublicIpAddress
-          : inst.PrivateIpAddress
-    const port = template?.port ?? DEFAULT_PORT
-    const reason = inst.StateReason?.Message
-    const spot = inst.InstanceLifecycle === 'spot' ? ' (spot)' : ''
-    const base: ProviderInstance = {
-      ref: inst.InstanceId ?? '',
-      instanceId: labels[LABEL_INSTANCE] ?? '',
-      template: labels[LABEL_TEMPLATE] ?? '',
-      state: mapState(stateName),
-      address: host && stateName !== 'terminated' && stateName !== 'shutting-down' ? `http://${host}:${port}` : null,
-      labels,
-      createdAt: inst.LaunchTime ? new Date(inst.LaunchTime).getTime() : null,
-      message: `EC2 instance ${stateName ?? 'unknown'}${spot}${reason && stateName !== 'running' && stateName !== 'pending' ? `: ${reason}` : ''}`,
-    }
-    // Only a small hint while EC2 boots the machine; the instance itself reports the rest (user data).
-    return stateName === 'pending' ? { ...base, progress: 5 } : base
+    return toProviderInstance(inst, template, addressFrom)
   }
 
   /** Follows NextToken, bounded. */
@@ -408,7 +252,7 @@ export class Ec2Provider implements Provider {
     return await this.#run(spec, 'on-demand', opts)
   }
 
-  async #run(spec: InstanceSpec, market: 'spot' | 'on-demand', opts: OperationOptions): Promise<ProviderInstance> {
+  async #run(spec: InstanceSpec, market: Market, opts: OperationOptions): Promise<ProviderInstance> {
     let salt = ''
     // A ClientToken stays bound to its instance for a while after termination: when the token
     // returns an instance that is already gone (this instanceId was launched, terminated, and is
