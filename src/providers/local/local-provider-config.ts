@@ -1,7 +1,8 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import { parseDuration } from '../../domain/duration.js'
-import { parseSubnet, type IsolationSettings } from './local-isolation.js'
+import type { IsolationSettings } from './local-isolation.js'
+import { parseSubnet } from './local-network.js'
 
 /**
  * Per-template settings of the local provider (`templates[].settings`).
