@@ -1,4 +1,5 @@
-import { readFileSync, readdirSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { existsSync, readFileSync, readdirSync } from 'node:fs'
 
 /** Polls `check` until it returns a truthy value or the deadline passes (then throws with `what`). */
 export async function waitFor<T>(
@@ -43,7 +44,11 @@ export function pidsInGroup(pgid: number): number[] {
   return out
 }
 
-/** Kills pids (and their groups) a test started; never throws. */
+/**
+ * Kills pids (and their groups) a test started itself, outside the provider (a stranger standing
+ * in for a reused pid); never throws. Sessions the provider started are ended with
+ * `endSessionsUnder(dataDir)` (src/providers/local), which also gives back their namespaces.
+ */
 export function killAll(pids: Iterable<number>): void {
   for (const pid of pids) {
     for (const target of [-pid, pid]) {
@@ -54,4 +59,33 @@ export function killAll(pids: Iterable<number>): void {
       }
     }
   }
+}
+
+/**
+ * What the local provider of one scope left on this host, by name (checked without the
+ * provider's code): network namespaces `sp<scope>-<n>`, host-side veths `sp<scope>v<n>`, slot
+ * claims of the scope, and its nftables table. Empty once a test cleaned up after itself.
+ */
+export function localLeftovers(scope: string): string[] {
+  const out: string[] = []
+  if (existsSync('/run/netns'))
+    for (const n of readdirSync('/run/netns')) if (n.startsWith(`sp${scope}-`)) out.push(`netns ${n}`)
+  for (const n of readdirSync('/sys/class/net')) if (n.startsWith(`sp${scope}v`)) out.push(`veth ${n}`)
+  const slots = '/run/studiopool/slots'
+  if (existsSync(slots))
+    for (const n of readdirSync(slots)) {
+      try {
+        const claim = JSON.parse(readFileSync(`${slots}/${n}`, 'utf8')) as { pool?: string; instanceId?: string }
+        if (claim.pool === scope) out.push(`slot ${n} claimed by ${claim.instanceId}`)
+      } catch {
+        // released meanwhile, or being written
+      }
+    }
+  try {
+    const tables = execFileSync('nft', ['list', 'tables'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    if (tables.includes(`studiopool_${scope}`)) out.push(`nft table studiopool_${scope}`)
+  } catch {
+    // no nftables here
+  }
+  return out
 }

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import pino from 'pino'
-import { LocalProvider } from '../../src/providers/local/index.js'
+import { endSessionsUnder, LocalProvider } from '../../src/providers/local/index.js'
 import { CONTRACT_POOL_ID, providerContract } from '../contract/provider-contract.js'
 import { makeLocalDemoTemplate } from '../helpers/template.js'
 
@@ -23,6 +23,8 @@ providerContract({
       template: makeLocalDemoTemplate({ name: 'demo' }),
       cleanup: async () => {
         await provider.close()
+        // The contract destroys what it creates; whatever a failed case left is ended here, namespaces too.
+        endSessionsUnder(dataDir, { pools: [CONTRACT_POOL_ID], dropFirewall: true })
         rmSync(dataDir, { recursive: true, force: true })
         rmSync(`${dataDir}-sessions`, { recursive: true, force: true })
       },

@@ -9,7 +9,7 @@ import type { TemplateConfig } from '../../src/config/types.js'
 import { ProviderError } from '../../src/domain/errors.js'
 import { newInstanceId } from '../../src/domain/ids.js'
 import { probeHttp } from '../../src/providers/http-probe.js'
-import { LocalProvider, type LocalInstanceRecord } from '../../src/providers/local/index.js'
+import { endSessionsUnder, LocalProvider, type LocalInstanceRecord } from '../../src/providers/local/index.js'
 import {
   LABEL_INSTANCE,
   LABEL_POOL,
@@ -18,7 +18,7 @@ import {
   type ProviderInstance,
 } from '../../src/providers/provider.js'
 import { makeLocalDemoTemplate, makeTemplate } from '../helpers/template.js'
-import { killAll, pidAlive, pidsInGroup, waitFor } from './helpers.js'
+import { killAll, localLeftovers, pidAlive, pidsInGroup, waitFor } from './helpers.js'
 
 const log = pino({ level: 'silent' })
 const op = { log }
@@ -26,6 +26,42 @@ const POOL = 'local-test-pool'
 
 function pidOf(ref: string): number {
   return Number(ref.split(':')[0])
+}
+
+/** A process this test starts itself, outside the provider (standing in for a reused pid, or a forged record's target). */
+function startStranger(): { pid: number; startTime: string } {
+  const stranger = spawn('sleep', ['1000'], { detached: true, stdio: 'ignore' })
+  stranger.unref()
+  const pid = stranger.pid!
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  return { pid, startTime: stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]! }
+}
+
+/** A record of this pool, for a fresh instance id, naming a process the provider did not start. */
+function foreignRecord(pid: number, startTime: string): LocalInstanceRecord {
+  const id = newInstanceId()
+  return {
+    version: 1,
+    instanceId: id,
+    template: 'sh',
+    pid,
+    pgid: pid,
+    startTime,
+    port: 1,
+    address: 'http://127.0.0.1:1',
+    labels: { [LABEL_POOL]: POOL, [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: 'sh' },
+    command: ['sleep', '1000'],
+    stopGraceMs: 100,
+    createdAt: Date.now(),
+    state: 'running',
+  }
+}
+
+/** Writes a record where the provider on `dataDir` reads it. */
+function plantRecord(dataDir: string, rec: LocalInstanceRecord): void {
+  const dir = join(dataDir, 'instances', rec.instanceId)
+  mkdirSync(dir, { recursive: true })
+  writeFileSync(join(dir, 'instance.json'), JSON.stringify(rec))
 }
 
 function shTemplate(script: string, extra: Record<string, unknown> = {}): TemplateConfig {
@@ -39,8 +75,8 @@ function shTemplate(script: string, extra: Record<string, unknown> = {}): Templa
 describe('local provider', () => {
   let dataDir: string
   let provider: LocalProvider
-  /** Every process group a test started, killed in after() whatever happened. */
-  const started = new Set<number>()
+  /** Processes a test started itself, outside the provider, killed whatever happened. */
+  const strangers = new Set<number>()
 
   function spec(template: TemplateConfig, id = newInstanceId(), poolId = POOL): InstanceSpec {
     return {
@@ -58,9 +94,7 @@ describe('local provider', () => {
   }
 
   async function create(p: LocalProvider, s: InstanceSpec): Promise<ProviderInstance> {
-    const inst = await p.create(s, op)
-    started.add(pidOf(inst.ref))
-    return inst
+    return p.create(s, op)
   }
 
   function record(id: string): LocalInstanceRecord {
@@ -74,15 +108,18 @@ describe('local provider', () => {
   })
 
   afterEach(() => {
-    // Belt and braces: a failed assertion must not leave processes behind.
-    killAll(started)
-    started.clear()
+    // Belt and braces: a failed assertion must leave neither processes nor their namespaces behind.
+    endSessionsUnder(dataDir, { pools: [POOL] })
+    killAll(strangers)
+    strangers.clear()
   })
 
   after(() => {
-    killAll(started)
+    endSessionsUnder(dataDir, { pools: [POOL], dropFirewall: true })
+    killAll(strangers)
     rmSync(dataDir, { recursive: true, force: true })
     rmSync(`${dataDir}-sessions`, { recursive: true, force: true })
+    assert.deepEqual(localLeftovers(provider.scope), [], 'the tests left nothing of their scope on the host')
   })
 
   it('runs the demo app, which answers the readiness probe on its port, also under its base path', async () => {
@@ -259,7 +296,6 @@ describe('local provider', () => {
       })
     })
     const inst = out ? (JSON.parse(out) as ProviderInstance) : null
-    if (inst) started.add(pidOf(inst.ref))
     assert.equal(code, 0, 'the "server" exited by itself, not held open by its child')
     assert.ok(inst)
     assert.equal(pidAlive(pidOf(inst.ref)), true, 'the instance outlived the server')
@@ -275,37 +311,17 @@ describe('local provider', () => {
 
   it('a pid whose start time differs is not ours: reported terminated and never signalled', async () => {
     // A process this test starts itself, outside the provider, standing in for a reused pid.
-    const stranger = spawn('sleep', ['1000'], { detached: true, stdio: 'ignore' })
-    stranger.unref()
-    const pid = stranger.pid!
-    started.add(pid)
-    const id = newInstanceId()
-    const dir = join(dataDir, 'instances', id)
-    mkdirSync(dir, { recursive: true })
-    const rec: LocalInstanceRecord = {
-      version: 1,
-      instanceId: id,
-      template: 'sh',
-      pid,
-      pgid: pid,
-      startTime: '1', // not the stranger's start time
-      port: 1,
-      address: 'http://127.0.0.1:1',
-      labels: { [LABEL_POOL]: POOL, [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: 'sh' },
-      command: ['sleep', '1000'],
-      stopGraceMs: 100,
-      createdAt: Date.now(),
-      state: 'running',
-    }
-    writeFileSync(join(dir, 'instance.json'), JSON.stringify(rec))
+    const { pid, startTime } = startStranger()
+    strangers.add(pid)
+    const rec = foreignRecord(pid, '1') // not the stranger's start time
+    const id = rec.instanceId
+    plantRecord(dataDir, rec)
     const listed = (await provider.list(op)).find((i) => i.instanceId === id)
     assert.equal(listed?.state, 'terminated')
     assert.equal(listed?.ref, `${pid}:1`)
     await provider.destroy(`${pid}:1`, op)
     assert.equal(pidAlive(pid), true, 'the stranger was not killed')
     // A ref without a record is never signalled either, even with the right start time.
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    const startTime = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]
     await provider.destroy(`${pid}:${startTime}`, op)
     assert.equal(pidAlive(pid), true, 'no record, no signal')
     assert.equal((await provider.describe([`${pid}:${startTime}`], op)).size, 0)
@@ -423,6 +439,23 @@ describe('local provider', () => {
     )
   })
 
+  it("a session killed behind the provider's back: list() removes its namespace and veth and gives its slot back", async (t) => {
+    if (provider.isolation().sessionsReachLoopback) return t.skip('sessions have no network namespace here (not root)')
+    const s = spec(shTemplate('exec sleep 1000'))
+    const inst = await create(provider, s)
+    const netns = `sp${provider.scope}-${record(s.id).slot}`
+    assert.ok(existsSync(`/run/netns/${netns}`), 'the session runs in its own namespace')
+    process.kill(-pidOf(inst.ref), 'SIGKILL')
+    await waitFor('the session to be gone', () => pidsInGroup(pidOf(inst.ref)).length === 0)
+    const listed = (await provider.list(op)).find((i) => i.instanceId === s.id)
+    assert.equal(listed?.state, 'terminated')
+    assert.deepEqual(
+      localLeftovers(provider.scope).filter((l) => !l.startsWith('nft')),
+      [],
+      'no namespace, veth or slot claim of the session is left',
+    )
+  })
+
   it('removes terminated instance directories after keepTerminated', async () => {
     const pruning = new LocalProvider({ poolId: POOL, dataDir, settings: { keepTerminated: '0ms' }, log })
     await pruning.init(op)
@@ -450,9 +483,11 @@ describe('local provider: a server killed between spawn and record (issue 9, ite
     await provider.init(op)
   })
   after(() => {
+    endSessionsUnder(dataDir, { pools: [POOL], dropFirewall: true })
     killAll(started)
     rmSync(dataDir, { recursive: true, force: true })
     rmSync(`${dataDir}-sessions`, { recursive: true, force: true })
+    assert.deepEqual(localLeftovers(provider.scope), [], 'the tests left nothing of their scope on the host')
   })
 
   /** What a server leaves when it dies right after spawn(): a session process with its marker and no record. */
@@ -521,31 +556,9 @@ describe('local provider: a server killed between spawn and record (issue 9, ite
 
   it("a record naming a process without the instance's marker never gets it signalled", async () => {
     // A forged (or stale) record pointing at a live process that is not this instance's.
-    const stranger = spawn('sleep', ['1000'], { detached: true, stdio: 'ignore' })
-    stranger.unref()
-    const pid = stranger.pid!
+    const { pid, startTime } = startStranger()
     started.add(pid)
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    const startTime = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]!
-    const id = newInstanceId()
-    const dir = join(dataDir, 'instances', id)
-    mkdirSync(dir, { recursive: true })
-    const rec: LocalInstanceRecord = {
-      version: 1,
-      instanceId: id,
-      template: 'sh',
-      pid,
-      pgid: pid,
-      startTime,
-      port: 1,
-      address: 'http://127.0.0.1:1',
-      labels: { [LABEL_POOL]: POOL, [LABEL_INSTANCE]: id, [LABEL_TEMPLATE]: 'sh' },
-      command: ['sleep', '1000'],
-      stopGraceMs: 100,
-      createdAt: Date.now(),
-      state: 'running',
-    }
-    writeFileSync(join(dir, 'instance.json'), JSON.stringify(rec))
+    plantRecord(dataDir, foreignRecord(pid, startTime))
     await provider.destroy(`${pid}:${startTime}`, op)
     assert.equal(pidAlive(pid), true, 'the process named by the forged record was not killed')
   })

@@ -3,6 +3,7 @@ import { LocalProvider } from './local-provider.js'
 
 export { LocalProvider, refOf, type LocalInstanceRecord } from './local-provider.js'
 export { localScope } from './local-isolation.js'
+export { endSessionsUnder, type EndSessionsOptions } from './local-cleanup.js'
 export {
   localTemplateSettingsSchema,
   localProviderSettingsSchema,
