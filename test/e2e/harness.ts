@@ -15,6 +15,7 @@ import { request } from 'undici'
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml'
 import { loadConfig } from '../../src/config/load.js'
 import { start, type Running } from '../../src/main.js'
+import { endSessionsUnder } from '../../src/providers/local/index.js'
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
 export const EXAMPLES = join(REPO, 'examples')
@@ -320,6 +321,8 @@ export async function startE2eServer(opts: { idleTimeout: string }): Promise<E2e
         }
       }
       await waitFor('every session process to exit', 10_000, () => ([...seenPids].some(alive) ? undefined : true))
+      // Killed behind the provider's back, the sessions' namespaces and veths would outlive them.
+      endSessionsUnder(dataDir, { pools: [config.pool.id], dropFirewall: true })
       rmSync(dataDir, { recursive: true, force: true })
       rmSync(sessionsDir, { recursive: true, force: true })
     },

@@ -3,6 +3,7 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { request } from 'undici'
+import { endSessionsUnder } from '../../src/providers/local/index.js'
 
 export const REPO = resolve(fileURLToPath(import.meta.url), '../../..')
 export const BIN = join(REPO, 'bin/studiopool.js')
@@ -106,7 +107,8 @@ export function isAlive(pid: number): boolean {
 
 /**
  * Kills every local-provider process group under a data dir (test cleanup): by the group of each
- * instance record, whether or not its leader still lives (a kernel may outlive its notebook server).
+ * instance record, whether or not its leader still lives (a kernel may outlive its notebook server),
+ * and gives back the sessions' namespaces, veths and slot claims.
  */
 export function killAll(dataDir: string): void {
   const dir = join(dataDir, 'instances')
@@ -122,6 +124,8 @@ export function killAll(dataDir: string): void {
       // gone already, or a record being written
     }
   }
+  // What the sessions held on the host (namespace, veth, slot claim, firewall) goes with them.
+  endSessionsUnder(dataDir, { dropFirewall: true })
 }
 
 export async function api<T = any>(
