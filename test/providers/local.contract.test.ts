@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -5,6 +6,7 @@ import pino from 'pino'
 import { endSessionsUnder, LocalProvider } from '../../src/providers/local/index.js'
 import { CONTRACT_POOL_ID, providerContract } from '../contract/provider-contract.js'
 import { makeLocalDemoTemplate } from '../helpers/template.js'
+import { localLeftovers } from './helpers.js'
 
 providerContract({
   name: 'local',
@@ -27,6 +29,7 @@ providerContract({
         endSessionsUnder(dataDir, { pools: [CONTRACT_POOL_ID], dropFirewall: true })
         rmSync(dataDir, { recursive: true, force: true })
         rmSync(`${dataDir}-sessions`, { recursive: true, force: true })
+        assert.deepEqual(localLeftovers(provider.scope), [], 'nothing of the contract pool is left on the host')
       },
     }
   },
