@@ -15,7 +15,8 @@ import { stateChart } from './chart.js'
 import { csrfField, esc, layout, messagePage, type Viewer } from './html.js'
 import { decideLogin, type LoginPolicy } from './login-policy.js'
 import { OidcLogin } from './oidc.js'
-import { addressMatcher, isInstanceId, isLoopback, peerAddress, SessionKit, type DashboardUser } from './session.js'
+import { isInstanceId } from '../domain/ids.js'
+import { addressMatcher, isLoopback, peerAddress, SessionKit, type DashboardUser } from './session.js'
 import { renderUserView } from './user-view.js'
 
 export interface DashboardDeps extends ApiDeps {
