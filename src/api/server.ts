@@ -6,6 +6,7 @@ import Fastify, {
   type FastifyServerFactory,
 } from 'fastify'
 import swagger from '@fastify/swagger'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import swaggerUi from '@fastify/swagger-ui'
 import { AppError, ValidationError } from '../domain/errors.js'
 import { isSafeText } from '../domain/ids.js'
@@ -139,7 +140,9 @@ async function registerDocs(app: FastifyInstance): Promise<void> {
       "default-src 'self'; base-uri 'self'; font-src 'self' data:; frame-ancestors 'self'; img-src 'self' data:; object-src 'none'; script-src 'self'; script-src-attr 'none'; style-src 'self' 'unsafe-inline'",
     uiConfig: { validatorUrl: null },
   })
-  app.get('/api/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger())
+  app
+    .withTypeProvider<TypeBoxTypeProvider>()
+    .get('/api/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger())
 }
 
 /** The split-mode gateway feed, for proxy and admin keys, where the composition root provides it. */
