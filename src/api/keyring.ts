@@ -1,5 +1,5 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
-import { randomBase32 } from '../domain/ids.js'
+import { KEY_ID_PATTERN, randomBase32 } from '../domain/ids.js'
 import { AppError, UnauthorizedError } from '../domain/errors.js'
 import type { ApiKey, KeyRole, Principal } from '../domain/keys.js'
 import type { Store } from '../store/store.js'
@@ -10,7 +10,8 @@ import type { Store } from '../store/store.js'
  * low-entropy passwords, not random keys). Static keys from the config (the seed's
  * ARENA_POOL_SERVICE_KEY and PROXY_KEY) are hashed at start and compared the same way.
  */
-const KEY_RE = /^sp_([a-z2-7]{12})_([A-Za-z0-9_-]{43})$/
+// `sp_<key id>_<secret>`: the key id's rule is domain/ids.ts's KEY_ID_PATTERN, without its anchors.
+const KEY_RE = new RegExp(`^sp_(${KEY_ID_PATTERN.slice(1, -1)})_([A-Za-z0-9_-]{43})$`)
 const CACHE_MS = 5_000
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest()

@@ -1,4 +1,12 @@
 import { Type } from '@sinclair/typebox'
+import {
+  INSTANCE_ID_PATTERN,
+  KEY_ID_PATTERN,
+  KEY_NAME_PATTERN,
+  TEMPLATE_NAME_PATTERN,
+  USER_ID_MAX_LENGTH,
+  USER_ID_PATTERN,
+} from '../domain/ids.js'
 
 /** One schema per shape, shared by validation and the OpenAPI document. */
 export const ErrorEnvelope = Type.Object(
@@ -12,12 +20,15 @@ export const ErrorEnvelope = Type.Object(
   { $id: 'Error' },
 )
 
+// The edge schemas of the domain's rules (domain/ids.ts): the patterns are written there once.
 export const InstanceId = Type.String({
-  pattern: '^[a-z2-7]{20}$',
+  pattern: INSTANCE_ID_PATTERN,
   description: 'studiopool instance id (20 base32 characters)',
 })
-export const UserId = Type.String({ minLength: 1, maxLength: 200, pattern: '^[^\\u0000-\\u001f\\u007f]+$' })
-export const TemplateName = Type.String({ pattern: '^[a-z][a-z0-9-]{0,62}$' })
+export const UserId = Type.String({ minLength: 1, maxLength: USER_ID_MAX_LENGTH, pattern: USER_ID_PATTERN })
+export const TemplateName = Type.String({ pattern: TEMPLATE_NAME_PATTERN })
+export const KeyId = Type.String({ pattern: KEY_ID_PATTERN })
+export const KeyName = Type.String({ pattern: KEY_NAME_PATTERN })
 
 export const InstanceSchema = Type.Object(
   {

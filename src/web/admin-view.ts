@@ -1,7 +1,11 @@
 import type { TemplateConfig } from '../config/types.js'
+import { KEY_NAME_PATTERN } from '../domain/ids.js'
 import type { Assignment, Instance } from '../domain/instance.js'
 import { KEY_ROLES, type KeyRole } from '../domain/keys.js'
 import { csrfField, esc, formatDuration, layout, time, type Viewer } from './html.js'
+
+/** The key-name rule for the browser's own check: anchors are implied, and `-` is escaped for the `v` flag. */
+const KEY_NAME_HTML_PATTERN = KEY_NAME_PATTERN.replace(/^\^|\$$/g, '').replace('-]', '\\-]')
 
 export interface HistoryFilters {
   readonly user: string
@@ -206,7 +210,7 @@ function keysBlock(d: AdminViewData): string {
   )
   return (
     `<form class="inline" method="post" action="/admin/keys" aria-label="Create an API key">${csrf}` +
-    `<div class="field"><label for="k-name">New key name</label><input type="text" id="k-name" name="name" required pattern="[A-Za-z0-9_.\\-]{1,64}" maxlength="64" autocomplete="off"></div>` +
+    `<div class="field"><label for="k-name">New key name</label><input type="text" id="k-name" name="name" required pattern="${esc(KEY_NAME_HTML_PATTERN)}" maxlength="64" autocomplete="off"></div>` +
     `<div class="field"><label for="k-role">Role</label><select id="k-role" name="role">${roles}</select></div>` +
     `<button class="btn" type="submit">Create key</button></form>` +
     `<div class="table-wrap"><table><thead><tr><th scope="col">Name</th><th scope="col">Role</th><th scope="col">Status</th><th scope="col">Created</th><th scope="col">Last used</th><th scope="col">Action</th></tr></thead><tbody>${rows}</tbody></table></div>`

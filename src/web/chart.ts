@@ -54,21 +54,7 @@ export function stateChart(samples: readonly StateSample[], from: number, to: nu
   const x = (i: number) => PAD.l + (i / (buckets - 1)) * iw
   const y = (v: number) => PAD.t + ih - (v / yMax) * ih
 
-  const parts: string[] = []
-  // Grid and axes.
-  for (let k = 0; k <= 4; k++) {
-    const v = (yMax / 4) * k
-    parts.push(`<line class="grid" x1="${PAD.l}" x2="${W - PAD.r}" y1="${y(v).toFixed(1)}" y2="${y(v).toFixed(1)}"/>`)
-    parts.push(`<text x="${PAD.l - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end">${fmt(v)}</text>`)
-  }
-  for (let h = 0; h <= 24; h += 6) {
-    const at = from + (span * h) / 24
-    const px = PAD.l + (h / 24) * iw
-    const label = h === 24 ? 'now' : `−${24 - h} h`
-    parts.push(
-      `<text x="${px.toFixed(1)}" y="${H - 6}" text-anchor="${h === 0 ? 'start' : h === 24 ? 'end' : 'middle'}"><title>${new Date(at).toISOString().slice(0, 16).replace('T', ' ')} UTC</title>${label}</text>`,
-    )
-  }
+  const parts: string[] = axes(from, span, yMax, y)
 
   // Runs of consecutive buckets with data, each drawn as stacked polygons.
   const runs: [number, number][] = []
@@ -123,4 +109,24 @@ function niceCeil(v: number): number {
 
 function fmt(v: number): string {
   return Number.isInteger(v) ? String(v) : v.toFixed(1)
+}
+
+/** Grid lines with the count scale, and the time axis of the last 24 hours. */
+function axes(from: number, span: number, yMax: number, y: (v: number) => number): string[] {
+  const iw = W - PAD.l - PAD.r
+  const parts: string[] = []
+  for (let k = 0; k <= 4; k++) {
+    const v = (yMax / 4) * k
+    parts.push(`<line class="grid" x1="${PAD.l}" x2="${W - PAD.r}" y1="${y(v).toFixed(1)}" y2="${y(v).toFixed(1)}"/>`)
+    parts.push(`<text x="${PAD.l - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end">${fmt(v)}</text>`)
+  }
+  for (let h = 0; h <= 24; h += 6) {
+    const at = from + (span * h) / 24
+    const px = PAD.l + (h / 24) * iw
+    const label = h === 24 ? 'now' : `−${24 - h} h`
+    parts.push(
+      `<text x="${px.toFixed(1)}" y="${H - 6}" text-anchor="${h === 0 ? 'start' : h === 24 ? 'end' : 'middle'}"><title>${new Date(at).toISOString().slice(0, 16).replace('T', ' ')} UTC</title>${label}</text>`,
+    )
+  }
+  return parts
 }

@@ -1,5 +1,6 @@
 import * as client from 'openid-client'
 import type { Config } from '../config/types.js'
+import { isUserId } from '../domain/ids.js'
 
 type OidcConfig = NonNullable<Config['dashboard']['oidc']>
 
@@ -96,7 +97,7 @@ export class OidcLogin {
       for (const c of want) if (claims[c] === undefined && info[c] !== undefined) claims[c] = info[c]
     }
     const user = claims[this.#cfg.userClaim]
-    if (typeof user !== 'string' || user.length === 0 || user.length > 200 || /[\u0000-\u001f\u007f]/.test(user)) {
+    if (!isUserId(user)) {
       throw new Error(`the identity provider sent no usable "${this.#cfg.userClaim}" claim`)
     }
     return { userId: user, groups: groupsOf(claims[this.#cfg.groupsClaim]) }

@@ -1,6 +1,7 @@
 import { createHmac, timingSafeEqual } from 'node:crypto'
 import type { FastifyRequest } from 'fastify'
 import type { Config } from '../config/types.js'
+import { isInstanceId } from '../domain/ids.js'
 import { isLoopback, peerSet, unmapped } from '../gateway/peers.js'
 import { canonicalBytes, sessionUrl, type SessionClaims, type TokenService } from '../gateway/tokens.js'
 
@@ -20,8 +21,6 @@ export interface DashboardUser {
   /** Set when this request logged the user in (header mode): the response must set the cookie. */
   readonly fresh: boolean
 }
-
-const ID_RE = /^[a-z2-7]{20}$/
 
 export class SessionKit {
   readonly #tokens: TokenService
@@ -129,7 +128,7 @@ export class SessionKit {
     if (u.origin === this.#publicOrigin) return u.pathname + u.search + u.hash
     if (this.#gateway.mode === 'subdomain' && this.#gateway.sessionDomain) {
       const id = u.hostname.split('.')[0] ?? ''
-      if (ID_RE.test(id) && new URL(sessionUrl(this.#gateway, this.#publicUrl, id)).origin === u.origin) return u.href
+      if (isInstanceId(id) && new URL(sessionUrl(this.#gateway, this.#publicUrl, id)).origin === u.origin) return u.href
     }
     return '/'
   }
@@ -187,8 +186,4 @@ export { isLoopback }
 export function addressMatcher(list: readonly string[]): (addr: string) => boolean {
   const set = peerSet(list)
   return (addr) => set.match(addr)
-}
-
-export function isInstanceId(id: unknown): id is string {
-  return typeof id === 'string' && ID_RE.test(id)
 }

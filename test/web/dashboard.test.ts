@@ -307,6 +307,18 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
       async () =>
         (await srv.running.store!.listInstances({ ownerId: 'bob', states: ['provisioning', 'starting', 'ready'] }))[0],
     )
+    // A non-admin's admin action is refused by the guard before anything happens, token or not.
+    const bobDelete = await fetch(`${srv.url}/admin/instances/${mine.id}/delete`, {
+      method: 'POST',
+      redirect: 'manual',
+      headers: { ...form, cookie: bob },
+      body: new URLSearchParams({ csrf: token }),
+    })
+    assert.equal(bobDelete.status, 403)
+    assert.match(await bobDelete.text(), /Administrators only/)
+    const after = await srv.running.store!.getInstance(mine.id)
+    assert.ok(after && ['provisioning', 'starting', 'ready'].includes(after.state), 'the instance lives on')
+    assert.equal(after.ownerId, 'bob')
     // bob cannot stop someone else's session; ada (admin key aside) cannot stop it through the user route either.
     const adaStop = await fetch(`${srv.url}/sessions/${mine.id}/stop`, {
       method: 'POST',

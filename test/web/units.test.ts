@@ -2,9 +2,11 @@ import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { loadConfig } from '../../src/config/load.js'
 import { createTokenService } from '../../src/gateway/tokens.js'
+import type { RouteEntry } from '../../src/domain/routes.js'
 import { stateChart } from '../../src/web/chart.js'
 import { esc, formatDuration } from '../../src/web/html.js'
 import { groupsOf } from '../../src/web/oidc.js'
+import { ownFilter } from '../../src/web/routes/events.js'
 import { addressMatcher, isLoopback, SessionKit } from '../../src/web/session.js'
 
 const tokens = createTokenService('a-secret-of-at-least-16-chars', { launchTtlMs: 60_000, cookieTtlMs: 3_600_000 })
@@ -115,5 +117,54 @@ describe('dashboard helpers', () => {
     assert.deepEqual(groupsOf('a b,c'), ['a', 'b', 'c'])
     assert.deepEqual(groupsOf(['x', 3, '']), ['x'])
     assert.deepEqual(groupsOf(undefined), [])
+  })
+})
+
+describe('dashboard live progress', () => {
+  const route = (instanceId: string, ownerId: string | null, progress = 0): RouteEntry => ({
+    instanceId,
+    ownerId,
+    template: 'demo',
+    state: 'starting',
+    address: null,
+    pathMode: 'strip',
+    hostHeader: 'target',
+    progress,
+    progressMessage: '',
+    queuePosition: null,
+    generation: 1,
+    failureReason: null,
+  })
+
+  it("streams a user's own instances only, and removes one that leaves the table or changes hands", () => {
+    const sent: unknown[] = []
+    const push = ownFilter('alice', (m) => sent.push(m))
+    push({ type: 'reset', routes: [route('a1', 'alice'), route('b1', 'bob'), route('a2', 'alice')] })
+    assert.deepEqual(sent.splice(0), [
+      {
+        type: 'reset',
+        instances: ['a1', 'a2'].map((id) => ({
+          id,
+          template: 'demo',
+          state: 'starting',
+          progress: 0,
+          message: '',
+          queuePosition: null,
+        })),
+      },
+    ])
+    push({ type: 'upsert', route: route('b1', 'bob', 50) })
+    assert.deepEqual(sent.splice(0), [], "bob's progress is not shown to alice")
+    push({ type: 'upsert', route: route('a1', 'alice', 40) })
+    assert.equal((sent.splice(0)[0] as { instances: { progress: number }[] }).instances[0]!.progress, 40)
+    push({ type: 'upsert', route: route('a1', 'carol') })
+    assert.deepEqual(sent.splice(0), [{ type: 'remove', instanceId: 'a1' }], 'an instance that changes hands goes')
+    push({ type: 'remove', instanceId: 'b1', reason: 'terminated' })
+    assert.deepEqual(sent.splice(0), [], "bob's instance ending is not alice's news")
+    push({ type: 'reset', routes: [] })
+    assert.deepEqual(sent.splice(0), [
+      { type: 'remove', instanceId: 'a2' },
+      { type: 'reset', instances: [] },
+    ])
   })
 })

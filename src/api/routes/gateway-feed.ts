@@ -1,6 +1,7 @@
 import { Type } from '@sinclair/typebox'
-import type { FastifyPluginAsync } from 'fastify'
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { MAX_EPOCH_MS } from '../../domain/ids.js'
+import { InstanceId } from '../schemas.js'
 import type { ActivitySink, NonceLedger, RouteEvent, RouteSource } from '../../domain/routes.js'
 
 export interface GatewayFeedOptions {
@@ -13,7 +14,6 @@ export interface GatewayFeedOptions {
   readonly shuttingDown?: AbortSignal
 }
 
-const InstanceId = Type.String({ pattern: '^[a-z2-7]{20}$' })
 const ActivityBody = Type.Object(
   {
     entries: Type.Array(
@@ -42,13 +42,13 @@ const NonceBody = Type.Object(
  * - `POST /api/v1/gateway/nonces` `{nonce, expiresAt}` → `{first}`.
  * Authentication (a proxy or admin key) is the caller's hook around this plugin.
  */
-export const gatewayFeedRoutes: FastifyPluginAsync<GatewayFeedOptions> = async (app, opts) => {
+export const gatewayFeedRoutes: FastifyPluginAsyncTypebox<GatewayFeedOptions> = async (app, opts) => {
   const heartbeatMs = opts.heartbeatMs ?? 15_000
 
   app.get(
     '/api/v1/gateway/routes',
     {
-      schema: { tags: ['gateway'], summary: 'Route change stream for split-mode gateways (SSE)', hide: true } as never,
+      schema: { tags: ['gateway'], summary: 'Route change stream for split-mode gateways (SSE)', hide: true },
     },
     (req, reply) => {
       reply.hijack()
@@ -82,7 +82,7 @@ export const gatewayFeedRoutes: FastifyPluginAsync<GatewayFeedOptions> = async (
     '/api/v1/gateway/activity',
     { schema: { tags: ['gateway'], summary: 'Batched activity from a split-mode gateway', body: ActivityBody } },
     async (req, reply) => {
-      const { entries } = req.body as { entries: { id: string; at: number }[] }
+      const { entries } = req.body
       // A gateway's clock may run ahead; never record activity in the future.
       const now = Date.now()
       await opts.activity.recordActivity(entries.map((e) => ({ id: e.id, at: Math.min(e.at, now) })))
@@ -94,7 +94,7 @@ export const gatewayFeedRoutes: FastifyPluginAsync<GatewayFeedOptions> = async (
     '/api/v1/gateway/nonces',
     { schema: { tags: ['gateway'], summary: 'Consume a launch-token nonce once', body: NonceBody } },
     async (req) => {
-      const { nonce, expiresAt } = req.body as { nonce: string; expiresAt: number }
+      const { nonce, expiresAt } = req.body
       return { first: await opts.nonces.consumeOnce(nonce, expiresAt) }
     },
   )
