@@ -7,13 +7,16 @@
  * per request come from /proc/<pid>/stat (utime+stime) before and after each round.
  *
  * Env: BENCH_SECONDS (per round and target, default 2), BENCH_ROUNDS (default 6: rotations of the targets, then of their reverse),
- * BENCH_CONNECTIONS (default 50), BENCH_WS_IDLE (default 1000).
+ * BENCH_CONNECTIONS (default 50), BENCH_WS_IDLE (default 1000), BENCH_SIZES (default small,64k).
+ * BENCH_PIN_PROXY / BENCH_PIN_CLIENT (taskset CPU lists, e.g. 1 and 0): every proxy (the gateways, CHP, nginx)
+ * pinned the same way, the app and the load client elsewhere. nginx joins the run when it is on PATH (BENCH_NGINX=0 skips it).
  *
  * Roles (internal): `tsx bench/gateway.ts app|gateway|load`.
  */
-import { fork, spawn } from 'node:child_process'
+import { fork, spawn, spawnSync } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import path from 'node:path'
 import os from 'node:os'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -436,7 +439,14 @@ async function main(): Promise<void> {
       pid: extra.proc.pid!,
     })
   }
+  const nginxPort = await startNginx(appUrl)
   for (const t of targets) await waitHttp(`${t.origin}${t.prefix}/small`, t.headers)
+  if (nginxPort !== null) await waitHttp(`http://127.0.0.1:${nginxPort}/s/${id}/small`)
+  // Pinned the same way: every proxy (the gateways, CHP, nginx) on BENCH_PIN_PROXY's CPUs, the app and the load client on BENCH_PIN_CLIENT's.
+  const pinNote = pin(
+    targets.filter((t) => t.pid !== null).map((t) => t.pid!),
+    [app.proc.pid!, load.proc.pid!],
+  )
 
   const cores = os.cpus().length
   /** CPU of every process in the run (µs), and of the whole machine, so "who used the cores" is known. */
@@ -500,7 +510,7 @@ async function main(): Promise<void> {
   console.log(
     `gateway benchmark: ${rounds} rounds × ${seconds}s per target and size (after a 1 s warm-up each), ${connections} connections, targets alternating; ${cores} cores shared by the load client, the app, the proxy under test and anything else running (load average before start ${loadavg.map((x) => x.toFixed(1)).join(' ')}). ${process.env.BENCH_NOTE ?? ''}`,
   )
-  const sizes = (process.env.BENCH_SIZES ?? 'small,64k').split(',')
+  const sizes = (process.env.BENCH_SIZES ?? 'small,64k').split(',').filter(Boolean) // '' : WebSocket and memory only
   for (const size of sizes) {
     for (const t of targets) await run(t, size, 1000) // warm-up (JIT, keep-alive pools)
     for (let round = 0; round < rounds; round++) {
@@ -593,39 +603,49 @@ async function main(): Promise<void> {
     )
   }
 
-  // WebSocket round trips: sequential messages, direct vs gateway, twice each alternating. A sequential
-  // round trip is mostly process wake-ups (client → gateway → app and back); on an otherwise idle
-  // machine each wake-up from a sleeping core costs tens of µs, which the gateway's two extra hops
+  // WebSocket round trips: sequential messages, direct vs every proxy (gateway, CHP, nginx when
+  // installed, BENCH_AB gateways), each run twice, alternating, in the same run. A sequential
+  // round trip is mostly process wake-ups (client → proxy → app and back); on an otherwise idle
+  // machine each wake-up from a sleeping core costs tens of µs, which a proxy's two extra hops
   // pay twice. So it is measured twice: as the machine is, and with the cores kept awake by
   // a lowest-priority spinner (nice 19: it yields to every benchmark process). Both vary a lot
-  // from run to run: the number is the scheduler's more than the gateway's.
-  const rttRound = async () => {
-    const wsDirect: { p50: number; p99: number }[] = []
-    const wsGw: { p50: number; p99: number }[] = []
+  // from run to run: compare proxies within one run, not across runs.
+  const wsTargets = targets.map((t) => ({
+    name: t.name,
+    url: `ws://127.0.0.1:${t.name === 'direct' ? (app.first.port as number) : new URL(t.origin).port}${t.prefix}/ws`,
+    headers: t.headers,
+    pid: t.pid,
+  }))
+  if (nginxPort !== null)
+    wsTargets.push({ name: 'nginx', url: `ws://127.0.0.1:${nginxPort}/s/${id}/ws`, headers: {}, pid: null })
+  type Rtt = { p50: number; p99: number; cpu?: number }
+  const WS_MESSAGES = Number(process.env.BENCH_WS_MESSAGES ?? 2000)
+  const rttRound = async (): Promise<Map<string, Rtt>> => {
+    const runs = new Map<string, Rtt[]>()
     for (let i = 0; i < 2; i++) {
-      wsDirect.push(
-        await ask(
+      for (const t of i === 0 ? wsTargets : [...wsTargets].reverse()) {
+        const before = t.pid ? sumCpu(t.pid) : 0
+        const r = await ask<Rtt>(
           load.proc,
-          { op: 'ws-rtt', url: `ws://127.0.0.1:${app.first.port as number}/ws`, headers: {}, messages: 2000 },
+          { op: 'ws-rtt', url: t.url, headers: t.headers, messages: WS_MESSAGES },
           'result',
-          60_000,
-        ),
-      )
-      wsGw.push(
-        await ask(
-          load.proc,
-          { op: 'ws-rtt', url: `ws://127.0.0.1:${gwPort}/s/${id}/ws`, headers: { cookie }, messages: 2000 },
-          'result',
-          60_000,
-        ),
-      )
+          60_000 + WS_MESSAGES * 20, // a loaded machine can take a millisecond per round trip
+        )
+        // The proxy's CPU per round trip (both directions, plus the handshake spread over the run): steadier than the RTT on a busy machine.
+        const cpu = t.pid ? (sumCpu(t.pid) - before) / (WS_MESSAGES + 200) : NaN
+        runs.set(t.name, [...(runs.get(t.name) ?? []), { ...r, cpu }])
+      }
     }
-    return {
-      d50: Math.min(...wsDirect.map((x) => x.p50)),
-      g50: Math.min(...wsGw.map((x) => x.p50)),
-      d99: Math.min(...wsDirect.map((x) => x.p99)),
-      g99: Math.min(...wsGw.map((x) => x.p99)),
-    }
+    return new Map(
+      [...runs].map(([n, rs]) => [
+        n,
+        {
+          p50: Math.min(...rs.map((x) => x.p50)),
+          p99: Math.min(...rs.map((x) => x.p99)),
+          cpu: rs.reduce((a, x) => a + x.cpu!, 0) / rs.length,
+        },
+      ]),
+    )
   }
   const idleRtt = await rttRound()
   // One spinner, bounded in time itself (60 s) should this process die before killing it.
@@ -641,16 +661,25 @@ async function main(): Promise<void> {
   } finally {
     for (const sp of spinners) sp.kill('SIGKILL')
   }
-  console.log('\nWebSocket round trip, 2,000 sequential messages (best of 2 runs)')
+  console.log(`\nWebSocket round trip, ${WS_MESSAGES} sequential messages (best of 2 runs each, alternating)${pinNote}`)
   for (const [label, r] of [
     ['machine as is', idleRtt],
     ['cores kept awake', awakeRtt],
   ] as const) {
+    const d = r.get('direct')!
     console.log(`  ${label}:`)
-    console.log(`    direct   p50 ${r.d50.toFixed(1)} µs   p99 ${r.d99.toFixed(1)} µs`)
-    console.log(
-      `    gateway  p50 ${r.g50.toFixed(1)} µs   p99 ${r.g99.toFixed(1)} µs   added p50 ${(r.g50 - r.d50).toFixed(1)} µs, p99 ${(r.g99 - r.d99).toFixed(1)} µs`,
-    )
+    for (const t of wsTargets) {
+      const x = r.get(t.name)!
+      console.log(
+        `    ${t.name.padEnd(8)} p50 ${x.p50.toFixed(1).padStart(6)} µs   p99 ${x.p99.toFixed(1).padStart(6)} µs` +
+          (t.name === 'direct'
+            ? ''
+            : `   added p50 ${(x.p50 - d.p50).toFixed(1).padStart(5)} µs, p99 ${(x.p99 - d.p99).toFixed(1).padStart(6)} µs` +
+              (x.cpu === undefined || Number.isNaN(x.cpu)
+                ? ''
+                : `   proxy CPU ${x.cpu!.toFixed(1)} µs per round trip`)),
+      )
+    }
   }
 
   // Memory with idle WebSockets: in the benchmarked gateway (after all the load above), and in a fresh one.
@@ -678,25 +707,84 @@ async function main(): Promise<void> {
   )
   const rssAfter = memFresh.after
 
-  const cpuSmall = summary['small:gateway:cpu']!
-  const ratio = summary['small:gateway:rps']! / summary['small:chp:rps']!
   console.log('\nTargets')
-  console.log(
-    `  gateway CPU per small request ≤ 70 µs:   ${cpuSmall.toFixed(1)} µs  ${cpuSmall <= 70 ? 'PASS' : 'FAIL'}  (CHP ${summary['small:chp:cpu']!.toFixed(1)} µs, ${(summary['small:chp:cpu']! / cpuSmall).toFixed(2)}× ours)`,
-  )
-  console.log(`  req/s ≥ 3× CHP (small):                 ${ratio.toFixed(2)}×  ${ratio >= 3 ? 'PASS' : 'FAIL'}`)
+  if (sizes.includes('small')) {
+    const cpuSmall = summary['small:gateway:cpu']!
+    const ratio = summary['small:gateway:rps']! / summary['small:chp:rps']!
+    console.log(
+      `  gateway CPU per small request ≤ 70 µs:   ${cpuSmall.toFixed(1)} µs  ${cpuSmall <= 70 ? 'PASS' : 'FAIL'}  (CHP ${summary['small:chp:cpu']!.toFixed(1)} µs, ${(summary['small:chp:cpu']! / cpuSmall).toFixed(2)}× ours)`,
+    )
+    console.log(`  req/s ≥ 3× CHP (small):                 ${ratio.toFixed(2)}×  ${ratio >= 3 ? 'PASS' : 'FAIL'}`)
+  }
   for (const [label, r] of [
     ['machine as is', idleRtt],
     ['cores kept awake', awakeRtt],
   ] as const) {
-    const added = r.g50 - r.d50
+    const d = r.get('direct')!.p50
+    const added = r.get('gateway')!.p50 - d
+    const chpAdded = r.get('chp')!.p50 - d
     console.log(
       `  added WebSocket RTT p50 ≤ 40 µs (${label}):${' '.repeat(17 - label.length)}${added.toFixed(1)} µs  ${added <= 40 ? 'PASS' : 'FAIL'}`,
+    )
+    console.log(
+      `  added WebSocket RTT p50 ≤ CHP's (${label}):${' '.repeat(18 - label.length)}${added.toFixed(1)} µs vs ${chpAdded.toFixed(1)} µs  ${added <= chpAdded ? 'PASS' : 'FAIL'}`,
     )
   }
   console.log(
     `  RSS ≤ 150 MB with ${idleCount} idle WebSockets (fresh gateway): ${rssAfter.toFixed(1)} MB  ${rssAfter <= 150 ? 'PASS' : 'FAIL'}`,
   )
+}
+
+/** `taskset` every proxy and every client process (all their threads) as BENCH_PIN_PROXY / BENCH_PIN_CLIENT say; a note for the report. */
+function pin(proxies: number[], clients: number[]): string {
+  const p = process.env.BENCH_PIN_PROXY
+  const c = process.env.BENCH_PIN_CLIENT
+  const set = (cpus: string | undefined, pids: number[]) => {
+    if (!cpus) return
+    for (const pid of pids) {
+      const r = spawnSync('taskset', ['-a', '-pc', cpus, String(pid)], { stdio: 'ignore' })
+      if (r.status !== 0) throw new Error(`taskset -a -pc ${cpus} ${pid} failed`)
+    }
+  }
+  set(p, proxies)
+  set(c, clients)
+  return p || c ? `; proxies pinned to CPU ${p ?? 'any'}, app and load client to CPU ${c ?? 'any'}` : '; not pinned'
+}
+
+/** nginx as a third proxy when it is installed (BENCH_NGINX=0 skips it): a plain WebSocket-capable reverse proxy. */
+async function startNginx(appUrl: string): Promise<number | null> {
+  if (process.env.BENCH_NGINX === '0') return null
+  const bin = spawnSync('sh', ['-c', 'command -v nginx'], { encoding: 'utf8' }).stdout.trim()
+  if (!bin) return null
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'bench-nginx-'))
+  const port = await freePort()
+  const conf = `worker_processes 1; daemon off; pid ${dir}/nginx.pid; error_log ${dir}/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}; proxy_temp_path ${dir}; fastcgi_temp_path ${dir}; uwsgi_temp_path ${dir}; scgi_temp_path ${dir};
+  upstream app { server ${new URL(appUrl).host}; keepalive 64; }
+  server {
+    listen 127.0.0.1:${port};
+    location ~ ^/s/[a-z2-7]+(/.*)$ {
+      proxy_pass http://app$1;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $http_connection;
+      proxy_buffering off;
+    }
+  }
+}
+`
+  writeFileSync(path.join(dir, 'nginx.conf'), conf)
+  const args = ['-p', dir, '-c', path.join(dir, 'nginx.conf')]
+  // Pinned like the other proxies, from the start (its worker is forked after it starts).
+  const cpus = process.env.BENCH_PIN_PROXY
+  const proc = cpus
+    ? spawn('taskset', ['-c', cpus, bin, ...args], { stdio: ['ignore', 'ignore', 'inherit'] })
+    : spawn(bin, args, { stdio: ['ignore', 'ignore', 'inherit'] })
+  children.push(proc)
+  return port
 }
 
 async function killAll(): Promise<void> {

@@ -28,6 +28,7 @@ export interface RemoteRouteSource extends RouteSource {
  * `reset` and the table is replaced in full. Reconnects back off from 250 ms to 5 s. A stream
  * that is silent for `staleMs` (no event, no heartbeat) is treated as dead and reopened.
  */
+// eslint-disable-next-line max-lines-per-function -- one reconnecting stream: its state (backoff, stale timer, abort) is shared by small inner steps, read in order
 export function createRemoteRouteSource(
   opts: RemoteOptions & { staleMs?: number; maxBackoffMs?: number },
 ): RemoteRouteSource {

@@ -16,6 +16,7 @@ import { createTokenService } from './tokens.js'
  * even when the API is not reachable yet, and shows the ended page for unknown sessions
  * until the first route table arrives.
  */
+// eslint-disable-next-line max-lines-per-function -- the split-mode start-up read top to bottom: config, route feed, gateway, probes, shutdown
 export async function runGatewayRole(opts: {
   config: Config
   log: Logger

@@ -1,5 +1,5 @@
 import type { Config } from '../config/types.js'
-import { coversLoopback, isLoopback, overlapping, peerSet } from '../gateway/peers.js'
+import { coversLoopback, isLoopbackHost, overlapping, peerSet } from '../gateway/peers.js'
 
 /** What one provider says about its sessions' reach (providers/provider.ts IsolationReport, the part logins need). */
 export interface SessionReach {
@@ -46,8 +46,7 @@ export function decideLogin(config: Pick<Config, 'server' | 'dashboard'>, reach:
 
   if (configured === 'dev') {
     const pub = new URL(config.server.publicUrl)
-    const host = pub.hostname.replace(/^\[|\]$/g, '')
-    if (pub.protocol !== 'http:' || !(host === 'localhost' || isLoopback(host))) {
+    if (pub.protocol !== 'http:' || !isLoopbackHost(pub.hostname)) {
       return refuse(
         `server.publicUrl is ${pub.origin}, not plain http on a loopback address, so users reach this server from other machines and anyone could sign in under any name`,
         'use dashboard.login: oidc, or header behind a login proxy',

@@ -3,6 +3,7 @@ import type { FastifyRequest } from 'fastify'
 import type { Config } from '../config/types.js'
 import { isInstanceId } from '../domain/ids.js'
 import { isLoopback, peerSet, unmapped } from '../gateway/peers.js'
+import { firstValid, setCookie } from '../gateway/session-cookie.js'
 import { canonicalBytes, sessionUrl, type SessionClaims, type TokenService } from '../gateway/tokens.js'
 
 /**
@@ -51,11 +52,7 @@ export class SessionKit {
 
   /** The first valid session cookie of the request. */
   read(req: FastifyRequest): { claims: SessionClaims; value: string } | undefined {
-    for (const v of cookieValues(req.headers.cookie, this.#cookieName)) {
-      const claims = this.#tokens.verifySession(v)
-      if (claims) return { claims, value: v }
-    }
-    return undefined
+    return firstValid(req.headers.cookie, this.#cookieName, (v) => this.#tokens.verifySession(v))
   }
 
   issue(user: { userId: string; admin: boolean; groups: readonly string[] }): string {
@@ -72,7 +69,7 @@ export class SessionKit {
   }
 
   #cookie(name: string, value: string, path: string, maxAge: number): string {
-    return `${name}=${value}; Path=${path}; Max-Age=${maxAge}; HttpOnly; SameSite=Lax${this.#secure ? '; Secure' : ''}`
+    return setCookie(name, value, { path, maxAgeSeconds: maxAge, secure: this.#secure })
   }
 
   /** Form token: HMAC of the session cookie, so it is worthless without that cookie and dies with it. */
@@ -158,21 +155,14 @@ export class SessionKit {
     }
   }
 
+  /** The first value of a short-lived cookie (`stateCookie`) that unseals, by the one cookie module's rules. */
+  readSealed(req: FastifyRequest, name: string): Record<string, unknown> | undefined {
+    return firstValid(req.headers.cookie, name, (v) => this.unseal(v))?.claims
+  }
+
   stateCookie(name: string, value: string, path: string, maxAgeSeconds: number): string {
     return this.#cookie(name, value, path, maxAgeSeconds)
   }
-}
-
-/** Values of one cookie name in a Cookie header (a browser may send several). */
-export function cookieValues(header: string | undefined, name: string): string[] {
-  if (!header) return []
-  const out: string[] = []
-  for (const part of header.split(';')) {
-    const t = part.trim()
-    if (t.startsWith(name + '=')) out.push(t.slice(name.length + 1))
-    if (out.length >= 8) break
-  }
-  return out
 }
 
 /** The socket's peer address: never a header (X-Forwarded-For is the client's to write). */
