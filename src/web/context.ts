@@ -155,13 +155,9 @@ export class DashboardContext {
     return this.kit.stateCookie(this.#loginCookieName, value, '/login', maxAgeSeconds)
   }
 
+  /** The login state cookie, read by the one cookie module (gateway/session-cookie.ts). */
   readLoginState(req: FastifyRequest): Record<string, unknown> | undefined {
-    const name = this.#loginCookieName
-    for (const part of (req.headers.cookie ?? '').split(';')) {
-      const t = part.trim()
-      if (t.startsWith(name + '=')) return this.kit.unseal(t.slice(name.length + 1))
-    }
-    return undefined
+    return this.kit.readSealed(req, this.#loginCookieName)
   }
 
   get #loginCookieName(): string {
