@@ -24,6 +24,7 @@ import { GetStatusPayload, getStatus } from './commands/get-status.js'
 import { RequestSessionPayload, requestSession } from './commands/request-session.js'
 import { AssignmentSchema, ErrorEnvelope, InstanceId, InstanceSchema, SessionGrant } from './schemas.js'
 import { restRoutes } from './routes/rest.js'
+import { homeRoutes } from './routes/homes.js'
 import { peerSet } from '../gateway/peers.js'
 
 declare module 'fastify' {
@@ -78,14 +79,12 @@ export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promi
     frameworkErrors: (err, _req, rep) => {
       const reply = rep as unknown as FastifyReply
       const status = err.statusCode && err.statusCode < 500 ? 400 : 503
-      void reply
-        .code(status)
-        .send({
-          error: {
-            code: status === 400 ? 'INVALID_REQUEST' : 'PROVIDER_UNAVAILABLE',
-            message: status === 400 ? 'malformed URL or request' : 'not ready',
-          },
-        })
+      void reply.code(status).send({
+        error: {
+          code: status === 400 ? 'INVALID_REQUEST' : 'PROVIDER_UNAVAILABLE',
+          message: status === 400 ? 'malformed URL or request' : 'not ready',
+        },
+      })
     },
   })
 
@@ -282,6 +281,7 @@ export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promi
   await app.register(async (scope) => {
     scope.addHook('onRequest', authenticate)
     await restRoutes(scope, deps)
+    await homeRoutes(scope, deps)
   })
 
   if (deps.gatewayFeed) {
