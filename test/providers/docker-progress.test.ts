@@ -203,6 +203,7 @@ describe('docker launch progress and create-time errors (real Docker Engine)', {
     await assert.rejects(p.create(spec({ gpus: 'all' }), op), (err: unknown) => {
       assert.ok(err instanceof ProviderError, String(err))
       assert.match(err.message, /cannot start the container .* on h1: .*(device driver|gpu)/i)
+      assert.equal(err.retryable, false, 'the session fails with the reason instead of retrying for ever')
       return true
     })
     const filters = encodeURIComponent(JSON.stringify({ label: [`studiopool.pool=${POOL}`] }))

@@ -27,6 +27,9 @@ import type { DockerProviderSettings, DockerTemplateSettings } from './docker-pr
 const NAME = 'docker'
 /** How long a create that met a name conflict waits for the other creator's container to appear. */
 const ADOPT_WAIT_MS = 10_000
+/** Start failures of the runtime that a retry cannot fix (bad mounts, missing device drivers, bad executables). */
+const STARTS_REFUSED =
+  /OCI runtime create failed|error mounting|could not select device driver|executable file not found|no such file or directory/i
 
 /**
  * The create path of the docker provider (the caller holds the instance's lock): find the
@@ -228,12 +231,16 @@ export class DockerCreator {
       await this.#hosts.onHost(h, (c) => c.containerStart(id, { signal, timeoutMs: this.#slow }))
     } catch (err) {
       await this.#hosts.onHost(h, (c) => c.containerRemove(id, { timeoutMs: this.#slow })).catch(() => {})
-      throw err instanceof DockerApiError
-        ? new ProviderError(NAME, `cannot start the container of ${spec.id} on ${h.host.name}: ${err.message}`, {
-            cause: err,
-            retryable: err.retryable,
-          })
-        : err
+      if (!(err instanceof DockerApiError)) throw err
+      // The daemon answers 500 when the runtime refuses the container (a mount source that is not
+      // there, a device driver the host lacks): that will not go away by retrying, so the session
+      // fails with the daemon's reason instead of retrying for ever.
+      const refused = STARTS_REFUSED.test(err.message)
+      throw new ProviderError(NAME, `cannot start the container of ${spec.id} on ${h.host.name}: ${err.message}`, {
+        cause: err,
+        retryable: err.retryable && !refused,
+        ...(refused ? { kind: 'config' as const } : {}),
+      })
     } finally {
       release()
     }
