@@ -19,6 +19,7 @@ import { commandRoutes } from './routes/commands.js'
 import { healthRoutes } from './routes/health.js'
 import { progressRoute } from './routes/progress.js'
 import { restRoutes } from './routes/rest.js'
+import { homeRoutes } from './routes/homes.js'
 import { AssignmentSchema, ErrorEnvelope, InstanceSchema, SessionGrant } from './schemas.js'
 
 export { errorHandler } from './error-handler.js'
@@ -40,6 +41,7 @@ export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promi
   await app.register(async (scope) => {
     scope.addHook('onRequest', authenticate)
     await restRoutes(scope, deps)
+    await homeRoutes(scope, deps)
   })
   await registerGatewayFeed(app, deps, authenticate)
   for (const plugin of deps.plugins ?? []) await plugin(app)

@@ -3,6 +3,7 @@ import { ConfigError, loadConfig } from '../config/load.js'
 import { StartupRefusedError } from '../domain/errors.js'
 import { ApiClient, ApiError } from './client.js'
 import { renderProgress, formatTable } from './format.js'
+import { homesCommand } from './homes.js'
 
 /**
  * The studiopool binary: `serve` runs the server; every other command is a thin client of the REST
@@ -338,6 +339,8 @@ function parsePort(v: string): number {
   if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`not a port: ${v}`)
   return n
 }
+
+program.addCommand(homesCommand())
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   // A configuration the server can only judge at start (a provider's needs): exit 2, as for load errors.

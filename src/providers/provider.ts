@@ -120,8 +120,34 @@ export interface Provider {
   keyPairName?(template: TemplateConfig): string | undefined
   /** What this provider isolates; absent means sessions do not run on a host the server shares (nothing to report). */
   isolation?(): IsolationReport
+  /**
+   * Per-user persistent homes (volumes, claims, directories) of this pool, optionally of one owner,
+   * for the admin action that lists and deletes them (DESIGN.md contract 4). Optional.
+   */
+  listHomes?(opts: OperationOptions, ownerId?: string): Promise<HomeList>
+  /**
+   * Deletes one home by the ref `listHomes` gave: `absent` when it is not there, `in-use` while a
+   * session uses it (nothing deleted). Only ever called by an explicit admin action.
+   */
+  deleteHome?(ref: string, opts: OperationOptions): Promise<'deleted' | 'absent' | 'in-use'>
   /** Releases clients. Local processes are NOT killed: they survive a server restart and are found again by list(). */
   close(): Promise<void>
+}
+
+/** A user's persistent home, as `listHomes` reports it. */
+export interface HomeRecord {
+  /** The provider's id of the home, for `deleteHome` (docker: `<host>/<volume name>`). */
+  readonly ref: string
+  readonly owner: string
+  readonly createdAt: string | null
+  /** Where it lives, in words (`volume … on Docker host …`). */
+  readonly where: string
+}
+
+export interface HomeList {
+  readonly homes: readonly HomeRecord[]
+  /** Places that did not answer: their homes are not listed now (not lost). */
+  readonly unreachable: readonly string[]
 }
 
 export interface ProviderContext {

@@ -15,6 +15,11 @@ export interface DockerProxy {
   readonly held: number
   /** Hold every request for which `match` is true from now on (until `passAll`). */
   holdWhere(match: (method: string, path: string) => boolean): void
+  /**
+   * Answers every request for which `match` is true with `respond` instead of the daemon (a
+   * scripted image pull: no registry can be reached here). `null` stops it.
+   */
+  respondWhere(match: ((method: string, path: string) => boolean) | null, respond?: (res: ServerResponse) => void): void
   /** Stops holding and lets every held request through. */
   passAll(): void
   /** Stops holding and answers every held request 503 without passing it on (the daemon never sees it). */
@@ -26,9 +31,15 @@ export async function startDockerProxy(targetSocket: string, socket: string): Pr
   const agent = new Agent({ connect: { socketPath: targetSocket } })
   let match: ((method: string, path: string) => boolean) | null = null
   const held: ((forward: boolean) => void)[] = []
+  let scripted: { match: (method: string, path: string) => boolean; respond: (res: ServerResponse) => void } | null =
+    null
 
   async function forward(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = req.url ?? '/'
+    if (scripted && scripted.match(req.method ?? 'GET', path.replace(/^\/v[\d.]+/, ''))) {
+      req.resume()
+      return scripted.respond(res)
+    }
     if (match && match(req.method ?? 'GET', path.replace(/^\/v[\d.]+/, ''))) {
       const forward = await new Promise<boolean>((r) => held.push(r))
       if (!forward) {
@@ -76,6 +87,9 @@ export async function startDockerProxy(targetSocket: string, socket: string): Pr
     },
     holdWhere(m) {
       match = m
+    },
+    respondWhere(m, respond) {
+      scripted = m && respond ? { match: m, respond } : null
     },
     passAll,
     dropAll,

@@ -66,6 +66,8 @@ export interface StartDockerdOptions {
   iptables?: boolean
   /** Import the test image (default true). */
   image?: boolean
+  /** More dockerd arguments (a `--host tcp://…` with `--tlsverify`, for the TLS test). */
+  extraArgs?: readonly string[]
 }
 
 let poolCounter = 0
@@ -95,6 +97,7 @@ export async function startDockerd(opts: StartDockerdOptions = {}): Promise<Test
     '--default-address-pool',
     `base=10.${second}.0.0/16,size=24`,
     '--log-level=warn',
+    ...(opts.extraArgs ?? []),
   ]
   const out = openSync(logFile, 'a')
   const child = spawn(DOCKERD!, args, { stdio: ['ignore', out, out], detached: true })

@@ -21,6 +21,14 @@ export interface DockerClientOptions {
   readonly url: string
   /** Default timeout of one call (connect, headers and body), ms. */
   readonly timeoutMs: number
+  /** TLS to a `tcp://` daemon (PEM contents, not paths). */
+  readonly tls?: {
+    readonly ca: string | null
+    readonly cert: string | null
+    readonly key: string | null
+    readonly verify: boolean
+    readonly serverName: string | null
+  } | null
 }
 
 /** A failed Engine API call. `status` is the HTTP status (0 when the daemon was not reached). */
@@ -118,6 +126,21 @@ export class DockerClient {
       // The Host header is meaningless on a socket; the daemon ignores it.
       this.#origin = 'http://docker'
       this.#agent = new Agent({ connect: { socketPath: u.path, timeout: opts.timeoutMs }, keepAliveTimeout: 10_000 })
+    } else if (opts.tls) {
+      // dockerd --tlsverify: the daemon checks our client certificate, we check its certificate.
+      const t = opts.tls
+      this.#origin = `https://${u.host}:${u.port}`
+      this.#agent = new Agent({
+        connect: {
+          timeout: opts.timeoutMs,
+          ...(t.ca ? { ca: t.ca } : {}),
+          ...(t.cert ? { cert: t.cert } : {}),
+          ...(t.key ? { key: t.key } : {}),
+          rejectUnauthorized: t.verify,
+          ...(t.serverName ? { servername: t.serverName } : {}),
+        },
+        keepAliveTimeout: 10_000,
+      })
     } else {
       this.#origin = `http://${u.host}:${u.port}`
       this.#agent = new Agent({ connect: { timeout: opts.timeoutMs }, keepAliveTimeout: 10_000 })
@@ -134,9 +157,7 @@ export class DockerClient {
   }
 
   /** `GET /info`: the fields we read (CPUs, memory, iptables, rootless). */
-  async info(
-    opts: CallOptions = {},
-  ): Promise<{
+  async info(opts: CallOptions = {}): Promise<{
     NCPU: number
     MemTotal: number
     Name: string

@@ -1,8 +1,26 @@
 import { createHash } from 'node:crypto'
-import { Type, type Static, type TSchema } from '@sinclair/typebox'
+import { readFileSync } from 'node:fs'
+import type { Static, TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import { parseDuration } from '../../domain/duration.js'
 import { parseDockerUrl } from './docker-client.js'
+import {
+  dockerProviderSettingsSchema,
+  dockerTemplateSettingsSchema,
+  type dockerTlsSchema,
+  type DockerMount,
+  type DockerTemplateSettingsInput,
+} from './docker-provider-schema.js'
+
+export {
+  dockerHostSchema,
+  dockerMountSchema,
+  dockerProviderSettingsSchema,
+  dockerTemplateSettingsSchema,
+  dockerTlsSchema,
+  type DockerMount,
+  type DockerTemplateSettingsInput,
+} from './docker-provider-schema.js'
 
 /**
  * Settings of the docker provider: provider-wide (`providers.docker`) and per template
@@ -25,117 +43,6 @@ import { parseDockerUrl } from './docker-client.js'
  * ```
  */
 
-const NAME_RE = '^[a-z0-9][a-z0-9-]{0,62}$'
-const ENV_NAME_RE = '^[A-Za-z_][A-Za-z0-9_]*$'
-const Duration = Type.Union([Type.Integer({ minimum: 0 }), Type.String()])
-const Size = Type.Union([Type.Integer({ minimum: 0 }), Type.String({ pattern: '^\\d+(\\.\\d+)?\\s*[bkmgt]?b?$' })])
-const Labels = Type.Record(Type.String({ minLength: 1, maxLength: 200 }), Type.String({ maxLength: 1000 }))
-
-export const dockerHostSchema = Type.Object(
-  {
-    /** Part of every ref (`<name>/<container id>`): keep it stable. */
-    name: Type.String({ pattern: NAME_RE }),
-    /** `unix:///run/docker.sock` or `tcp://host:2375` (a trusted network only: no TLS yet). */
-    url: Type.String({ minLength: 1 }),
-    /** Containers of this pool on the host, any template. Default: unlimited. */
-    maxInstances: Type.Optional(Type.Integer({ minimum: 1 })),
-    /** Containers being created and started at once (the rest wait their turn). Default: unlimited. */
-    maxConcurrentStarts: Type.Optional(Type.Integer({ minimum: 1 })),
-    /** Matched by templates' `hostSelector`. */
-    labels: Type.Optional(Labels),
-    /** CPUs the host offers to sessions (templates' `cpus` are placed against it). Default: the daemon's CPU count. */
-    cpus: Type.Optional(Type.Number({ exclusiveMinimum: 0 })),
-    /** Memory the host offers to sessions (templates' `memory`). Default: the daemon's total memory. */
-    memory: Type.Optional(Size),
-    /** Host address container ports are published on. Default 127.0.0.1 (the gateway runs on this host). */
-    publishIp: Type.Optional(Type.String({ minLength: 1 })),
-    /** Host name or IP the gateway connects to for published ports. Default: publishIp, or the tcp URL's host when publishIp is 0.0.0.0. */
-    address: Type.Optional(Type.String({ minLength: 1 })),
-  },
-  { additionalProperties: false },
-)
-
-export const dockerProviderSettingsSchema = Type.Object(
-  {
-    /** Default: one host, `local`, at `unix:///var/run/docker.sock`. */
-    hosts: Type.Optional(Type.Array(dockerHostSchema, { minItems: 1, maxItems: 100 })),
-    /** Timeout of one Engine API call. Default 30 s. */
-    requestTimeout: Type.Optional(Duration),
-    /**
-     * Timeout of the calls that make, start or stop a container, a network or a volume (slower under
-     * load than a list: a start sets up the network). Default 2 min.
-     */
-    startTimeout: Type.Optional(Duration),
-    /** Timeout of one image pull. Default 10 min. */
-    pullTimeout: Type.Optional(Duration),
-    /** First wait before probing a host that stopped answering; doubles up to 60 s. Default 1 s. */
-    downBackoff: Type.Optional(Duration),
-  },
-  { additionalProperties: false },
-)
-
-export const dockerMountSchema = Type.Object(
-  {
-    type: Type.Union([Type.Literal('bind'), Type.Literal('volume'), Type.Literal('tmpfs')]),
-    /** Host path (bind) or volume name (volume); tokens are substituted. Not for tmpfs. */
-    source: Type.Optional(Type.String({ minLength: 1 })),
-    target: Type.String({ pattern: '^/' }),
-    readOnly: Type.Optional(Type.Boolean()),
-  },
-  { additionalProperties: false },
-)
-
-export const dockerTemplateSettingsSchema = Type.Object(
-  {
-    image: Type.String({ minLength: 1, maxLength: 500 }),
-    /** Replaces the image's CMD; tokens substituted in every element. */
-    command: Type.Optional(Type.Array(Type.String(), { minItems: 1 })),
-    env: Type.Optional(Type.Record(Type.String({ pattern: ENV_NAME_RE }), Type.String())),
-    /** The app's port inside the container. Default: the template's `port`. */
-    port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
-    cpus: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1024 })),
-    /** Bytes, or `512m`, `2g`. */
-    memory: Type.Optional(Size),
-    /** Default 1024 processes. */
-    pidsLimit: Type.Optional(Type.Integer({ minimum: 1 })),
-    shmSize: Type.Optional(Size),
-    /** `uid[:gid]` or a name from the image. Default: the image's user, which must not be root (see docs). */
-    user: Type.Optional(Type.String({ minLength: 1, maxLength: 100 })),
-    readOnlyRootfs: Type.Optional(Type.Boolean()),
-    /** Default [ALL]. */
-    capDrop: Type.Optional(Type.Array(Type.String({ pattern: '^[A-Z_]+$' }))),
-    capAdd: Type.Optional(Type.Array(Type.String({ pattern: '^[A-Z_]+$' }))),
-    /** no-new-privileges is on unless this says `false` in words. */
-    noNewPrivileges: Type.Optional(Type.Boolean()),
-    mounts: Type.Optional(Type.Array(dockerMountSchema, { maxItems: 50 })),
-    labels: Type.Optional(Labels),
-    /** An existing network to use instead of the managed one (then its isolation is yours). */
-    network: Type.Optional(Type.String({ minLength: 1 })),
-    pullPolicy: Type.Optional(
-      Type.Union([Type.Literal('ifNotPresent'), Type.Literal('always'), Type.Literal('never')]),
-    ),
-    /** Per-user persistent home: a named volume created on first use and kept when sessions end. */
-    home: Type.Optional(
-      Type.Object(
-        {
-          /** Must contain `{{userSlug}}` (or `{{user}}`), so that every user gets their own. */
-          volume: Type.String({ minLength: 1 }),
-          mountPath: Type.String({ pattern: '^/' }),
-        },
-        { additionalProperties: false },
-      ),
-    ),
-    /** Hosts whose labels include all of these. */
-    hostSelector: Type.Optional(Labels),
-    /** Between SIGTERM and SIGKILL on stop and destroy. Default 10 s. */
-    stopGrace: Type.Optional(Duration),
-  },
-  { additionalProperties: false },
-)
-
-export type DockerTemplateSettingsInput = Static<typeof dockerTemplateSettingsSchema>
-export type DockerMount = Static<typeof dockerMountSchema>
-
 export const DOCKER_DEFAULTS = {
   url: 'unix:///var/run/docker.sock',
   requestTimeoutMs: 30_000, // 30 seconds per Engine API call
@@ -148,9 +55,19 @@ export const DOCKER_DEFAULTS = {
   publishIp: '127.0.0.1',
 } as const
 
+/** TLS material read from the files `tls` names. */
+export interface DockerTls {
+  readonly ca: string | null
+  readonly cert: string | null
+  readonly key: string | null
+  readonly verify: boolean
+  readonly serverName: string | null
+}
+
 export interface DockerHost {
   readonly name: string
   readonly url: string
+  readonly tls: DockerTls | null
   readonly maxInstances: number | null
   readonly maxConcurrentStarts: number | null
   readonly labels: Readonly<Record<string, string>>
@@ -188,6 +105,13 @@ export interface DockerTemplateSettings {
   readonly network: string | null
   readonly pullPolicy: 'ifNotPresent' | 'always' | 'never'
   readonly home: { readonly volume: string; readonly mountPath: string } | null
+  /** DeviceRequests: count -1 is all; deviceIds, when given, instead of a count. */
+  readonly gpus: {
+    readonly count: number
+    readonly deviceIds: readonly string[]
+    readonly driver: string
+    readonly capabilities: readonly string[]
+  } | null
   readonly hostSelector: Readonly<Record<string, string>>
   readonly stopGraceMs: number
 }
@@ -220,9 +144,12 @@ export function parseDockerProviderSettings(raw: Readonly<Record<string, unknown
       problems.push(`providers.docker.hosts.${i}.memory: "${String(h.memory)}" is not a size (e.g. 64g)`)
     const publishIp = h.publishIp ?? DOCKER_DEFAULTS.publishIp
     const address = h.address ?? (publishIp === '0.0.0.0' ? (url.kind === 'tcp' ? url.host : '127.0.0.1') : publishIp)
+    const tls = h.tls ? readTls(h.tls, `providers.docker.hosts.${i}.tls`, problems) : null
+    if (tls && url.kind !== 'tcp') problems.push(`providers.docker.hosts.${i}.tls: only for a tcp:// url`)
     hosts.push({
       name: h.name,
       url: h.url,
+      tls,
       maxInstances: h.maxInstances ?? null,
       maxConcurrentStarts: h.maxConcurrentStarts ?? null,
       labels: h.labels ?? {},
@@ -300,10 +227,44 @@ export function parseDockerTemplateSettings(
       network: s.network ?? null,
       pullPolicy: s.pullPolicy ?? 'ifNotPresent',
       home: s.home ?? null,
+      gpus: gpusOf(s.gpus),
       hostSelector: s.hostSelector ?? {},
       stopGraceMs,
     },
     problems: [],
+  }
+}
+
+function readTls(t: Static<typeof dockerTlsSchema>, path: string, problems: string[]): DockerTls {
+  const read = (file: string | undefined, key: string): string | null => {
+    if (file === undefined) return null
+    try {
+      return readFileSync(file, 'utf8')
+    } catch (err) {
+      problems.push(`${path}.${key}: cannot read "${file}" (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
+      return null
+    }
+  }
+  if ((t.cert === undefined) !== (t.key === undefined)) problems.push(`${path}: cert and key go together`)
+  return {
+    ca: read(t.ca, 'ca'),
+    cert: read(t.cert, 'cert'),
+    key: read(t.key, 'key'),
+    verify: t.verify ?? true,
+    serverName: t.serverName ?? null,
+  }
+}
+
+function gpusOf(g: DockerTemplateSettingsInput['gpus']): DockerTemplateSettings['gpus'] {
+  if (g === undefined) return null
+  const base = { deviceIds: [] as string[], driver: 'nvidia', capabilities: ['gpu'] }
+  if (g === 'all') return { ...base, count: -1 }
+  if (typeof g === 'number') return { ...base, count: g }
+  return {
+    count: g.count === undefined || g.count === 'all' ? -1 : g.count,
+    deviceIds: g.deviceIds ?? [],
+    driver: g.driver ?? 'nvidia',
+    capabilities: g.capabilities ?? ['gpu'],
   }
 }
 
