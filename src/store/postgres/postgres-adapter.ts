@@ -3,8 +3,8 @@
  *
  * `transaction(fn, poolLock)` first takes `pg_advisory_xact_lock(key(poolId))` when asked, so cap
  * checks and inserts are serialized across connections and replicas; the warm claim is one
- * statement that locks its row with `FOR UPDATE SKIP LOCKED` (warm-claim.ts), and concurrent claims
- * run at once on the pool's connections: a batch would serialize their round trips. The partial
+ * statement per batch that locks its rows with `FOR UPDATE SKIP LOCKED` (warm-claim.ts): the claims
+ * of one event-loop turn share it, and batches run at once on the pool's connections. The partial
  * unique index on (owner_id, template) over live states rejects a second live instance whatever the
  * caller did. Leader election is a session advisory lock (leader.ts).
  */
@@ -20,6 +20,7 @@ import type { WarmClaimInput, WarmClaimResult } from '../store.js'
 import type { Database } from '../tables.js'
 import { PgLeader } from './leader.js'
 import { claimWarmPg } from './warm-claim.js'
+import { WarmClaimBatcher } from '../warm-batcher.js'
 
 const MIGRATIONS: MigrationDialect = {
   serialPrimaryKey: (t, column) => t.addColumn(column, 'bigserial', (c) => c.primaryKey()),
@@ -112,6 +113,7 @@ class PostgresAdapter implements StoreAdapter {
   readonly #pool: pg.Pool
   readonly #leader: PgLeader
   readonly #assignKey: string
+  readonly #batcher = new WarmClaimBatcher((claims) => claimWarmPg(this.#pool, claims))
 
   constructor(pool: pg.Pool, leader: PgLeader, poolId: string) {
     this.#pool = pool
@@ -128,13 +130,14 @@ class PostgresAdapter implements StoreAdapter {
   }
 
   claimWarm(claim: WarmClaimInput, now: number): Promise<WarmClaimResult> {
-    return claimWarmPg(this.#pool, claim, now)
+    return this.#batcher.claim(claim, now)
   }
 
-  async assignWarm(claims: readonly WarmClaimInput[], now: number): Promise<WarmClaimResult[]> {
-    const out: WarmClaimResult[] = []
-    for (const c of claims) out.push(await claimWarmPg(this.#pool, c, now))
-    return out
+  assignWarm(claims: readonly WarmClaimInput[], now: number): Promise<WarmClaimResult[]> {
+    return claimWarmPg(
+      this.#pool,
+      claims.map((claim) => ({ claim, now })),
+    )
   }
 
   async recordActivity(db: Db, latest: ReadonlyMap<string, number>): Promise<void> {

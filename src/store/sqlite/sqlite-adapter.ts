@@ -18,7 +18,8 @@ import type { Db } from '../rows.js'
 import { refuseDamaged } from '../store-check.js'
 import type { WarmClaimInput, WarmClaimResult } from '../store.js'
 import type { Database } from '../tables.js'
-import { prepareWarmBatch, WarmClaimBatcher, type TimedClaim, type WarmBatch } from './warm-claims.js'
+import { prepareWarmBatch, type WarmBatch } from './warm-claims.js'
+import { WarmClaimBatcher, type TimedClaim } from '../warm-batcher.js'
 
 /** How long a SQLite writer waits for another process's lock before SQLITE_BUSY, ms. */
 const SQLITE_BUSY_TIMEOUT_MS = 5000

@@ -1,17 +1,9 @@
-/**
- * SQLite's warm hit: prepared statements run as one synchronous transaction, and the group commit
- * that lets the claims of one event-loop turn share it.
- */
+/** SQLite's warm hit: prepared statements run as one synchronous transaction. */
 import type BetterSqlite3 from 'better-sqlite3'
 import { LIVE_SQL, toInstance, warmAuditDetail } from '../rows.js'
-import type { WarmClaimInput, WarmClaimResult } from '../store.js'
+import type { WarmClaimResult } from '../store.js'
+import type { TimedClaim } from '../warm-batcher.js'
 import type { InstancesTable } from '../tables.js'
-
-/** One claim and the time it was made. */
-export interface TimedClaim {
-  readonly claim: WarmClaimInput
-  readonly now: number
-}
 
 export type WarmBatch = BetterSqlite3.Transaction<(claims: readonly TimedClaim[]) => WarmClaimResult[]>
 
@@ -50,50 +42,4 @@ export function prepareWarmBatch(db: BetterSqlite3.Database): WarmBatch {
       return { assigned: toInstance(row) }
     })
   })
-}
-
-interface Job extends TimedClaim {
-  readonly resolve: (r: WarmClaimResult) => void
-  readonly reject: (err: unknown) => void
-}
-
-/**
- * Group commit: warm claims that arrive in the same turn of the event loop share one transaction.
- * Writes serialize on SQLite's one connection anyway, and under load the commit, not the claim, is
- * most of a warm hit's cost. Each claim still checks for the user's live instance first, inside the
- * transaction, so a user's two requests in one batch get one instance. If the batch fails, each claim
- * runs again on its own and gets its own error.
- */
-export class WarmClaimBatcher {
-  readonly #run: (claims: readonly TimedClaim[]) => Promise<WarmClaimResult[]>
-  #jobs: Job[] = []
-
-  constructor(run: (claims: readonly TimedClaim[]) => Promise<WarmClaimResult[]>) {
-    this.#run = run
-  }
-
-  claim(claim: WarmClaimInput, now: number): Promise<WarmClaimResult> {
-    return new Promise((resolve, reject) => {
-      this.#jobs.push({ claim, now, resolve, reject })
-      if (this.#jobs.length === 1) setImmediate(() => void this.#flush())
-    })
-  }
-
-  async #flush(): Promise<void> {
-    const batch = this.#jobs
-    this.#jobs = []
-    try {
-      const results = await this.#run(batch)
-      batch.forEach((job, i) => job.resolve(results[i]!))
-    } catch (err) {
-      if (batch.length === 1) return batch[0]!.reject(err)
-      for (const job of batch) {
-        try {
-          job.resolve((await this.#run([job]))[0]!)
-        } catch (e) {
-          job.reject(e)
-        }
-      }
-    }
-  }
 }
