@@ -88,38 +88,53 @@ export function openPostgres(opts: PostgresOptions): StoreAdapter {
       super({ ...c, connectionTimeoutMillis: connectMs })
     }
   }
-  const pool = new pg.Pool({
-    ...cfg,
-    Client: BoundedClient,
-    connectionTimeoutMillis: timeouts.queryMs > 0 ? 2 * timeouts.queryMs : 0,
-    max: Math.max(1, opts.poolSize),
-  })
-  // An idle client that loses its connection emits 'error' on the pool; unhandled, it would crash the process.
-  pool.on('error', (err) =>
-    opts.log.warn(
-      { err: { message: err.message, code: (err as { code?: string }).code } },
-      'postgres idle client error',
-    ),
-  )
+  const newPool = (max: number, name: string) => {
+    const pool = new pg.Pool({
+      ...cfg,
+      Client: BoundedClient,
+      connectionTimeoutMillis: timeouts.queryMs > 0 ? 2 * timeouts.queryMs : 0,
+      max,
+      application_name: name,
+    })
+    // An idle client that loses its connection emits 'error' on the pool; unhandled, it would crash the process.
+    pool.on('error', (err) =>
+      opts.log.warn(
+        { err: { message: err.message, code: (err as { code?: string }).code } },
+        'postgres idle client error',
+      ),
+    )
+    return pool
+  }
+  // Warm claims get connections of their own, carved out of poolSize: behind every claim the pool
+  // tops up (an insert under the pool lock, then the new instance's provisioning and readiness
+  // writes, a dozen statements), and in one shared FIFO queue a claim waited behind all of them.
+  const total = Math.max(1, opts.poolSize)
+  const claimConnections = total >= 4 ? Math.max(1, Math.floor(total / 4)) : 0
+  const pool = newPool(total - claimConnections, 'studiopool')
+  const claimPool = claimConnections > 0 ? newPool(claimConnections, 'studiopool-claims') : pool
   // keepAlive: a half-open leader connection must not hold the leader lock for hours.
   const newClient = () => new pg.Client({ ...cfg, keepAlive: true, application_name: 'studiopool-leader' })
-  return new PostgresAdapter(pool, new PgLeader(newClient, advisoryKey(opts.poolId, 'leader'), opts.log), opts.poolId)
+  const leader = new PgLeader(newClient, advisoryKey(opts.poolId, 'leader'), opts.log)
+  return new PostgresAdapter({ pool, claimPool, leader, poolId: opts.poolId })
 }
 
 class PostgresAdapter implements StoreAdapter {
   readonly dialect = 'postgres' as const
   readonly db: Kysely<Database>
   readonly migrations = MIGRATIONS
-  readonly #pool: pg.Pool
+  /** For warm claims only (openPostgres): the same pool as Kysely's when poolSize is under 4. */
+  readonly #claimPool: pg.Pool
+  readonly #ownClaimPool: boolean
   readonly #leader: PgLeader
   readonly #assignKey: string
-  readonly #batcher = new WarmClaimBatcher((claims) => claimWarmPg(this.#pool, claims))
+  readonly #batcher = new WarmClaimBatcher((claims) => claimWarmPg(this.#claimPool, claims))
 
-  constructor(pool: pg.Pool, leader: PgLeader, poolId: string) {
-    this.#pool = pool
-    this.#leader = leader
-    this.#assignKey = advisoryKey(poolId, 'assign')
-    this.db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) })
+  constructor(o: { pool: pg.Pool; claimPool: pg.Pool; leader: PgLeader; poolId: string }) {
+    this.#claimPool = o.claimPool
+    this.#ownClaimPool = o.claimPool !== o.pool
+    this.#leader = o.leader
+    this.#assignKey = advisoryKey(o.poolId, 'assign')
+    this.db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: o.pool }) })
   }
 
   transaction<T>(fn: (db: Db) => Promise<T>, poolLock: boolean): Promise<T> {
@@ -135,7 +150,7 @@ class PostgresAdapter implements StoreAdapter {
 
   assignWarm(claims: readonly WarmClaimInput[], now: number): Promise<WarmClaimResult[]> {
     return claimWarmPg(
-      this.#pool,
+      this.#claimPool,
       claims.map((claim) => ({ claim, now })),
     )
   }
@@ -167,6 +182,7 @@ class PostgresAdapter implements StoreAdapter {
 
   async close(): Promise<void> {
     await this.#leader.close()
+    if (this.#ownClaimPool) await this.#claimPool.end().catch(() => {})
     await this.db.destroy()
   }
 }

@@ -5,8 +5,8 @@
  * statement of this process. Transactions open with `BEGIN IMMEDIATE` (taking the write lock up
  * front) so that another process on the same file waits on busy_timeout instead of failing a lock
  * upgrade half-way. SQLite is for one server process; use Postgres for replicas, so leading is
- * always ours. Warm claims run as one synchronous transaction of prepared statements, and the claims
- * of one event-loop turn share it (warm-claims.ts).
+ * always ours. Warm claims run as one synchronous transaction of prepared statements, the claims of
+ * one event-loop turn share it (warm-batcher.ts), and it runs ahead of queued statements (#runWarm).
  */
 import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
@@ -120,9 +120,14 @@ class SqliteAdapter implements StoreAdapter {
   }
 
   #runWarm(claims: readonly TimedClaim[]): Promise<WarmClaimResult[]> {
-    // Kysely's connection() holds its one connection's mutex, so no Kysely transaction is open
-    // while this synchronous one runs; prepared statements skip building and compiling SQL.
-    return this.db.connection().execute(async () => (this.#warmBatch ??= prepareWarmBatch(this.#raw)).immediate(claims))
+    const batch = (this.#warmBatch ??= prepareWarmBatch(this.#raw))
+    // Ahead of the statements queued on Kysely's connection mutex (a top-up's provisioning and
+    // readiness writes, a dozen per claim): the batch is one synchronous transaction, so whenever no
+    // Kysely transaction is open on the connection nothing can interleave with it. Inside one (it
+    // awaits between statements), wait for the mutex like everyone else: joining it would be wrong.
+    if (!this.#raw.inTransaction) return new Promise((resolve) => resolve(batch.immediate(claims)))
+    // Prepared statements skip building and compiling SQL.
+    return this.db.connection().execute(async () => batch.immediate(claims))
   }
 
   async recordActivity(
