@@ -20,7 +20,7 @@
  * server that has run for a while.
  *
  * Env: BENCH_STORES=sqlite,postgres  BENCH_SIZES=1000,10000  BENCH_MODES=prefilled,minfree  BENCH_CONCURRENCY=50
- *      BENCH_WARM=5000  BENCH_WARMUP=2000  BENCH_LIST_MS=3000  BENCH_MIN_FREE=10  BENCH_TOPUP_MIN_FREE=1500
+ *      BENCH_WARM=5000  BENCH_WARMUP=2000  BENCH_LIST_MS=3000  BENCH_MIN_FREE=10  BENCH_TOPUP_MIN_FREE=500
  */
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -58,7 +58,7 @@ const TARGET_WARM_P99: Record<'sqlite' | 'postgres', number> = { sqlite: 10, pos
 type Mode = 'prefilled' | 'minfree'
 const MODES = (process.env.BENCH_MODES ?? 'prefilled,minfree').split(',').map((s) => s.trim()) as Mode[]
 /** The `at minFree` pass: the template's minFree, and the free instances seeded (exactly that many). */
-const TOPUP_MIN_FREE = Number(process.env.BENCH_TOPUP_MIN_FREE ?? 1500)
+const TOPUP_MIN_FREE = Number(process.env.BENCH_TOPUP_MIN_FREE ?? 500)
 const TARGET_LIST_P99 = 50
 const log = pino({ level: 'silent' })
 
@@ -74,6 +74,28 @@ interface Result {
   readonly max: number
   readonly note: string
   readonly target?: number
+}
+
+interface RunResult {
+  n: number
+  rps: number
+  p50: number
+  p99: number
+  max: number
+  errors: Map<string, number>
+  /** With `raw`: every latency, ms, and the run's wall time, s. */
+  lat?: number[]
+  secs?: number
+}
+
+/** Runs combined into one distribution (the at-minFree rounds). */
+function combine(runs: RunResult[]): RunResult {
+  const lat = runs.flatMap((r) => r.lat ?? []).sort((a, b) => a - b)
+  const secs = runs.reduce((t, r) => t + (r.secs ?? 0), 0)
+  const pct = (p: number) => lat[Math.min(lat.length - 1, Math.floor((p / 100) * lat.length))] ?? NaN
+  const errors = new Map<string, number>()
+  for (const r of runs) for (const [k, v] of r.errors) errors.set(k, (errors.get(k) ?? 0) + v)
+  return { n: lat.length, rps: lat.length / secs, p50: pct(50), p99: pct(99), max: lat.at(-1) ?? NaN, errors }
 }
 
 /** The load client: a worker thread with its own event loop (and core), so latency is the server's. */
@@ -94,25 +116,24 @@ class LoadClient {
     sampleEvery?: number
     userPrefix?: string
     expectIds?: number
+    raw?: boolean
   }) {
     const id = ++this.#seq
-    return new Promise<{ n: number; rps: number; p50: number; p99: number; max: number; errors: Map<string, number> }>(
-      (resolve, reject) => {
-        const onMsg = (m: {
-          type: string
-          id: number
-          result: { n: number; rps: number; p50: number; p99: number; max: number; errors: Record<string, number> }
-        }) => {
-          if (m.type !== 'result' || m.id !== id) return
-          this.#w.off('message', onMsg)
-          this.#w.off('error', reject)
-          resolve({ ...m.result, errors: new Map(Object.entries(m.result.errors)) })
-        }
-        this.#w.on('message', onMsg)
-        this.#w.once('error', reject)
-        this.#w.postMessage({ type: 'run', id, job })
-      },
-    )
+    return new Promise<RunResult>((resolve, reject) => {
+      const onMsg = (m: {
+        type: string
+        id: number
+        result: Omit<RunResult, 'errors'> & { errors: Record<string, number> }
+      }) => {
+        if (m.type !== 'result' || m.id !== id) return
+        this.#w.off('message', onMsg)
+        this.#w.off('error', reject)
+        resolve({ ...m.result, errors: new Map(Object.entries(m.result.errors)) })
+      }
+      this.#w.on('message', onMsg)
+      this.#w.once('error', reject)
+      this.#w.postMessage({ type: 'run', id, job })
+    })
   }
   async close(): Promise<void> {
     await new Promise<void>((resolve) => {
@@ -158,6 +179,17 @@ async function seed(store: Store, assigned: number, free: number): Promise<void>
         createdAt: now - 3_600_000 + i,
       })
   })
+}
+
+/** Waits (polling the store, no fixed sleep) until the pool's own top-ups made `n` free ready instances. */
+async function warmPoolReady(store: Store, n: number): Promise<void> {
+  const deadline = performance.now() + 300_000
+  for (;;) {
+    const ready = await store.countInstances({ template: 'demo', assigned: false, states: ['ready'], limit: n })
+    if (ready >= n) return
+    if (performance.now() > deadline) throw new Error(`the warm pool reached ${ready} of ${n} ready instances in 300 s`)
+    await new Promise((r) => setTimeout(r, 200))
+  }
 }
 
 /** The app behind every fake instance in the `at minFree` pass: 200 to everything (the readiness probe). */
@@ -215,12 +247,15 @@ templates:
     // Seed through the Store API before the server starts (the server publishes what it finds).
     const t0 = performance.now()
     const seedStore = await createStore(config.store, { log, poolId: config.pool.id })
-    const seeded = size + (mode === 'minfree' ? minFree : WARMUP + WARM + 200)
-    await seed(seedStore, size, seeded - size)
+    // At minFree nothing is seeded: rows the fake provider never created would be reconciled away by
+    // the worker. The pool makes its warm pool itself (create + readiness probe), and the run waits for it.
+    const seeded = mode === 'minfree' ? 0 : size + WARMUP + WARM + 200
+    if (mode === 'prefilled') await seed(seedStore, size, seeded - size)
     await seedStore.close()
-    const seedMs = performance.now() - t0
 
     running = await start({ config, log, onBootstrapKey: () => {} })
+    if (mode === 'minfree') await warmPoolReady(running.store!, minFree)
+    const seedMs = performance.now() - t0
     const client = new LoadClient(running.url)
     const out: Result[] = []
     try {
@@ -255,25 +290,32 @@ templates:
       }
 
       // Warm hits: WARMUP unmeasured (JIT, key cache, connections), then WARM measured.
-      // At minFree, at most minFree claims per phase, and the top-ups drained in between: however far the
-      // top-ups fall behind, every measured claim still finds a free instance (a warm hit, not a cold start).
-      const cap = mode === 'minfree' ? minFree : Infinity
-      await client.run({
-        kind: 'warm',
-        key: ARENA,
-        count: Math.min(WARMUP, cap),
-        ms: WARM_MAX_MS,
-        userPrefix: 'warmup-',
-      })
-      await running.pool!.drain()
-      const warm = await client.run({
-        kind: 'warm',
-        key: ARENA,
-        count: Math.min(WARM, cap),
-        ms: WARM_MAX_MS,
-        userPrefix: 'bench-user-',
-      })
-      await running.pool!.drain()
+      // At minFree, rounds of at most minFree claims with the top-ups drained in between: however far
+      // the top-ups fall behind during a round, every claim still finds a free instance (a warm hit,
+      // not a cold start), and every claim leaves the pool short, so every one triggers a top-up.
+      const rounds = async (total: number, userPrefix: string): Promise<RunResult> => {
+        const per = mode === 'minfree' ? minFree : total
+        const runs: RunResult[] = []
+        for (let done = 0; done < total; done += per) {
+          const count = Math.min(per, total - done)
+          runs.push(
+            await client.run({
+              kind: 'warm',
+              key: ARENA,
+              count,
+              ms: WARM_MAX_MS,
+              userPrefix: `${userPrefix}${done}-`,
+              raw: true,
+            }),
+          )
+          await running!.pool!.drain()
+          if (mode === 'minfree') await warmPoolReady(running!.store!, minFree)
+        }
+        return combine(runs)
+      }
+      // Warm hits: WARMUP unmeasured (JIT, key cache, connections), then WARM measured.
+      await rounds(WARMUP, 'warmup-')
+      const warm = await rounds(WARM, 'bench-user-')
       // What the top-ups did meanwhile: instances beyond those seeded were created by them.
       const total = await running.store!.countInstances({ template: 'demo' })
       const created = total - seeded
@@ -283,7 +325,7 @@ templates:
         size,
         op: 'REQUEST_RSTUDIO warm hit',
         ...warm,
-        note: `seeded in ${(seedMs / 1000).toFixed(1)} s; top-ups created ${created}${fmtErrors(warm.errors)}`,
+        note: `${mode === 'minfree' ? `warm pool of ${minFree} made by the pool` : 'seeded'} in ${(seedMs / 1000).toFixed(1)} s; top-ups created ${created}${fmtErrors(warm.errors)}`,
         target: TARGET_WARM_P99[kind],
       })
     } finally {
@@ -318,12 +360,13 @@ function ratios(rows: Result[]): string[] {
     for (const mode of MODES) {
       const p = find('postgres', mode, size)
       const q = find('sqlite', mode, size)
-      if (p && q) out.push(`  ${size} assigned, ${MODE_LABEL[mode]}: Postgres / SQLite ${fmt(p, q)}`)
+      const where = mode === 'minfree' ? MODE_LABEL[mode] : `${size} assigned, ${MODE_LABEL[mode]}`
+      if (p && q) out.push(`  ${where}: Postgres / SQLite ${fmt(p, q)}`)
     }
     for (const store of STORES) {
       const t = find(store, 'minfree', size)
       const f = find(store, 'prefilled', size)
-      if (t && f) out.push(`  ${size} assigned, ${store}: at minFree / prefilled ${fmt(t, f)}`)
+      if (t && f) out.push(`  ${store}: at minFree / prefilled (${size} assigned) ${fmt(t, f)}`)
     }
   }
   return out
@@ -346,7 +389,7 @@ function table(rows: Result[]): string {
   const body = rows.map((r) => [
     r.store,
     MODE_LABEL[r.mode],
-    String(r.size),
+    r.mode === 'minfree' ? '-' : String(r.size),
     r.op,
     String(r.n),
     r.rps.toFixed(0),
@@ -372,6 +415,8 @@ console.log(
 )
 for (const size of SIZES) {
   for (const mode of MODES) {
+    // At minFree the pool makes its own instances and none are seeded: one pass per store, with the first size.
+    if (mode === 'minfree' && size !== SIZES[0]) continue
     for (const kind of STORES) {
       try {
         const r = await pass(kind, size, mode)
