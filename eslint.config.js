@@ -79,6 +79,21 @@ export default tseslint.config(
       'the gateway never imports the pool, the store or a provider',
     ]),
   },
+  // Nothing outside the store knows which dialect runs: what differs is behind its adapter
+  // (src/store/adapter.ts), so `store.dialect` is read only inside src/store/.
+  {
+    files: ['src/**/*.ts'],
+    ignores: ['src/store/**'],
+    rules: {
+      'no-restricted-syntax': [
+        'error',
+        {
+          selector: "MemberExpression[property.name='dialect']",
+          message: 'only src/store/ knows the dialect; add a Store method whose adapter decides (src/store/adapter.ts)',
+        },
+      ],
+    },
+  },
   {
     files: ['test/**/*.ts', 'bench/**/*.ts', 'src/**/*.test.ts'],
     rules: {

@@ -6,7 +6,7 @@ import { Pool } from 'undici'
 const { url, concurrency } = workerData
 const pool = new Pool(url, { connections: concurrency, pipelining: 1, keepAliveTimeout: 30_000 })
 
-async function run({ kind, key, count, ms, sampleEvery, userPrefix, expectIds }) {
+async function run({ kind, key, count, ms, sampleEvery, userPrefix, expectIds, raw }) {
   const lat = []
   const errors = {}
   let next = 0
@@ -45,7 +45,16 @@ async function run({ kind, key, count, ms, sampleEvery, userPrefix, expectIds })
   const secs = (performance.now() - t0) / 1000
   lat.sort((a, b) => a - b)
   const pct = (p) => lat[Math.min(lat.length - 1, Math.floor((p / 100) * lat.length))] ?? NaN
-  return { n: lat.length, rps: lat.length / secs, p50: pct(50), p99: pct(99), max: lat[lat.length - 1] ?? NaN, errors }
+  const out = {
+    n: lat.length,
+    rps: lat.length / secs,
+    p50: pct(50),
+    p99: pct(99),
+    max: lat[lat.length - 1] ?? NaN,
+    errors,
+  }
+  // raw: every latency and the wall time too, so that several runs combine into one distribution.
+  return raw ? { ...out, lat, secs } : out
 }
 
 parentPort.on('message', async (msg) => {

@@ -84,12 +84,6 @@ export interface RequestInput {
   readonly byOwner?: boolean
 }
 
-interface ClaimJob {
-  readonly claim: WarmClaimInput
-  readonly resolve: (r: WarmClaimResult) => void
-  readonly reject: (e: unknown) => void
-}
-
 const MAX_START_ATTEMPTS = 3
 /** Free instances a queued request or a new one may be given, most advanced first. */
 const FREE_LIVE = ['ready', 'starting', 'provisioning'] as const
@@ -127,8 +121,6 @@ export class PoolService {
   )(randomBytes(32).toString('base64url'))
   #topUp: Promise<void> | undefined
   #topUpAgain = false
-  /** Warm claims waiting for the next batch (see #claimWarm). */
-  readonly #claims: ClaimJob[] = []
   /** Backoff and circuit breaker for creates, per template. */
   readonly #breaker: CreateBreaker
   readonly #backoffTimers = new Map<string, NodeJS.Timeout>()
@@ -329,43 +321,9 @@ export class PoolService {
     return this.#result(inst, outcome)
   }
 
-  /**
-   * On SQLite, warm claims that arrive in the same turn of the event loop share one transaction
-   * (group commit): writes serialize on its one connection anyway, and under load the commit, not
-   * the claim, is most of a warm hit's cost. Each claim still checks for the user's live instance
-   * first, inside the transaction, so a user's two requests in one batch get one instance. If the
-   * batch fails, each claim runs again on its own and gets its own error. On Postgres each claim
-   * is one statement and they run at once on the pool's connections (SKIP LOCKED keeps them
-   * apart): a batch would serialize their round trips.
-   */
-  async #claimWarm(claim: WarmClaimInput): Promise<WarmClaimResult> {
-    const { store } = this.#d
-    if (store.dialect !== 'sqlite') return (await store.assignWarm([claim], this.#now()))[0]!
-    return new Promise((resolve, reject) => {
-      this.#claims.push({ claim, resolve, reject })
-      if (this.#claims.length === 1) setImmediate(() => this.#background(this.#flushClaims()))
-    })
-  }
-
-  async #flushClaims(): Promise<void> {
-    const batch = this.#claims.splice(0)
-    const { store } = this.#d
-    try {
-      const results = await store.assignWarm(
-        batch.map((j) => j.claim),
-        this.#now(),
-      )
-      batch.forEach((job, i) => job.resolve(results[i]!))
-    } catch (err) {
-      if (batch.length === 1) return batch[0]!.reject(err)
-      for (const job of batch) {
-        try {
-          job.resolve((await store.assignWarm([job.claim], this.#now()))[0]!)
-        } catch (e) {
-          job.reject(e)
-        }
-      }
-    }
+  /** The warm claim: the store decides how (SQLite commits the claims of one event-loop turn together). */
+  #claimWarm(claim: WarmClaimInput): Promise<WarmClaimResult> {
+    return this.#d.store.claimWarm(claim, this.#now())
   }
 
   /**

@@ -1,18 +1,11 @@
 /**
- * The two SQL backends: how to open them, and the few places where their SQL or their errors
- * differ. Everything else in sql-store.ts is dialect-neutral Kysely.
+ * What the store's callers and both adapters share about the two SQL backends: their configuration,
+ * advisory-lock keys, and how their errors read (a unique violation, an outage, a lost connection).
+ * How each one opens, transacts and claims lives in sqlite/ and postgres/ (adapter.ts).
  */
-import { mkdirSync } from 'node:fs'
-import { dirname } from 'node:path'
 import { createHash } from 'node:crypto'
-import { userInfo } from 'node:os'
-import BetterSqlite3 from 'better-sqlite3'
-import pg from 'pg'
-import { Kysely, PostgresDialect, SqliteDialect, type SqliteDatabase, type SqliteStatement } from 'kysely'
-import type { Logger } from 'pino'
-import type { Database } from './tables.js'
-import type { SqlDialect } from './migrations/index.js'
-import { refuseDamaged } from './store-check.js'
+
+export { pgClientConfig } from './postgres/postgres-adapter.js'
 
 export type StoreConfig =
   | { readonly driver: 'sqlite'; readonly path: string }
@@ -36,148 +29,6 @@ export const PG_TIMEOUT_DEFAULTS: PgTimeouts = {
   statementMs: 10_000,
   queryMs: 15_000,
   idleInTransactionMs: 60_000,
-}
-
-export interface OpenedDb {
-  readonly dialect: SqlDialect
-  readonly db: Kysely<Database>
-  /** SQLite only: the database handle under Kysely, for the synchronous hot path (Store.assignWarm). */
-  readonly sqlite?: BetterSqlite3.Database
-  /** Postgres only: the pool under Kysely, for named (prepared) statements on the hot path. */
-  readonly pgPool?: pg.Pool
-  /** Postgres only: a new dedicated client with the same settings (leader lock). */
-  readonly newClient?: () => pg.Client
-}
-
-/** How long a SQLite writer waits for another process's lock before SQLITE_BUSY, ms. */
-const SQLITE_BUSY_TIMEOUT_MS = 5000
-
-export function openSqlite(path: string, opts: { integrityCheck?: boolean } = {}): OpenedDb {
-  if (path !== ':memory:' && !path.startsWith('file:')) mkdirSync(dirname(path), { recursive: true })
-  const database = new BetterSqlite3(path)
-  try {
-    // WAL: readers never block the writer; NORMAL is durable across process crashes in WAL mode.
-    database.pragma('journal_mode = WAL')
-    database.pragma('synchronous = NORMAL')
-    database.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`)
-    database.pragma('foreign_keys = ON')
-    if (opts.integrityCheck) {
-      // A garbage page in the middle used to start fine and then fail every worker cycle (issue 9 item 5).
-      const rows = database.pragma('quick_check') as { quick_check: string }[]
-      const problems = rows.map((r) => r.quick_check).filter((r) => r !== 'ok')
-      if (problems.length) refuseDamaged(path, problems)
-    }
-  } catch (err) {
-    database.close()
-    const code = (err as { code?: unknown }).code
-    if (code === 'SQLITE_NOTADB' || (typeof code === 'string' && code.startsWith('SQLITE_CORRUPT')))
-      refuseDamaged(path, [(err as Error).message])
-    throw err
-  }
-  return {
-    dialect: 'sqlite',
-    sqlite: database,
-    db: new Kysely<Database>({ dialect: new SqliteDialect({ database: withStatementCache(database) }) }),
-  }
-}
-
-/** Statements kept per SQL text; the store issues a few dozen distinct ones. */
-const STATEMENT_CACHE_MAX = 500
-
-/**
- * Kysely's SQLite driver prepares every query anew; preparing was a tenth of a warm hit's CPU.
- * better-sqlite3 statements are reusable and run synchronously, so one per SQL text is safe
- * (the store never streams rows). Bounded, since `IN (…)` lists of other lengths are other texts.
- */
-function withStatementCache(database: BetterSqlite3.Database): SqliteDatabase {
-  const cache = new Map<string, BetterSqlite3.Statement>()
-  return {
-    close: () => database.close(),
-    prepare: (sql: string) => {
-      let stmt = cache.get(sql)
-      if (!stmt) {
-        stmt = database.prepare(sql)
-        if (cache.size < STATEMENT_CACHE_MAX) cache.set(sql, stmt)
-      }
-      return stmt as unknown as SqliteStatement
-    },
-  }
-}
-
-const PG_INT8 = 20
-const PG_NUMERIC = 1700
-
-/**
- * Timestamps are `bigint` on Postgres, and node-postgres returns int8 as a string by default
- * (it may exceed 2^53). Ours are epoch ms and counts, far below that, so this pool, and only
- * this pool (not pg.types globally, which other code in the process may rely on), reads them
- * as numbers.
- */
-const pgTypes: pg.CustomTypesConfig = {
-  getTypeParser: ((oid: number, format?: string) => {
-    if ((oid === PG_INT8 || oid === PG_NUMERIC) && format !== 'binary')
-      return (v: string) => (v === null ? null : Number(v))
-    return pg.types.getTypeParser(oid, format as 'text')
-  }) as pg.CustomTypesConfig['getTypeParser'],
-}
-
-export function pgClientConfig(url: string): pg.ClientConfig {
-  // libpq falls back to the OS user when the URL names none; node-postgres uses $USER, which
-  // is unset in some service managers and containers. Match libpq so `postgres://host/db` works.
-  // (It must go into the URL: pg lets the parsed connection string override a separate `user`.)
-  let connectionString = url
-  try {
-    const u = new URL(url)
-    if (u.username === '' && !process.env.PGUSER && !process.env.USER) {
-      u.username = encodeURIComponent(userInfo().username)
-      connectionString = u.toString()
-    }
-  } catch {
-    // not a URL (a keyword/value string): leave it to pg
-  }
-  return { connectionString, types: pgTypes }
-}
-
-export function openPostgres(
-  url: string,
-  poolSize: number,
-  log: Logger,
-  timeouts: PgTimeouts = PG_TIMEOUT_DEFAULTS,
-): OpenedDb {
-  const cfg: pg.ClientConfig = {
-    ...pgClientConfig(url),
-    connectionTimeoutMillis: timeouts.connectMs,
-    statement_timeout: timeouts.statementMs,
-    query_timeout: timeouts.queryMs,
-    idle_in_transaction_session_timeout: timeouts.idleInTransactionMs,
-  }
-  // pg-pool uses one setting for "connect" and "wait for a free pooled connection". A burst of
-  // requests may rightly wait longer than a connect may take (200 at once behind the pool lock),
-  // so each new connection gets connectMs of its own (the client enforces it) and the wait for a
-  // pooled one is bounded by twice the longest a query may run: longer means a dead store.
-  const connectMs = timeouts.connectMs
-  class BoundedClient extends pg.Client {
-    constructor(c?: pg.ClientConfig) {
-      super({ ...c, connectionTimeoutMillis: connectMs })
-    }
-  }
-  const pool = new pg.Pool({
-    ...cfg,
-    Client: BoundedClient,
-    connectionTimeoutMillis: timeouts.queryMs > 0 ? 2 * timeouts.queryMs : 0,
-    max: Math.max(1, poolSize),
-  })
-  // An idle client that loses its connection emits 'error' on the pool; unhandled, it would crash the process.
-  pool.on('error', (err) =>
-    log.warn({ err: { message: err.message, code: (err as { code?: string }).code } }, 'postgres idle client error'),
-  )
-  return {
-    dialect: 'postgres',
-    pgPool: pool,
-    db: new Kysely<Database>({ dialect: new PostgresDialect({ pool }) }),
-    // keepAlive: a half-open leader connection must not hold the leader lock for hours.
-    newClient: () => new pg.Client({ ...cfg, keepAlive: true, application_name: 'studiopool-leader' }),
-  }
 }
 
 /**

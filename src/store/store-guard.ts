@@ -23,6 +23,7 @@ const WRITES = new Set<string>([
   'transaction',
   'withPoolLock',
   'assignWarm',
+  'claimWarm',
   'probeWrite',
   'migrate',
 ])
@@ -48,6 +49,7 @@ function isConstraintError(err: Error): boolean {
   )
 }
 
+// eslint-disable-next-line max-lines-per-function -- one closure over the outage state (down, cutOff, probing) that every wrapped method shares
 export function guardStore(inner: Store, opts: { log: Logger; now?: () => number }): Store {
   const now = opts.now ?? Date.now
   let lastWriteError: StoreHealth['lastWriteError']

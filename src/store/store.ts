@@ -116,7 +116,7 @@ export interface StoreOps {
 
 export type StoreTx = StoreOps
 
-/** One warm claim for Store.assignWarm. */
+/** One warm claim for Store.claimWarm / Store.assignWarm. */
 export interface WarmClaimInput {
   readonly template: string
   readonly userId: string
@@ -137,6 +137,7 @@ export interface StoreHealth {
 }
 
 export interface Store extends StoreOps {
+  /** Which backend runs: for the store's own tests and diagnostics. Code outside src/store/ never reads it (eslint.config.js). */
   readonly dialect: 'sqlite' | 'postgres'
   /** Runs pending migrations. Idempotent; safe to call from several replicas at once. */
   migrate(): Promise<void>
@@ -149,6 +150,14 @@ export interface Store extends StoreOps {
    * an instance concurrently elsewhere; a throw means no claim of the batch took effect on SQLite.
    */
   assignWarm(claims: readonly WarmClaimInput[], now: number): Promise<WarmClaimResult[]>
+  /**
+   * The warm hit for one claim, as assignWarm([claim], now)[0] — the pool's REQUEST path. The store
+   * may run concurrent claims together: SQLite commits the claims made in one turn of the event loop
+   * in one transaction (group commit), each still seeing the ones before it; if that batch fails,
+   * each claim runs again alone and gets its own error. Postgres runs each claim as one statement,
+   * concurrently on its connections. Throws LiveInstanceExistsError as assignWarm does.
+   */
+  claimWarm(claim: WarmClaimInput, now: number): Promise<WarmClaimResult>
   /** Cheap query for /readyz. */
   ping(): Promise<void>
   /** A small write for /readyz (one meta row): fails when writes fail (disk full, read-only, no primary). */

@@ -311,6 +311,72 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
         assert.equal((await s.listHistory({})).length, 3, 'one assignment per claim that got an instance')
       }))
 
+    test('claimWarm: claims made at once (one batch on either store) each see the ones before them', () =>
+      withStore(async (s) => {
+        const a = await s.insertInstance(row({ state: 'ready', createdAt: 1 }))
+        const b = await s.insertInstance(row({ state: 'ready', createdAt: 2 }))
+        const j = await s.insertInstance(row({ template: 'jupyter', state: 'ready', createdAt: 3 }))
+        const c = (userId: string, template = 'rstudio') => ({ template, userId, keyName: 'k' })
+        const claims = [c('x'), c('x'), c('y'), c('z'), c('z', 'jupyter'), c('y')]
+        const out = await Promise.all(claims.map((cl, i) => s.claimWarm(cl, 50 + i)))
+        assert.equal(out[0]?.assigned?.id, a.id)
+        assert.equal(out[0]?.assigned?.assignedAt, 50, "each claim's own time")
+        assert.equal(out[1]?.existing?.id, a.id, 'the same user again gets the instance just assigned')
+        assert.equal(out[2]?.assigned?.id, b.id)
+        assert.equal(out[2]?.assigned?.assignedAt, 52)
+        assert.deepEqual(out[3], {}, 'no free rstudio left')
+        assert.equal(out[4]?.assigned?.id, j.id, 'another template still has one')
+        assert.equal(out[5]?.existing?.id, b.id)
+        const history = await s.listHistory({})
+        assert.deepEqual(
+          history.map((h) => [h.userId, h.instanceId, h.startedAt]).sort(),
+          [
+            ['x', a.id, 50],
+            ['y', b.id, 52],
+            ['z', j.id, 54],
+          ].sort(),
+          'one assignment per claim that got an instance',
+        )
+        const audit = await s.listAudit({ instanceId: b.id })
+        assert.deepEqual(
+          audit.map((e) => [e.event, e.actor, e.at, e.detail]),
+          [['assigned', 'k', 52, { userId: 'y', warm: true }]],
+        )
+      }))
+
+    test("claimWarm: a user with a live instance gets it back from a batch, the batch's other claims are served", () =>
+      withStore(async (s) => {
+        await s.insertInstance(row({ state: 'ready', createdAt: 1 }))
+        await s.insertInstance(row({ state: 'ready', createdAt: 2 }))
+        await s.insertInstance(row({ template: 'rstudio', state: 'starting', ownerId: 'busy', createdAt: 3 }))
+        const out = await Promise.allSettled([
+          s.claimWarm({ template: 'rstudio', userId: 'free-1', keyName: null }, 10),
+          s.claimWarm({ template: 'rstudio', userId: 'busy', keyName: null }, 11),
+          s.claimWarm({ template: 'rstudio', userId: 'free-2', keyName: null }, 12),
+        ])
+        assert.ok(out.every((r) => r.status === 'fulfilled'))
+        const [one, busy, two] = out.map((r) => (r.status === 'fulfilled' ? r.value : {}))
+        assert.ok(one?.assigned && two?.assigned && one.assigned.id !== two.assigned.id)
+        assert.equal(busy?.existing?.ownerId, 'busy', "the user's live instance, not a second one")
+        assert.equal(busy?.existing?.state, 'starting')
+      }))
+
+    test('concurrency: 50 users claim 10 free instances at once through claimWarm', () =>
+      withStore(async (s) => {
+        await Promise.all(Array.from({ length: 10 }, (_, i) => s.insertInstance(row({ createdAt: i }))))
+        const results = await Promise.all(
+          Array.from({ length: 50 }, (_, i) =>
+            s.claimWarm({ template: 'rstudio', userId: `user-${i}`, keyName: null }, 1000 + i),
+          ),
+        )
+        const claimed = results.flatMap((r) => (r.assigned ? [r.assigned] : []))
+        assert.equal(claimed.length, 10)
+        assert.equal(new Set(claimed.map((c) => c.id)).size, 10, 'each instance claimed once')
+        assert.equal(new Set(claimed.map((c) => c.ownerId)).size, 10, 'each user at most once')
+        assert.equal((await s.listHistory({})).length, 10, 'one assignment per claimed instance')
+        assert.equal(await s.countInstances({ assigned: false }), 0)
+      }))
+
     test('queuePosition and listQueued order oldest first per template', () =>
       withStore(async (s) => {
         const q2 = await s.insertInstance(row({ state: 'queued', ownerId: 'b', createdAt: 20 }))

@@ -7,6 +7,7 @@ import type { StoreMigration } from './index.js'
  * that this migration stays what it was when it ran, whatever the domain becomes later.
  */
 export const m0001Initial: StoreMigration = {
+  // eslint-disable-next-line max-lines-per-function -- a migration that ran stays as it was: one schema, read top to bottom
   async up(db: Kysely<any>, dialect): Promise<void> {
     const ts = 'bigint' // epoch ms; SQLite gives it INTEGER affinity
     await db.schema
@@ -42,11 +43,7 @@ export const m0001Initial: StoreMigration = {
 
     await db.schema
       .createTable('assignments')
-      .$call((t) =>
-        dialect === 'postgres'
-          ? t.addColumn('id', 'bigserial', (c) => c.primaryKey())
-          : t.addColumn('id', 'integer', (c) => c.primaryKey().autoIncrement()),
-      )
+      .$call((t) => dialect.serialPrimaryKey(t, 'id'))
       .addColumn('instance_id', 'text', (c) => c.notNull())
       .addColumn('template', 'text', (c) => c.notNull())
       .addColumn('user_id', 'text', (c) => c.notNull())
@@ -76,11 +73,7 @@ export const m0001Initial: StoreMigration = {
 
     await db.schema
       .createTable('audit_log')
-      .$call((t) =>
-        dialect === 'postgres'
-          ? t.addColumn('id', 'bigserial', (c) => c.primaryKey())
-          : t.addColumn('id', 'integer', (c) => c.primaryKey().autoIncrement()),
-      )
+      .$call((t) => dialect.serialPrimaryKey(t, 'id'))
       .addColumn('at', ts, (c) => c.notNull())
       .addColumn('instance_id', 'text')
       .addColumn('event', 'text', (c) => c.notNull())

@@ -1,14 +1,23 @@
-import type { Kysely, Migration, MigrationProvider } from 'kysely'
+import type { CreateTableBuilder, Kysely, Migration, MigrationProvider } from 'kysely'
 import { m0001Initial } from './0001-initial.js'
 import { m0002InstanceStartedAt } from './0002-instance-started-at.js'
 import { m0003FreeInstancesIndex } from './0003-free-instances-index.js'
 
 export type SqlDialect = 'sqlite' | 'postgres'
 
+/**
+ * The little a migration needs from its dialect, supplied by the store adapter (sqlite/, postgres/),
+ * so that no migration branches on which one runs.
+ */
+export interface MigrationDialect {
+  /** Adds an auto-incrementing integer primary-key column (`bigserial` / `integer autoincrement`). */
+  serialPrimaryKey(t: CreateTableBuilder<any, any>, column: string): CreateTableBuilder<any, any>
+}
+
 /** A migration that may differ slightly per dialect (identity columns). */
 export interface StoreMigration {
-  up(db: Kysely<any>, dialect: SqlDialect): Promise<void>
-  down?(db: Kysely<any>, dialect: SqlDialect): Promise<void>
+  up(db: Kysely<any>, dialect: MigrationDialect): Promise<void>
+  down?(db: Kysely<any>, dialect: MigrationDialect): Promise<void>
 }
 
 /**
@@ -21,7 +30,7 @@ const MIGRATIONS: Readonly<Record<string, StoreMigration>> = {
   '0003-free-instances-index': m0003FreeInstancesIndex,
 }
 
-export function migrationProvider(dialect: SqlDialect): MigrationProvider {
+export function migrationProvider(dialect: MigrationDialect): MigrationProvider {
   return {
     async getMigrations(): Promise<Record<string, Migration>> {
       const out: Record<string, Migration> = {}
