@@ -3,6 +3,7 @@ import { ConfigError, loadConfig } from '../config/load.js'
 import { StartupRefusedError } from '../domain/errors.js'
 import { ApiClient, ApiError } from './client.js'
 import { renderProgress, formatTable } from './format.js'
+import { packageVersion } from './version.js'
 
 /**
  * The studiopool binary: `serve` runs the server; every other command is a thin client of the REST
@@ -12,6 +13,7 @@ const program = new Command()
 program
   .name('studiopool')
   .description('Pools of RStudio, Jupyter and Shiny sessions behind an owner-only gateway')
+  .version(packageVersion(), '-V, --version', 'print the version')
   .showHelpAfterError()
 
 program

@@ -3,6 +3,7 @@ import { dirname, isAbsolute, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Value } from '@sinclair/typebox/value'
 import { parse as parseYaml } from 'yaml'
+import { DEMO_APP_SCRIPT } from '../demo-app/index.js'
 import { parseDuration } from '../domain/duration.js'
 import { TEMPLATE_NAME_RE } from '../domain/ids.js'
 import { checkUpstreamHeader } from '../domain/upstream-headers.js'
@@ -22,7 +23,8 @@ export class ConfigError extends Error {
 }
 
 export const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
-export const DEMO_APP = resolve(PACKAGE_ROOT, 'src/demo-app/server.mjs')
+/** The demo app beside this module's sources (src/demo-app/ in a checkout, dist/demo-app/ in the package). */
+export const DEMO_APP = DEMO_APP_SCRIPT
 
 /** Defaults, one place, units in the names or comments. */
 export const DEFAULTS = {
