@@ -1,9 +1,12 @@
 import { Command, Option } from 'commander'
-import { ConfigError, loadConfig } from '../config/load.js'
 import { StartupRefusedError } from '../domain/errors.js'
 import { ApiClient, ApiError } from './client.js'
 import { renderProgress, formatTable } from './format.js'
 import { packageVersion } from './version.js'
+
+// The configuration loader (TypeBox, YAML) and the HTTP client (undici) load when a command needs them,
+// so that `--version` and `--help` start quickly.
+const configLoader = () => import('../config/load.js')
 
 /**
  * The studiopool binary: `serve` runs the server; every other command is a thin client of the REST
@@ -36,6 +39,7 @@ program
       dataDir?: string
       logLevel?: string
     }) => {
+      const { ConfigError, loadConfig } = await configLoader()
       let config
       try {
         config = loadConfig({
@@ -145,6 +149,7 @@ program
   .option('--force', 'also when the store is not empty: add only the instances it does not know')
   .option('--json', 'print the report as JSON')
   .action(async (o: { config?: string; dataDir?: string; force?: boolean; json?: boolean }) => {
+    const { loadConfig } = await configLoader()
     const config = loadConfig({ file: o.config, overrides: { dataDir: o.dataDir } })
     const { runRecover } = await import('../recover-main.js')
     let report
@@ -341,8 +346,9 @@ function parsePort(v: string): number {
   return n
 }
 
-program.parseAsync(process.argv).catch((err: unknown) => {
+program.parseAsync(process.argv).catch(async (err: unknown) => {
   // A configuration the server can only judge at start (a provider's needs): exit 2, as for load errors.
+  const { ConfigError } = await configLoader()
   if (err instanceof ConfigError) {
     process.stderr.write(`${err.message}\n`)
     process.exit(2)
