@@ -5,7 +5,8 @@
 // real sessions, and adds generated history rows and 24 hours of generated state samples so that
 // the tables and the chart have something to show. Needs /usr/bin/chromium (or CHROMIUM_PATH).
 import { mkdirSync } from 'node:fs'
-import { demoTemplateYaml, devLogin, launchBrowser, startServer, waitFor } from '../test/web/helpers.js'
+import { waitFor } from '../test/helpers/wait.js'
+import { demoTemplateYaml, devLogin, launchBrowser, startServer } from '../test/web/helpers.js'
 import type { StateSample } from '../src/store/store.js'
 import { newInstanceId } from '../src/domain/ids.js'
 

@@ -1,5 +1,3 @@
-import { request } from 'undici'
-
 /** A small client of the REST API, for the CLI (and scripts). Errors carry the API's code. */
 export class ApiError extends Error {
   constructor(
@@ -18,6 +16,7 @@ export class ApiClient {
   ) {}
 
   async call<T = unknown>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<T> {
+    const { request } = await import('undici') // loaded by the commands that call the API only
     let res
     try {
       res = await request(new URL(path, this.baseUrl), {

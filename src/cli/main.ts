@@ -1,9 +1,13 @@
 import { Command, Option } from 'commander'
-import { ConfigError, loadConfig } from '../config/load.js'
 import { StartupRefusedError } from '../domain/errors.js'
 import { ApiClient, ApiError } from './client.js'
 import { renderProgress, formatTable } from './format.js'
 import { homesCommand } from './homes.js'
+import { packageVersion } from './version.js'
+
+// The configuration loader (TypeBox, YAML) and the HTTP client (undici) load when a command needs them,
+// so that `--version` and `--help` start quickly.
+const configLoader = () => import('../config/load.js')
 
 /**
  * The studiopool binary: `serve` runs the server; every other command is a thin client of the REST
@@ -13,6 +17,7 @@ const program = new Command()
 program
   .name('studiopool')
   .description('Pools of RStudio, Jupyter and Shiny sessions behind an owner-only gateway')
+  .version(packageVersion(), '-V, --version', 'print the version')
   .showHelpAfterError()
 
 program
@@ -35,6 +40,7 @@ program
       dataDir?: string
       logLevel?: string
     }) => {
+      const { ConfigError, loadConfig } = await configLoader()
       let config
       try {
         config = loadConfig({
@@ -144,6 +150,7 @@ program
   .option('--force', 'also when the store is not empty: add only the instances it does not know')
   .option('--json', 'print the report as JSON')
   .action(async (o: { config?: string; dataDir?: string; force?: boolean; json?: boolean }) => {
+    const { loadConfig } = await configLoader()
     const config = loadConfig({ file: o.config, overrides: { dataDir: o.dataDir } })
     const { runRecover } = await import('../recover-main.js')
     let report
@@ -342,8 +349,9 @@ function parsePort(v: string): number {
 
 program.addCommand(homesCommand())
 
-program.parseAsync(process.argv).catch((err: unknown) => {
+program.parseAsync(process.argv).catch(async (err: unknown) => {
   // A configuration the server can only judge at start (a provider's needs): exit 2, as for load errors.
+  const { ConfigError } = await configLoader()
   if (err instanceof ConfigError) {
     process.stderr.write(`${err.message}\n`)
     process.exit(2)

@@ -81,7 +81,7 @@ templates:
       const filler = await command(s.url, ARENA, 'REQUEST_SESSION', { userId: 'filler', template: 'full' })
       assert.equal(filler.status, 200, filler.text)
       // Quiet: every background task (provisioning, probes, warm top-up) has finished.
-      await waitFor(async () => (await s.store.getInstance(aliceId))?.state === 'ready', 10_000, 'alice ready')
+      await waitFor('alice ready', async () => (await s.store.getInstance(aliceId))?.state === 'ready', 10_000)
       await s.running.pool!.drain()
     })
     after(async () => {

@@ -75,7 +75,7 @@ for (const kind of STORES) {
       const r = await call(s.url, 'POST', '/api/v1/sessions', { key: ARENA, body: { userId: 'alice' } })
       assert.equal(r.status, 200, r.text)
       aliceId = r.json.instanceId
-      await waitFor(async () => (await s.store.getInstance(aliceId))?.state === 'ready', 10_000, 'alice ready')
+      await waitFor('alice ready', async () => (await s.store.getInstance(aliceId))?.state === 'ready', 10_000)
       await s.running.pool!.drain()
     })
     after(async () => {

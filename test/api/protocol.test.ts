@@ -50,10 +50,10 @@ templates:
         { ARENA_POOL_SERVICE_KEY: ARENA, PROXY_KEY: PROXY },
       )
       await waitFor(
+        'a warm demo instance',
         async () =>
           (await s.store.listInstances({ template: 'demo', assigned: false, states: ['ready'] })).length === 1,
         10_000,
-        'a warm demo instance',
       )
     })
     after(async () => {
@@ -139,11 +139,11 @@ templates:
       assert.equal(b.json.instanceId, a.json.instanceId)
       assert.equal(b.json.outcome, 'existing')
       await waitFor(
+        'cold start ready',
         async () =>
           (await command(s.url, ARENA, 'GET_STATUS', { instanceId: a.json.instanceId, userId: 'student-2' })).json
             .instance.state === 'ready',
         10_000,
-        'cold start ready',
       )
       assert.deepEqual((await command(s.url, PROXY, 'DELETE', { instanceId: a.json.instanceId })).json, {
         status: 'OK',

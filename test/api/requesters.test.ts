@@ -41,10 +41,10 @@ templates:
 `,
       )
       await waitFor(
+        'two warm instances',
         async () =>
           (await s.store.listInstances({ template: 'warm', assigned: false, states: ['ready'] })).length === 2,
         10_000,
-        'two warm instances',
       )
     })
     after(async () => {
@@ -104,9 +104,9 @@ templates:
       const b = await command(s.url, B, 'REQUEST_SESSION', { userId: 'dana', template: 'cold' })
       assert.equal(b.status, 200, b.text)
       await waitFor(
+        "B's session ready",
         async () => (await s.store.getInstance(b.json.instanceId))?.state === 'ready',
         10_000,
-        "B's session ready",
       )
       const launch = await request(a.json.url)
       assert.equal(launch.statusCode, 302)

@@ -119,10 +119,10 @@ templates:
     assert.equal(grant.status, 200, JSON.stringify(grant.body))
     const id = grant.body.instanceId as string
     await waitFor(
+      'ready',
       async () =>
         (await api(s.url, ARENA, 'GET', `/api/v1/instances/${id}?userId=alice`)).body.instance?.state === 'ready',
       20_000,
-      'ready',
     )
     const launch = await request(grant.body.url as string)
     await launch.body.dump()
@@ -156,7 +156,7 @@ templates:
       status: r.statusCode,
       text: await r.body.text(),
     }))
-    await waitFor(() => app.slowArrived(), 10_000, 'the slow request at the app')
+    await waitFor('the slow request at the app', () => app.slowArrived(), 10_000)
 
     const exited = new Promise<number | null>((r) => s.child.once('exit', (code) => r(code)))
     s.child.kill('SIGTERM')
@@ -164,7 +164,7 @@ templates:
     // Close frames 1001 at both ends.
     const c = await closed
     assert.equal(c.code, 1001, `the browser's WebSocket closed with ${c.code}`)
-    await waitFor(() => app.upstreamCloses.length > 0, 5_000, 'the app to see the close')
+    await waitFor('the app to see the close', () => app.upstreamCloses.length > 0, 5_000)
     assert.deepEqual(app.upstreamCloses, [1001])
 
     // The SSE stream ended, without an error.
@@ -173,6 +173,7 @@ templates:
 
     // A new connection is refused (or answered 503) while the slow request is still in flight.
     const refused = await waitFor(
+      'a new connection to be refused',
       async () => {
         try {
           const r = await request(`${s.url}/readyz`, { dispatcher: new Agent(), headersTimeout: 2000 })
@@ -184,7 +185,6 @@ templates:
         }
       },
       5_000,
-      'a new connection to be refused',
     )
     assert.ok(refused)
     assert.equal(s.child.exitCode, null, 'still running while a request is in flight')

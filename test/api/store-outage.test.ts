@@ -42,10 +42,10 @@ async function openSession(s: ServerProcess, userId: string): Promise<{ cookie: 
   assert.equal(grant.status, 200, JSON.stringify(grant.body))
   const id = grant.body.instanceId as string
   await waitFor(
+    'session ready',
     async () =>
       (await api(s.url, ARENA, 'GET', `/api/v1/instances/${id}?userId=${userId}`)).body.instance?.state === 'ready',
     20_000,
-    'session ready',
   )
   const launch = await request(grant.body.url as string)
   await launch.body.dump()
@@ -130,9 +130,9 @@ templates:
       }
       // Back: the API answers again without a restart.
       await waitFor(
+        'the API after SIGCONT',
         async () => (await api(s.url, ARENA, 'GET', '/api/v1/templates')).status === 200,
         20_000,
-        'the API after SIGCONT',
       )
 
       await pgc.stop()

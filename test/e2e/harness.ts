@@ -16,6 +16,7 @@ import { parse as parseYaml, stringify as stringifyYaml } from 'yaml'
 import { loadConfig } from '../../src/config/load.js'
 import { start, type Running } from '../../src/main.js'
 import { endSessionsUnder } from '../../src/providers/local/index.js'
+import { waitFor } from '../helpers/wait.js'
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
 export const EXAMPLES = join(REPO, 'examples')
@@ -56,30 +57,6 @@ export function e2eSkipReason(): string | undefined {
   throw new Error(
     `end-to-end tests need ${what}; install them (apt-get install ${missing.map((p) => p.pkg).join(' ')}) or set STUDIOPOOL_SKIP_E2E=1`,
   )
-}
-
-/** Polls `fn` until it returns a value other than undefined, or fails after `timeoutMs` with `what`. */
-export async function waitFor<T>(
-  what: string,
-  timeoutMs: number,
-  fn: () => Promise<T | undefined> | T | undefined,
-  intervalMs = 100,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  let lastErr: unknown
-  for (;;) {
-    try {
-      const v = await fn()
-      if (v !== undefined) return v
-    } catch (err) {
-      lastErr = err
-    }
-    if (Date.now() > deadline)
-      throw new Error(
-        `timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? ` (last error: ${(lastErr as Error).message})` : ''}`,
-      )
-    await new Promise((r) => setTimeout(r, intervalMs))
-  }
 }
 
 /** A minimal cookie jar for one origin: name → value (paths and expiry are not needed here). */
@@ -320,7 +297,7 @@ export async function startE2eServer(opts: { idleTimeout: string }): Promise<E2e
           }
         }
       }
-      await waitFor('every session process to exit', 10_000, () => ([...seenPids].some(alive) ? undefined : true))
+      await waitFor('every session process to exit', () => ([...seenPids].some(alive) ? undefined : true), 10_000)
       // Killed behind the provider's back, the sessions' namespaces and veths would outlive them.
       endSessionsUnder(dataDir, { pools: [config.pool.id], dropFirewall: true })
       rmSync(dataDir, { recursive: true, force: true })
@@ -361,7 +338,6 @@ export async function requestReady(
   const { instanceId, url } = r.body
   await waitFor(
     `${template} instance ${instanceId} to be ready`,
-    timeoutMs,
     async () => {
       const st = await s.command<{ instance: InstanceView }>('GET_STATUS', { instanceId, userId })
       const inst = st.body.instance
@@ -372,6 +348,7 @@ export async function requestReady(
       }
       return inst.state === 'ready' ? true : undefined
     },
+    timeoutMs,
     50,
   ).catch((err: Error) => {
     throw err instanceof FatalError ? err : new Error(`${err.message}\n--- output.log ---\n${s.outputLog(instanceId)}`)
@@ -395,17 +372,17 @@ export async function waitCulled(
 ): Promise<{ row: HistoryRow; instance: InstanceView }> {
   const row = await waitFor(
     `instance ${instanceId} to be culled`,
-    timeoutMs,
     async () => {
       const h = await s.api<{ history: HistoryRow[] }>(`/api/v1/history?instanceId=${instanceId}`)
       const r = h.history.find((x) => x.instanceId === instanceId)
       return r?.endedAt ? r : undefined
     },
+    timeoutMs,
     200,
   )
   const dir = s.instanceDir(instanceId)
   const left = () => [...new Set([...pids, ...sessionPids(dir)])].filter(alive)
-  await waitFor(`the processes of ${instanceId} to exit`, 15_000, () => (left().length === 0 ? true : undefined)).catch(
+  await waitFor(`the processes of ${instanceId} to exit`, () => (left().length === 0 ? true : undefined), 15_000).catch(
     (err: Error) => {
       throw new Error(
         `${err.message}: ${left()
@@ -415,10 +392,14 @@ export async function waitCulled(
     },
   )
   // The row moves stopping → terminated once the provider's destroy has returned.
-  const instance = await waitFor(`instance ${instanceId} to be terminated`, 15_000, async () => {
-    const st = await s.command<{ instance: InstanceView }>('GET_STATUS', { instanceId, userId })
-    if (st.status !== 200) throw new Error(`GET_STATUS after the cull: ${st.status} ${JSON.stringify(st.body)}`)
-    return st.body.instance.state === 'terminated' ? st.body.instance : undefined
-  })
+  const instance = await waitFor(
+    `instance ${instanceId} to be terminated`,
+    async () => {
+      const st = await s.command<{ instance: InstanceView }>('GET_STATUS', { instanceId, userId })
+      if (st.status !== 200) throw new Error(`GET_STATUS after the cull: ${st.status} ${JSON.stringify(st.body)}`)
+      return st.body.instance.state === 'terminated' ? st.body.instance : undefined
+    },
+    15_000,
+  )
   return { row, instance }
 }

@@ -8,6 +8,7 @@ import { existsSync } from 'node:fs'
 import { after, before, describe, test } from 'node:test'
 import { chromium, type Browser } from 'playwright-core'
 import WebSocket from 'ws'
+import { waitFor } from '../helpers/wait.js'
 import {
   CHROMIUM,
   CHROMIUM_ARGS,
@@ -17,7 +18,6 @@ import {
   sessionPids,
   requestReady,
   waitCulled,
-  waitFor,
   type E2eServer,
   type HistoryRow,
   type InstanceView,
@@ -186,13 +186,17 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
         buffers: [],
       }),
     )
-    const stream = await waitFor('a stream message answering execute_request', 30_000, () =>
-      messages.find((m) => m.msg_type === 'stream' && m.parent_header.msg_id === msgId),
+    const stream = await waitFor(
+      'a stream message answering execute_request',
+      () => messages.find((m) => m.msg_type === 'stream' && m.parent_header.msg_id === msgId),
+      30_000,
     )
     assert.equal(stream.content.name, 'stdout')
     assert.equal(stream.content.text, '42\n')
-    await waitFor('the execute_reply', 10_000, () =>
-      messages.find((m) => m.msg_type === 'execute_reply' && m.parent_header.msg_id === msgId),
+    await waitFor(
+      'the execute_reply',
+      () => messages.find((m) => m.msg_type === 'execute_reply' && m.parent_header.msg_id === msgId),
+      10_000,
     )
 
     // Jupyter logs every 4xx: none for the readiness probe ({{basePath}}api) or anything we sent.

@@ -8,7 +8,8 @@ import { RouteHub } from '../../src/gateway/route-hub.js'
 import { createRemoteRouteSource } from '../../src/gateway/remote.js'
 import type { RouteEvent } from '../../src/domain/routes.js'
 import { pino } from 'pino'
-import { route, waitFor } from './helpers.js'
+import { waitFor } from '../helpers/wait.js'
+import { route } from './helpers.js'
 
 describe('gatewayFeedRoutes', () => {
   let app: FastifyInstance
@@ -78,7 +79,7 @@ describe('gatewayFeedRoutes', () => {
       const b = route({ address: null })
       hub.upsert(b)
       hub.remove(a.instanceId, 'deleted')
-      await waitFor(() => events.length >= 3, 3000, 'events')
+      await waitFor('events', () => events.length >= 3, 3000)
       assert.deepEqual(
         events.slice(1).map((e) => e.type),
         ['upsert', 'remove'],

@@ -7,7 +7,8 @@ import { Agent, request } from 'undici'
 import type { RouteEntry } from '../../src/domain/routes.js'
 import { deriveAppToken } from '../../src/domain/app-token.js'
 import { createTokenService } from '../../src/gateway/tokens.js'
-import { route, SECRET, startUpstream, waitFor } from './helpers.js'
+import { waitFor } from '../helpers/wait.js'
+import { route, SECRET, startUpstream } from './helpers.js'
 import type { Upstream } from './helpers.js'
 
 const FEED = fileURLToPath(new URL('./fixtures/feed-server.ts', import.meta.url))
@@ -33,9 +34,9 @@ async function spawnChild(file: string, env: Record<string, string>): Promise<Ch
   exited.catch(() => {})
   const port: number = await Promise.race([
     waitFor(
+      `${file} port`,
       () => messages.find((m) => typeof m.port === 'number')?.port as number | undefined,
       20_000,
-      `${file} port`,
     ) as Promise<number>,
     exited,
   ])
@@ -82,11 +83,11 @@ describe('split mode: gateway and API feed in two processes', () => {
   })
 
   test('routes from the feed are served; a new route is routable within 1 s', async () => {
-    await waitFor(async () => (await status(r1.instanceId)) === 200, 10_000, 'r1 routable')
+    await waitFor('r1 routable', async () => (await status(r1.instanceId)) === 200, 10_000)
     assert.equal(await status(r2.instanceId), 404)
     const t0 = performance.now()
     sendFeed({ op: 'upsert', route: r2 })
-    await waitFor(async () => (await status(r2.instanceId)) === 200, 1000, 'r2 routable within 1 s')
+    await waitFor('r2 routable within 1 s', async () => (await status(r2.instanceId)) === 200, 1000)
     const took = performance.now() - t0
     assert.ok(took < 1000, `took ${took} ms`)
   })
@@ -104,19 +105,19 @@ describe('split mode: gateway and API feed in two processes', () => {
     assert.equal(second.statusCode, 401)
     await second.body.dump()
     await waitFor(
+      'activity at the feed',
       () =>
         feed!.messages.some(
           (m) => Array.isArray(m.activity) && (m.activity as { id: string }[]).some((e) => e.id === r1.instanceId),
         ),
       5000,
-      'activity at the feed',
     )
   })
 
   test("a template's upstreamHeaders travel with the route; the gateway process computes the app token from its own copy of the secret", async () => {
     const r4 = route({ address: app.url, ownerId: 'alice', upstreamHeaders: { Authorization: 'token {{appToken}}' } })
     sendFeed({ op: 'upsert', route: r4 })
-    await waitFor(async () => (await status(r4.instanceId)) === 200, 5000, 'r4 routable')
+    await waitFor('r4 routable', async () => (await status(r4.instanceId)) === 200, 5000)
     const r = await request(`http://127.0.0.1:${gw!.port}/s/${r4.instanceId}/echo`, {
       dispatcher: client,
       headers: { cookie, 'x-forwarded-user': 'root' },
@@ -133,7 +134,7 @@ describe('split mode: gateway and API feed in two processes', () => {
     assert.equal(await status(r2.instanceId), 200)
     // While it was down: r2 was deleted and r3 created.
     feed = await spawnChild(FEED, { FEED_PORT: String(port), FEED_KEY: KEY, FEED_ROUTES: JSON.stringify([r1, r3]) })
-    await waitFor(async () => (await status(r3.instanceId)) === 200, 10_000, 'r3 after resync')
+    await waitFor('r3 after resync', async () => (await status(r3.instanceId)) === 200, 10_000)
     assert.equal(await status(r2.instanceId), 404)
     assert.equal(await status(r1.instanceId), 200)
   })

@@ -3,7 +3,8 @@ import { after, before, describe, test } from 'node:test'
 import { Agent, request } from 'undici'
 import WebSocket from 'ws'
 import { WsFrameScanner } from '../../src/gateway/forward.js'
-import { route, startGateway, startUpstream, waitFor } from './helpers.js'
+import { waitFor } from '../helpers/wait.js'
+import { route, startGateway, startUpstream } from './helpers.js'
 import type { TestGateway, Upstream } from './helpers.js'
 
 function open(
@@ -52,12 +53,12 @@ describe('WebSockets and activity', () => {
 
   test('echo through the gateway: text, binary, large frames; the app sees the stripped path and no gateway cookie', async () => {
     const c = await open(wsUrl(a.instanceId), { cookie: `${g.cookie('alice')}; app=1`, origin: g.base })
-    await waitFor(() => c.messages.length >= 1, 5000, 'hello')
+    await waitFor('hello', () => c.messages.length >= 1, 5000)
     assert.deepEqual(JSON.parse(c.messages[0]!), { hello: '/ws?x=1', cookie: 'app=1' })
     c.ws.send('hi there')
     const big = 'x'.repeat(200_000) // 64-bit length frame header
     c.ws.send(big)
-    await waitFor(() => c.messages.length >= 3, 5000, 'echoes')
+    await waitFor('echoes', () => c.messages.length >= 3, 5000)
     const got = new Promise<Buffer>((r) => c.ws.once('message', (d) => r(d as Buffer)))
     assert.equal(c.messages[1], 'hi there')
     assert.equal(c.messages[2]!.length, big.length)
@@ -69,7 +70,7 @@ describe('WebSockets and activity', () => {
 
   test('client messages count as activity; server pushes and pings do not', async () => {
     const c = await open(wsUrl(a.instanceId), { cookie: g.cookie('alice') })
-    await waitFor(() => c.messages.length >= 1, 5000, 'hello')
+    await waitFor('hello', () => c.messages.length >= 1, 5000)
     await g.gw.flushActivity()
     g.activity.length = 0
     // Pings from the client and the server's pushes (with server pings) are not activity.
@@ -78,16 +79,16 @@ describe('WebSockets and activity', () => {
     await g.gw.flushActivity()
     assert.deepEqual(ids(g.activity), [], 'a ping is not activity')
     c.ws.send('push') // this message itself is activity; flush it away first
-    await waitFor(() => c.messages.some((m) => m.startsWith('pushed')), 5000, 'first push')
+    await waitFor('first push', () => c.messages.some((m) => m.startsWith('pushed')), 5000)
     await g.gw.flushActivity()
     assert.deepEqual(ids(g.activity), [a.instanceId])
     g.activity.length = 0
-    await waitFor(() => c.messages.filter((m) => m.startsWith('pushed')).length >= 10, 5000, 'pushes')
+    await waitFor('pushes', () => c.messages.filter((m) => m.startsWith('pushed')).length >= 10, 5000)
     await g.gw.flushActivity()
     assert.deepEqual(ids(g.activity), [], 'server pushes and pings are not activity')
     // One write per instance per interval however many messages.
     for (let i = 0; i < 20; i++) c.ws.send('m' + i)
-    await waitFor(() => c.messages.includes('m19'), 5000, 'echo m19')
+    await waitFor('echo m19', () => c.messages.includes('m19'), 5000)
     await g.gw.flushActivity()
     assert.equal(g.activity.length, 1)
     assert.deepEqual(ids(g.activity), [a.instanceId])
@@ -148,11 +149,11 @@ describe('WebSockets and activity', () => {
   test('removing a route closes its WebSockets but not those of another instance', async () => {
     const ca = await open(wsUrl(a.instanceId), { cookie: g.cookie('alice') })
     const cb = await open(wsUrl(b.instanceId), { cookie: g.cookie('bob') })
-    await waitFor(() => ca.messages.length >= 1 && cb.messages.length >= 1, 5000, 'hellos')
+    await waitFor('hellos', () => ca.messages.length >= 1 && cb.messages.length >= 1, 5000)
     await waitFor(
+      'gauge at 2',
       async () => /studiopool_gateway_websockets_open 2\n/.test(await g.registry.metrics()),
       5000,
-      'gauge at 2',
     )
     g.hub.remove(a.instanceId, 'deleted')
     const code = await Promise.race([
@@ -161,7 +162,7 @@ describe('WebSockets and activity', () => {
     ])
     assert.equal(code, 1006)
     cb.ws.send('still here')
-    await waitFor(() => cb.messages.includes('still here'), 5000, 'b still works')
+    await waitFor('b still works', () => cb.messages.includes('still here'), 5000)
     // A new generation of b drops b's connections too.
     g.hub.upsert({ ...b, address: app.url, generation: 2 })
     await Promise.race([
@@ -169,9 +170,9 @@ describe('WebSockets and activity', () => {
       new Promise<number>((_, rej) => setTimeout(() => rej(new Error('not closed')), 5000)),
     ])
     await waitFor(
+      'gauge back to 0',
       async () => /studiopool_gateway_websockets_open 0/.test(await g.registry.metrics()),
       5000,
-      'gauge back to 0',
     )
   })
 })

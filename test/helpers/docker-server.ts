@@ -11,7 +11,8 @@ import { existsSync, realpathSync } from 'node:fs'
 import { join } from 'node:path'
 import WebSocket from 'ws'
 import { stringify as stringifyYaml } from 'yaml'
-import { CookieJar, http, waitFor } from '../e2e/harness.js'
+import { CookieJar, http } from '../e2e/harness.js'
+import { waitFor } from './wait.js'
 import { DEMO_APP, REPO, api, type ServerProcess } from './server-process.js'
 import { TEST_IMAGE, TEST_USER } from './docker.js'
 
@@ -166,11 +167,15 @@ export async function waitReady(
   userId: string,
   timeoutMs = 120_000,
 ): Promise<InstanceStatus> {
-  return waitFor(`${instanceId} for ${userId} to be ready`, timeoutMs, async () => {
-    const st = await status(srv, key, instanceId, userId)
-    if (st.state === 'failed') throw new Error(`failed: ${st.failureReason}`)
-    return st.state === 'ready' ? st : undefined
-  })
+  return waitFor(
+    `${instanceId} for ${userId} to be ready`,
+    async () => {
+      const st = await status(srv, key, instanceId, userId)
+      if (st.state === 'failed') throw new Error(`failed: ${st.failureReason}`)
+      return st.state === 'ready' ? st : undefined
+    },
+    timeoutMs,
+  )
 }
 
 export interface Kernel {
@@ -242,7 +247,7 @@ export async function runInKernel(srv: ServerProcess, k: Kernel, code: string): 
       buffers: [],
     }),
   )
-  await waitFor('the kernel to run the code', 120_000, () => (replied ? true : undefined))
+  await waitFor('the kernel to run the code', () => (replied ? true : undefined), 120_000)
   ws.close()
   return out.join('')
 }

@@ -149,10 +149,10 @@ export async function startDockerd(opts: StartDockerdOptions = {}): Promise<Test
         // gone
       }
       try {
-        await waitFor(() => !pidAlive(pid), 20_000, `dockerd ${pid} to exit`)
+        await waitFor(`dockerd ${pid} to exit`, () => !pidAlive(pid), 20_000)
       } catch {
         process.kill(pid, 'SIGKILL')
-        await waitFor(() => !pidAlive(pid), 5_000, `dockerd ${pid} to exit after SIGKILL`)
+        await waitFor(`dockerd ${pid} to exit after SIGKILL`, () => !pidAlive(pid), 5_000)
       }
     }
   }
@@ -186,9 +186,9 @@ export async function startDockerd(opts: StartDockerdOptions = {}): Promise<Test
 
   try {
     await waitFor(
+      `dockerd to answer on ${socket} (log: ${logFile})`,
       async () => (await api('GET', '/_ping')).status === 200,
       30_000,
-      `dockerd to answer on ${socket} (log: ${logFile})`,
     )
     if (opts.image !== false) await importTestImage(api, dir)
   } catch (err) {

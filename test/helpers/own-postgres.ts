@@ -80,15 +80,16 @@ export async function startOwnPostgres(): Promise<OwnPostgres> {
   )
   child.unref()
   const pid = await waitFor(
+    'postmaster.pid',
     () => {
       const f = join(data, 'postmaster.pid')
       return existsSync(f) ? Number(readFileSync(f, 'utf8').split('\n')[0]) || undefined : undefined
     },
     30_000,
-    'postmaster.pid',
   )
   const url = `postgres://postgres@127.0.0.1:${port}/postgres`
   await waitFor(
+    'own Postgres accepting connections',
     async () => {
       const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 1000 })
       try {
@@ -100,7 +101,6 @@ export async function startOwnPostgres(): Promise<OwnPostgres> {
       }
     },
     30_000,
-    'own Postgres accepting connections',
   )
   const pids = () => {
     const out = [pid]
@@ -126,7 +126,7 @@ export async function startOwnPostgres(): Promise<OwnPostgres> {
       }
     }
     process.kill(pid, 'SIGINT')
-    await waitFor(() => !alive(pid), 30_000, 'own Postgres to stop')
+    await waitFor('own Postgres to stop', () => !alive(pid), 30_000)
   }
   return {
     url,

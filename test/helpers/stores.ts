@@ -93,19 +93,3 @@ const postgres: TestStoreKind = {
 export const STORE_KINDS: readonly TestStoreKind[] = [sqlite, postgres].filter(
   (k) => wanted.includes(k.name) && !(k.name === 'postgres' && SKIP_PG),
 )
-
-/** Polls `fn` until it returns a truthy value or the deadline passes (then throws with `what`). */
-export async function waitFor<T>(
-  fn: () => Promise<T> | T,
-  what: string,
-  timeoutMs = 10_000,
-  everyMs = 25,
-): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const v = await fn()
-    if (v) return v as NonNullable<T>
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, everyMs))
-  }
-}

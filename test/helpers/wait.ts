@@ -1,26 +1,34 @@
 import { createServer } from 'node:net'
 
+/** What `waitFor` resolves to: the first value of `fn` that is not undefined, null, false, 0 or ''. */
+export type Truthy<T> = Exclude<Awaited<T>, undefined | null | false | 0 | ''>
+
 /**
- * Polls `fn` until it returns a truthy value, or fails after `ms` naming `what` (and the last error
- * `fn` threw, which is otherwise treated as "not yet"). Polls quickly at first, then every 50 ms.
+ * The one polling helper of the tests: calls `fn` until it returns a truthy value and resolves to
+ * that value, or fails after `timeoutMs` naming `what` and the last error `fn` threw (an error
+ * counts as "not yet": a server still starting refuses connections). Polls quickly at first
+ * (10, 20, 40 ms), then every `intervalMs` (default 50 ms). Waits on a condition, never a sleep.
  */
 export async function waitFor<T>(
-  fn: () => Promise<T | undefined | null | false> | T | undefined | null | false,
-  ms: number,
   what: string,
-): Promise<T> {
-  const deadline = Date.now() + ms
+  fn: () => T | Promise<T>,
+  timeoutMs = 10_000,
+  intervalMs = 50,
+): Promise<Truthy<T>> {
+  const deadline = Date.now() + timeoutMs
   let last: unknown
   for (let i = 0; ; i++) {
     try {
       const v = await fn()
-      if (v) return v
+      if (v) return v as Truthy<T>
     } catch (err) {
       last = err
     }
     if (Date.now() > deadline)
-      throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`)
-    await new Promise((r) => setTimeout(r, Math.min(10 * 2 ** Math.min(i, 3), 50)))
+      throw new Error(
+        `timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`,
+      )
+    await new Promise((r) => setTimeout(r, Math.min(10 * 2 ** i, intervalMs)))
   }
 }
 

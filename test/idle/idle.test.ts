@@ -152,7 +152,7 @@ templates:
     assert.equal(res.statusCode, 302, 'the launch link is traded for a cookie')
     const cookie = String(res.headers['set-cookie'] ?? '').split(';')[0]!
     assert.match(cookie, /^[a-z_]+=v1\./)
-    await waitFor(async () => (await state(id)) === 'ready', 30_000, `${userId}'s session to be ready`)
+    await waitFor(`${userId}'s session to be ready`, async () => (await state(id)) === 'ready', 30_000)
     return { id, cookie }
   }
 
@@ -185,12 +185,12 @@ templates:
   /** Waits for the idle cull and checks when it came: not before IDLE_MS after `lastSentAt`, not long after. */
   async function assertCulledOnTime(id: string, lastSentAt: number): Promise<HistoryRow> {
     const row = await waitFor(
+      'the idle cull',
       async () => {
         const h = await historyRow(id)
         return h?.endedAt ? h : undefined
       },
       IDLE_MS + LATE_MS + 5000,
-      'the idle cull',
     )
     assert.equal(row.endReason, 'idle')
     const after = Date.parse(row.endedAt!) - lastSentAt
@@ -242,13 +242,13 @@ templates:
     const lastSentAt = await keepSending(id, async () => {
       const want = `hello ${i++}`
       c.ws.send(want)
-      await waitFor(async () => c.messages.includes(want), 5000, 'the echo')
+      await waitFor('the echo', async () => c.messages.includes(want), 5000)
     })
     // Still connected, and quiet: the open socket alone does not count.
     assert.equal(c.ws.readyState, WebSocket.OPEN)
     const row = await assertCulledOnTime(id, lastSentAt)
     t.diagnostic(`culled ${Date.parse(row.endedAt!) - lastSentAt} ms after the last message`)
-    await waitFor(async () => c.ws.readyState === WebSocket.CLOSED, 10_000, 'the culled session’s WebSocket to close')
+    await waitFor('the culled session’s WebSocket to close', async () => c.ws.readyState === WebSocket.CLOSED, 10_000)
   })
 
   test('server-sent events held open through the gateway do not keep a session alive', async (t) => {
@@ -371,12 +371,12 @@ templates:
       const { id, cookie } = await session('split-user', 'demo', gwBase)
       // The gateway learns of the session from the API's route stream.
       await waitFor(
+        'the gateway to route the session',
         async () =>
           (await request(`${gwBase}/s/${id}/counter`, { dispatcher: client, headers: { cookie } }).then(
             async (r) => (await r.body.dump(), r.statusCode),
           )) === 200,
         5000,
-        'the gateway to route the session',
       )
 
       const restartAfter = Date.now() + IDLE_MS
@@ -392,13 +392,13 @@ templates:
           gw = await startGatewayProcess()
           let lastStatus = 0
           await waitFor(
+            'the new gateway to route the session',
             async () =>
               (lastStatus = await request(`${gwBase}/s/${id}/counter`, {
                 dispatcher: client,
                 headers: { cookie },
               }).then(async (r) => (await r.body.dump(), r.statusCode))) === 200,
             5000,
-            'the new gateway to route the session',
           ).catch((err: Error) => {
             throw new Error(`${err.message} (last status ${lastStatus})\n${gw.output()}`)
           })

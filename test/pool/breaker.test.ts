@@ -12,7 +12,8 @@ import { request } from 'undici'
 import { AppError, ProviderError } from '../../src/domain/errors.js'
 import { CreateBreaker } from '../../src/pool/create-breaker.js'
 import { newInstanceId } from '../../src/domain/ids.js'
-import { STORE_KINDS, waitFor } from '../helpers/stores.js'
+import { waitFor } from '../helpers/wait.js'
+import { STORE_KINDS } from '../helpers/stores.js'
 
 /**
  * A pool id of this test's own: Postgres advisory-lock keys (the pool lock, worker leadership) derive
@@ -75,9 +76,9 @@ for (const kind of STORE_KINDS) {
           Object.assign(new Error("EACCES: permission denied, mkdir '/data/instances/x'"), { code: 'EACCES' })
         h.worker.start()
         // Over two seconds of worker cycles every 50 ms, at most a handful of creates (backoff ≥ 50 ms, growing to 200–400 ms).
-        await waitFor(() => h.pool.breakers()[0]?.open, 'the breaker to open', 30_000)
+        await waitFor('the breaker to open', () => h.pool.breakers()[0]?.open, 30_000)
         const t0 = Date.now()
-        await waitFor(() => Date.now() - t0 > 1500, 'time to pass under worker cycles', 3000, 100)
+        await waitFor('time to pass under worker cycles', () => Date.now() - t0 > 1500, 3000, 100)
         const creates = h.provider.calls.create
         assert.ok(creates <= 10, `creates are backed off (${creates} in ~2 s)`)
         const failed = await h.store.listInstances({ states: ['failed'] })
@@ -85,13 +86,13 @@ for (const kind of STORE_KINDS) {
         assert.match(h.pool.unavailableReason('demo')!, /EACCES/)
         // A request while the breaker is open (and its probe waits for the backoff): 503, nothing created or queued.
         const before = (await h.store.listInstances({})).length
-        const err = await waitFor(async () => {
+        const err = await waitFor('a 503 PROVIDER_UNAVAILABLE', async () => {
           const e = await h.pool.request({ userId: 'alice' }).then(
             () => undefined,
             (x: unknown) => x,
           )
           return e instanceof AppError && e.code === 'PROVIDER_UNAVAILABLE' ? e : undefined
-        }, 'a 503 PROVIDER_UNAVAILABLE')
+        })
         assert.equal(err.statusCode, 503)
         assert.match(err.message, /EACCES/)
         assert.ok(err.retryAfter! >= 1)
@@ -99,10 +100,10 @@ for (const kind of STORE_KINDS) {
         assert.equal((await h.store.findLive('alice', 'demo'))?.state ?? null, null)
         // The cause goes away: the worker's re-probe succeeds and closes the breaker, the warm pool fills.
         h.provider.failCreate = undefined
-        await waitFor(() => h.pool.breakers().length === 0, 'the breaker to close', 10_000)
+        await waitFor('the breaker to close', () => h.pool.breakers().length === 0, 10_000)
         await waitFor(
-          async () => (await h.store.listInstances({ states: ['ready'], assigned: false })).length === 1,
           'a warm instance',
+          async () => (await h.store.listInstances({ states: ['ready'], assigned: false })).length === 1,
         )
         assert.equal(h.pool.unavailableReason('demo'), undefined)
         const r = await h.pool.request({ userId: 'alice' })
@@ -122,7 +123,7 @@ for (const kind of STORE_KINDS) {
       try {
         h.provider.failCreate = () => new Error('fails at once')
         await h.pool.topUp()
-        await waitFor(() => h.provider.calls.create >= 5, 'the failing creates to run', 30_000)
+        await waitFor('the failing creates to run', () => h.provider.calls.create >= 5, 30_000)
         for (let i = 0; i < 5; i++) {
           const t0 = performance.now()
           const r = await request(`http://127.0.0.1:${(srv.address() as AddressInfo).port}/`)
@@ -131,8 +132,8 @@ for (const kind of STORE_KINDS) {
         }
         h.provider.failCreate = undefined
         await waitFor(
-          async () => (await h.store.listInstances({ states: ['ready'], assigned: false })).length === 1,
           'the warm pool to recover',
+          async () => (await h.store.listInstances({ states: ['ready'], assigned: false })).length === 1,
         )
       } finally {
         await new Promise<void>((r) => (srv.closeAllConnections(), srv.close(() => r())))

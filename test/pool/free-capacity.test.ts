@@ -10,7 +10,8 @@ import type { AddressInfo } from 'node:net'
 import { LIVE_STATES } from '../../src/domain/instance.js'
 import { newInstanceId } from '../../src/domain/ids.js'
 import type { Store } from '../../src/store/store.js'
-import { STORE_KINDS, waitFor } from '../helpers/stores.js'
+import { waitFor } from '../helpers/wait.js'
+import { STORE_KINDS } from '../helpers/stores.js'
 
 /**
  * A pool id of this test's own: Postgres advisory-lock keys (the pool lock, worker leadership) derive
@@ -82,8 +83,8 @@ for (const kind of STORE_KINDS) {
       harnesses.push(h)
       await h.pool.topUp()
       const warm = await waitFor(
-        async () => (await h.store.listInstances({ states: ['starting'], assigned: false }))[0],
         'the warm instance to be starting',
+        async () => (await h.store.listInstances({ states: ['starting'], assigned: false }))[0],
       )
       // Five users at once while the warm instance is still starting.
       const results = await Promise.all(
@@ -91,8 +92,8 @@ for (const kind of STORE_KINDS) {
       )
       // (No drain() while the app does not answer: the start probes run until the app answers.)
       await waitFor(
-        async () => (await h.store.listInstances({ states: ['starting'] })).length === 3,
         'three instances starting',
+        async () => (await h.store.listInstances({ states: ['starting'] })).length === 3,
       )
       const taker = results.find((r) => r.instance.id === warm.id)
       assert.ok(taker, 'one user was given the starting warm instance instead of a cold start')
@@ -102,8 +103,8 @@ for (const kind of STORE_KINDS) {
       await noQueueBesideFree(h.store)
       app.open()
       await waitFor(
-        async () => (await h.store.listInstances({ states: ['ready'] })).length === 3,
         'three ready instances',
+        async () => (await h.store.listInstances({ states: ['ready'] })).length === 3,
       )
       // A session ends: the first queued user gets the freed place; no free instance exists, so a new one is made.
       const first = results.find((r) => r.outcome === 'queued' && r.queuePosition === 1)!
@@ -143,28 +144,28 @@ for (const kind of STORE_KINDS) {
       const creates = h.provider.calls.create
       assert.equal(creates, 3)
       // Still starting: handed over already (a request may be given an instance that is still starting).
-      const moved = await waitFor(async () => {
+      const moved = await waitFor('the first queued request to take the free instance', async () => {
         const q = await h.store.getInstance(q1)
         return q && q.state !== 'queued' ? q : undefined
-      }, 'the first queued request to take the free instance')
+      })
       assert.equal(moved.ownerId, 'q1')
       assert.equal(moved.id, q1, 'the user keeps the instanceId and URL they were given')
       assert.equal((await h.store.getInstance(free.id))!.state, 'terminated', 'the free row ended')
       const res = h.provider.instances().find((r) => r.ref === moved.providerRef)!
       assert.equal(res.state === 'terminated', false, 'the resource was kept, not destroyed')
       await waitFor(
+        'the owner in the resource labels',
         () =>
           h.provider.calls.relabel > 0 &&
           res &&
           h.provider.instances().find((r) => r.ref === moved.providerRef)!.labels['studiopool:owner'] === 'q1',
-        'the owner in the resource labels',
       )
       assert.equal(h.provider.instances().find((r) => r.ref === moved.providerRef)!.instanceId, q1)
       assert.equal((await h.store.getInstance(q2))!.state, 'queued', 'the second waits: the pool is full')
       app.open()
       await waitFor(
-        async () => (await h.store.getInstance(q1))!.state === 'ready',
         'the handed-over instance to be ready',
+        async () => (await h.store.getInstance(q1))!.state === 'ready',
       )
       assert.equal(h.provider.calls.create, creates, 'no instance was made for the queue')
       // The worker does not reap the handed-over resource as an orphan of the ended free row.

@@ -6,7 +6,8 @@ import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { AppError } from '../../src/domain/errors.js'
 import { ACTIVE_STATES, LIVE_STATES } from '../../src/domain/instance.js'
-import { STORE_KINDS, waitFor } from '../helpers/stores.js'
+import { waitFor } from '../helpers/wait.js'
+import { STORE_KINDS } from '../helpers/stores.js'
 import { appServer, makeHarness } from './harness.js'
 
 const app = await appServer()
@@ -47,8 +48,8 @@ for (const kind of STORE_KINDS) {
         )
         await h.pool.drain()
         await waitFor(
-          async () => (await store.listInstances({ states: ['ready'] })).length === 50,
           '50 ready instances',
+          async () => (await store.listInstances({ states: ['ready'] })).length === 50,
         )
         assert.equal(h.provider.calls.create, 50, 'the provider was asked for exactly 50 instances')
         assert.equal(h.provider.instances().length, 50)
@@ -93,8 +94,8 @@ for (const kind of STORE_KINDS) {
       try {
         await h.pool.topUp()
         await waitFor(
-          async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 3,
           'three warm instances',
+          async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 3,
         )
         const results = await Promise.all(Array.from({ length: 20 }, () => h.pool.request({ userId: 'alice' })))
         const ids = new Set(results.map((r) => r.instance.id))
@@ -113,8 +114,8 @@ for (const kind of STORE_KINDS) {
       try {
         await h.pool.topUp()
         await waitFor(
-          async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 10,
           'ten warm instances',
+          async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 10,
         )
         const warm = new Set((await store.listInstances({ states: ['ready'], assigned: false })).map((i) => i.id))
         // On SQLite these share commits (one batch per turn of the event loop); a user's second request sees the first.
@@ -161,16 +162,16 @@ for (const kind of STORE_KINDS) {
       try {
         await h.pool.topUp()
         await waitFor(
-          async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 1,
           'one warm instance',
+          async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 1,
         )
         const a = await h.pool.request({ userId: 'a' })
         assert.equal(a.outcome, 'warm')
         assert.equal(a.instance.state, 'ready')
         // Top-up refills the warm pool (pool cap 2: one assigned + one free).
         await waitFor(
-          async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 1,
           'warm pool refilled',
+          async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 1,
         )
         const b = await h.pool.request({ userId: 'b' })
         assert.equal(b.outcome, 'warm')
@@ -182,8 +183,8 @@ for (const kind of STORE_KINDS) {
         await h.pool.release(a.instance.id, 'user', 'test')
         await h.pool.drain()
         await waitFor(
-          async () => (await store.getInstance(c.instance.id))?.state === 'ready',
           'the queued request is served when capacity frees',
+          async () => (await store.getInstance(c.instance.id))?.state === 'ready',
         )
         const hist = await store.listHistory({ userId: 'a' })
         assert.equal(hist.length, 1)
@@ -205,15 +206,15 @@ for (const kind of STORE_KINDS) {
       try {
         await h.pool.topUp()
         await waitFor(
-          async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 2,
           'two warm demo instances',
+          async () => (await store.listInstances({ states: ['ready'], assigned: false })).length === 2,
         )
         const r = await h.pool.request({ userId: 'x', template: 'other' })
         assert.equal(r.outcome, 'queued')
         await h.pool.drain()
         await waitFor(
-          async () => (await store.getInstance(r.instance.id))?.state === 'ready',
           'the other template gets its instance',
+          async () => (await store.getInstance(r.instance.id))?.state === 'ready',
         )
         const active = await store.countActive()
         assert.ok(active.total <= 2, `pool cap held: ${active.total}`)
@@ -229,10 +230,10 @@ for (const kind of STORE_KINDS) {
         h.provider.failCreate = () => new Error('InsufficientInstanceCapacity: no t2.micro in eu-central-1a')
         const r = await h.pool.request({ userId: 'f' })
         await h.pool.drain()
-        const inst = await waitFor(async () => {
+        const inst = await waitFor('the instance to fail', async () => {
           const i = await store.getInstance(r.instance.id)
           return i?.state === 'failed' ? i : undefined
-        }, 'the instance to fail')
+        })
         assert.match(inst.failureReason ?? '', /InsufficientInstanceCapacity/)
         const hist = await store.listHistory({ userId: 'f' })
         assert.equal(hist[0]!.endReason, 'failed')
@@ -253,8 +254,8 @@ for (const kind of STORE_KINDS) {
       }
       try {
         const r = await h.pool.request({ userId: 'p' })
-        await waitFor(() => token, 'create to be called')
-        await waitFor(async () => (await store.getInstance(r.instance.id))?.state === 'starting', 'starting')
+        await waitFor('create to be called', () => token)
+        await waitFor('starting', async () => (await store.getInstance(r.instance.id))?.state === 'starting')
         await assert.rejects(
           h.pool.reportProgress(r.instance.id, 'wrong-token', 50, 'x'),
           (e: AppError) => e.code === 'UNAUTHORIZED',

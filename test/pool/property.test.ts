@@ -10,7 +10,8 @@ import fc from 'fast-check'
 import { AppError } from '../../src/domain/errors.js'
 import { ACTIVE_STATES, LIVE_STATES, type Instance } from '../../src/domain/instance.js'
 import type { Store } from '../../src/store/store.js'
-import { STORE_KINDS, waitFor } from '../helpers/stores.js'
+import { waitFor } from '../helpers/wait.js'
+import { STORE_KINDS } from '../helpers/stores.js'
 import { appServer, makeHarness, type Harness } from './harness.js'
 
 const app = await appServer()
@@ -75,6 +76,7 @@ async function settle(h: Harness): Promise<void> {
     await h.worker.runOnce()
   }
   await waitFor(
+    'the pool to settle',
     async () => {
       await h.pool.drain()
       const moving = await h.store.listInstances({ states: ['provisioning', 'starting', 'stopping'] })
@@ -88,7 +90,6 @@ async function settle(h: Harness): Promise<void> {
       const after = await h.store.listInstances({ states: ['provisioning', 'starting', 'stopping'] })
       return after.length === 0 && h.pool.quiet
     },
-    'the pool to settle',
     20_000,
     20,
   )

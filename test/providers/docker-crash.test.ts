@@ -73,7 +73,7 @@ describe('kill -9 of the server during a docker create', { skip, timeout: 300_00
     let out = ''
     child.stdout.on('data', (d: Buffer) => (out += d.toString()))
     const exited = new Promise<void>((r) => child.once('exit', () => r()))
-    await waitFor(() => proxy.held === 1, 60_000, 'the child to reach the container start')
+    await waitFor('the child to reach the container start', () => proxy.held === 1, 60_000)
     child.kill('SIGKILL')
     await exited
     assert.doesNotMatch(out, /created/, 'killed before its create returned')
@@ -103,12 +103,12 @@ describe('kill -9 of the server during a docker create', { skip, timeout: 300_00
     assert.equal(adopted.ref, `h1/${before[0]!.Id}`, 'the same container')
     assert.equal(adopted.state, 'running')
     const res = await waitFor(
+      'the adopted session to answer',
       async () => {
         const r = await fetch(new URL('/', adopted.address!), { signal: AbortSignal.timeout(5000) })
         return r.ok ? ((await r.json()) as { instanceId: string }) : undefined
       },
       20_000,
-      'the adopted session to answer',
     )
     assert.equal(res.instanceId, id)
     const afterCreate = (await docker.api<unknown[]>('GET', `/containers/json?all=true&filters=${filter}`)).body

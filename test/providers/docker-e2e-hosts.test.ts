@@ -9,7 +9,8 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { CookieJar, http, waitFor } from '../e2e/harness.js'
+import { CookieJar, http } from '../e2e/harness.js'
+import { waitFor } from '../helpers/wait.js'
 import { dockerSkipReason, startDockerd, type TestDockerd } from '../helpers/docker.js'
 import { DEMO_TEMPLATE, demoDocker, dockerServerConfig, requestReady, waitReady } from '../helpers/docker-server.js'
 import { spawnServer, type ServerProcess } from '../helpers/server-process.js'
@@ -82,10 +83,14 @@ describe('two Docker daemons as two hosts, through the server and gateway', { sk
 
     process.kill(b.pid, 'SIGSTOP') // dockerd hangs: the server's calls to it time out
     stopped = true
-    await waitFor('b’s sessions to be replaced on a', 120_000, async () => {
-      const now = await running(a)
-      return sessions.every((s) => now.has(s.instanceId)) ? true : undefined
-    })
+    await waitFor(
+      'b’s sessions to be replaced on a',
+      async () => {
+        const now = await running(a)
+        return sessions.every((s) => now.has(s.instanceId)) ? true : undefined
+      },
+      120_000,
+    )
     for (const [i, s] of sessions.entries()) await waitReady(srv, key, s.instanceId, users[i]!)
     const again = await http(`${srv.url}/s/${moved.instanceId}/`, jar)
     assert.equal(again.status, 200, 'the same URL and cookie reach the replacement on a')
@@ -93,8 +98,10 @@ describe('two Docker daemons as two hosts, through the server and gateway', { sk
 
     process.kill(b.pid, 'SIGCONT')
     stopped = false
-    await waitFor('b’s superseded containers to be removed', 120_000, async () =>
-      (await running(b)).size === 0 ? true : undefined,
+    await waitFor(
+      'b’s superseded containers to be removed',
+      async () => ((await running(b)).size === 0 ? true : undefined),
+      120_000,
     )
     // a is full (maxInstances 4): new sessions go to b, which answers again.
     const more = [await requestReady(srv, key, 'u4', 'demo'), await requestReady(srv, key, 'u5', 'demo')]

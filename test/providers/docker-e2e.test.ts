@@ -15,7 +15,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { userSlug } from '../../src/providers/docker/index.js'
-import { CookieJar, http, waitFor } from '../e2e/harness.js'
+import { CookieJar, http } from '../e2e/harness.js'
+import { waitFor } from '../helpers/wait.js'
 import { dockerSkipReason, startDockerd, type TestDockerd } from '../helpers/docker.js'
 import {
   DEMO_TEMPLATE,
@@ -107,10 +108,14 @@ describe('docker sessions end to end (server, gateway, real Docker Engine)', { s
     assert.equal((await http(s.url, jar)).status, 200)
     const [before] = await containers(`studiopool.instance=${s.instanceId}`)
     assert.equal((await docker.api('POST', `/containers/${before!.Id}/kill`)).status, 204)
-    const replaced = await waitFor('a new container of the same instance', 60_000, async () => {
-      const live = (await containers(`studiopool.instance=${s.instanceId}`)).filter((c) => c.State === 'running')
-      return live.length === 1 && live[0]!.Id !== before!.Id ? live[0] : undefined
-    })
+    const replaced = await waitFor(
+      'a new container of the same instance',
+      async () => {
+        const live = (await containers(`studiopool.instance=${s.instanceId}`)).filter((c) => c.State === 'running')
+        return live.length === 1 && live[0]!.Id !== before!.Id ? live[0] : undefined
+      },
+      60_000,
+    )
     assert.equal(replaced.Labels['studiopool.generation'], '1', 'a new generation')
     await waitReady(srv, key, s.instanceId, 'kim')
     const again = await http(`${srv.url}/s/${s.instanceId}/`, jar)
@@ -119,12 +124,18 @@ describe('docker sessions end to end (server, gateway, real Docker Engine)', { s
 
   it('an idle cull removes the container and keeps the home volume', async () => {
     const s = await requestReady(srv, key, 'ivan', 'brief')
-    await waitFor('the idle session to be culled', 60_000, async () => {
-      const st = await status(srv, key, s.instanceId, 'ivan')
-      return st.state === 'terminated' ? st : undefined
-    })
-    await waitFor('its container to be removed', 30_000, async () =>
-      (await containers(`studiopool.instance=${s.instanceId}`)).length === 0 ? true : undefined,
+    await waitFor(
+      'the idle session to be culled',
+      async () => {
+        const st = await status(srv, key, s.instanceId, 'ivan')
+        return st.state === 'terminated' ? st : undefined
+      },
+      60_000,
+    )
+    await waitFor(
+      'its container to be removed',
+      async () => ((await containers(`studiopool.instance=${s.instanceId}`)).length === 0 ? true : undefined),
+      30_000,
     )
     const vol = await docker.api('GET', `/volumes/studiopool-home-${userSlug('ivan')}`)
     assert.equal(vol.status, 200, 'the home volume outlives the culled session')
@@ -157,8 +168,10 @@ describe('docker sessions end to end (server, gateway, real Docker Engine)', { s
       payload: { instanceId: s.instanceId, userId: 'hana' },
     })
     assert.equal(ended.status, 200, JSON.stringify(ended.body))
-    await waitFor('the container to be removed', 30_000, async () =>
-      (await containers(`studiopool.instance=${s.instanceId}`)).length === 0 ? true : undefined,
+    await waitFor(
+      'the container to be removed',
+      async () => ((await containers(`studiopool.instance=${s.instanceId}`)).length === 0 ? true : undefined),
+      30_000,
     )
     const del = spawnSync(
       process.execPath,
@@ -194,8 +207,10 @@ describe('docker sessions end to end (server, gateway, real Docker Engine)', { s
         payload: { instanceId: first.instanceId, userId: 'bob' },
       })
       assert.equal(ended.status, 200)
-      await waitFor('the first container to be removed', 30_000, async () =>
-        (await containers(`studiopool.instance=${first.instanceId}`)).length === 0 ? true : undefined,
+      await waitFor(
+        'the first container to be removed',
+        async () => ((await containers(`studiopool.instance=${first.instanceId}`)).length === 0 ? true : undefined),
+        30_000,
       )
       const second = await requestReady(srv, key, 'bob', 'jupyter')
       assert.notEqual(second.instanceId, first.instanceId)
@@ -216,8 +231,10 @@ describe('docker sessions end to end (server, gateway, real Docker Engine)', { s
       payload: { userId: 'dora', template: 'demo' },
     })
     assert.equal(r.status, 200, JSON.stringify(r.body))
-    await waitFor('the server to die after the create', 60_000, () =>
-      first.child.exitCode !== null || first.child.signalCode !== null ? true : undefined,
+    await waitFor(
+      'the server to die after the create',
+      () => (first.child.exitCode !== null || first.child.signalCode !== null ? true : undefined),
+      60_000,
     )
     const made = await containers(`studiopool.instance=${r.body.instanceId}`)
     assert.equal(made.length, 1, 'the create happened before the kill')

@@ -90,9 +90,9 @@ describe('docker provider on several hosts (two real daemons)', { skip, timeout:
     const creates = [0, 1, 2].map(() => limited.create(spec('limit-pool'), op))
     // Two creates reach the daemon; the third waits for a slot in the provider.
     await waitFor(
+      'two creates held and one waiting',
       () => proxy!.held === 2 && limited.hostStatus()[0]!.waiting === 1,
       20_000,
-      'two creates held and one waiting',
     )
     assert.equal(proxy.held, 2)
     assert.equal(limited.hostStatus()[0]!.starting, 2)
@@ -105,7 +105,7 @@ describe('docker provider on several hosts (two real daemons)', { skip, timeout:
     await unlimited.init(op)
     proxy.holdWhere(isCreate)
     const all = [0, 1, 2].map(() => unlimited.create(spec('nolimit-pool'), op))
-    await waitFor(() => proxy!.held === 3, 20_000, 'all three creates at the daemon at once')
+    await waitFor('all three creates at the daemon at once', () => proxy!.held === 3, 20_000)
     proxy.passAll()
     const made2 = await Promise.all(all)
     for (const i of [...made, ...made2]) await (made.includes(i) ? limited : unlimited).destroy(i.ref, op)
@@ -203,12 +203,12 @@ describe('docker provider on several hosts (two real daemons)', { skip, timeout:
     let resumed = false
     try {
       const listed = await waitFor(
+        "b's sessions to be listed as lost",
         async () => {
           const l = await p.list(op)
           return onB.every((i) => l.find((x) => x.ref === i.ref)?.state === 'terminated') ? l : null
         },
         20_000,
-        "b's sessions to be listed as lost",
       )
       for (const i of onB)
         assert.match(listed.find((x) => x.ref === i.ref)!.message ?? '', /Docker host b does not answer/)
@@ -233,12 +233,12 @@ describe('docker provider on several hosts (two real daemons)', { skip, timeout:
       process.kill(b.pid, 'SIGCONT')
       resumed = true
       const back = await waitFor(
+        "b's containers to be listed running again once it answers",
         async () => {
           const l = await p.list(op)
           return l.find((x) => x.ref === onB[1]!.ref)?.state === 'running' ? l : null
         },
         20_000,
-        "b's containers to be listed running again once it answers",
       )
       // The replaced session's old container on b is superseded: removed, one live container per instance.
       assert.deepEqual(
@@ -262,6 +262,7 @@ describe('docker provider on several hosts (two real daemons)', { skip, timeout:
     // Now b's daemon stops for good (a host lost): its sessions are lost.
     await b.kill()
     const listed = await waitFor(
+      "b's sessions to be listed as lost after its daemon stopped",
       async () => {
         const l = await p.list(op)
         return made
@@ -271,7 +272,6 @@ describe('docker provider on several hosts (two real daemons)', { skip, timeout:
           : null
       },
       20_000,
-      "b's sessions to be listed as lost after its daemon stopped",
     )
     for (const i of made.filter((x) => hostOf(x) === 'a'))
       assert.equal(listed.find((x) => x.ref === i.ref)?.state, 'running')

@@ -103,11 +103,11 @@ describe('Jupyter in a Docker session (real Docker Engine)', { skip, timeout: 30
   async function jupyterReady(inst: ProviderInstance, s: InstanceSpec, token: string): Promise<string> {
     const base = `${inst.address}${s.basePath}`
     await waitFor(
+      `Jupyter to answer at ${base}api`,
       async () =>
         (await fetch(`${base}api`, { headers: { authorization: `token ${token}` }, signal: AbortSignal.timeout(5000) }))
           .ok,
       90_000,
-      `Jupyter to answer at ${base}api`,
     )
     return base
   }
@@ -166,9 +166,9 @@ describe('Jupyter in a Docker session (real Docker Engine)', { skip, timeout: 30
         }),
       )
       const stream = await waitFor(
+        'the kernel to print',
         () => messages.find((m) => m.msg_type === 'stream' && m.parent_header.msg_id === msgId),
         60_000,
-        'the kernel to print',
       )
       assert.equal(stream.content.text, '42\n')
     } finally {

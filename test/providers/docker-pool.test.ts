@@ -80,6 +80,7 @@ describe('pool + worker over the docker provider (real Docker Engine)', { skip, 
 
   async function ready(id: string, generation = 0): Promise<Instance> {
     return waitFor(
+      `${id} ready (generation ≥ ${generation})`,
       async () => {
         await worker.runOnce()
         const i = await store.getInstance(id)
@@ -87,7 +88,6 @@ describe('pool + worker over the docker provider (real Docker Engine)', { skip, 
         return i && i.state === 'ready' && i.generation >= generation ? i : undefined
       },
       60_000,
-      `${id} ready (generation ≥ ${generation})`,
     )
   }
 
@@ -122,20 +122,20 @@ describe('pool + worker over the docker provider (real Docker Engine)', { skip, 
 
     // No activity: the idle cull (3 s) ends the session, removes the container, keeps the volume.
     const culled = await waitFor(
+      'the idle session to be culled',
       async () => {
         await worker.runOnce()
         const i = await store.getInstance(first.id)
         return i && i.state === 'terminated' ? i : undefined
       },
       60_000,
-      'the idle session to be culled',
     )
     assert.equal(culled.endReason, 'idle')
     const newRef = replaced.providerRef!.split('/')[1]!
     await waitFor(
+      'the culled container to be removed',
       async () => (await docker.api('GET', `/containers/${newRef}/json`)).status === 404,
       30_000,
-      'the culled container to be removed',
     )
     assert.equal(
       (await docker.api('GET', `/volumes/studiopool-home-${userSlug('alice')}`)).status,
@@ -153,12 +153,12 @@ describe('pool + worker over the docker provider (real Docker Engine)', { skip, 
     )
     await pool.release(again.id, 'user')
     await waitFor(
+      'the released session to be destroyed',
       async () => {
         await worker.runOnce()
         return (await provider.list({ log })).every((i) => i.state === 'terminated')
       },
       30_000,
-      'the released session to be destroyed',
     )
   })
 })

@@ -178,15 +178,15 @@ describe('docker launch progress and create-time errors (real Docker Engine)', {
       const first = spec({})
       const second = spec({})
       const a = p.create(first, op)
-      await waitFor(() => proxy.held === 1, 30_000, 'the first create to reach the daemon')
+      await waitFor('the first create to reach the daemon', () => proxy.held === 1, 30_000)
       const b = p.create(second, op)
       await waitFor(
+        'the second create to report its wait',
         () =>
           (reports.get(second.id) ?? []).some(
             (r) => r.message === 'waiting for a start slot on Docker host h1 (1 in line)',
           ),
         30_000,
-        'the second create to report its wait',
       )
       assert.equal(reports.get(first.id), undefined, 'the first had a slot and nothing to report')
       proxy.passAll()

@@ -84,12 +84,12 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
   async function app<T = Record<string, unknown>>(inst: ProviderInstance, path: string): Promise<T> {
     assert.ok(inst.address, 'the instance has an address')
     return waitFor(
+      `${inst.address}${path}`,
       async () => {
         const res = await fetch(new URL(path, inst.address!), { signal: AbortSignal.timeout(5000) })
         return res.ok ? ((await res.json()) as T) : undefined
       },
       20_000,
-      `${inst.address}${path}`,
     )
   }
 
@@ -238,9 +238,9 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
     const killed = await docker.api('POST', `/containers/${await containerIdOf(inst)}/kill?signal=KILL`)
     assert.equal(killed.status, 204)
     const listed = await waitFor(
+      'the killed container to be listed as terminated',
       async () => (await provider.list(op)).find((i) => i.ref === inst.ref && i.state === 'terminated'),
       10_000,
-      'the killed container to be listed as terminated',
     )
     assert.match(listed.message ?? '', /killed by signal 9 \(SIGKILL\)/)
     assert.equal(listed.address, null)
@@ -263,9 +263,9 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
     })
     const inst = await provider.create(spec(t), op)
     const listed = await waitFor(
+      'the exited container',
       async () => (await provider.list(op)).find((i) => i.ref === inst.ref && i.state === 'terminated'),
       10_000,
-      'the exited container',
     )
     assert.equal(listed.message, 'the container exited with code 3')
     await provider.destroy(inst.ref, op)
@@ -281,9 +281,9 @@ describe('docker provider (real Docker Engine)', { skip, timeout: 300_000 }, () 
     const inst = await provider.create(spec(t), op)
     await app(inst, '/alloc')
     const listed = await waitFor(
+      'the OOM-killed container',
       async () => (await provider.list(op)).find((i) => i.ref === inst.ref && i.state === 'terminated'),
       30_000,
-      'the OOM-killed container',
     )
     assert.equal(listed.message, 'the container was killed: out of memory (memory limit 64 MiB)')
     await provider.destroy(inst.ref, op)

@@ -14,7 +14,8 @@ import assert from 'node:assert/strict'
 import { RunInstancesCommand, type RunInstancesCommandInput } from '@aws-sdk/client-ec2'
 import { call, command, startServer, type TestServer } from '../api/helpers.js'
 import { dropSchemas } from '../helpers/pg.js'
-import { STORE_KINDS, waitFor } from '../helpers/stores.js'
+import { waitFor } from '../helpers/wait.js'
+import { STORE_KINDS } from '../helpers/stores.js'
 import { fetchLogin } from '../web/helpers.js'
 import { FakeEc2 } from './ec2-fake-aws.js'
 
@@ -51,10 +52,10 @@ for (const kind of STORE_KINDS) {
     })
 
     test('RunInstances denied: 503 PROVIDER_UNAVAILABLE naming the action, with Retry-After, nothing launched; shown in /readyz, templates and metrics; a re-probe closes the breaker', async () => {
-      const readyz = await waitFor(async () => {
+      const readyz = await waitFor('the breaker to open (readyz)', async () => {
         const r = await call(s.url, 'GET', '/readyz')
         return /unavailable: .*ec2:RunInstances/.test(r.json?.checks?.['template:rstudio'] ?? '') ? r : undefined
-      }, 'the breaker to open (readyz)')
+      })
       assert.match(readyz.json.checks['template:rstudio'], /AWS denied ec2:RunInstances/)
       const r = await command(s.url, ARENA, 'REQUEST_RSTUDIO', { userId: 'student-1' }, '/')
       assert.equal(r.status, 503, r.text)
@@ -87,8 +88,8 @@ for (const kind of STORE_KINDS) {
       // The operator fixes the policy: the worker's re-probe (after the backoff) launches, the breaker closes.
       aws.allow('RunInstances')
       await waitFor(
-        async () => (await call(s.url, 'GET', '/readyz')).json.checks['template:rstudio'] === 'ok',
         'the breaker to close',
+        async () => (await call(s.url, 'GET', '/readyz')).json.checks['template:rstudio'] === 'ok',
         30_000,
         100,
       )
@@ -96,7 +97,7 @@ for (const kind of STORE_KINDS) {
         (await call(s.url, 'GET', '/metrics', { key: s.adminKey })).text,
         /studiopool_template_unavailable\{template="rstudio"\} 0/,
       )
-      await waitFor(() => aws.instances.size >= 1, 'the warm instance to be launched')
+      await waitFor('the warm instance to be launched', () => aws.instances.size >= 1)
     })
 
     test('the user data posts progress to the instance callback URL; the claimed warm instance is tagged with its owner; GET_STATUS keyName is the key pair', async () => {
@@ -111,10 +112,10 @@ for (const kind of STORE_KINDS) {
       const id = r.json.instanceId as string
       const row = (await s.store.getInstance(id))!
       assert.ok(row.providerRef, 'the user got the launched warm instance (still starting), not a cold start')
-      const ec2 = await waitFor(() => {
+      const ec2 = await waitFor('CreateTags with the owner', () => {
         const inst = aws.instances.get(row.providerRef!)
         return inst?.tags['studiopool:owner'] === 'student-1' ? inst : undefined
-      }, 'CreateTags with the owner')
+      })
       assert.equal(ec2.tags['studiopool:requester'], 'arena')
       assert.equal(ec2.tags['studiopool:instance'], id)
       assert.equal(ec2.tags['studiopool:pool'], 'seed-pool')
@@ -127,10 +128,10 @@ for (const kind of STORE_KINDS) {
       // CreateTags denied: the claim is not held up and does not fail.
       aws.deny('CreateTags')
       await waitFor(
+        'the next warm instance',
         async () =>
           (await s.store.listInstances({ template: 'rstudio', assigned: false, states: ['starting', 'ready'] }))
             .length >= 1,
-        'the next warm instance',
       )
       const t0 = Date.now()
       const r2 = await command(s.url, ARENA, 'REQUEST_RSTUDIO', { userId: 'student-2' }, '/')

@@ -18,7 +18,8 @@ import {
   type ProviderInstance,
 } from '../../src/providers/provider.js'
 import { makeLocalDemoTemplate, makeTemplate } from '../helpers/template.js'
-import { killAll, localLeftovers, pidAlive, pidsInGroup, waitFor } from './helpers.js'
+import { waitFor } from '../helpers/wait.js'
+import { killAll, localLeftovers, pidAlive, pidsInGroup } from './helpers.js'
 
 const log = pino({ level: 'silent' })
 const op = { log }

@@ -12,7 +12,7 @@ import { join } from 'node:path'
 import { after, describe, test } from 'node:test'
 import { localScope } from '../../src/providers/local/index.js'
 import { STORE_KINDS } from '../helpers/stores.js'
-import { waitFor } from '../helpers/stores.js'
+import { waitFor } from '../helpers/wait.js'
 import { api, DEMO_APP, isAlive, killAll, spawnServer, type ServerProcess } from '../helpers/server-process.js'
 
 const ROUNDS = Number(process.env.STUDIOPOOL_KILL_ROUNDS ?? 10)
@@ -142,12 +142,12 @@ for (const kind of STORE_KINDS) {
         const srv = server
         // Settled: no instance still on its way (the worker retries interrupted creates and reaps orphans).
         const live = await waitFor(
+          `round ${round}: every live instance ready`,
           async () => {
             const r = await api<{ instances: View[] }>(srv.url, key, 'GET', '/api/v1/instances')
             const rows = r.body.instances
             return rows.every((i) => i.state === 'ready' || i.state === 'queued') ? rows : undefined
           },
-          `round ${round}: every live instance ready`,
           30_000,
           100,
         )
@@ -169,11 +169,11 @@ for (const kind of STORE_KINDS) {
         // 3. Every session process has its record and its live instance (orphans reaped after the 1 s grace).
         const liveIds = new Set(live.map((i) => i.instanceId))
         await waitFor(
+          `round ${round}: no session process without its record and live instance (${JSON.stringify([...markedSessions(scope)])})`,
           () =>
             [...markedSessions(scope)].every(
               ([pid, id]) => liveIds.has(holderOf(dataDir, id)) && recordOf(dataDir, id)?.pid === pid,
             ),
-          `round ${round}: no session process without its record and live instance (${JSON.stringify([...markedSessions(scope)])})`,
           15_000,
           100,
         )

@@ -26,7 +26,8 @@ import {
   type InstanceSpec,
 } from '../../src/providers/provider.js'
 import { createStoreFromUrl } from '../../src/store/sql-store.js'
-import { STORE_KINDS, waitFor } from '../helpers/stores.js'
+import { waitFor } from '../helpers/wait.js'
+import { STORE_KINDS } from '../helpers/stores.js'
 import { BIN } from '../helpers/server-process.js'
 import { appServer, makeHarness } from '../pool/harness.js'
 import { FakeEc2 } from '../providers/ec2-fake-aws.js'
@@ -59,8 +60,8 @@ for (const kind of STORE_KINDS) {
       try {
         await a.pool.topUp()
         await waitFor(
-          async () => (await a.store.listInstances({ states: ['ready'], assigned: false })).length === 2,
           'two warm instances',
+          async () => (await a.store.listInstances({ states: ['ready'], assigned: false })).length === 2,
         )
         const w = await a.pool.request({ userId: 'warm-user', keyName: 'arena' })
         assert.equal(w.outcome, 'warm')
@@ -74,10 +75,10 @@ for (const kind of STORE_KINDS) {
         coldUser = c.instance.id
         await a.pool.drain()
         await waitFor(
+          'the warm claim relabelled',
           () =>
             cloud.resources.get((providerA.instances().find((r) => r.instanceId === warmUser) ?? { ref: '' }).ref)
               ?.labels[LABEL_OWNER] === 'warm-user',
-          'the warm claim relabelled',
         )
         for (const [id, owner] of owners)
           assert.equal(
@@ -130,8 +131,8 @@ for (const kind of STORE_KINDS) {
       try {
         await b.worker.runOnce()
         await waitFor(
-          async () => (await store.listInstances({ states: ['ready'] })).length === live.length,
           'the recovered instances to be ready',
+          async () => (await store.listInstances({ states: ['ready'] })).length === live.length,
         )
         // The same requester as before (the requester is part of a session's identity, issue 8).
         const back = await b.pool.request({ userId: 'warm-user', keyName: 'arena' })

@@ -20,7 +20,7 @@ import { newInstanceId } from '../../src/domain/ids.js'
 import { LABEL_INSTANCE, LABEL_POOL, LABEL_TEMPLATE } from '../../src/providers/provider.js'
 import { createProvider } from '../../src/providers/local/index.js'
 import { makeLocalDemoTemplate } from '../helpers/template.js'
-import { waitFor } from '../helpers/stores.js'
+import { waitFor } from '../helpers/wait.js'
 import {
   api,
   DEMO_APP,
@@ -74,11 +74,11 @@ async function command(s: ServerProcess, key: string, command: string, payload: 
 
 async function waitReady(s: ServerProcess, key: string, instanceId: string, userId: string) {
   return waitFor(
+    `instance ${instanceId} ready`,
     async () => {
       const r = await command(s, key, 'GET_STATUS', { instanceId, userId })
       return r.status === 200 && r.body.instance.state === 'ready' ? r.body.instance : undefined
     },
-    `instance ${instanceId} ready`,
     30_000,
     100,
   )
@@ -123,8 +123,8 @@ describe('restart and recovery', () => {
     const cookie = await launch(g1.url)
     assert.equal(await getPage(`${a.url}/s/${g1.instanceId}/`, cookie), 200)
     await waitFor(
-      async () => (await api(a.url, key, 'GET', '/api/v1/pool')).body.byTemplate.demo?.ready === 3,
       'two assigned and one warm instance',
+      async () => (await api(a.url, key, 'GET', '/api/v1/pool')).body.byTemplate.demo?.ready === 3,
     )
     const before = livePids(dataDir)
     assert.equal(before.size, 3)
@@ -138,7 +138,7 @@ describe('restart and recovery', () => {
     const ids = (await command(b, key, 'GET_STATUS', {})).body.instances as string[]
     assert.deepEqual(new Set(ids), new Set([g1.instanceId, g2.instanceId]))
     const c0 = await workerCycles(b, key)
-    await waitFor(async () => (await workerCycles(b, key)) >= c0 + 3, 'three worker cycles after the restart')
+    await waitFor('three worker cycles after the restart', async () => (await workerCycles(b, key)) >= c0 + 3)
     assert.deepEqual(livePids(dataDir), before, 'the same processes, none leaked, none duplicated')
     // The launch cookie from before the restart still works (the secret lives in the store).
     assert.equal(await getPage(`${b.url}/s/${g1.instanceId}/`, cookie), 200)
@@ -146,11 +146,11 @@ describe('restart and recovery', () => {
 
     // Nobody sends anything now: both sessions are culled after the idle timeout, and not much later.
     await waitFor(
+      'both sessions culled as idle',
       async () => {
         const h = (await api(b.url, key, 'GET', '/api/v1/history?reason=idle')).body.history as unknown[]
         return h.length === 2
       },
-      'both sessions culled as idle',
       30_000,
       100,
     )
@@ -161,8 +161,8 @@ describe('restart and recovery', () => {
       `culled on time (${culledAfter} ms after the last activity, ${Date.now() - killedAt} ms after the kill)`,
     )
     await waitFor(
-      () => !isAlive(before.get(g1.instanceId)!) && !isAlive(before.get(g2.instanceId)!),
       'the culled processes gone',
+      () => !isAlive(before.get(g1.instanceId)!) && !isAlive(before.get(g2.instanceId)!),
     )
     await b.kill()
   })
@@ -200,6 +200,7 @@ describe('restart and recovery', () => {
     // The client reconnects with backoff, as a browser app would, to the same URL.
     let ws2: WebSocket | undefined
     await waitFor(
+      'a WebSocket to the replacement',
       async () => {
         try {
           ws2 = await connect()
@@ -208,7 +209,6 @@ describe('restart and recovery', () => {
           return false
         }
       },
-      'a WebSocket to the replacement',
       30_000,
       200,
     )
@@ -233,7 +233,7 @@ describe('restart and recovery', () => {
       const a = await start(cwd, config(), { STUDIOPOOL_TEST_FAULT: fault })
       const key = a.adminKey!
       const r = await command(a, key, 'REQUEST_SESSION', { userId: 'u4' }).catch(() => undefined)
-      await waitFor(() => a.child.exitCode !== null || a.child.signalCode !== null, 'the server to die at the fault')
+      await waitFor('the server to die at the fault', () => a.child.exitCode !== null || a.child.signalCode !== null)
       const orphanPids = livePids(dataDir)
       assert.equal(orphanPids.size, fault === 'kill-after-create' ? 1 : 0)
 
@@ -285,12 +285,13 @@ describe('restart and recovery', () => {
     const pid = livePids(dataDir).get(id)!
     assert.ok(isAlive(pid))
     const c0 = await workerCycles(s, key)
-    await waitFor(async () => (await workerCycles(s, key)) >= c0 + 2, 'two worker cycles')
+    await waitFor('two worker cycles', async () => (await workerCycles(s, key)) >= c0 + 2)
     if (Date.now() - bornAt < 1500) assert.ok(isAlive(pid), 'not reaped before the grace')
-    await waitFor(() => !isAlive(pid), 'the orphan reaped', 20_000, 100)
+    await waitFor('the orphan reaped', () => !isAlive(pid), 20_000, 100)
     assert.ok(Date.now() - bornAt >= 2000, 'reaped only after the grace')
     // Audited once the destroy has finished (the process goes first, then its namespace).
     await waitFor(
+      'the reaping audited',
       async () => {
         const audit = (await api(s.url, key, 'GET', `/api/v1/audit?instanceId=${id}`)).body.events as {
           event: string
@@ -298,7 +299,6 @@ describe('restart and recovery', () => {
         }[]
         return audit.some((e) => e.event === 'orphan-reaped' && e.detail.ref === made.ref)
       },
-      'the reaping audited',
       10_000,
       100,
     )

@@ -18,7 +18,8 @@ import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import WebSocket from 'ws'
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml'
-import { CookieJar, EXAMPLES, e2eSkipReason, http, waitFor } from '../e2e/harness.js'
+import { waitFor } from '../helpers/wait.js'
+import { CookieJar, EXAMPLES, e2eSkipReason, http } from '../e2e/harness.js'
 import { api, killAll, spawnServer, type ServerProcess } from '../helpers/server-process.js'
 
 const IS_ROOT = process.getuid?.() === 0
@@ -58,20 +59,24 @@ async function requestReady(
     payload: { userId, template },
   })
   assert.equal(r.status, 200, JSON.stringify(r.body))
-  await waitFor(`${template} for ${userId} to be ready`, 90_000, async () => {
-    const st = await api<{ instance: { state: string; failureReason: string | null } }>(
-      srv.url,
-      key,
-      'POST',
-      '/api/commands',
-      {
-        command: 'GET_STATUS',
-        payload: { instanceId: r.body.instanceId, userId },
-      },
-    )
-    if (st.body.instance.state === 'failed') throw new Error(`failed: ${st.body.instance.failureReason}`)
-    return st.body.instance.state === 'ready' ? true : undefined
-  })
+  await waitFor(
+    `${template} for ${userId} to be ready`,
+    async () => {
+      const st = await api<{ instance: { state: string; failureReason: string | null } }>(
+        srv.url,
+        key,
+        'POST',
+        '/api/commands',
+        {
+          command: 'GET_STATUS',
+          payload: { instanceId: r.body.instanceId, userId },
+        },
+      )
+      if (st.body.instance.state === 'failed') throw new Error(`failed: ${st.body.instance.failureReason}`)
+      return st.body.instance.state === 'ready' ? true : undefined
+    },
+    90_000,
+  )
   return r.body
 }
 
@@ -146,7 +151,7 @@ async function runInKernel(
       buffers: [],
     }),
   )
-  await waitFor('the attack script to finish', 120_000, () => (replied ? true : undefined))
+  await waitFor('the attack script to finish', () => (replied ? true : undefined), 120_000)
   ws.close()
   return out.join('')
 }

@@ -133,7 +133,7 @@ describe('role probes: --role gateway', () => {
       config: `${await storeYaml(kind, apiDir)}server: { dataDir: ${JSON.stringify(join(apiDir, 'data'))} }\ntemplates:\n  demo:\n    provider: fake\n`,
     })
     procs.push(a)
-    await waitFor(async () => (await get(`${g.url}/readyz`)).status === 200, 20_000, 'the gateway ready')
+    await waitFor('the gateway ready', async () => (await get(`${g.url}/readyz`)).status === 200, 20_000)
     // A session path named like a probe still goes to the session handling, not the probes.
     assert.notEqual((await get(`${g.url}/s/${'a'.repeat(20)}/healthz`)).text, '{"status":"ok"}')
   })
@@ -177,7 +177,7 @@ describe('the gateway role is isolated from the API process', () => {
         STUDIOPOOL_PUBLIC_URL: gwUrl,
       })
       const gw = g.url
-      await waitFor(async () => (await get(`${gw}/readyz`)).status === 200, 20_000, 'the gateway ready')
+      await waitFor('the gateway ready', async () => (await get(`${gw}/readyz`)).status === 200, 20_000)
       const r = await request(`${apiUrl}/api/v1/sessions`, {
         method: 'POST',
         headers: { authorization: `Bearer ${ARENA}`, 'content-type': 'application/json' },
@@ -186,21 +186,21 @@ describe('the gateway role is isolated from the API process', () => {
       const grant = (await r.body.json()) as { instanceId: string; url: string }
       assert.equal(r.statusCode, 200)
       await waitFor(
+        'ready',
         async () =>
           (await get(`${apiUrl}/api/v1/instances/${grant.instanceId}?userId=alice`, ARENA)).json?.instance?.state ===
           'ready',
         20_000,
-        'ready',
       )
       const launchUrl = new URL(grant.url)
       const launch = await waitFor(
+        'the launch link through the gateway role',
         async () => {
           const l = await request(`${gw}${launchUrl.pathname}${launchUrl.search}`)
           await l.body.dump()
           return l.statusCode === 302 ? l : undefined
         },
         10_000,
-        'the launch link through the gateway role',
       )
       const cookie = String(launch.headers['set-cookie']).split(';')[0]!
       const session = `${gw}/s/${grant.instanceId}/`

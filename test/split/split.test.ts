@@ -89,6 +89,7 @@ describe('split mode: api, worker and gateway as separate processes of the binar
   const startApi = async () => {
     const p = run('api', 'api', apiPort, { ARENA_POOL_SERVICE_KEY: ARENA, STUDIOPOOL_PUBLIC_URL: gwUrl() })
     await waitFor(
+      'the api role to be ready',
       async () => {
         if (!alive(p)) throw new Error(`api exited:\n${p.output}`)
         const r = await request(`${apiUrl()}/readyz`, { dispatcher: client })
@@ -96,7 +97,6 @@ describe('split mode: api, worker and gateway as separate processes of the binar
         return r.statusCode === 200
       },
       30_000,
-      'the api role to be ready',
     )
     return p
   }
@@ -162,13 +162,13 @@ templates:
     run('worker', 'worker', await freePort(), {})
     run('gateway', 'gateway', gwPort, { SERVICE_URL: apiUrl() })
     await waitFor(
+      'the gateway role to listen',
       async () => {
         const r = await request(`${gwUrl()}/s/${'a'.repeat(20)}/`, { dispatcher: client })
         await r.body.dump()
         return r.statusCode > 0
       },
       30_000,
-      'the gateway role to listen',
     )
   })
 
@@ -189,13 +189,13 @@ templates:
     aliceCookie = await redeem(r.json.url, aliceId)
     // Ready according to the API…
     await waitFor(
+      'alice ready',
       async () => (await cmd('GET_STATUS', { instanceId: aliceId, userId: 'alice' })).json.instance?.state === 'ready',
       30_000,
-      'alice ready',
     )
     const readyAt = performance.now()
     // …and served by the gateway (a separate process fed over the route stream) within 1 s.
-    await waitFor(() => page(aliceId, aliceCookie), 1000, 'the gateway to serve the ready session')
+    await waitFor('the gateway to serve the ready session', () => page(aliceId, aliceCookie), 1000)
     const took = performance.now() - readyAt
     assert.ok(took < 1000, `took ${Math.round(took)} ms`)
     // Without the cookie, the session is not reachable.
@@ -228,11 +228,11 @@ templates:
     assert.notEqual(bobId, aliceId)
     // Redeeming needs the API's nonce ledger, so this also shows the gateway talks to the new API process.
     const bobCookie = await waitFor(
+      'bob’s launch link',
       async () => redeem(r.json.url, bobId).catch(() => undefined),
       10_000,
-      'bob’s launch link',
     )
-    await waitFor(() => page(bobId, bobCookie), 30_000, 'bob’s session through the gateway')
+    await waitFor('bob’s session through the gateway', () => page(bobId, bobCookie), 30_000)
     assert.ok(await page(aliceId, aliceCookie), 'alice’s session still works')
     // The restarted API still knows alice's session.
     assert.equal((await cmd('GET_STATUS', { instanceId: aliceId, userId: 'alice' })).json.instance.state, 'ready')

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
 import { after, before, describe, it } from 'node:test'
 import type { Browser, Page } from 'playwright-core'
+import { waitFor } from '../helpers/wait.js'
 import {
   demoTemplateYaml,
   devLogin,
@@ -9,7 +10,6 @@ import {
   formToken,
   launchBrowser,
   startServer,
-  waitFor,
   type TestServer,
 } from './helpers.js'
 
@@ -179,6 +179,7 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
         (
           await srv.running.store!.listInstances({ ownerId: 'alice', states: ['provisioning', 'starting', 'ready'] })
         )[0],
+      20_000,
     )
 
     const ctx = await browser.newContext({ viewport: { width: 1280, height: 1000 }, acceptDownloads: true })
@@ -196,10 +197,14 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
       await row.getByRole('button', { name: /^Delete/ }).click()
       await page.waitForURL(/\/admin\?done=deleted/)
       await page.getByText('The instance was deleted').waitFor()
-      await waitFor('the instance to end', async () => {
-        const i = await srv.running.store!.getInstance(live.id)
-        return !i || i.state === 'terminated'
-      })
+      await waitFor(
+        'the instance to end',
+        async () => {
+          const i = await srv.running.store!.getInstance(live.id)
+          return !i || i.state === 'terminated'
+        },
+        20_000,
+      )
       await page.goto(srv.url + '/admin')
       assert.equal(await page.locator(`tr[data-admin-instance="${live.id}"]`).count(), 0)
 
@@ -306,6 +311,7 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
       'bob instance',
       async () =>
         (await srv.running.store!.listInstances({ ownerId: 'bob', states: ['provisioning', 'starting', 'ready'] }))[0],
+      20_000,
     )
     // A non-admin's admin action is refused by the guard before anything happens, token or not.
     const bobDelete = await fetch(`${srv.url}/admin/instances/${mine.id}/delete`, {

@@ -102,26 +102,6 @@ export async function startServer(yaml: string): Promise<TestServer> {
   }
 }
 
-/** Polls fn until it returns a truthy value, or throws after timeoutMs. */
-export async function waitFor<T>(
-  what: string,
-  fn: () => Promise<T | undefined | null | false> | T | undefined | null | false,
-  timeoutMs = 20_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  let last: unknown
-  while (Date.now() < deadline) {
-    try {
-      const v = await fn()
-      if (v) return v
-    } catch (err) {
-      last = err
-    }
-    await new Promise((r) => setTimeout(r, 100))
-  }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`)
-}
-
 /** Signs a browser context in with the dev login form. */
 export async function devLogin(ctx: BrowserContext, base: string, user: string, groups = ''): Promise<void> {
   const page = await ctx.newPage()

@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import type { Browser } from 'playwright-core'
-import { devLogin, demoTemplateYaml, launchBrowser, startServer, waitFor, type TestServer } from './helpers.js'
+import { waitFor } from '../helpers/wait.js'
+import { devLogin, demoTemplateYaml, launchBrowser, startServer, type TestServer } from './helpers.js'
 
 const PORTAL = 'portal-key-for-the-switch-test-0123'
 
