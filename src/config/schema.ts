@@ -1,6 +1,7 @@
 import { Type, type TSchema } from '@sinclair/typebox'
 import { parseDuration } from '../domain/duration.js'
 import { KEY_ROLES } from '../domain/keys.js'
+import { KEY_NAME_PATTERN, TEMPLATE_NAME_PATTERN } from '../domain/ids.js'
 
 /**
  * The one schema of the configuration file (`studiopool.yaml`), and the one source of `Config`
@@ -116,7 +117,7 @@ export const TemplateSchema = Type.Object(
 
 /** Templates keyed by name in the file; decoded to a list in file order, each with its name and its provider's settings. */
 const Templates = Type.Transform(
-  Type.Record(Type.String({ pattern: '^[a-z][a-z0-9-]{0,62}$' }), TemplateSchema, { default: {} }),
+  Type.Record(Type.String({ pattern: TEMPLATE_NAME_PATTERN }), TemplateSchema, { default: {} }),
 )
   .Decode((templates) =>
     Object.entries(templates).map(([name, t]) => ({
@@ -200,7 +201,7 @@ const Auth = Type.Transform(
     keys: Type.Array(
       Type.Object(
         {
-          name: Type.String({ pattern: '^[A-Za-z0-9_.-]{1,64}$' }),
+          name: Type.String({ pattern: KEY_NAME_PATTERN }),
           role: Type.Union(KEY_ROLES.map((r) => Type.Literal(r))),
           key: Secret,
         },
