@@ -44,6 +44,7 @@ export const TemplateSchema = Type.Object(
     ec2: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
     fake: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
     docker: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+    slurm: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
   },
   { additionalProperties: false },
 )
