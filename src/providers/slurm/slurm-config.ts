@@ -37,8 +37,6 @@ export const slurmTemplateSettingsSchema = Type.Object(
     workdir: Type.Optional(Type.String({ minLength: 1, maxLength: 1000 })),
     /** `sbatch --output`; default `/dev/null`. */
     output: Type.Optional(Type.String({ minLength: 1, maxLength: 1000 })),
-    /** Warn on the dashboard when less than this walltime is left; default 10m. */
-    walltimeWarning: Type.Optional(DurationIn),
   },
   { additionalProperties: false },
 )
@@ -63,7 +61,6 @@ export interface SlurmTemplateSettings {
   readonly hostCommand: string
   readonly workdir: string
   readonly output: string
-  readonly walltimeWarningMs: number
 }
 
 export const SLURM_DEFAULTS = {
@@ -71,6 +68,7 @@ export const SLURM_DEFAULTS = {
   hostCommand: 'hostname -f',
   workdir: '/tmp',
   output: '/dev/null',
+  /** A running job with less walltime than this left says so in its message. */
   walltimeWarningMs: 600_000, // 10 minutes
   commandTimeoutMs: 30_000,
   /** The newest squeue answer is reused this long (± 20 % jitter): at most one query per cycle. */
@@ -104,8 +102,6 @@ export function parseSlurmTemplateSettings(raw: unknown, maxLifetimeMs = 0): Par
     if (m === undefined) problems.push(`slurm.time: "${s.time}" is not a duration (e.g. 8h)`)
     else timeMinutes = m
   }
-  const warn = parseDuration(s.walltimeWarning ?? SLURM_DEFAULTS.walltimeWarningMs)
-  if (warn === undefined) problems.push(`slurm.walltimeWarning: "${String(s.walltimeWarning)}" is not a duration`)
   const [first, last] = (s.portRange ?? SLURM_DEFAULTS.portRange).split('-').map(Number) as [number, number]
   if (!(first >= 1024 && last >= first && last <= 65535))
     problems.push(`slurm.portRange: "${s.portRange}" must be first-last with 1024 ≤ first ≤ last ≤ 65535`)
@@ -129,7 +125,6 @@ export function parseSlurmTemplateSettings(raw: unknown, maxLifetimeMs = 0): Par
       hostCommand: s.hostCommand ?? SLURM_DEFAULTS.hostCommand,
       workdir: s.workdir ?? SLURM_DEFAULTS.workdir,
       output: s.output ?? SLURM_DEFAULTS.output,
-      walltimeWarningMs: warn!,
     },
     problems: [],
   }

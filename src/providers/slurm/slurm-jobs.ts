@@ -1,7 +1,7 @@
 import { ProviderError } from '../../domain/errors.js'
 import { isInstanceId } from '../../domain/ids.js'
 import { LABEL_INSTANCE, LABEL_POOL, LABEL_TEMPLATE, type InstanceSpec, type ProviderInstance } from '../provider.js'
-import type { SlurmTemplateSettings } from './slurm-config.js'
+import { SLURM_DEFAULTS, type SlurmTemplateSettings } from './slurm-config.js'
 import { TERMINAL_STATES, parseTimeLeft, type SlurmJob } from './slurm-cli.js'
 
 /** The job comment: `studiopool:<base64url JSON labels>`, then ` addr=host:port` once the app listens. */
@@ -9,6 +9,8 @@ export const COMMENT_PREFIX = 'studiopool:'
 const ADDR_RE = / addr=([A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]{2,45}\]):(\d{1,5})$/
 const NAME = 'slurm'
 const ACCOUNT_RE = /^[a-z_][a-z0-9_.-]{0,31}$/
+/** Ends that mean the app did not run (a starting session fails with Slurm's reason instead of being replaced). */
+const FAILED_STATES = new Set(['FAILED', 'BOOT_FAIL', 'OUT_OF_MEMORY', 'COMPLETED', 'DEADLINE'])
 const HELD_REASONS = new Set(['JobHeldUser', 'JobHeldAdmin'])
 
 /** What squeue says of a job of ours; labels from its comment (for jobs without a record). */
@@ -27,7 +29,14 @@ export function jobToInstance(job: SlurmJob, prefix: string, poolId: string): Pr
   }
   if (TERMINAL_STATES.has(job.state)) {
     const why = job.reason && job.reason !== 'None' ? ` (${job.reason})` : ''
-    return { ...base, state: 'terminated', address: null, message: `Slurm job ${job.id} ${job.state}${why}` }
+    const endReason = job.state === 'TIMEOUT' ? 'lifetime' : FAILED_STATES.has(job.state) ? 'failed' : undefined
+    return {
+      ...base,
+      state: 'terminated',
+      address: null,
+      message: `Slurm job ${job.id} ${job.state}${why}`,
+      ...(endReason ? { endReason } : {}),
+    }
   }
   if (job.state === 'SUSPENDED') return { ...base, state: 'stopped', address, message: `Slurm job ${job.id} suspended` }
   if (job.state === 'PENDING' || job.state === 'REQUEUED' || job.state === 'CONFIGURING') {
@@ -44,7 +53,12 @@ export function jobToInstance(job: SlurmJob, prefix: string, poolId: string): Pr
   }
   // RUNNING (and the other states of a job that holds its node).
   const left = parseTimeLeft(job.timeLeft)
-  const tl = left === null ? '' : `; ${job.timeLeft} of walltime left`
+  const tl =
+    left === null
+      ? ''
+      : left < SLURM_DEFAULTS.walltimeWarningMs
+        ? `; only ${job.timeLeft} of walltime left: the session ends at its Slurm time limit`
+        : `; ${job.timeLeft} of walltime left`
   return {
     ...base,
     state: 'running',

@@ -60,7 +60,7 @@ export class SlurmProvider implements Provider {
     this.#s = parseSlurmProviderSettings(ctx.settings)
     this.cli = new SlurmCli(this.#s)
     this.#records = new RecordStore(ctx.dataDir)
-    this.capabilities = { supportsSuspend: this.#s.suspend }
+    this.capabilities = { supportsSuspend: this.#s.suspend, reportsProgress: true }
   }
 
   get #prefix(): string {
