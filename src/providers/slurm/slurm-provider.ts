@@ -365,15 +365,16 @@ export class SlurmProvider implements Provider {
     }
   }
 
+  /** The account's primary group; refuses an account with uid or gid 0. */
   async #gidOf(user: string): Promise<string> {
     const known = this.#gids.get(user)
     if (known) return known
-    const r = await this.cli.run('id', ['-g', '--', user])
-    const gid = r.stdout.trim()
-    if (r.code !== 0 || !/^\d+$/.test(gid))
-      throw new ProviderError(NAME, `no account "${user}" on the submit host: ${firstLine(r.stderr)}`)
-    if (gid === '0')
-      throw new ProviderError(NAME, `account "${user}" has group 0; sessions never run with root's group`)
+    const [u, g] = [await this.cli.run('id', ['-u', '--', user]), await this.cli.run('id', ['-g', '--', user])]
+    const [uid, gid] = [u.stdout.trim(), g.stdout.trim()]
+    if (u.code !== 0 || g.code !== 0 || !/^\d+$/.test(uid) || !/^\d+$/.test(gid))
+      throw new ProviderError(NAME, `no account "${user}" on the submit host: ${firstLine(u.stderr || g.stderr)}`)
+    if (uid === '0' || gid === '0')
+      throw new ProviderError(NAME, `account "${user}" has uid or gid 0; sessions never run as root`)
     this.#gids.set(user, gid)
     return gid
   }
