@@ -3,7 +3,7 @@
  * single-node cluster: what a user notices when the scheduler misbehaves.
  */
 import assert from 'node:assert/strict'
-import { mkdtempSync } from 'node:fs'
+import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
@@ -29,13 +29,14 @@ function yaml(slurmConf: string): string {
   const app = (extra: string) =>
     `{ script: "exec ${process.execPath} ${DEMO_APP_SCRIPT}", user: ${SLURM_TEST_USER}, hostCommand: "echo 127.0.0.1"${extra} }`
   return `
-pool: { id: ${POOL}, maxInstances: 20 }
+pool: { id: ${POOL}, maxInstances: 1000 }
 worker: { enabled: false }
 providers:
   slurm: { env: { SLURM_CONF: "${slurmConf}" }, pollInterval: 200, runAs: uid }
 templates:
   demo: { provider: slurm, minFree: 0, healthPath: /healthz, startTimeout: 120s, slurm: ${app('')} }
   big: { provider: slurm, minFree: 0, healthPath: /healthz, startTimeout: 120s, slurm: ${app(`, cpus: ${CPUS}`)} }
+  load: { provider: slurm, minFree: 0, maxInstances: 1000, healthPath: /healthz, startTimeout: 1h, slurm: ${app(`, cpus: ${CPUS}`)} }
   broken:
     provider: slurm
     minFree: 0
@@ -58,9 +59,14 @@ describe('pool over slurm', { skip: skip ?? undefined, timeout: 900_000 }, () =>
   let engine: Engine
   const engines: Engine[] = []
 
-  async function makeEngine(faults?: FaultHooks): Promise<Engine> {
+  async function makeEngine(faults?: FaultHooks, settings: Record<string, unknown> = {}): Promise<Engine> {
     const config = loadConfig({ text: yaml(slurm.env.SLURM_CONF!), env: {}, cwd: '/tmp' })
-    const provider = new SlurmProvider({ poolId: POOL, dataDir, settings: config.providers.slurm ?? {}, log: silent })
+    const provider = new SlurmProvider({
+      poolId: POOL,
+      dataDir,
+      settings: { ...(config.providers.slurm ?? {}), ...settings },
+      log: silent,
+    })
     await provider.init({ log: silent })
     const providers = new Map([['slurm', provider]])
     const pool = new PoolService({ config, store, providers, routes: new RouteHub(), log: silent, faults })
@@ -202,5 +208,51 @@ describe('pool over slurm', { skip: skip ?? undefined, timeout: 900_000 }, () =>
     assert.equal(next.provider.cli.calls.get('sbatch') ?? 0, 0, 'the new server submitted nothing')
     hang()
     await next.pool.release(r.instance.id, 'user')
+  })
+
+  it('500 sessions: the worker makes at most one squeue per cycle (counted by a wrapper on PATH)', async () => {
+    const bin = mkdtempSync(join(tmpdir(), 'studiopool-slurm-bin-'))
+    const counter = join(bin, 'squeue.count')
+    writeFileSync(counter, '')
+    for (const cmd of ['sbatch', 'scancel', 'scontrol', 'id'])
+      writeFileSync(join(bin, cmd), `#!/bin/sh\nexec /usr/bin/${cmd} "$@"\n`)
+    writeFileSync(join(bin, 'squeue'), `#!/bin/sh\necho x >> ${counter}\nexec /usr/bin/squeue "$@"\n`)
+    for (const cmd of ['sbatch', 'scancel', 'scontrol', 'squeue', 'id']) chmodSync(join(bin, cmd), 0o755)
+    const counted = await makeEngine(undefined, { binDir: bin, pollInterval: 1000 })
+    const count = () => readFileSync(counter, 'utf8').split('\n').filter(Boolean).length
+    // Each job wants the whole node: one runs, 499 wait in the queue (Resources/Priority), as on a busy cluster.
+    for (let i = 0; i < 500; i++) await counted.pool.request({ userId: `u${i}`, template: 'load' })
+    await waitFor(
+      async () => {
+        await counted.worker.runOnce()
+        const rows = await store.listInstances({ states: ['starting', 'ready'], limit: 1000 })
+        return rows.filter((r) => r.template === 'load').length === 500
+      },
+      600_000,
+      'the 500 jobs to be submitted',
+    )
+    await counted.worker.runOnce() // the first reconcile writes every pending reason; the cycles below are steady state
+    const times: number[] = []
+    const calls: number[] = []
+    for (let i = 0; i < 3; i++) {
+      const c0 = count()
+      const t0 = performance.now()
+      const report = await counted.worker.runOnce()
+      times.push(performance.now() - t0)
+      calls.push(count() - c0)
+      assert.equal(report?.replaced ?? 0, 0)
+    }
+    for (const c of calls) assert.ok(c <= 1, `at most one squeue per cycle, got ${calls.join(', ')}`)
+    const rows = (await store.listInstances({ states: ['starting', 'ready'], limit: 1000 })).filter(
+      (r) => r.template === 'load',
+    )
+    assert.equal(rows.length, 500, 'nothing failed or was replaced')
+    assert.ok(
+      rows.filter((r) => r.state === 'starting').some((r) => /waiting in the Slurm queue/.test(r.progressMessage)),
+    )
+    console.log(
+      `# slurm worker, 500 sessions: squeue per cycle ${calls.join(', ')}; cycle ${times.map((t) => t.toFixed(0)).join(', ')} ms`,
+    )
+    for (const r of rows) await counted.pool.release(r.id, 'user').catch(() => {})
   })
 })
