@@ -23,6 +23,7 @@ import {
   type SlurmProviderSettings,
   type SlurmTemplateSettings,
 } from './slurm-config.js'
+import { isolationOf } from './slurm-isolation.js'
 import { RecordStore, type SlurmRecord } from './slurm-records.js'
 import { jobScript, substitutePath } from './slurm-script.js'
 
@@ -77,19 +78,7 @@ export class SlurmProvider implements Provider {
   }
 
   isolation(): IsolationReport {
-    const notes = [
-      this.#s.runAs === 'none'
-        ? "sessions run as the server's own account on the compute nodes"
-        : "each session's job runs as its user's own account: Unix permissions on the compute node (and the cluster's own cgroup/task plugins) separate it from other users' sessions and from the server",
-      'sessions can reach every address the compute node can, this machine included; the gateway must reach the compute node at the reported host and port',
-    ]
-    return {
-      isolated: this.#s.runAs !== 'none',
-      // A compute node may be this very machine (a single-node cluster): assume the worst.
-      sessionsReachLoopback: !this.#s.submitHost,
-      sessionNetworks: [],
-      notes,
-    }
+    return isolationOf(this.#s)
   }
 
   validateTemplate(template: TemplateConfig): string[] {
@@ -149,7 +138,7 @@ export class SlurmProvider implements Provider {
       if (rec) out.set(ref, this.#fromRecord(rec, snap))
       else {
         const job = snap.jobs.get(ref)
-        if (job) out.set(ref, this.#fromJob(job))
+        if (job) out.set(ref, this.#unrecorded(job))
       }
     }
     return out
@@ -161,7 +150,7 @@ export class SlurmProvider implements Provider {
     const claimed = new Set<string>()
     for (const rec of this.#ours()) {
       if (!rec.jobId) {
-        const job = this.#findByName(snap, rec.jobName)
+        const job = this.#findByName(snap, rec.jobName, rec.user)
         if (job) {
           // A server killed between sbatch and writing the job id: adopt the job, never submit another.
           await this.#locks.run(rec.instanceId, async () => {
@@ -197,7 +186,7 @@ export class SlurmProvider implements Provider {
     }
     // Jobs of this pool no record names (a record lost with a data directory): listed from their
     // comment, so the pool adopts or reaps them; nothing of ours runs unseen.
-    for (const job of snap.jobs.values()) if (!claimed.has(job.id)) out.push(this.#fromJob(job))
+    for (const job of snap.jobs.values()) if (!claimed.has(job.id)) out.push(this.#unrecorded(job))
     return out
   }
 
@@ -205,11 +194,17 @@ export class SlurmProvider implements Provider {
     return this.#records.all().filter((r) => r.labels[LABEL_POOL] === this.#ctx.poolId)
   }
 
-  /** The newest live job of that name (ids grow). */
-  #findByName(snap: Snapshot, jobName: string): SlurmJob | undefined {
+  /** The newest live job of that name run by the record's account (ids grow): never someone else's job. */
+  #findByName(snap: Snapshot, jobName: string, user: string): SlurmJob | undefined {
     let best: SlurmJob | undefined
     for (const j of snap.jobs.values())
-      if (j.name === jobName && !TERMINAL_STATES.has(j.state) && (!best || Number(j.id) > Number(best.id))) best = j
+      if (
+        j.name === jobName &&
+        j.user === user &&
+        !TERMINAL_STATES.has(j.state) &&
+        (!best || Number(j.id) > Number(best.id))
+      )
+        best = j
     return best
   }
 
@@ -258,6 +253,16 @@ export class SlurmProvider implements Provider {
     return inst
   }
 
+  /**
+   * A job with this pool's name that no record of ours names: anyone on the cluster can submit a
+   * job under any name and comment, so it is never attributed to an instance (no instanceId): the
+   * pool sees an orphan and reaps it after its grace.
+   */
+  #unrecorded(job: SlurmJob): ProviderInstance {
+    const inst = this.#fromJob(job)
+    return { ...inst, instanceId: '', address: null, message: `Slurm job ${job.id} has this pool's name but no record` }
+  }
+
   #fromJob(job: SlurmJob): ProviderInstance {
     return jobToInstance(job, this.#prefix, this.#ctx.poolId)
   }
@@ -277,7 +282,7 @@ export class SlurmProvider implements Provider {
         // A job id recorded, or a submission whose answer was lost (look it up by name, fresh).
         const snap = await this.#query(rec.jobId ? this.#maxAge() : 0)
         if (!rec.jobId) {
-          const job = this.#findByName(snap, rec.jobName)
+          const job = this.#findByName(snap, rec.jobName, rec.user)
           if (job) {
             rec.jobId = job.id
             this.#records.write(rec)
