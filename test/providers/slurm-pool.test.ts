@@ -3,7 +3,7 @@
  * single-node cluster: what a user notices when the scheduler misbehaves.
  */
 import assert from 'node:assert/strict'
-import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
@@ -58,6 +58,7 @@ describe('pool over slurm', { skip: skip ?? undefined, timeout: 900_000 }, () =>
   let dataDir: string
   let engine: Engine
   const engines: Engine[] = []
+  const temps: string[] = []
 
   async function makeEngine(faults?: FaultHooks, settings: Record<string, unknown> = {}): Promise<Engine> {
     const config = loadConfig({ text: yaml(slurm.env.SLURM_CONF!), env: {}, cwd: '/tmp' })
@@ -88,11 +89,13 @@ describe('pool over slurm', { skip: skip ?? undefined, timeout: 900_000 }, () =>
     slurm = await startSlurm({ cpus: CPUS })
     store = await STORE_KINDS.find((k) => k.name === 'sqlite')!.make({ poolId: POOL })
     dataDir = mkdtempSync(join(tmpdir(), 'studiopool-slurm-pool-'))
+    temps.push(dataDir)
     engine = await makeEngine()
   })
   after(async () => {
     for (const e of engines) await e.close().catch(() => {})
     await slurm?.stop()
+    for (const t of temps) rmSync(t, { recursive: true, force: true })
   })
 
   /** Runs worker cycles until `pred` holds for the instance. */
@@ -212,6 +215,7 @@ describe('pool over slurm', { skip: skip ?? undefined, timeout: 900_000 }, () =>
 
   it('500 sessions: the worker makes at most one squeue per cycle (counted by a wrapper on PATH)', async () => {
     const bin = mkdtempSync(join(tmpdir(), 'studiopool-slurm-bin-'))
+    temps.push(bin)
     const counter = join(bin, 'squeue.count')
     writeFileSync(counter, '')
     for (const cmd of ['sbatch', 'scancel', 'scontrol', 'id'])

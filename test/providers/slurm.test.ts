@@ -4,7 +4,7 @@
  * back, a controller outage, adoption after a restart, lost jobs, and the scheduler load.
  */
 import assert from 'node:assert/strict'
-import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
@@ -218,6 +218,7 @@ describe('slurm provider on a real cluster', { skip: skip ?? undefined, timeout:
 
   it('500 instances: one squeue per cycle (list and describe of all refs), counted on PATH', async () => {
     const bin = mkdtempSync(join(tmpdir(), 'studiopool-slurm-bin-'))
+    cleanups.push(async () => rmSync(bin, { recursive: true, force: true }))
     const counter = join(bin, 'squeue.count')
     writeFileSync(counter, '')
     for (const cmd of ['sbatch', 'scancel', 'scontrol', 'id'])
