@@ -110,6 +110,7 @@ export const TemplateSchema = Type.Object(
     ec2: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
     fake: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
     docker: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+    slurm: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
   },
   // A default on the value schema makes Value.Default visit each template of the record.
   { additionalProperties: false, default: {} },

@@ -156,14 +156,35 @@ export class Worker {
                 found.state === 'pending' ||
                 (found.state === 'stopped' && inst.state === 'suspended'))
             ) {
-              if (found.ref !== inst.providerRef || (found.address && found.address !== inst.address)) {
+              // Launch progress the provider reports (a batch queue's pending reason), while starting.
+              const note =
+                provider.capabilities.reportsProgress && inst.state === 'starting' && found.message
+                  ? found.message !== inst.progressMessage
+                  : false
+              if (found.ref !== inst.providerRef || (found.address && found.address !== inst.address) || note) {
                 await store.updateInstance(
                   inst.id,
-                  { providerRef: found.ref, address: found.address ?? inst.address, updatedAt: this.#now() },
+                  {
+                    providerRef: found.ref,
+                    address: found.address ?? inst.address,
+                    updatedAt: this.#now(),
+                    ...(note
+                      ? {
+                          progressMessage: found.message!.slice(0, 200),
+                          progress: Math.max(inst.progress, found.progress ?? 0),
+                        }
+                      : {}),
+                  },
                   { generation: inst.generation },
                 )
               }
               break
+            }
+            // The backend ended it for a reason of its own (a time limit; a job that failed at start).
+            if (res && res.state === 'terminated' && res.ref === inst.providerRef && res.endReason) {
+              if (res.endReason === 'lifetime') await pool.release(inst.id, 'lifetime')
+              else if (inst.state === 'starting') await pool.fail(inst.id, res.message ?? 'the resource failed')
+              if (res.endReason === 'lifetime' || inst.state === 'starting') break
             }
             // Clouds are eventually consistent: a just-launched resource may not be listed yet. Only a
             // resource listed as terminated, or absent past the grace, counts as vanished.

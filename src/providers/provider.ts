@@ -61,6 +61,12 @@ export interface ProviderInstance {
   /** Provider-side progress hint (0–100) and message, when it has one. */
   readonly progress?: number
   readonly message?: string
+  /**
+   * Set on a `terminated` resource the backend ended for a reason of its own (a batch job's time
+   * limit: `lifetime`; a job that failed: `failed`): the worker ends the session with it (a starting
+   * one that `failed` is failed with `message`) instead of replacing it. Optional.
+   */
+  readonly endReason?: 'lifetime' | 'failed'
 }
 
 /**
@@ -86,6 +92,8 @@ export interface ProviderCapabilities {
    * itself, so the server refuses to start such a template with one (issue 9). Default false.
    */
   readonly remoteInstances?: boolean
+  /** list()'s `message`/`progress` of a starting resource are launch progress (a queue's pending reason): the worker shows them. Default false. */
+  readonly reportsProgress?: boolean
 }
 
 /**

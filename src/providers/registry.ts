@@ -9,6 +9,7 @@ const loaders: Record<string, () => Promise<{ createProvider: (ctx: ProviderCont
   fake: () => import('./fake/index.js'),
   ec2: () => import('./ec2/index.js'),
   docker: () => import('./docker/index.js'),
+  slurm: () => import('./slurm/index.js'),
 }
 
 export const PROVIDER_NAMES = Object.keys(loaders)
