@@ -103,7 +103,7 @@ export async function startSlurm(opts: StartSlurmOptions = {}): Promise<TestSlur
     env,
     join(dir, 'log', 'munged.out'),
   )
-  await waitFor(() => existsSync(socket), 10_000, 'munged socket')
+  await waitFor('munged socket', () => existsSync(socket), 10_000)
   const nodeName = `sp${randomBytes(3).toString('hex')}`
   const [ctldPort, dPort] = [await freePort(), await freePort()]
   const cpus = opts.cpus ?? 2
@@ -152,7 +152,7 @@ export async function startSlurm(opts: StartSlurmOptions = {}): Promise<TestSlur
   let ctld: ChildProcess | null = null
   const startController = async (): Promise<void> => {
     ctld = daemon('/usr/sbin/slurmctld', ['-D', '-f', env.SLURM_CONF], env, join(dir, 'log', 'slurmctld.out'))
-    await waitFor(() => cmd('/usr/bin/sinfo', ['-h', '-o', '%T']).code === 0, 30_000, 'slurmctld to answer')
+    await waitFor('slurmctld to answer', () => cmd('/usr/bin/sinfo', ['-h', '-o', '%T']).code === 0, 30_000)
   }
   const cmd = (bin: string, args: readonly string[]) => {
     const r = spawnSync(bin, args, { env, encoding: 'utf8', timeout: 30_000 })
@@ -175,9 +175,9 @@ export async function startSlurm(opts: StartSlurmOptions = {}): Promise<TestSlur
   )
   try {
     await waitFor(
+      'the node to be idle',
       () => /idle/.test(cmd('/usr/bin/sinfo', ['-h', '-N', '-o', '%T']).stdout),
       30_000,
-      'the node to be idle',
     )
   } catch (err) {
     const logs = tail(join(dir, 'log', 'slurmctld.log')) + '\n' + tail(join(dir, 'log', 'slurmd.log'))
@@ -202,9 +202,9 @@ export async function startSlurm(opts: StartSlurmOptions = {}): Promise<TestSlur
       if (!ctld) await startController().catch(() => {})
       cmd('/usr/bin/scancel', ['--full', `--partition=debug`])
       await waitFor(
+        'every job to end',
         () => cmd('/usr/bin/squeue', ['-h', '-t', 'PD,R,CG,S,CF', '-o', '%i']).stdout.trim() === '',
         30_000,
-        'every job to end',
       ).catch(() => {})
       await stopChild(slurmd, 'slurmd')
       await stopChild(ctld, 'slurmctld')

@@ -88,6 +88,7 @@ describe('Jupyter on Slurm through the gateway', { skip: skip ?? undefined, time
     const { instanceId, url } = r.body
     homes.push(`/tmp/studiopool-jupyter-${instanceId}`)
     await waitFor(
+      'the Jupyter job to be ready',
       async () => {
         const st = await command<{ instance: { state: string; failureReason: string | null } }>('GET_STATUS', {
           instanceId,
@@ -97,7 +98,6 @@ describe('Jupyter on Slurm through the gateway', { skip: skip ?? undefined, time
         return st.body.instance.state === 'ready'
       },
       120_000,
-      'the Jupyter job to be ready',
     )
     const inst = (await running.store!.getInstance(instanceId))!
     const job = slurm.cmd('/usr/bin/squeue', ['-h', '-j', inst.providerRef!, '-o', '%u %T']).stdout.trim()
@@ -157,19 +157,19 @@ describe('Jupyter on Slurm through the gateway', { skip: skip ?? undefined, time
       }),
     )
     const stream = await waitFor(
+      'the kernel to answer',
       () => messages.find((m) => m.msg_type === 'stream' && m.parent_header.msg_id === msgId),
       60_000,
-      'the kernel to answer',
     )
     assert.equal(stream.content.text, '42\n')
     ws.close()
     const released = await command('DELETE', { instanceId, userId: 'alice' })
     assert.equal(released.status, 200, JSON.stringify(released.body))
     await waitFor(
+      'the job to be cancelled on release',
       () =>
         slurm.cmd('/usr/bin/squeue', ['-h', '-j', inst.providerRef!, '-t', 'PD,R,S', '-o', '%i']).stdout.trim() === '',
       60_000,
-      'the job to be cancelled on release',
     )
   })
 })

@@ -101,13 +101,13 @@ describe('pool over slurm', { skip: skip ?? undefined, timeout: 900_000 }, () =>
   /** Runs worker cycles until `pred` holds for the instance. */
   async function cycleUntil(id: string, pred: (i: Instance) => boolean, what: string, e = engine): Promise<Instance> {
     return waitFor(
+      what,
       async () => {
         await e.worker.runOnce()
         const i = await store.getInstance(id)
         return i && pred(i) ? i : null
       },
       120_000,
-      what,
     )
   }
 
@@ -195,9 +195,9 @@ describe('pool over slurm', { skip: skip ?? undefined, timeout: 900_000 }, () =>
     const dying = await makeEngine({ afterProviderCreate: () => new Promise<void>((r) => (hang = r)) })
     const r = await dying.pool.request({ userId: 'grace', template: 'demo' })
     await waitFor(
+      'the job to be submitted',
       () => slurm.cmd('/usr/bin/squeue', ['-h', '-n', `studiopool.${POOL}.${r.instance.id}`, '-o', '%i']).stdout.trim(),
       30_000,
-      'the job to be submitted',
     )
     assert.equal((await store.getInstance(r.instance.id))!.providerRef, null, 'the store never heard of the job')
     // The "killed" server's engine is abandoned; a new one (new provider object, same data directory) takes over.
@@ -228,13 +228,13 @@ describe('pool over slurm', { skip: skip ?? undefined, timeout: 900_000 }, () =>
     // Each job wants the whole node: one runs, 499 wait in the queue (Resources/Priority), as on a busy cluster.
     for (let i = 0; i < 500; i++) await counted.pool.request({ userId: `u${i}`, template: 'load' })
     await waitFor(
+      'the 500 jobs to be submitted',
       async () => {
         await counted.worker.runOnce()
         const rows = await store.listInstances({ states: ['starting', 'ready'], limit: 1000 })
         return rows.filter((r) => r.template === 'load').length === 500
       },
       600_000,
-      'the 500 jobs to be submitted',
     )
     await counted.worker.runOnce() // the first reconcile writes every pending reason; the cycles below are steady state
     const times: number[] = []

@@ -59,7 +59,7 @@ describe('slurm provider on a real cluster', { skip: skip ?? undefined, timeout:
 
   it('the job runs as the session account and the app answers at the host:port the job reports', async () => {
     const inst = await provider.create(spec(), op)
-    const address = await waitFor(async () => (await describeOne(inst.ref))?.address, 30_000, 'the reported address')
+    const address = await waitFor('the reported address', async () => (await describeOne(inst.ref))?.address, 30_000)
     const res = await fetch(`${address}/healthz`)
     assert.equal(res.status, 200)
     const [user, state] = slurm.cmd('/usr/bin/squeue', ['-h', '-j', inst.ref, '-o', '%u %T']).stdout.trim().split(' ')
@@ -74,12 +74,12 @@ describe('slurm provider on a real cluster', { skip: skip ?? undefined, timeout:
   it("a job that fails at start says so with Slurm's state and reason", async () => {
     const inst = await provider.create(spec(slurmTemplate({ script: 'echo boom >&2; exit 3' })), op)
     const ended = await waitFor(
+      'the job to fail',
       async () => {
         const d = await describeOne(inst.ref)
         return d?.state === 'terminated' ? d : null
       },
       30_000,
-      'the job to fail',
     )
     assert.match(ended.message ?? '', new RegExp(`Slurm job ${inst.ref} FAILED \\(NonZeroExitCode\\)`))
     assert.equal(ended.endReason, 'failed')
@@ -96,15 +96,15 @@ describe('slurm provider on a real cluster', { skip: skip ?? undefined, timeout:
   it('a pending job on a full cluster shows its reason', async () => {
     const big = slurmTemplate({ cpus: CPUS })
     const first = await provider.create(spec(big), op)
-    await waitFor(async () => (await describeOne(first.ref))?.state === 'running', 30_000, 'the first job to run')
+    await waitFor('the first job to run', async () => (await describeOne(first.ref))?.state === 'running', 30_000)
     const second = await provider.create(spec(big), op)
     const pending = await waitFor(
+      'a pending reason',
       async () => {
         const d = await describeOne(second.ref)
         return d?.state === 'pending' && /Resources|Priority/.test(d.message ?? '') ? d : null
       },
       30_000,
-      'a pending reason',
     )
     assert.match(pending.message ?? '', /^waiting in the Slurm queue: (Resources|Priority)/)
     await provider.destroy(second.ref, op)
@@ -113,15 +113,15 @@ describe('slurm provider on a real cluster', { skip: skip ?? undefined, timeout:
 
   it("a job scancelled behind studiopool's back reads as terminated (CANCELLED), to be replaced", async () => {
     const inst = await provider.create(spec(), op)
-    await waitFor(async () => (await describeOne(inst.ref))?.address, 30_000, 'the reported address')
+    await waitFor('the reported address', async () => (await describeOne(inst.ref))?.address, 30_000)
     assert.equal(slurm.cmd('/usr/bin/scancel', [inst.ref]).code, 0)
     const gone = await waitFor(
+      'the job to end',
       async () => {
         const d = await describeOne(inst.ref)
         return d?.state === 'terminated' ? d : null
       },
       30_000,
-      'the job to end',
     )
     assert.match(gone.message ?? '', /CANCELLED/)
     assert.equal(gone.endReason, undefined, 'a cancelled job is replaced, not ended for a reason')
@@ -129,11 +129,12 @@ describe('slurm provider on a real cluster', { skip: skip ?? undefined, timeout:
 
   it('while slurmctld is down list and describe fail as retryable; the job keeps running and is found again', async () => {
     const inst = await provider.create(spec(), op)
-    const address = await waitFor(async () => (await describeOne(inst.ref))?.address, 30_000, 'the reported address')
+    const address = await waitFor('the reported address', async () => (await describeOne(inst.ref))?.address, 30_000)
     await slurm.stopController()
     try {
       // Past the poll interval: a fresh query, which must fail, never read as "no jobs".
       await waitFor(
+        'list to fail as retryable',
         async () => {
           try {
             await provider.list(op)
@@ -143,7 +144,6 @@ describe('slurm provider on a real cluster', { skip: skip ?? undefined, timeout:
           }
         },
         30_000,
-        'list to fail as retryable',
       )
       await assert.rejects(provider.describe([inst.ref], op), (err) => err instanceof ProviderError && err.retryable)
       // The app still answers: a controller outage is not a session outage.
@@ -152,12 +152,12 @@ describe('slurm provider on a real cluster', { skip: skip ?? undefined, timeout:
       await slurm.startController()
     }
     const back = await waitFor(
+      'the job to be listed running again',
       async () => {
         const d = (await provider.list(op)).find((i) => i.ref === inst.ref)
         return d?.state === 'running' ? d : null
       },
       60_000,
-      'the job to be listed running again',
     )
     assert.equal(back.address, address)
     await provider.destroy(inst.ref, op)
@@ -206,12 +206,12 @@ describe('slurm provider on a real cluster', { skip: skip ?? undefined, timeout:
     assert.equal(first?.state, 'running', 'missing once is not gone')
     assert.equal(first?.address, 'http://127.0.0.1:20001')
     const ended = await waitFor(
+      'the lost job to end after its grace',
       async () => {
         const d = (await lost.provider.describe(['99999'], op)).get('99999')
         return d?.state === 'terminated' ? d : null
       },
       30_000,
-      'the lost job to end after its grace',
     )
     assert.match(ended.message ?? '', /no longer knows job 99999/)
   })
