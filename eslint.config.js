@@ -8,6 +8,16 @@ const forbid = (...groups) => ({
   'no-restricted-imports': ['error', { patterns: groups.map(([group, message]) => ({ group, message })) }],
 })
 
+/** Store methods that write instance rows, owners or assignments (src/store/store.ts). */
+const INSTANCE_WRITES = [
+  'insertInstance',
+  'updateInstance',
+  'deleteInstance',
+  'assignWarm',
+  'openAssignment',
+  'closeAssignment',
+]
+
 export default tseslint.config(
   { ignores: ['node_modules/**', 'dist/**', 'examples/**', '**/fixtures/**', 'src/demo-app/server.mjs', '.dbg/**'] },
   js.configs.recommended,
@@ -78,6 +88,35 @@ export default tseslint.config(
       ['**/pool/*', '**/pool/**', '**/store/*', '**/store/**', '**/providers/*', '**/providers/**'],
       'the gateway never imports the pool, the store or a provider',
     ]),
+  },
+  // The pool decides everything (issue 10): instance state, owners and assignments are written by
+  // the pool only, and inside it only as named transitions (domain/transitions.ts) through
+  // PoolCore.apply / PoolCore.insert. The worker hands what it finds to the pool.
+  {
+    files: ['src/**/*.ts'],
+    ignores: ['src/store/**', 'src/pool/pool-*.ts', 'src/pool/warm-claims.ts', 'src/pool/recover.ts'],
+    rules: {
+      'no-restricted-syntax': [
+        'error',
+        {
+          selector: `MemberExpression[property.name=/^(${INSTANCE_WRITES.join('|')})$/]`,
+          message: 'instance state is written by the pool only (src/pool/pool-*.ts): call the PoolService',
+        },
+      ],
+    },
+  },
+  {
+    files: ['src/pool/pool-*.ts', 'src/pool/warm-claims.ts'],
+    ignores: ['src/pool/pool-core.ts'],
+    rules: {
+      'no-restricted-syntax': [
+        'error',
+        {
+          selector: 'MemberExpression[property.name=/^(updateInstance|insertInstance)$/]',
+          message: 'write instance state as a named transition (domain/transitions.ts) with PoolCore.apply/insert',
+        },
+      ],
+    },
   },
   {
     files: ['test/**/*.ts', 'bench/**/*.ts', 'src/**/*.test.ts'],
