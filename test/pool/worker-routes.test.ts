@@ -14,6 +14,7 @@ import pino from 'pino'
 import { createRemoteRouteSource, type RemoteRouteSource } from '../../src/gateway/remote.js'
 import { RouteTable } from '../../src/gateway/route-table.js'
 import { FakeCloud } from '../../src/providers/fake/index.js'
+import { dropSchemas } from '../helpers/pg.js'
 import { command, startAppStub, startServer, STORES, waitFor, type TestServer } from '../api/helpers.js'
 
 const appA = await startAppStub()
@@ -21,6 +22,7 @@ const appB = await startAppStub()
 after(async () => {
   await appA.close()
   await appB.close()
+  await dropSchemas()
 })
 
 for (const kind of STORES) {
@@ -34,7 +36,7 @@ for (const kind of STORES) {
     const readyFree = () =>
       waitFor(
         async () => (await s.store.listInstances({ template: 'demo', assigned: false, states: ['ready'] }))[0],
-        10_000,
+        30_000,
         'a ready free instance',
       )
 
@@ -52,7 +54,7 @@ templates:
 `,
       )
       source = createRemoteRouteSource({ serviceUrl: s.url, key: s.adminKey, log: pino({ level: 'silent' }) })
-      await source.ready(10_000)
+      await source.ready(30_000)
       table.follow(source)
     })
     after(async () => {
@@ -67,7 +69,7 @@ templates:
       const r = await command(s.url, s.adminKey, 'REQUEST_SESSION', { userId: 'alice', template: 'demo' })
       assert.equal(r.status, 200, r.text)
       assert.equal((await s.store.getInstance(free.id))?.ownerId, 'alice')
-      await waitFor(() => table.get(free.id)?.targetOrigin === appA.url, 10_000, 'the session in the table')
+      await waitFor(() => table.get(free.id)?.targetOrigin === appA.url, 30_000, 'the session in the table')
 
       // The resource comes back at another address (a cloud VM restarted elsewhere).
       resourceOf(free.id).address = appB.url
@@ -75,19 +77,19 @@ templates:
       assert.equal((await s.store.getInstance(free.id))?.address, appB.url, 'the store has the new address')
       await waitFor(
         () => table.get(free.id)?.targetOrigin === appB.url,
-        10_000,
+        30_000,
         'the route table to carry the new address',
       )
     })
 
     test('a free instance that vanishes from the provider leaves the route table', async () => {
       const free = await readyFree()
-      await waitFor(() => table.get(free.id)?.entry.state === 'ready', 10_000, 'the free instance in the table')
+      await waitFor(() => table.get(free.id)?.entry.state === 'ready', 30_000, 'the free instance in the table')
 
       cloud().resources.delete(resourceOf(free.id).ref)
       await s.running.worker!.runOnce()
       assert.equal((await s.store.getInstance(free.id))?.state, 'terminated', 'the store ended it')
-      await waitFor(() => !table.get(free.id), 10_000, 'the vanished free instance to leave the route table')
+      await waitFor(() => !table.get(free.id), 30_000, 'the vanished free instance to leave the route table')
     })
   })
 }
