@@ -8,6 +8,29 @@ const forbid = (...groups) => ({
   'no-restricted-imports': ['error', { patterns: groups.map(([group, message]) => ({ group, message })) }],
 })
 
+/** Store methods that write instance rows, owners or assignments (src/store/store.ts). */
+const INSTANCE_WRITES = [
+  'insertInstance',
+  'updateInstance',
+  'deleteInstance',
+  'assignWarm',
+  'openAssignment',
+  'closeAssignment',
+  'claimWarm',
+]
+const NO_DIALECT = {
+  selector: "MemberExpression[property.name='dialect']",
+  message: 'only src/store/ knows the dialect; add a Store method whose adapter decides (src/store/adapter.ts)',
+}
+const NO_INSTANCE_WRITES = {
+  selector: `MemberExpression[property.name=/^(${INSTANCE_WRITES.join('|')})$/]`,
+  message: 'instance state is written by the pool only (src/pool/pool-*.ts): call the PoolService',
+}
+const NO_DIRECT_TRANSITION = {
+  selector: 'MemberExpression[property.name=/^(updateInstance|insertInstance)$/]',
+  message: 'write instance state as a named transition (domain/transitions.ts) with PoolCore.apply/insert',
+}
+
 export default tseslint.config(
   { ignores: ['node_modules/**', 'dist/**', 'examples/**', '**/fixtures/**', 'src/demo-app/server.mjs', '.dbg/**'] },
   js.configs.recommended,
@@ -79,20 +102,25 @@ export default tseslint.config(
       'the gateway never imports the pool, the store or a provider',
     ]),
   },
-  // Nothing outside the store knows which dialect runs: what differs is behind its adapter
-  // (src/store/adapter.ts), so `store.dialect` is read only inside src/store/.
+  // Two doors, held here (flat config replaces a rule per file, so each block lists all it needs):
+  // - nothing outside the store knows which dialect runs: what differs is behind its adapter
+  //   (src/store/adapter.ts), so `.dialect` is read only inside src/store/;
+  // - the pool decides everything (issue 10): instance state, owners and assignments are written by
+  //   the pool only, and inside it only as named transitions (domain/transitions.ts) through
+  //   PoolCore.apply / PoolCore.insert. The worker hands what it finds to the pool.
   {
     files: ['src/**/*.ts'],
     ignores: ['src/store/**'],
-    rules: {
-      'no-restricted-syntax': [
-        'error',
-        {
-          selector: "MemberExpression[property.name='dialect']",
-          message: 'only src/store/ knows the dialect; add a Store method whose adapter decides (src/store/adapter.ts)',
-        },
-      ],
-    },
+    rules: { 'no-restricted-syntax': ['error', NO_DIALECT, NO_INSTANCE_WRITES] },
+  },
+  {
+    files: ['src/pool/pool-*.ts'],
+    ignores: ['src/pool/pool-core.ts'],
+    rules: { 'no-restricted-syntax': ['error', NO_DIALECT, NO_DIRECT_TRANSITION] },
+  },
+  {
+    files: ['src/pool/pool-core.ts', 'src/pool/recover.ts'],
+    rules: { 'no-restricted-syntax': ['error', NO_DIALECT] },
   },
   {
     files: ['test/**/*.ts', 'bench/**/*.ts', 'src/**/*.test.ts'],

@@ -27,6 +27,8 @@ export const LIVE_STATES = [
   'ready',
   'suspended',
 ] as const satisfies readonly InstanceState[]
+/** States of a free instance that a request or a queued one may be given (most advanced first). */
+export const FREE_STATES = ['ready', 'starting', 'provisioning'] as const satisfies readonly InstanceState[]
 /** Terminal states. */
 export const ENDED_STATES = ['terminated', 'failed'] as const satisfies readonly InstanceState[]
 
