@@ -82,7 +82,7 @@ export function createLogger(level: string): Logger {
 
 /**
  * The composition root: config → store → providers → pool → api + gateway on one listener
- * (or one role, DESIGN.md "One package, one binary, several roles"). Each step is a function below.
+ * (or one role, architecture.md "One package, one binary, several roles"). Each step is a function below.
  */
 export async function start(opts: StartOptions): Promise<Running> {
   const role = opts.role ?? 'all'

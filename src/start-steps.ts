@@ -122,7 +122,7 @@ function refuseLoopbackCallback(config: Config, provider: string): void {
 
 /**
  * The data directory holds the store, its secrets and the providers' bookkeeping: readable by the
- * server's account only (DESIGN.md "Security rules"), whatever the umask or an older install left.
+ * server's account only (architecture.md "Security rules"), whatever the umask or an older install left.
  */
 function secureDataDir(config: Config): void {
   mkdirSync(config.server.dataDir, { recursive: true, mode: 0o700 })

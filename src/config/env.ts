@@ -89,7 +89,7 @@ export function applyEnv(
   }
 }
 
-/** With no file, the seed's environment alone must describe a working deployment (DESIGN.md "Configuration"). */
+/** With no file, the seed's environment alone must describe a working deployment (architecture.md "Configuration"). */
 function seedTemplates(raw: Record<string, unknown>, env: NodeJS.ProcessEnv, max: number | string | undefined): void {
   if (env.IMAGE_ID) {
     const settings: Record<string, unknown> = {

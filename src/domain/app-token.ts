@@ -1,7 +1,7 @@
 import { createHmac } from 'node:crypto'
 
 /**
- * The per-instance app token (DESIGN.md contract 5): derived, not stored, so that the gateway (any
+ * The per-instance app token (architecture.md contract 5): derived, not stored, so that the gateway (any
  * replica, any role) and the pool compute the same value from the gateway secret without a store
  * round trip. A new generation (a replacement) gets a new token.
  */

@@ -3,8 +3,8 @@
  * (listed once in docs/errors.md) and an HTTP status; anything else is a bug and
  * is answered as a generic 500 without details.
  *
- * Codes follow DESIGN.md contract 1 (`INVALID_REQUEST`, `POOL_FULL`, …) rather than
- * STYLE.md's `ERR_*` prefix, because the command protocol's clients already match on them.
+ * Codes follow architecture.md contract 1 (`INVALID_REQUEST`, `POOL_FULL`, …) rather than
+ * the conventions' (docs/architecture.md) `ERR_*` prefix, because the command protocol's clients already match on them.
  */
 export const ERROR_CODES = {
   INVALID_REQUEST: 400,

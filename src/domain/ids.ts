@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto'
 /**
  * instanceIds are studiopool's own: 20 characters of lowercase base32 (100 bits),
  * URL-safe and a valid DNS label, so they work in path and subdomain mode alike.
- * Never the provider's id (DESIGN.md "Words").
+ * Never the provider's id (architecture.md "Words").
  */
 export const INSTANCE_ID_PATTERN = '^[a-z2-7]{20}$'
 export const INSTANCE_ID_RE = new RegExp(INSTANCE_ID_PATTERN)

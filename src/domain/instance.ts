@@ -1,4 +1,4 @@
-/** Instance lifecycle, DESIGN.md "Instance lifecycle". */
+/** Instance lifecycle, architecture.md "Instance lifecycle". */
 export const INSTANCE_STATES = [
   'queued',
   'provisioning',

@@ -22,7 +22,7 @@ export interface RouteEntry {
   readonly failureReason: string | null
   /**
    * Regular expressions (sources) for request paths, relative to the session root (`/events/get_events`),
-   * that do not count as user activity: the app's own keep-alive polling (DESIGN.md contract 3).
+   * that do not count as user activity: the app's own keep-alive polling (architecture.md contract 3).
    */
   readonly activityIgnore?: readonly string[]
   /**

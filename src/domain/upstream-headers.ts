@@ -1,5 +1,5 @@
 /**
- * Identity to apps (DESIGN.md contract 5, issue 8): which request header fields the gateway never
+ * Identity to apps (architecture.md contract 5, issue 8): which request header fields the gateway never
  * passes on from a client, and the template's `upstreamHeaders` it sends instead. Pure rules, used
  * by the config loader (validation) and the gateway (forwarding).
  */

@@ -66,7 +66,7 @@ export interface Gateway {
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS'])
 
 /**
- * The gateway (DESIGN.md contract 3), composed of its stations. Decision order for a session
+ * The gateway (architecture.md contract 3), composed of its stations. Decision order for a session
  * request: id format (session-path.ts: 404 without touching the table) → launch token (launch.ts:
  * trade for cookie, redirect to the clean URL) → cookie (session-cookie.ts: 401 login page / JSON)
  * → route (route-table.ts: 404 ended page) → owner or admin (access.ts: 403) → state (progress /
@@ -271,7 +271,7 @@ class SessionGateway implements Gateway {
   /** Hooks shared by every proxied session request (no per-request closures). */
   readonly #sessionHooks: ForwardHooks = {
     onResponse: (x, status) => {
-      // STYLE.md (after CHP): only successful exchanges count as activity; the app's own keep-alive
+      // architecture.md conventions (after CHP): only successful exchanges count as activity; the app's own keep-alive
       // polling (the template's activityIgnore paths, relative to the session root) does not.
       if (status >= 300) return
       const ignore = x.ctx.route.activityIgnore

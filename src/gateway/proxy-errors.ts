@@ -38,7 +38,7 @@ const STATUS_TEXT: Record<number, string> = {
   504: 'Gateway Timeout',
 }
 
-/** STYLE.md: a WebSocket failure is a raw status line written to the socket. */
+/** architecture.md conventions: a WebSocket failure is a raw status line written to the socket. */
 export function writeRawStatus(socket: Duplex, status: number): void {
   if (!socket.writable) {
     socket.destroy()

@@ -289,7 +289,7 @@ export class Lifecycle {
   }
 
   /**
-   * Records the owner and the assignment in the resource's labels (DESIGN.md contract 4), so that
+   * Records the owner and the assignment in the resource's labels (architecture.md contract 4), so that
    * `studiopool recover` can rebuild owners from the providers. Best effort and in the background:
    * never on the warm hit's path, a failure is logged and the store stays the truth.
    */

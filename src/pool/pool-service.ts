@@ -14,7 +14,7 @@ export { queuePositions, type RoutePublisher } from './pool-routes.js'
 export type { RequestInput, RequestOutcome, RequestResult } from './pool-request.js'
 
 /**
- * The one place that decides (STYLE.md `pool/`): assignment, release, warm-pool top-up, the queue,
+ * The one place that decides (architecture.md conventions `pool/`): assignment, release, warm-pool top-up, the queue,
  * provisioning and replacement, and every instance-state write (domain/transitions.ts, applied by
  * PoolCore.apply; eslint.config.js forbids them elsewhere). The worker (worker.ts) calls into it on a
  * timer; the API on requests. A facade over its concerns:
@@ -56,7 +56,7 @@ export class PoolService {
     return this.#c.breaker.all()
   }
 
-  /** What each provider in use isolates (DESIGN.md contract 5), for /readyz, the admin view and the login rules. */
+  /** What each provider in use isolates (architecture.md contract 5), for /readyz, the admin view and the login rules. */
   isolation(): (IsolationReport & { readonly provider: string })[] {
     const out: (IsolationReport & { readonly provider: string })[] = []
     for (const [name, p] of this.#c.d.providers) {

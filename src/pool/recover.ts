@@ -54,7 +54,7 @@ export interface RecoveryReport {
 }
 
 /**
- * `studiopool recover` (issue 9, DESIGN.md contract 4): rebuilds instances, owners and open
+ * `studiopool recover` (issue 9, architecture.md contract 4): rebuilds instances, owners and open
  * assignments from the labels every provider resource carries (pool, instance, template,
  * generation, and — recorded on claim by relabel — owner, assignment start and requester key),
  * into an empty store. Run it with the server stopped; the next start's worker probes the

@@ -34,7 +34,7 @@ const LIST_GRACE_MS = 30_000
 const SAMPLE_RETENTION_MS = 2 * 86_400_000
 
 /**
- * The worker loop (DESIGN.md "Worker"): reconcile the store with every provider's list(), fail
+ * The worker loop (architecture.md "Worker"): reconcile the store with every provider's list(), fail
  * instances stuck past their start timeout, cull idle and over-age instances, serve the queue, top up
  * warm pools, reap orphans after a grace. One list() call per provider per cycle; everything else is
  * decided from the store, so idle timers and lifetimes survive restarts.

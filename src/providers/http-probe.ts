@@ -7,7 +7,7 @@ export interface ProbeResult {
 }
 
 /**
- * Readiness probe: "does the app answer HTTP?" (STYLE.md: readiness is a separate probe, not
+ * Readiness probe: "does the app answer HTTP?" (architecture.md conventions: readiness is a separate probe, not
  * part of `create`). Any status below 500 counts as up, because apps often answer their root
  * with a redirect, 401 or 404; connection errors, timeouts and 5xx do not.
  *

@@ -7,7 +7,7 @@ export interface OperationOptions {
   readonly log: Logger
 }
 
-/** Labels every resource carries (DESIGN.md contract 4), so the store can be rebuilt from the provider. */
+/** Labels every resource carries (architecture.md contract 4), so the store can be rebuilt from the provider. */
 export const LABEL_POOL = 'studiopool:pool'
 export const LABEL_INSTANCE = 'studiopool:instance'
 export const LABEL_TEMPLATE = 'studiopool:template'
@@ -31,7 +31,7 @@ export interface InstanceSpec {
   /**
    * Per-instance secret (`{{appToken}}` in template commands and env) that the gateway sends on every
    * upstream request of this instance (the template's `upstreamHeaders`), so that an app which checks
-   * it (Jupyter's token) refuses anyone who reaches its port without the gateway (DESIGN.md contract 5).
+   * it (Jupyter's token) refuses anyone who reaches its port without the gateway (architecture.md contract 5).
    * Never logged, never written where the session's user could read another instance's.
    */
   readonly appToken: string
@@ -70,7 +70,7 @@ export interface ProviderInstance {
 }
 
 /**
- * What a provider isolates (DESIGN.md contract 5). Facts after `init`; the server prints them at start,
+ * What a provider isolates (architecture.md contract 5). Facts after `init`; the server prints them at start,
  * puts them in `/readyz` details and on the admin dashboard, and the login modes consult them.
  */
 export interface IsolationReport {
@@ -130,7 +130,7 @@ export interface Provider {
   isolation?(): IsolationReport
   /**
    * Per-user persistent homes (volumes, claims, directories) of this pool, optionally of one owner,
-   * for the admin action that lists and deletes them (DESIGN.md contract 4). Optional.
+   * for the admin action that lists and deletes them (architecture.md contract 4). Optional.
    */
   listHomes?(opts: OperationOptions, ownerId?: string): Promise<HomeList>
   /**

@@ -49,7 +49,7 @@ export interface AdminViewData {
   /** A key just created: its secret is shown on this page only. */
   readonly createdKey?: { readonly name: string; readonly role: KeyRole; readonly secret: string }
   readonly sessionUrl: (id: string) => string
-  /** What each provider isolates (DESIGN.md contract 5): a banner when sessions are not isolated. */
+  /** What each provider isolates (architecture.md contract 5): a banner when sessions are not isolated. */
   readonly isolation?: readonly {
     readonly provider: string
     readonly isolated: boolean

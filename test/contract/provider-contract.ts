@@ -1,5 +1,5 @@
 /**
- * The provider contract (DESIGN.md contract 4, src/providers/provider.ts), one suite for every
+ * The provider contract (architecture.md contract 4, src/providers/provider.ts), one suite for every
  * provider. Each implementation calls it from its `*.contract.test.ts`:
  *
  * ```ts

@@ -1,5 +1,5 @@
 /**
- * Idle culling with the real worker, the real gateway and real app processes (DESIGN.md
+ * Idle culling with the real worker, the real gateway and real app processes (architecture.md
  * "Activity"): `start()` from src/main.ts with the local provider running the demo app, idle
  * timeout 3 s, worker every 250 ms, gateway activity flushed every 250 ms.
  *

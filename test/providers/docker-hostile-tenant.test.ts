@@ -1,5 +1,5 @@
 /**
- * The hostile-tenant suite (DESIGN.md contract 5) against Docker sessions: the real server with
+ * The hostile-tenant suite (architecture.md contract 5) against Docker sessions: the real server with
  * docker-provider templates on a private dockerd, Jupyter sessions for alice and bob and a demo
  * session for carol. Code run inside alice's kernel, through the gateway, tries every attack of
  * test/security/attacks.py (the local provider's list, given Docker's facts: container pids, the

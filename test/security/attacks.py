@@ -1,5 +1,5 @@
 # Run inside a session (alice's Jupyter kernel) by the hostile-tenant suite: every attack of
-# DESIGN.md contract 5 / issue 8, each recorded as {"ok": succeeded?, "detail": …}. Printed as one JSON line.
+# architecture.md contract 5 / issue 8, each recorded as {"ok": succeeded?, "detail": …}. Printed as one JSON line.
 import json, os, socket, urllib.request, urllib.error, base64
 
 P = json.loads(base64.b64decode(PARAMS_B64).decode())

@@ -1,5 +1,5 @@
 /**
- * The hostile-tenant suite (DESIGN.md contract 5, issue 8): the real server (`studiopool serve`)
+ * The hostile-tenant suite (architecture.md contract 5, issue 8): the real server (`studiopool serve`)
  * with the shipped examples/studiopool.yaml, real Jupyter sessions for alice and bob and a demo
  * session for carol. Code run inside alice's kernel, through the gateway, tries every attack in
  * test/security/attacks.py.

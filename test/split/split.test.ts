@@ -1,5 +1,5 @@
 /**
- * Split mode with the real binary (DESIGN.md "One package, one binary, several roles"):
+ * Split mode with the real binary (architecture.md "One package, one binary, several roles"):
  * `studiopool serve --role api`, `--role worker` and `--role gateway` as three processes sharing a
  * SQLite store and a data dir, sessions on the local provider running the shipped demo app.
  * A session requested from the API works through the gateway within 1 s of being ready; the gateway

@@ -27,7 +27,7 @@ export async function healthRoutes(scope: FastifyInstance, deps: ApiDeps, authen
         })),
         draining: deps.draining,
       })
-      // What each provider isolates (DESIGN.md contract 5); the notes only where something is not.
+      // What each provider isolates (architecture.md contract 5); the notes only where something is not.
       const isolation = deps.pool
         .isolation()
         .map((i) => ({ provider: i.provider, isolated: i.isolated, ...(i.isolated ? {} : { notes: i.notes }) }))

@@ -10,7 +10,7 @@ const ProviderName = Type.String({ pattern: '^[a-z][a-z0-9-]{0,30}$' })
 const HomeRef = Type.String({ minLength: 1, maxLength: 400, pattern: '^[A-Za-z0-9][A-Za-z0-9_./-]*$' })
 
 /**
- * Per-user persistent homes (DESIGN.md contract 4: a user's home outlives their sessions and is
+ * Per-user persistent homes (architecture.md contract 4: a user's home outlives their sessions and is
  * deleted only by an explicit admin action): `GET /api/v1/homes[?userId=]` lists them across the
  * providers that keep homes (docker: the home volumes on every host), `DELETE
  * /api/v1/homes?provider=&ref=` deletes one. Admin only. The CLI's `studiopool homes` calls these.

@@ -2,7 +2,7 @@ import { Agent, errors as undiciErrors, request } from 'undici'
 import { ProviderError } from '../../domain/errors.js'
 
 /**
- * The subset of the Docker Engine API that studiopool calls (STYLE.md `<name>-client.ts`).
+ * The subset of the Docker Engine API that studiopool calls (architecture.md conventions `<name>-client.ts`).
  *
  * Decision: undici on the socket rather than `dockerode`. It adds no dependency (undici is already
  * the gateway's HTTP client), and every call gets exactly the timeouts we choose: `dockerode`

@@ -1,6 +1,6 @@
 /**
  * Per-user home volumes: created on first use, labelled with the pool and the owner, never removed
- * by a session's end; listed and deleted only by an explicit admin action (DESIGN.md contract 4).
+ * by a session's end; listed and deleted only by an explicit admin action (architecture.md contract 4).
  */
 import { ProviderError } from '../../domain/errors.js'
 import { LABEL_OWNER, LABEL_POOL, type InstanceSpec, type OperationOptions } from '../provider.js'

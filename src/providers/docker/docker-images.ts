@@ -44,7 +44,7 @@ export async function ensureImage(
       )
   }
   if (!s.user && isRootUser(image.Config?.User)) {
-    // DESIGN.md: no session code runs as root unless a template says so in words.
+    // architecture.md: no session code runs as root unless a template says so in words.
     throw new ProviderError(
       NAME,
       `template "${spec.template.name}": image "${s.image}" runs as root; set docker.user (for example "1000:1000"), or user: root to allow it`,

@@ -7,7 +7,7 @@ const REPORT_TIMEOUT_MS = 5_000
 
 /**
  * Launch progress from inside `create` (an image pull, a wait for a start slot), posted to the
- * instance's own progress URL with its token, as the instance itself would (DESIGN.md: progress
+ * instance's own progress URL with its token, as the instance itself would (architecture.md: progress
  * is fed by the provider and by the instance). Best effort: a failed report is logged at debug
  * and forgotten. Reports are coalesced: one in flight at a time, and the latest waiting one is
  * sent next, so a fast pull stream never queues hundreds of requests.

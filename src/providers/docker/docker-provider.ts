@@ -32,7 +32,7 @@ export { toDockerLabelKey, fromDockerLabels } from './docker-labels.js'
 const NAME = 'docker'
 
 /**
- * `docker` provider (DESIGN.md contract 4, issue 11): one container per session on one or several
+ * `docker` provider (architecture.md contract 4, issue 11): one container per session on one or several
  * Docker Engine hosts ({@link DockerHosts}: a client each, down/up with backoff, placement).
  *
  * - The container is named after the pool and the instanceId on its host, which makes create

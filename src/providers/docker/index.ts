@@ -1,5 +1,5 @@
 /**
- * The `docker` provider: the only module others import from this folder (STYLE.md, hono folder/index.ts).
+ * The `docker` provider: the only module others import from this folder (architecture.md conventions, hono folder/index.ts).
  */
 import type { Provider, ProviderContext } from '../provider.js'
 import { DockerProvider } from './docker-provider.js'

@@ -23,7 +23,7 @@ import type {
 } from '@aws-sdk/client-ec2'
 
 /**
- * The subset of EC2 that studiopool calls (STYLE.md `<name>-client.ts`). Each method is one API
+ * The subset of EC2 that studiopool calls (architecture.md conventions `<name>-client.ts`). Each method is one API
  * call: no retries (ec2-errors.ts `withRetries` does that) and no pagination (the provider follows
  * `NextToken`, so it can bound the loop).
  */

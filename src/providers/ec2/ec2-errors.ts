@@ -1,7 +1,7 @@
 import { ProviderError } from '../../domain/errors.js'
 
 /**
- * Translation of AWS SDK errors into `ProviderError`, at the edge of the provider (STYLE.md "Errors").
+ * Translation of AWS SDK errors into `ProviderError`, at the edge of the provider (architecture.md conventions "Errors").
  *
  * Three families matter to the pool:
  * - transient (throttling, 5xx, network): retried here with jittered exponential backoff, then surfaced

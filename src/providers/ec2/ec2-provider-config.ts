@@ -5,7 +5,7 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 
 /**
- * Settings of the `ec2` provider (STYLE.md: each provider owns its sub-schema).
+ * Settings of the `ec2` provider (architecture.md conventions: each provider owns its sub-schema).
  *
  * Provider-wide settings live under `providers.ec2` in studiopool.yaml; per-template settings under
  * `templates[].settings`. Region and credentials come from the standard AWS chain; `region` here is

@@ -48,7 +48,7 @@ export interface Ec2ProviderDeps {
 }
 
 /**
- * `ec2` provider (DESIGN.md contract 4): one EC2 instance per studiopool instance, tagged with the
+ * `ec2` provider (architecture.md contract 4): one EC2 instance per studiopool instance, tagged with the
  * pool id, instanceId and template. It translates; it does not decide, and it never writes to the store.
  */
 export class Ec2Provider implements Provider {

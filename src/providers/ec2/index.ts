@@ -1,5 +1,5 @@
 /**
- * The `ec2` provider: the only module others import from this folder (STYLE.md, hono folder/index.ts).
+ * The `ec2` provider: the only module others import from this folder (architecture.md conventions, hono folder/index.ts).
  * The registry loads it lazily, so the AWS SDK is loaded only when a template uses `ec2`.
  */
 import type { Provider, ProviderContext } from '../provider.js'

@@ -7,7 +7,7 @@ import { probeNetns, routeSubnetNowhere, slotCount, subnetCidr, type SessionSlot
 
 /**
  * How sessions of the local provider are kept apart from each other and from the server
- * (DESIGN.md contract 5). Decided once at `init` from what this machine allows:
+ * (architecture.md contract 5). Decided once at `init` from what this machine allows:
  *
  * - `netns` (the server is root, iproute2 works): each session runs under its own unprivileged
  *   uid (from `uids`, no supplementary groups, no new privileges, an empty capability bounding

@@ -1,5 +1,5 @@
 /**
- * The `slurm` provider: the only module others import from this folder (STYLE.md, folder/index.ts).
+ * The `slurm` provider: the only module others import from this folder (architecture.md conventions, folder/index.ts).
  */
 import type { Provider, ProviderContext } from '../provider.js'
 import { SlurmProvider } from './slurm-provider.js'

@@ -1,7 +1,7 @@
 import type { IsolationReport } from '../provider.js'
 import type { SlurmProviderSettings } from './slurm-config.js'
 
-/** What the slurm provider isolates (DESIGN.md contract 5; docs/slurm.md, Isolation). */
+/** What the slurm provider isolates (architecture.md contract 5; docs/slurm.md, Isolation). */
 export function isolationOf(s: SlurmProviderSettings): IsolationReport {
   const notes = [
     s.runAs === 'none'

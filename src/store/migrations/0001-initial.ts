@@ -33,7 +33,7 @@ export const m0001Initial: StoreMigration = {
       .addColumn('end_reason', 'text')
       .addColumn('tags', 'text', (c) => c.notNull().defaultTo('{}'))
       .execute()
-    // The last line of defence: one live instance per user and template (DESIGN.md "Store").
+    // The last line of defence: one live instance per user and template (architecture.md "Store").
     await sql`create unique index instances_live_owner_uq on instances (owner_id, template)
       where owner_id is not null and state in ('queued', 'provisioning', 'starting', 'ready', 'suspended')`.execute(db)
     // Free-instance claims, queue order and per-template counts.
