@@ -63,6 +63,7 @@ export async function buildProviders(
       }
     }
     const problems = p.validateTemplate(t)
+    if (problems.length === 0 && p.checkTemplate) problems.push(...(await p.checkTemplate(t, { log })))
     if (problems.length) unavailable.set(t.name, problems.join('; '))
   }
   for (const [name, why] of unavailable) log.error({ template: name }, `template "${name}" is unavailable: ${why}`)

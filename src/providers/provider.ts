@@ -108,6 +108,13 @@ export interface Provider {
   init(opts: OperationOptions): Promise<void>
   /** Checks a template's settings (and, for local, that its program exists). Returns problems, empty when fine. */
   validateTemplate(template: TemplateConfig): string[]
+  /**
+   * Optional: checks at start what only the backend can tell (docker: an image that may not be
+   * pulled is present). Returns problems, empty when fine; the template is then unavailable
+   * (`TEMPLATE_UNAVAILABLE` with the problem). Never throws for a backend that does not answer:
+   * that is an outage the pool rides out, not a template problem.
+   */
+  checkTemplate?(template: TemplateConfig, opts: OperationOptions): Promise<string[]>
   /** Idempotent on spec.id: a second call for the same id returns the existing resource. */
   create(spec: InstanceSpec, opts: OperationOptions): Promise<ProviderInstance>
   /** State of the given refs; a ref the backend does not know is absent from the map. One batched call. */

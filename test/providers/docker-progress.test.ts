@@ -171,6 +171,23 @@ describe('docker launch progress and create-time errors (real Docker Engine)', {
     )
   })
 
+  it('at start, a pullPolicy: never template whose image no host has is unavailable, naming the image', async () => {
+    const p = make()
+    await p.init(op)
+    const template = (settings: Record<string, unknown>) =>
+      makeTemplate({ name: 'demo', provider: 'docker', minFree: 0, settings: testAppSettings(settings) })
+    const problems = await p.checkTemplate(template({ image: 'studiopool-absent:1', pullPolicy: 'never' }), op)
+    assert.deepEqual(problems, [
+      'image "studiopool-absent:1" is not on any Docker host (h1), and its pullPolicy is never',
+    ])
+    // The test image is there; other pull policies are judged at create (a pull may bring it).
+    assert.deepEqual(await p.checkTemplate(template({ pullPolicy: 'never' }), op), [])
+    assert.deepEqual(
+      await p.checkTemplate(template({ image: 'studiopool-absent:1', pullPolicy: 'ifNotPresent' }), op),
+      [],
+    )
+  })
+
   it('a create waiting for a start slot tells the user how many are in line', async () => {
     const p = make({ maxConcurrentStarts: 1 })
     proxy.holdWhere((method, path) => method === 'POST' && path.startsWith('/containers/create'))

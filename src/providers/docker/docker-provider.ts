@@ -163,6 +163,31 @@ export class DockerProvider implements Provider {
     return problems
   }
 
+  /**
+   * The image of a `pullPolicy: never` template must be on at least one answering host that its
+   * selector allows (issue 11: TEMPLATE_UNAVAILABLE naming the image). Hosts that do not answer
+   * are skipped: they are marked down and probed back, not a template problem.
+   */
+  async checkTemplate(template: TemplateConfig, opts: OperationOptions): Promise<string[]> {
+    const s = parseDockerTemplateSettings(template.settings, template.port).settings
+    if (!s || s.pullPolicy !== 'never') return []
+    const hosts = this.#hosts.all.filter((h) => h.downSince === null && matchesSelector(h.host, s.hostSelector))
+    let answered = 0
+    for (const h of hosts) {
+      try {
+        const image = await h.client.imageInspect(s.image, { signal: opts.signal })
+        answered++
+        if (image) return []
+      } catch {
+        // not answering: skipped (see above)
+      }
+    }
+    if (answered === 0) return []
+    return [
+      `image "${s.image}" is not on any Docker host (${hosts.map((h) => h.host.name).join(', ')}), and its pullPolicy is never`,
+    ]
+  }
+
   async create(spec: InstanceSpec, opts: OperationOptions): Promise<ProviderInstance> {
     if (!isInstanceId(spec.id)) throw new ProviderError(NAME, `invalid instance id "${String(spec.id).slice(0, 40)}"`)
     const parsed = parseDockerTemplateSettings(spec.template.settings, spec.template.port)
