@@ -108,7 +108,7 @@ export async function start(opts: StartOptions): Promise<Running> {
     const { address, config } = await listen(listener, opts.config, cleanups)
     const hub = new RouteHub()
     const pool = await buildPool({ config, store, providers, hub, log, metrics, opts, unavailable, secret }, cleanups)
-    const worker = startWorkerOrRouteSync({ config, role, store, pool, providers, hub, log, metrics }, cleanups)
+    const worker = buildWorkerOrRouteSync({ config, role, store, pool, providers, hub, log, metrics }, cleanups)
     if (role === 'worker') listener.workerProbes = workerProbes({ config, store, pool, worker, listener, metrics })
 
     let app: FastifyInstance | null = null
@@ -119,6 +119,8 @@ export async function start(opts: StartOptions): Promise<Running> {
       listener.gateway = startGateway(api)
       await bootstrapAdminKey(config, keyring, opts)
     }
+
+    worker?.start()
 
     // The worker role serves only its probes, on its own port: its banner names where it listens, not the public URL.
     const url = role === 'worker' ? addressUrl(address) : config.server.publicUrl
@@ -240,12 +242,13 @@ interface WorkerParts {
 }
 
 /** The worker (roles all and worker, unless disabled); API-only replicas learn of the worker's changes by reading the store. */
-function startWorkerOrRouteSync(p: WorkerParts, cleanups: Cleanups): Worker | null {
+function buildWorkerOrRouteSync(p: WorkerParts, cleanups: Cleanups): Worker | null {
   if (p.role === 'all' || p.role === 'worker') {
     if (!p.config.worker.enabled) return null
     const { config, store, pool, providers, metrics } = p
+    // Started by `start` once the API and the gateway are up: its first cycle's top-ups (a large
+    // minFree) must not compete with the API's plugins loading.
     const worker = new Worker({ config, store, pool, providers, log: p.log.child({ component: 'worker' }), metrics })
-    worker.start()
     cleanups.push(() => worker.stop())
     return worker
   }
