@@ -49,6 +49,9 @@ describe(
       dataDir = mkdtempSync(join(tmpdir(), 'studiopool-slurm-callback-'))
       const doc = parseYaml(readFileSync(join(EXAMPLES, 'studiopool.yaml'), 'utf8')) as Record<string, unknown>
       doc.worker = { ...(doc.worker as object), interval: '500ms' }
+    // The callback is this server as the job (on the loopback node) reaches it: its listen address.
+    const { instanceCallbackUrl: _unused, ...server } = doc.server as Record<string, unknown>
+    doc.server = server
       doc.pool = { ...(doc.pool as object), defaultTemplate: 'demo' }
       doc.providers = { slurm: { env: slurm.env, pollInterval: 300, runAs: 'uid', addressFromComment: false } }
       const slurmOf = (script: string) => ({

@@ -72,9 +72,10 @@ export function baseUrl(host: string, port: number): string {
 /** A comment's `http://host:port`: the port within `range`, the host one the node answers to. */
 export function commentAddressOk(
   hosts: ReadonlySet<string> | null,
-  range: readonly [number, number],
-  address: string,
+  range: readonly [number, number] | undefined,
+  address: string | null,
 ): boolean {
+  if (!address || !range) return false
   const u = new URL(address)
   const port = Number(u.port)
   return port >= range[0] && port <= range[1] && !!hosts?.has(normalizeHost(u.hostname))

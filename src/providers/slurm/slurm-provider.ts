@@ -246,12 +246,9 @@ export class SlurmProvider implements Provider {
     this.#missingSince.delete(jobId)
     const seen = { ...this.#fromJob(job), ...base }
     // A comment's `addr=` (the fallback when the job cannot reach the callback): checked as acceptAddress checks.
-    const fromComment =
-      !!seen.address &&
-      this.#s.addressFromComment &&
-      !!rec.portRange &&
-      commentAddressOk(this.#nodes.cached(job.nodes), rec.portRange, seen.address)
-    const inst = { ...seen, address: fromComment ? seen.address : null }
+    const ok =
+      this.#s.addressFromComment && commentAddressOk(this.#nodes.cached(job.nodes), rec.portRange, seen.address)
+    const inst = { ...seen, address: ok ? seen.address : null }
     if (inst.state !== 'terminated' && (inst.state !== rec.lastState || inst.address !== (rec.lastAddress ?? null))) {
       rec.lastState = inst.state
       rec.lastAddress = inst.address

@@ -93,12 +93,11 @@ __sp_progress() { __sp_post "{\\"progress\\":$1,\\"message\\":\\"$2\\"}" >/dev/n
 # a few tries, then the job comment's addr= (the fallback, docs/slurm.md).
 __sp_report() {
   local body="{\\"progress\\":60,\\"message\\":\\"the app listens on the compute node\\",\\"address\\":{\\"host\\":\\"$HOST\\",\\"port\\":$PORT}}"
-  local i rc
+  local i
+  # Retried on any failure: a job may report before the server has recorded its create (409).
   for i in 1 2 3; do
     __sp_post "$body" 2>/dev/null && return 0
-    rc=$?
-    [ "$rc" -eq 22 ] && break # the server answered and refused (curl -f): no retry
-    sleep "$i"
+    [ "$i" -lt 3 ] && sleep "$i"
   done
   echo "studiopool: the server did not accept $HOST:$PORT through its callback; trying the job comment" >&2
   scontrol update JobId="$SLURM_JOB_ID" Comment="$__sp_comment addr=$HOST:$PORT" ||
