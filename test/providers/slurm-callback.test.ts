@@ -49,9 +49,9 @@ describe(
       dataDir = mkdtempSync(join(tmpdir(), 'studiopool-slurm-callback-'))
       const doc = parseYaml(readFileSync(join(EXAMPLES, 'studiopool.yaml'), 'utf8')) as Record<string, unknown>
       doc.worker = { ...(doc.worker as object), interval: '500ms' }
-    // The callback is this server as the job (on the loopback node) reaches it: its listen address.
-    const { instanceCallbackUrl: _unused, ...server } = doc.server as Record<string, unknown>
-    doc.server = server
+      // The callback is this server as the job (on the loopback node) reaches it: its listen address.
+      const { instanceCallbackUrl: _unused, ...server } = doc.server as Record<string, unknown>
+      doc.server = server
       doc.pool = { ...(doc.pool as object), defaultTemplate: 'demo' }
       doc.providers = { slurm: { env: slurm.env, pollInterval: 300, runAs: 'uid', addressFromComment: false } }
       const slurmOf = (script: string) => ({
@@ -95,6 +95,30 @@ describe(
       return r.body.instanceId
     }
 
+    /** The environment of the job's wrapper (its first process that has the progress token). */
+    function jobEnv(jobId: string): Record<string, string> {
+      const pids = slurm
+        .cmd('/usr/bin/scontrol', ['listpids', jobId])
+        .stdout.split('\n')
+        .map((l) => l.trim().split(/\s+/)[0])
+      for (const pid of pids.filter((p) => p && /^\d+$/.test(p))) {
+        let raw: string
+        try {
+          raw = readFileSync(`/proc/${pid}/environ`, 'utf8')
+        } catch {
+          continue
+        }
+        const env = Object.fromEntries(
+          raw
+            .split('\0')
+            .filter(Boolean)
+            .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+        )
+        if (env.STUDIOPOOL_PROGRESS_TOKEN) return env
+      }
+      throw new Error(`no process of job ${jobId} with a progress token`)
+    }
+
     const comment = (jobId: string) => slurm.cmd('/usr/bin/squeue', ['-h', '-j', jobId, '-o', '%k']).stdout.trim()
 
     it('a job reports host and port through its callback; the instance is ready at that address', async () => {
@@ -111,6 +135,17 @@ describe(
       assert.match(inst.address ?? '', /^http:\/\/127\.0\.0\.1:21\d{3}$/, 'the node’s address, a port of the range')
       assert.doesNotMatch(comment(inst.providerRef!), /addr=/, 'not through the job comment')
       assert.equal((await fetch(`${inst.address}/healthz`)).status, 200, 'the app answers where the job said')
+
+      // The job's own token (read from its environment, as root): a ready instance takes no new address.
+      const env = jobEnv(inst.providerRef!)
+      const late = await request(env.STUDIOPOOL_PROGRESS_URL!, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${env.STUDIOPOOL_PROGRESS_TOKEN}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ progress: 50, address: { host: '127.0.0.1', port: 21999 } }),
+      })
+      assert.equal(late.statusCode, 409)
+      assert.equal(((await late.body.json()) as { error: { code: string } }).error.code, 'CONFLICT')
+      assert.equal((await running.store!.getInstance(id))!.address, inst.address, 'the route did not move')
     })
 
     it('another host or a port outside the range is refused (400) and the instance stays unroutable', async () => {
