@@ -202,6 +202,14 @@ export function reportProgress(inst: Instance, progress: number, message: string
   }
 }
 
+/** The instance reported where its app listens (a job wrapper's callback), vouched for by its provider. */
+export function reportAddress(inst: Instance, address: string, now: number): Transition {
+  return {
+    patch: { address, updatedAt: now },
+    requires: { states: ['starting'], generation: inst.generation },
+  }
+}
+
 /** Launch progress a provider reports while the instance starts (a batch queue's pending reason). */
 export interface ProgressNote {
   readonly message: string

@@ -1,6 +1,6 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto'
 import type { TemplateConfig } from '../config/types.js'
-import { AppError, ConflictError, NotFoundError, ProviderError } from '../domain/errors.js'
+import { AppError, ConflictError, NotFoundError, ProviderError, ValidationError } from '../domain/errors.js'
 import { type Instance, isLive } from '../domain/instance.js'
 import * as tr from '../domain/transitions.js'
 import {
@@ -14,6 +14,12 @@ import {
 import { errText, nextTurn, ownerLabels, type PoolCore, sha256 } from './pool-core.js'
 
 const MAX_START_ATTEMPTS = 3
+
+/** Where an instance says its app listens (the progress callback's `address`). */
+export interface ReportedAddress {
+  readonly host: string
+  readonly port: number
+}
 
 /**
  * Instance lifecycle: create (provision), readiness (watchStart), failure and retries, replacement,
@@ -274,17 +280,51 @@ export class Lifecycle {
     await c.capacity.afterCapacityFreed()
   }
 
-  /** Progress callback from the instance itself (MLiy's curl progress), with its per-instance token. */
-  async reportProgress(id: string, token: string, progress: number, message: string): Promise<Instance> {
+  /**
+   * Progress callback from the instance itself (MLiy's curl progress), with its per-instance token;
+   * optionally with the address its app listens at (a Slurm job's wrapper), which the provider must
+   * vouch for. The route gets the address at once; the instance is routable once its probe answers.
+   */
+  async reportProgress(
+    id: string,
+    token: string,
+    progress: number,
+    message: string,
+    address?: ReportedAddress,
+  ): Promise<Instance> {
     const { c } = this
-    const inst = await c.d.store.getInstance(id)
+    let inst = await c.d.store.getInstance(id)
     if (!inst || !isLive(inst.state)) throw new NotFoundError('no such live instance')
     if (!inst.progressTokenHash || !safeEqualHex(inst.progressTokenHash, sha256(token)))
       throw new AppError('UNAUTHORIZED', 'invalid progress token')
+    if (address) inst = await this.#acceptAddress(inst, address)
     if (inst.state === 'ready') return inst // the app answers; progress is 100 already
     const next = await c.apply(id, tr.reportProgress(inst, progress, message, c.now()))
     if (!next) throw new ConflictError('instance changed concurrently')
     c.routes.publish(next)
+    return next
+  }
+
+  async #acceptAddress(inst: Instance, a: ReportedAddress): Promise<Instance> {
+    const { c } = this
+    if (inst.state !== 'starting' || !inst.providerRef)
+      throw new ConflictError(`an address is accepted only while the instance starts (it is ${inst.state})`)
+    const t = c.templates.get(inst.template)
+    const provider = t && c.d.providers.get(t.provider)
+    const url =
+      t && provider?.acceptAddress
+        ? await provider.acceptAddress(inst.providerRef, a.host, a.port, { template: t, log: c.d.log })
+        : null
+    if (!url)
+      throw new ValidationError(
+        `address ${a.host.slice(0, 100)}:${a.port} refused: not where this instance's ${t?.provider ?? ''} resource runs`,
+      )
+    if (url === inst.address) return inst
+    const next = await c.apply(inst.id, tr.reportAddress(inst, url, c.now()))
+    if (!next) throw new ConflictError('instance changed concurrently')
+    await c.audit(inst.id, 'address', null, { address: url })
+    c.routes.publish(next)
+    c.background(this.watchStart(inst.id))
     return next
   }
 

@@ -6,7 +6,7 @@ import type { IsolationReport } from '../providers/provider.js'
 import type { BreakerState } from './create-breaker.js'
 import { Capacity } from './pool-capacity.js'
 import { PoolCore, type PoolDeps } from './pool-core.js'
-import { Lifecycle } from './pool-lifecycle.js'
+import { Lifecycle, type ReportedAddress } from './pool-lifecycle.js'
 import { Requests, type RequestInput, type RequestResult } from './pool-request.js'
 
 export { errText, ownerLabels, type FaultHooks, type PoolDeps } from './pool-core.js'
@@ -126,8 +126,14 @@ export class PoolService {
   }
 
   /** Progress callback from the instance itself (MLiy's curl progress), with its per-instance token. */
-  reportProgress(id: string, token: string, progress: number, message: string): Promise<Instance> {
-    return this.#lifecycle.reportProgress(id, token, progress, message)
+  reportProgress(
+    id: string,
+    token: string,
+    progress: number,
+    message: string,
+    address?: ReportedAddress,
+  ): Promise<Instance> {
+    return this.#lifecycle.reportProgress(id, token, progress, message, address)
   }
 
   /** The worker found the resource of a `provisioning` row (a crash between create and store): it is starting. */

@@ -131,6 +131,13 @@ export interface Provider {
    * only logs a failure. Labels not named are kept. Throws ProviderError; an absent ref resolves.
    */
   relabel?(ref: string, labels: Readonly<Record<string, string>>, opts: OperationOptions): Promise<void>
+  /**
+   * Optional: vouches for an address the instance reported itself (the job wrapper's callback, issue
+   * 12): `host:port` must be where this resource really runs (its node, a port of its range), so a
+   * session user cannot point the gateway at another host. Returns the base URL (`http://host:port`)
+   * to route to, or null to refuse. A provider without it refuses every reported address.
+   */
+  acceptAddress?(ref: string, host: string, port: number, opts: AcceptAddressOptions): Promise<string | null>
   /** The SSH key pair instances of this template get (the seed's GET_STATUS `keyName`); undefined when none. */
   keyPairName?(template: TemplateConfig): string | undefined
   /** What this provider isolates; absent means sessions do not run on a host the server shares (nothing to report). */
@@ -172,6 +179,10 @@ export interface ProviderContext {
   /** Provider-wide settings from `providers.<name>` in the config. */
   readonly settings: Readonly<Record<string, unknown>>
   readonly log: Logger
+}
+
+export interface AcceptAddressOptions extends OperationOptions {
+  readonly template: TemplateConfig
 }
 
 export type ProviderFactory = (ctx: ProviderContext) => Provider

@@ -448,6 +448,19 @@ templates:
     add('progress callback, progress: 150', 400, 'INVALID_REQUEST', () =>
       call(s.url, 'POST', `/api/v1/instances/${id()}/progress`, { key: 'wrong-token', body: { progress: 150 } }),
     )
+    for (const [what, address] of [
+      ['a host with a space', { host: 'a b', port: 20001 }],
+      ['port 0', { host: 'node1', port: 0 }],
+      ['port 65536', { host: 'node1', port: 65536 }],
+      ['an unknown field', { host: 'node1', port: 20001, user: 'root' }],
+      ['no port', { host: 'node1' }],
+    ] as const)
+      add(`progress callback, address with ${what}`, 400, 'INVALID_REQUEST', () =>
+        call(s.url, 'POST', `/api/v1/instances/${id()}/progress`, {
+          key: 'wrong-token',
+          body: { progress: 50, address },
+        }),
+      )
     add('progress callback, id of a wrong format', 400, 'INVALID_REQUEST', () =>
       call(s.url, 'POST', '/api/v1/instances/zz/progress', { key: 'wrong-token', body: { progress: 10 } }),
     )

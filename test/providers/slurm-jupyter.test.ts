@@ -1,7 +1,7 @@
 /**
  * End to end on Slurm: the real server (`start()`) with a Jupyter template on the slurm provider and
  * a private single-node cluster. The notebook runs as a batch job (as `nobody`), reports its
- * host:port through its job comment, and a kernel runs code over its WebSocket through the gateway.
+ * host:port (through the job comment here: the example's instanceCallbackUrl is not this server), and a kernel runs code over its WebSocket through the gateway.
  */
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'

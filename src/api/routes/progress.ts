@@ -19,6 +19,21 @@ export async function progressRoute(scope: FastifyInstance, deps: ApiDeps): Prom
           {
             progress: Type.Number({ minimum: 0, maximum: 100 }),
             message: Type.Optional(Type.String({ maxLength: 200 })),
+            /** Where the app listens (a Slurm job's wrapper); the provider must vouch for it. */
+            address: Type.Optional(
+              Type.Object(
+                {
+                  // A DNS name, an IPv4 literal or an IPv6 literal (bare or in brackets).
+                  host: Type.String({
+                    minLength: 1,
+                    maxLength: 253,
+                    pattern: '^(?:[A-Za-z0-9.-]+|\\[?[0-9A-Fa-f:.]+\\]?)$',
+                  }),
+                  port: Type.Integer({ minimum: 1, maximum: 65535 }),
+                },
+                { additionalProperties: false },
+              ),
+            ),
           },
           { additionalProperties: false },
         ),
@@ -27,7 +42,13 @@ export async function progressRoute(scope: FastifyInstance, deps: ApiDeps): Prom
     async (req) => {
       const m = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '')
       if (!m) throw new UnauthorizedError('missing progress token')
-      const inst = await deps.pool.reportProgress(req.params.id, m[1]!, req.body.progress, req.body.message ?? '')
+      const inst = await deps.pool.reportProgress(
+        req.params.id,
+        m[1]!,
+        req.body.progress,
+        req.body.message ?? '',
+        req.body.address,
+      )
       return { instanceId: inst.id, progress: inst.progress, message: inst.progressMessage }
     },
   )

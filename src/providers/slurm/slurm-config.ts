@@ -147,6 +147,11 @@ export const slurmProviderSettingsSchema = Type.Object(
     lostGrace: Type.Optional(DurationIn),
     /** The cluster allows `scontrol suspend/resume` (and hold/release) from this account: stop/start supported. */
     suspend: Type.Optional(Type.Boolean()),
+    /**
+     * Also take the address a job appends to its comment (`addr=host:port`, when it cannot reach the
+     * server's callback), checked as the callback's is; default true.
+     */
+    addressFromComment: Type.Optional(Type.Boolean()),
     /** Extra environment for the Slurm commands (e.g. SLURM_CONF). */
     env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Z_][A-Z0-9_]*$' }), Type.String())),
   },
@@ -164,6 +169,7 @@ export interface SlurmProviderSettings {
   readonly pollIntervalMs: number
   readonly lostGraceMs: number
   readonly suspend: boolean
+  readonly addressFromComment: boolean
   readonly env: Readonly<Record<string, string>>
 }
 
@@ -192,6 +198,7 @@ export function parseSlurmProviderSettings(raw: Readonly<Record<string, unknown>
     pollIntervalMs: dur('pollInterval', SLURM_DEFAULTS.pollIntervalMs),
     lostGraceMs: dur('lostGrace', SLURM_DEFAULTS.lostGraceMs),
     suspend: s.suspend ?? false,
+    addressFromComment: s.addressFromComment ?? true,
     env: s.env ?? {},
   }
 }

@@ -2,7 +2,7 @@ import { ProviderError } from '../../domain/errors.js'
 import { isInstanceId } from '../../domain/ids.js'
 import { LABEL_INSTANCE, LABEL_POOL, LABEL_TEMPLATE, type InstanceSpec, type ProviderInstance } from '../provider.js'
 import { SLURM_DEFAULTS, type SlurmTemplateSettings } from './slurm-config.js'
-import { TERMINAL_STATES, parseTimeLeft, type SlurmJob } from './slurm-cli.js'
+import { TERMINAL_STATES, firstLine, parseTimeLeft, type SlurmCli, type SlurmJob } from './slurm-cli.js'
 
 /** The job comment: `studiopool:<base64url JSON labels>`, then ` addr=host:port` once the app listens. */
 export const COMMENT_PREFIX = 'studiopool:'
@@ -28,6 +28,8 @@ export function jobToInstance(job: SlurmJob, prefix: string, poolId: string): Pr
     createdAt: null,
   }
   if (TERMINAL_STATES.has(job.state)) {
+    // COMPLETING is on its way to its end; with NonZeroExitCode that end is FAILED.
+    if (job.state === 'COMPLETING' && job.reason === 'NonZeroExitCode') job = { ...job, state: 'FAILED' }
     const why = job.reason && job.reason !== 'None' ? ` (${job.reason})` : ''
     const endReason = job.state === 'TIMEOUT' ? 'lifetime' : FAILED_STATES.has(job.state) ? 'failed' : undefined
     return {
@@ -94,4 +96,18 @@ export function accountOf(spec: InstanceSpec, s: SlurmTemplateSettings): string 
     throw new ProviderError(NAME, `"${user.slice(0, 40)}" is not an account name the cluster can run a job as`)
   if (user === 'root') throw new ProviderError(NAME, 'sessions never run as root')
   return user
+}
+
+/** The account's primary group (cached in `known`); refuses an account with uid or gid 0. */
+export async function gidOf(cli: SlurmCli, known: Map<string, string>, user: string): Promise<string> {
+  const cached = known.get(user)
+  if (cached) return cached
+  const [u, g] = [await cli.run('id', ['-u', '--', user]), await cli.run('id', ['-g', '--', user])]
+  const [uid, gid] = [u.stdout.trim(), g.stdout.trim()]
+  if (u.code !== 0 || g.code !== 0 || !/^\d+$/.test(uid) || !/^\d+$/.test(gid))
+    throw new ProviderError(NAME, `no account "${user}" on the submit host: ${firstLine(u.stderr || g.stderr)}`)
+  if (uid === '0' || gid === '0')
+    throw new ProviderError(NAME, `account "${user}" has uid or gid 0; sessions never run as root`)
+  known.set(user, gid)
+  return gid
 }

@@ -7,6 +7,7 @@ import {
   LABEL_INSTANCE,
   LABEL_POOL,
   LABEL_TEMPLATE,
+  type AcceptAddressOptions,
   type InstanceSpec,
   type IsolationReport,
   type OperationOptions,
@@ -16,7 +17,7 @@ import {
   type ProviderInstance,
 } from '../provider.js'
 import { SlurmCli, TERMINAL_STATES, firstLine, type SlurmJob } from './slurm-cli.js'
-import { COMMENT_PREFIX, accountOf, jobToInstance } from './slurm-jobs.js'
+import { COMMENT_PREFIX, accountOf, gidOf, jobToInstance } from './slurm-jobs.js'
 import {
   parseSlurmProviderSettings,
   parseSlurmTemplateSettings,
@@ -24,6 +25,7 @@ import {
   type SlurmTemplateSettings,
 } from './slurm-config.js'
 import { isolationOf } from './slurm-isolation.js'
+import { NodeHosts, commentAddressOk, vouchForAddress } from './slurm-nodes.js'
 import { RecordStore, type SlurmRecord } from './slurm-records.js'
 import { jobScript, substitutePath } from './slurm-script.js'
 
@@ -55,11 +57,13 @@ export class SlurmProvider implements Provider {
   /** When a recorded job was first missing from squeue (in memory: a restart starts the grace again). */
   readonly #missingSince = new Map<string, number>()
   readonly #gids = new Map<string, string>()
+  readonly #nodes: NodeHosts
 
   constructor(ctx: ProviderContext) {
     this.#ctx = ctx
     this.#s = parseSlurmProviderSettings(ctx.settings)
     this.cli = new SlurmCli(this.#s)
+    this.#nodes = new NodeHosts(this.cli)
     this.#records = new RecordStore(ctx.dataDir)
     this.capabilities = { supportsSuspend: this.#s.suspend, reportsProgress: true }
   }
@@ -240,7 +244,11 @@ export class SlurmProvider implements Provider {
       return { ...base, state: 'terminated', address: null, message: `Slurm no longer knows job ${jobId}` }
     }
     this.#missingSince.delete(jobId)
-    const inst = { ...this.#fromJob(job), ...base }
+    const seen = { ...this.#fromJob(job), ...base }
+    // A comment's `addr=` (the fallback when the job cannot reach the callback): checked as acceptAddress checks.
+    const ok =
+      this.#s.addressFromComment && commentAddressOk(this.#nodes.cached(job.nodes), rec.portRange, seen.address)
+    const inst = { ...seen, address: ok ? seen.address : null }
     if (inst.state !== 'terminated' && (inst.state !== rec.lastState || inst.address !== (rec.lastAddress ?? null))) {
       rec.lastState = inst.state
       rec.lastAddress = inst.address
@@ -261,6 +269,17 @@ export class SlurmProvider implements Provider {
   #unrecorded(job: SlurmJob): ProviderInstance {
     const inst = this.#fromJob(job)
     return { ...inst, instanceId: '', address: null, message: `Slurm job ${job.id} has this pool's name but no record` }
+  }
+
+  /**
+   * Vouches for the address a job's wrapper reported through the callback (docs/security.md): the
+   * job ours and running, the port within the template's range, the host the job's node.
+   */
+  async acceptAddress(ref: string, host: string, port: number, opts: AcceptAddressOptions): Promise<string | null> {
+    const s = parseSlurmTemplateSettings(opts.template.settings, opts.template.maxLifetimeMs).settings
+    if (!s || !JOB_ID_RE.test(ref) || !this.#ours().some((r) => r.jobId === ref && !r.destroyed)) return null
+    const job = async (fresh: boolean) => (await this.#query(fresh ? 0 : this.#maxAge())).jobs.get(ref)
+    return vouchForAddress({ job, nodes: this.#nodes, host, port, range: [s.portFirst, s.portLast], log: opts.log })
   }
 
   #fromJob(job: SlurmJob): ProviderInstance {
@@ -329,7 +348,7 @@ export class SlurmProvider implements Provider {
       ...s.extraArgs,
     ]
     let prefix: string[] = []
-    if (this.#s.runAs === 'uid') args.unshift(`--uid=${user}`, `--gid=${await this.#gidOf(user)}`)
+    if (this.#s.runAs === 'uid') args.unshift(`--uid=${user}`, `--gid=${await gidOf(this.cli, this.#gids, user)}`)
     else if (this.#s.runAs === 'prefix') prefix = this.#s.submitPrefix.map((a) => a.replaceAll('{{user}}', user))
     const rec: SlurmRecord = {
       version: 1,
@@ -340,6 +359,7 @@ export class SlurmProvider implements Provider {
       labels,
       user,
       submittedAt: Date.now(),
+      portRange: [s.portFirst, s.portLast],
     }
     this.#records.write(rec) // before sbatch: a crash after it is adopted by name, not submitted twice
     this.#invalidate()
@@ -368,20 +388,6 @@ export class SlurmProvider implements Provider {
       progress: 10,
       message: `Slurm job ${jobId} submitted`,
     }
-  }
-
-  /** The account's primary group; refuses an account with uid or gid 0. */
-  async #gidOf(user: string): Promise<string> {
-    const known = this.#gids.get(user)
-    if (known) return known
-    const [u, g] = [await this.cli.run('id', ['-u', '--', user]), await this.cli.run('id', ['-g', '--', user])]
-    const [uid, gid] = [u.stdout.trim(), g.stdout.trim()]
-    if (u.code !== 0 || g.code !== 0 || !/^\d+$/.test(uid) || !/^\d+$/.test(gid))
-      throw new ProviderError(NAME, `no account "${user}" on the submit host: ${firstLine(u.stderr || g.stderr)}`)
-    if (uid === '0' || gid === '0')
-      throw new ProviderError(NAME, `account "${user}" has uid or gid 0; sessions never run as root`)
-    this.#gids.set(user, gid)
-    return gid
   }
 
   async destroy(ref: string, opts: OperationOptions): Promise<void> {

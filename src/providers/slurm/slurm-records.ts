@@ -24,6 +24,8 @@ export interface SlurmRecord {
   /** Last state and address squeue showed: kept through a controller outage and a short loss. */
   lastState?: 'pending' | 'running' | 'stopped'
   lastAddress?: string | null
+  /** The template's port range at submit time: a comment's `addr=` outside it is ignored. */
+  portRange?: readonly [number, number]
 }
 
 export class RecordStore {

@@ -38,11 +38,14 @@ export function substitutePath(value: string, spec: InstanceSpec, user: string):
  * 2. picks a port in the template's range that nothing answers on, and runs the app on it — the app
  *    binds it itself, so there is no bind-then-close race; an app that exits before listening is
  *    tried on the next port (at most three times), then the job fails with the app's exit code;
- * 3. once the port answers, reports `host:port` by appending `addr=` to its own job comment
- *    (`scontrol update`, which a job's owner may do), where the provider's one batched squeue reads
- *    it; and posts progress to the instance's callback (best effort, with its per-instance token);
+ * 3. once the port answers, posts `{host, port}` to the instance's progress callback with its
+ *    per-instance token (never on a command line), where the provider vouches for it
+ *    (acceptAddress: the job's node, a port of the range); if the server cannot be reached after a
+ *    few tries, appends `addr=host:port` to its own job comment (`scontrol update`), which the
+ *    provider's batched squeue reads and checks the same way (`addressFromComment`);
  * 4. waits for the app and exits with its code.
  */
+// eslint-disable-next-line max-lines-per-function -- one template literal: the whole bash wrapper, read top to bottom
 export function jobScript(spec: InstanceSpec, s: SlurmTemplateSettings, comment: string, workdir: string): string {
   const env: Record<string, string> = {
     BASE_PATH: spec.basePath,
@@ -68,11 +71,37 @@ __sp_last=${s.portLast}
 HOST="$( ${s.hostCommand} )" 2>/dev/null || HOST=""
 HOST="\${HOST%% *}"
 [ -n "$HOST" ] || HOST="$(hostname)"
+case "$HOST" in *[!A-Za-z0-9.:-]*) echo "studiopool: hostCommand printed no host name" >&2; HOST="$(hostname)" ;; esac
 export HOST
-__sp_progress() {
-  command -v curl >/dev/null 2>&1 || return 0
-  curl -fsS -m 5 -o /dev/null -H "Authorization: Bearer $STUDIOPOOL_PROGRESS_TOKEN" -H 'Content-Type: application/json' \\
-    -d "{\\"progress\\":$1,\\"message\\":\\"$2\\"}" "$STUDIOPOOL_PROGRESS_URL" 2>/dev/null || true
+__sp_post() {
+  # POSTs $1 (JSON) to the instance's callback with its token, which stays off every command line
+  # (curl reads it from a config on stdin; python3 from its environment).
+  if command -v curl >/dev/null 2>&1; then
+    printf 'header = "Authorization: Bearer %s"\\n' "$STUDIOPOOL_PROGRESS_TOKEN" |
+      curl -fsS -m 10 -o /dev/null -K - -H 'Content-Type: application/json' --data-binary "$1" "$STUDIOPOOL_PROGRESS_URL"
+  elif command -v python3 >/dev/null 2>&1; then
+    __SP_BODY="$1" python3 -c 'import os, urllib.request as u
+r = u.Request(os.environ["STUDIOPOOL_PROGRESS_URL"], data=os.environ["__SP_BODY"].encode(), method="POST",
+  headers={"Authorization": "Bearer " + os.environ["STUDIOPOOL_PROGRESS_TOKEN"], "Content-Type": "application/json"})
+u.urlopen(r, timeout=10).read()'
+  else
+    return 1
+  fi
+}
+__sp_progress() { __sp_post "{\\"progress\\":$1,\\"message\\":\\"$2\\"}" >/dev/null 2>&1 || true; }
+# Reports where the app listens (the instance is routable only once the server accepted it);
+# a few tries, then the job comment's addr= (the fallback, docs/slurm.md).
+__sp_report() {
+  local body="{\\"progress\\":60,\\"message\\":\\"the app listens on the compute node\\",\\"address\\":{\\"host\\":\\"$HOST\\",\\"port\\":$PORT}}"
+  local i
+  # Retried on any failure: a job may report before the server has recorded its create (409).
+  for i in 1 2 3; do
+    __sp_post "$body" 2>/dev/null && return 0
+    [ "$i" -lt 3 ] && sleep "$i"
+  done
+  echo "studiopool: the server did not accept $HOST:$PORT through its callback; trying the job comment" >&2
+  scontrol update JobId="$SLURM_JOB_ID" Comment="$__sp_comment addr=$HOST:$PORT" ||
+    echo "studiopool: cannot report $HOST:$PORT through scontrol update" >&2
 }
 __sp_answers() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 __sp_app() {
@@ -92,10 +121,7 @@ for __sp_probe in $(seq 1 200); do
   __sp_pid=$!
   while kill -0 "$__sp_pid" 2>/dev/null; do
     if __sp_answers "$PORT"; then
-      if ! scontrol update JobId="$SLURM_JOB_ID" Comment="$__sp_comment addr=$HOST:$PORT"; then
-        echo "studiopool: cannot report $HOST:$PORT through scontrol update" >&2
-      fi
-      __sp_progress 60 "the app listens on the compute node"
+      __sp_report
       wait "$__sp_pid"
       exit $?
     fi
