@@ -217,8 +217,11 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
   })
 
   test('(b)+(d) Shiny in Chromium: change an input, the reactive output changes; culled when idle', async (t) => {
+    // The browser first: a cold Chromium start under load can outlast IDLE_MS, and a session its
+    // user reaches only after the idle timeout is (rightly) culled before the page loads.
+    const browser = await getBrowser()
     const { instanceId, url, readyMs } = await requestReady(s, 'bob', 'shiny')
-    const ctx = await (await getBrowser()).newContext()
+    const ctx = await browser.newContext()
     let pids: number[]
     try {
       const page = await ctx.newPage()
@@ -257,8 +260,9 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
   })
 
   test('(c)+(d) Jupyter notebook UI in Chromium: new notebook, run a cell, see its output; culled when idle', async (t) => {
+    const browser = await getBrowser() // first, as in (b)
     const { instanceId, url, readyMs } = await requestReady(s, 'carol', 'jupyter')
-    const ctx = await (await getBrowser()).newContext()
+    const ctx = await browser.newContext()
     let pids: number[]
     try {
       const page = await ctx.newPage()
