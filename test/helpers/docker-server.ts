@@ -207,17 +207,21 @@ export async function runInKernel(srv: ServerProcess, k: Kernel, code: string): 
   })
   const out: string[] = []
   let replied = false
+  let idle = false
   const msgId = randomUUID()
   ws.on('message', (data: Buffer) => {
     const m = JSON.parse(data.toString()) as {
       msg_type: string
       parent_header: { msg_id?: string }
-      content: { text?: string; ename?: string; evalue?: string }
+      content: { text?: string; ename?: string; evalue?: string; execution_state?: string }
     }
     if (m.parent_header.msg_id !== msgId) return
     if (m.msg_type === 'stream' && m.content.text) out.push(m.content.text)
     if (m.msg_type === 'error') out.push(`ERROR ${m.content.ename}: ${m.content.evalue}`)
+    // Outputs come on iopub and the reply on shell, in no fixed order; iopub's `idle` for this request
+    // comes after all of its outputs. Both, then.
     if (m.msg_type === 'execute_reply') replied = true
+    if (m.msg_type === 'status' && m.content.execution_state === 'idle') idle = true
   })
   await new Promise<void>((resolve, reject) => {
     ws.once('open', resolve)
@@ -247,7 +251,7 @@ export async function runInKernel(srv: ServerProcess, k: Kernel, code: string): 
       buffers: [],
     }),
   )
-  await waitFor('the kernel to run the code', () => (replied ? true : undefined), 120_000)
+  await waitFor('the kernel to run the code', () => (replied && idle ? true : undefined), 120_000)
   ws.close()
   return out.join('')
 }
