@@ -111,17 +111,20 @@ async function runInKernel(
   })
   const out: string[] = []
   let replied = false
+  let idle = false
   const msgId = randomUUID()
   ws.on('message', (data) => {
     const m = JSON.parse(data.toString()) as {
       msg_type: string
       parent_header: { msg_id?: string }
-      content: { text?: string; ename?: string; evalue?: string }
+      content: { text?: string; ename?: string; evalue?: string; execution_state?: string }
     }
     if (m.parent_header.msg_id !== msgId) return
     if (m.msg_type === 'stream' && m.content.text) out.push(m.content.text)
     if (m.msg_type === 'error') out.push(`ERROR ${m.content.ename}: ${m.content.evalue}`)
+    // Outputs come on iopub, the reply on shell, in no fixed order; iopub's `idle` follows every output.
     if (m.msg_type === 'execute_reply') replied = true
+    if (m.msg_type === 'status' && m.content.execution_state === 'idle') idle = true
   })
   await new Promise<void>((resolve, reject) => {
     ws.once('open', resolve)
@@ -151,7 +154,7 @@ async function runInKernel(
       buffers: [],
     }),
   )
-  await waitFor('the attack script to finish', () => (replied ? true : undefined), 120_000)
+  await waitFor('the attack script to finish', () => (replied && idle ? true : undefined), 120_000)
   ws.close()
   return out.join('')
 }
