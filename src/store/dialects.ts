@@ -54,6 +54,18 @@ export function uniqueViolation(err: unknown): { index: string } | undefined {
   return undefined
 }
 
+/** Socket errors that mean the database server cannot be reached at all. */
+const NETWORK_ERRORS = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EPIPE',
+])
+
 /**
  * Why the store is unavailable, when `err` says it is (rather than a bug or a constraint): a short
  * reason for the 503 and /readyz, or undefined. Postgres: no connection, a connection lost, a
@@ -75,19 +87,7 @@ export function unavailableReason(err: unknown): string | undefined {
     if (code === 'SQLITE_PROTOCOL' || code === 'SQLITE_NOMEM') return code.slice(7).toLowerCase()
     return undefined
   }
-  if (
-    [
-      'ECONNREFUSED',
-      'ECONNRESET',
-      'ETIMEDOUT',
-      'EHOSTUNREACH',
-      'ENETUNREACH',
-      'ENOTFOUND',
-      'EAI_AGAIN',
-      'EPIPE',
-    ].includes(code)
-  )
-    return `cannot reach Postgres (${code})`
+  if (NETWORK_ERRORS.has(code)) return `cannot reach Postgres (${code})`
   // SQLSTATE classes: 08 connection exception, 53 insufficient resources, 57 operator intervention
   // (57014 is a statement_timeout), 58 system error; 25P03 idle-in-transaction timeout.
   if (/^(08|53|57|58)[0-9A-Z]{3}$/.test(code) || code === '25P03')
@@ -111,19 +111,7 @@ export function isConnectionLoss(err: unknown): boolean {
   const e = err as { code?: unknown; message?: unknown }
   const code = typeof e.code === 'string' ? e.code : ''
   const message = typeof e.message === 'string' ? e.message : ''
-  if (
-    [
-      'ECONNREFUSED',
-      'ECONNRESET',
-      'ETIMEDOUT',
-      'EHOSTUNREACH',
-      'ENETUNREACH',
-      'ENOTFOUND',
-      'EAI_AGAIN',
-      'EPIPE',
-    ].includes(code)
-  )
-    return true
+  if (NETWORK_ERRORS.has(code)) return true
   if (/^08[0-9A-Z]{3}$/.test(code) || code === '57P01' || code === '57P02' || code === '57P03') return true
   return /^Query read timeout$|timeout exceeded when trying to connect|Connection terminated|not queryable/i.test(
     message,
