@@ -11,15 +11,14 @@
  *   defences which do not depend on the account still hold (the app token, the logins).
  */
 import assert from 'node:assert/strict'
-import { randomUUID } from 'node:crypto'
 import { chmodSync, chownSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import WebSocket from 'ws'
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml'
 import { waitFor } from '../helpers/wait.js'
-import { CookieJar, EXAMPLES, e2eSkipReason, http } from '../e2e/harness.js'
+import { openJupyter, runInKernel } from '../helpers/jupyter.js'
+import { EXAMPLES, e2eSkipReason } from '../e2e/harness.js'
 import { api, killAll, spawnServer, type ServerProcess } from '../helpers/server-process.js'
 
 const IS_ROOT = process.getuid?.() === 0
@@ -78,85 +77,6 @@ async function requestReady(
     90_000,
   )
   return r.body
-}
-
-/** Opens the launch URL (cookie), then starts a kernel through the gateway. */
-async function openJupyter(
-  srv: ServerProcess,
-  launchUrl: string,
-  instanceId: string,
-): Promise<{ jar: CookieJar; base: string; kernelId: string }> {
-  const jar = new CookieJar()
-  const tree = await http(launchUrl, jar)
-  assert.equal(tree.status, 200, tree.text.slice(0, 200))
-  const base = `${srv.url}/s/${instanceId}/`
-  const created = await http(`${base}api/kernels`, jar, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', 'x-xsrftoken': jar.get('_xsrf') ?? '' },
-    body: '{"name":"python3"}',
-  })
-  assert.equal(created.status, 201, created.text.slice(0, 200))
-  return { jar, base, kernelId: (JSON.parse(created.text) as { id: string }).id }
-}
-
-/** Runs `code` in the kernel over its WebSocket, through the gateway; returns what it printed. */
-async function runInKernel(
-  srv: ServerProcess,
-  k: { jar: CookieJar; base: string; kernelId: string },
-  code: string,
-): Promise<string> {
-  const session = randomUUID()
-  const ws = new WebSocket(`${k.base.replace(/^http/, 'ws')}api/kernels/${k.kernelId}/channels?session_id=${session}`, {
-    headers: { origin: new URL(srv.url).origin, cookie: k.jar.header() },
-  })
-  const out: string[] = []
-  let replied = false
-  let idle = false
-  const msgId = randomUUID()
-  ws.on('message', (data) => {
-    const m = JSON.parse(data.toString()) as {
-      msg_type: string
-      parent_header: { msg_id?: string }
-      content: { text?: string; ename?: string; evalue?: string; execution_state?: string }
-    }
-    if (m.parent_header.msg_id !== msgId) return
-    if (m.msg_type === 'stream' && m.content.text) out.push(m.content.text)
-    if (m.msg_type === 'error') out.push(`ERROR ${m.content.ename}: ${m.content.evalue}`)
-    // Outputs come on iopub, the reply on shell, in no fixed order; iopub's `idle` follows every output.
-    if (m.msg_type === 'execute_reply') replied = true
-    if (m.msg_type === 'status' && m.content.execution_state === 'idle') idle = true
-  })
-  await new Promise<void>((resolve, reject) => {
-    ws.once('open', resolve)
-    ws.once('error', reject)
-  })
-  ws.send(
-    JSON.stringify({
-      header: {
-        msg_id: msgId,
-        username: 'alice',
-        session,
-        msg_type: 'execute_request',
-        version: '5.3',
-        date: new Date().toISOString(),
-      },
-      parent_header: {},
-      metadata: {},
-      content: {
-        code,
-        silent: false,
-        store_history: false,
-        user_expressions: {},
-        allow_stdin: false,
-        stop_on_error: true,
-      },
-      channel: 'shell',
-      buffers: [],
-    }),
-  )
-  await waitFor('the attack script to finish', () => (replied && idle ? true : undefined), 120_000)
-  ws.close()
-  return out.join('')
 }
 
 function record(dataDir: string, id: string): Record_ {
