@@ -9,6 +9,7 @@ import { after, before, describe, test } from 'node:test'
 import { chromium, type Browser } from 'playwright-core'
 import WebSocket from 'ws'
 import { waitFor } from '../helpers/wait.js'
+import { printedBy } from '../helpers/jupyter.js'
 import {
   CHROMIUM,
   CHROMIUM_ARGS,
@@ -186,13 +187,9 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
         buffers: [],
       }),
     )
-    const stream = await waitFor(
-      'a stream message answering execute_request',
-      () => messages.find((m) => m.msg_type === 'stream' && m.parent_header.msg_id === msgId),
-      30_000,
-    )
-    assert.equal(stream.content.name, 'stdout')
-    assert.equal(stream.content.text, '42\n')
+    const printed = await waitFor('the output of execute_request', () => printedBy(messages, msgId), 30_000)
+    assert.deepEqual(printed.names, ['stdout'])
+    assert.equal(printed.text, '42\n')
     await waitFor(
       'the execute_reply',
       () => messages.find((m) => m.msg_type === 'execute_reply' && m.parent_header.msg_id === msgId),

@@ -25,6 +25,7 @@ import {
 import { dockerSkipReason, startDockerd, testAppSettings, type TestDockerd } from '../helpers/docker.js'
 import { makeTemplate } from '../helpers/template.js'
 import { waitFor } from '../helpers/wait.js'
+import { printedBy } from '../helpers/jupyter.js'
 
 const skip =
   dockerSkipReason() ??
@@ -165,12 +166,8 @@ describe('Jupyter in a Docker session (real Docker Engine)', { skip, timeout: 30
           buffers: [],
         }),
       )
-      const stream = await waitFor(
-        'the kernel to print',
-        () => messages.find((m) => m.msg_type === 'stream' && m.parent_header.msg_id === msgId),
-        60_000,
-      )
-      assert.equal(stream.content.text, '42\n')
+      const printed = await waitFor('the kernel to print', () => printedBy(messages, msgId), 60_000)
+      assert.equal(printed.text, '42\n')
     } finally {
       ws.close()
     }

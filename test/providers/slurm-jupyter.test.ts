@@ -18,6 +18,7 @@ import { start, type Running } from '../../src/main.js'
 import { CookieJar, EXAMPLES, http } from '../e2e/harness.js'
 import { SLURM_TEST_USER, slurmSkipReason, startSlurm, type TestSlurm } from '../helpers/slurm.js'
 import { waitFor } from '../helpers/wait.js'
+import { printedBy } from '../helpers/jupyter.js'
 
 const skip =
   slurmSkipReason() ??
@@ -156,12 +157,8 @@ describe('Jupyter on Slurm through the gateway', { skip: skip ?? undefined, time
         buffers: [],
       }),
     )
-    const stream = await waitFor(
-      'the kernel to answer',
-      () => messages.find((m) => m.msg_type === 'stream' && m.parent_header.msg_id === msgId),
-      60_000,
-    )
-    assert.equal(stream.content.text, '42\n')
+    const printed = await waitFor('the kernel to answer', () => printedBy(messages, msgId), 60_000)
+    assert.equal(printed.text, '42\n')
     ws.close()
     const released = await command('DELETE', { instanceId, userId: 'alice' })
     assert.equal(released.status, 200, JSON.stringify(released.body))
