@@ -5,7 +5,16 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs'
 import { hostname, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { freePort, waitFor } from './wait.js'
@@ -209,8 +218,33 @@ export async function startSlurm(opts: StartSlurmOptions = {}): Promise<TestSlur
       await stopChild(slurmd, 'slurmd')
       await stopChild(ctld, 'slurmctld')
       await stopChild(munged, 'munged')
+      // A job scancel did not end in time (a suspended one, a wedged step) outlives slurmd: its
+      // batch script runs from this cluster's spool, so its process group is ours to end.
+      killJobsUnder(join(dir, 'spool') + '/')
       rmSync(dir, { recursive: true, force: true })
     },
+  }
+}
+
+/** SIGKILLs the process group of every process whose command line names a file under `spool`. */
+function killJobsUnder(spool: string): void {
+  const groups = new Set<number>()
+  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    try {
+      if (!readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(spool)) continue
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+      const pgid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2])
+      if (pgid > 1) groups.add(pgid)
+    } catch {
+      // exited meanwhile
+    }
+  }
+  for (const g of groups) {
+    try {
+      process.kill(-g, 'SIGKILL')
+    } catch {
+      // gone already
+    }
   }
 }
 
