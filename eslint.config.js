@@ -31,6 +31,9 @@ const NO_DIRECT_TRANSITION = {
   message: 'write instance state as a named transition (domain/transitions.ts) with PoolCore.apply/insert',
 }
 
+/** The Kubernetes client is the kubernetes provider's alone (issue 15); every other layer's rule adds this group. */
+const NO_KUBE_CLIENT = [['@kubernetes/*'], 'only src/providers/kubernetes imports the Kubernetes client']
+
 export default tseslint.config(
   { ignores: ['node_modules/**', 'dist/**', 'examples/**', '**/fixtures/**', 'src/demo-app/server.mjs', '.dbg/**'] },
   js.configs.recommended,
@@ -73,13 +76,24 @@ export default tseslint.config(
   // each other; the gateway never imports pool, store or providers.
   {
     files: ['src/domain/**/*.ts'],
-    rules: forbid([['../*', '!../domain/*'], 'domain/ imports nothing outside domain/']),
+    rules: forbid([['../*', '!../domain/*'], 'domain/ imports nothing outside domain/'], NO_KUBE_CLIENT),
+  },
+  // src/cost/ is pure cost logic (prices, accrual, budgets): like domain/, it reads no store, pool or config.
+  {
+    files: ['src/cost/**/*.ts'],
+    rules: forbid([
+      ['api', 'cli', 'config', 'gateway', 'pool', 'providers', 'store', 'web']
+        .flatMap((d) => [`../${d}/*`, `../${d}/**`])
+        .concat(['../*.js']),
+      'cost/ imports only domain/ and cost/ (pure logic, no I/O)',
+    ]),
   },
   {
     files: ['src/providers/**/*.ts'],
     rules: forbid(
       [['**/store/*', '**/store/**'], 'providers never import the store'],
       [['**/pool/*', '**/pool/**'], 'providers never import the pool'],
+      NO_KUBE_CLIENT,
     ),
   },
   ...['local', 'ec2', 'docker', 'fake', 'slurm', 'kubernetes'].map((p) => ({
@@ -93,14 +107,23 @@ export default tseslint.config(
           .flatMap((o) => [`../${o}/*`, `../${o}`, `**/providers/${o}/**`]),
         'a provider never imports another provider',
       ],
+      ...(p === 'kubernetes' ? [] : [NO_KUBE_CLIENT]),
     ),
   })),
   {
     files: ['src/gateway/**/*.ts'],
-    rules: forbid([
-      ['**/pool/*', '**/pool/**', '**/store/*', '**/store/**', '**/providers/*', '**/providers/**'],
-      'the gateway never imports the pool, the store or a provider',
-    ]),
+    rules: forbid(
+      [
+        ['**/pool/*', '**/pool/**', '**/store/*', '**/store/**', '**/providers/*', '**/providers/**'],
+        'the gateway never imports the pool, the store or a provider',
+      ],
+      NO_KUBE_CLIENT,
+    ),
+  },
+  {
+    files: ['src/**/*.ts'],
+    ignores: ['src/domain/**', 'src/providers/**', 'src/gateway/**', 'src/**/*.test.ts'],
+    rules: forbid(NO_KUBE_CLIENT),
   },
   // Two doors, held here (flat config replaces a rule per file, so each block lists all it needs):
   // - nothing outside the store knows which dialect runs: what differs is behind its adapter

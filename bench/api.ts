@@ -21,6 +21,12 @@
  *
  * Env: BENCH_STORES=sqlite,postgres  BENCH_SIZES=1000,10000  BENCH_MODES=prefilled,minfree  BENCH_CONCURRENCY=50
  *      BENCH_WARM=5000  BENCH_WARMUP=2000  BENCH_LIST_MS=3000  BENCH_MIN_FREE=10  BENCH_TOPUP_MIN_FREE=500
+ *      BENCH_PROFILE=<dir> (a CPU profile of each pass's measured warm hits)
+ *      BENCH_STATEMENTS=1 (the measured warm hits' store statements by SQL text, per claim)
+ *
+ * Beside the latencies, each warm-hit row shows what a claim cost the server's thread, figures that a
+ * loaded machine does not move much: store statements per claim (with its top-up, at minFree) and
+ * main-thread CPU µs per claim (claim-meter.ts).
  */
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -36,6 +42,7 @@ import { createStore } from '../src/store/sql-store.js'
 import { pgClientConfig } from '../src/store/dialects.js'
 import type { Store } from '../src/store/store.js'
 import pg from 'pg'
+import { meter } from './claim-meter.js'
 
 const STORES = (process.env.BENCH_STORES ?? 'sqlite,postgres').split(',').map((s) => s.trim()) as (
   'sqlite' | 'postgres'
@@ -74,6 +81,8 @@ interface Result {
   readonly max: number
   readonly note: string
   readonly target?: number
+  /** Measured warm hits only: store statements and main-thread CPU per claim (claim-meter.ts). */
+  readonly perClaim?: { readonly statements: number; readonly cpuMicros: number }
 }
 
 interface RunResult {
@@ -193,14 +202,19 @@ async function warmPoolReady(store: Store, n: number): Promise<void> {
 }
 
 /** The app behind every fake instance in the `at minFree` pass: 200 to everything (the readiness probe). */
-async function startAppStub(): Promise<{ url: string; close(): Promise<void> }> {
+async function startAppStub(): Promise<{ url: string; readonly probes: number; close(): Promise<void> }> {
+  let probes = 0
   const srv: Server = createServer((_req, res) => {
+    probes++
     res.writeHead(200, { 'content-type': 'text/plain' })
     res.end('ok')
   })
   await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r))
   return {
     url: `http://127.0.0.1:${(srv.address() as AddressInfo).port}`,
+    get probes() {
+      return probes
+    },
     close: () =>
       new Promise<void>((r) => {
         srv.closeAllConnections()
@@ -315,7 +329,14 @@ templates:
       }
       // Warm hits: WARMUP unmeasured (JIT, key cache, connections), then WARM measured.
       await rounds(WARMUP, 'warmup-')
+      const m = await meter()
+      const probes0 = app?.probes ?? 0
       const warm = await rounds(WARM, 'bench-user-')
+      const cost = await m.stop(`warm-${kind}-${mode}-${size}`)
+      if (cost.profile) console.log(`  CPU profile of the measured warm hits: ${cost.profile}`)
+      if (cost.byStatement)
+        for (const [sql, n] of cost.byStatement.slice(0, 25))
+          console.log(`  ${(n / WARM).toFixed(2).padStart(6)} per claim  ${sql}`)
       // What the top-ups did meanwhile: instances beyond those seeded were created by them.
       const total = await running.store!.countInstances({ template: 'demo' })
       const created = total - seeded
@@ -325,8 +346,9 @@ templates:
         size,
         op: 'REQUEST_RSTUDIO warm hit',
         ...warm,
-        note: `${mode === 'minfree' ? `warm pool of ${minFree} made by the pool` : 'seeded'} in ${(seedMs / 1000).toFixed(1)} s; top-ups created ${created}${fmtErrors(warm.errors)}`,
+        note: `${mode === 'minfree' ? `warm pool of ${minFree} made by the pool` : 'seeded'} in ${(seedMs / 1000).toFixed(1)} s; top-ups created ${created}${app ? `; ${((app.probes - probes0) / warm.n).toFixed(2)} readiness probes per claim` : ''}${fmtErrors(warm.errors)}`,
         target: TARGET_WARM_P99[kind],
+        perClaim: { statements: cost.statements / warm.n, cpuMicros: cost.cpuMicros / warm.n },
       })
     } finally {
       await client.close()
@@ -384,6 +406,8 @@ function table(rows: Result[]): string {
     'p99 ms',
     'max ms',
     'target',
+    'stmts/claim',
+    'CPU µs/claim',
     'notes',
   ]
   const body = rows.map((r) => [
@@ -397,12 +421,14 @@ function table(rows: Result[]): string {
     r.p99.toFixed(1),
     r.max.toFixed(1),
     r.target === undefined ? '' : `p99 ≤ ${r.target} ms: ${passes(r) ? 'PASS' : 'MISS'}`,
+    r.perClaim ? r.perClaim.statements.toFixed(1) : '',
+    r.perClaim ? r.perClaim.cpuMicros.toFixed(0) : '',
     r.note,
   ])
   const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)))
   const line = (cells: string[]) =>
     cells
-      .map((c, i) => (i >= 4 && i <= 8 ? c.padStart(w[i]!) : c.padEnd(w[i]!)))
+      .map((c, i) => ((i >= 4 && i <= 8) || i === 10 || i === 11 ? c.padStart(w[i]!) : c.padEnd(w[i]!)))
       .join('  ')
       .trimEnd()
   return [line(head), w.map((n) => '-'.repeat(n)).join('  '), ...body.map(line)].join('\n')

@@ -28,6 +28,8 @@ import type { Store } from '../src/store/store.js'
 
 const N = Number(process.env.BENCH_INSTANCES ?? 2000)
 const CYCLES = 15
+/** BENCH_STORES=sqlite,postgres (the default: both). */
+const STORES = (process.env.BENCH_STORES ?? 'sqlite,postgres').split(',').map((s) => s.trim())
 const PG_URL = process.env.STUDIOPOOL_TEST_PG ?? 'postgres://127.0.0.1:5432/test'
 const log = pino({ level: 'silent' })
 
@@ -170,7 +172,14 @@ async function run(storeName: string, url: string): Promise<Row[]> {
 const rows: Row[] = []
 const dir = mkdtempSync(join(tmpdir(), 'sp-bench-reconcile-'))
 try {
-  rows.push(...(await run('sqlite', `sqlite:${join(dir, 'bench.db')}`)))
+  if (STORES.includes('sqlite')) rows.push(...(await run('sqlite', `sqlite:${join(dir, 'bench.db')}`)))
+  if (STORES.includes('postgres')) rows.push(...(await runPostgres()))
+} finally {
+  rmSync(dir, { recursive: true, force: true })
+  app.close()
+}
+
+async function runPostgres(): Promise<Row[]> {
   const schema = `sp_bench_${randomBytes(4).toString('hex')}`
   const admin = new pg.Client(pgClientConfig(PG_URL))
   await admin.connect()
@@ -178,14 +187,11 @@ try {
   try {
     const u = new URL(PG_URL)
     u.searchParams.set('options', `-c search_path=${schema}`)
-    rows.push(...(await run('postgres', u.toString())))
+    return await run('postgres', u.toString())
   } finally {
     await admin.query(`drop schema "${schema}" cascade`)
     await admin.end()
   }
-} finally {
-  rmSync(dir, { recursive: true, force: true })
-  app.close()
 }
 
 console.log(

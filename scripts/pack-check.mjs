@@ -2,7 +2,8 @@
 // The packaging check (run by .ci/run): packs the package as `npm publish` would, installs the
 // tarball into an empty directory as a consumer would, with the node on PATH (CI: Node 24), and
 // checks what a consumer sees:
-//   - the tarball holds dist/ and no tests, benches, CI files or TypeScript sources;
+//   - the tarball holds dist/ (with the declarations `studiopool/client` needs) and no tests, benches, CI
+//     files or TypeScript sources;
 //   - the install prints no warning (no EBADENGINE, no deprecation), and no installed package's
 //     `engines` excludes Node 22.12 (the oldest line `engines` promises);
 //   - `npx studiopool --version` prints the package's version;
@@ -79,7 +80,7 @@ async function main() {
   const files = packed.files.map((f) => f.path)
   step(`${packed.filename}: ${files.length} files, ${(packed.size / 1024).toFixed(0)} KiB`)
   for (const f of files) {
-    if (/^(test|bench|\.ci|src|scripts|docs)\//.test(f) || /\.test\.[cm]?[jt]s$/.test(f) || /\.ts$/.test(f))
+    if (/^(test|bench|\.ci|src|scripts|docs)\//.test(f) || /\.test\.[cm]?[jt]s$/.test(f) || /(?<!\.d)\.ts$/.test(f))
       problems.push(`the package holds ${f}`)
   }
   for (const need of ['dist/cli/main.js', 'dist/main.js', 'dist/demo-app/server.mjs', 'bin/studiopool.js'])

@@ -1,7 +1,9 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Duplex } from 'node:stream'
+import { answerOutside, type BasePathVerdict, refuseUpgrade, stripBasePath } from './gateway/base-path.js'
 import type { Gateway } from './gateway/gateway.js'
+import type { RequestLog } from './request-log.js'
 import { ServerLifecycle } from './server-lifecycle.js'
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void
@@ -20,18 +22,38 @@ export class Listener {
   appReady = false
   /** The worker role's /healthz, /readyz and /metrics; set once the store and pool exist. */
   workerProbes: ((req: IncomingMessage, res: ServerResponse) => boolean) | undefined
+  /** The access log and request ids (request-log.ts); set by the composition root. */
+  requestLog: RequestLog | undefined
 
-  constructor(readonly role: 'all' | 'api' | 'worker') {
+  /**
+   * `basePath`: `Config['server']['basePath']` (`/studiopool`, or ''): requests must arrive with it (the
+   * proxy passes the path through, like JupyterHub's base_url); stripped here (gateway/base-path.ts).
+   */
+  constructor(
+    readonly role: 'all' | 'api' | 'worker',
+    readonly basePath = '',
+  ) {
     this.lifecycle.attach(this.server)
     this.server.on('request', (req: IncomingMessage, res: ServerResponse) => this.#request(req, res))
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-      if (this.gateway) this.gateway.handleUpgrade(req, socket, head)
+      this.requestLog?.upgrade(req, socket)
+      if (this.#prefix(req) !== 'in') refuseUpgrade(socket)
+      else if (this.gateway) this.gateway.handleUpgrade(req, socket, head)
       else socket.destroy()
     })
   }
 
+  /** `stripBasePath` for this listener (the worker's probe port has no prefix). */
+  #prefix(req: IncomingMessage): BasePathVerdict {
+    if (this.role === 'worker') return 'in'
+    return stripBasePath(req, this.basePath, (host) => this.gateway?.isSessionHost(host) ?? false)
+  }
+
   #request(req: IncomingMessage, res: ServerResponse): void {
-    if (this.role === 'worker') {
+    this.requestLog?.request(req, res)
+    const where = this.#prefix(req)
+    if (where !== 'in') answerOutside(req, res, this.basePath, where)
+    else if (this.role === 'worker') {
       if (this.workerProbes?.(req, res)) return
       res.writeHead(this.workerProbes ? 404 : 503, { 'content-type': 'application/json' })
       res.end(

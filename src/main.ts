@@ -1,8 +1,9 @@
 import { deriveAppToken } from './domain/app-token.js'
 import { randomBytes } from 'node:crypto'
-import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import pino, { type Logger } from 'pino'
+import { chmodSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import type { Logger } from 'pino'
 import type { FastifyInstance } from 'fastify'
 import { instanceCallbackBase, withPublicUrl } from './config/load.js'
 import type { Config } from './config/types.js'
@@ -11,20 +12,25 @@ import type { ApiDeps } from './api/context.js'
 import { buildServer } from './api/server.js'
 import type { Links } from './api/views.js'
 import { createGateway, type Gateway } from './gateway/gateway.js'
+import { sharedTemplateRoutes } from './gateway/shared-templates.js'
 import { RouteHub } from './gateway/route-hub.js'
+import { startWebhooks, type EventSink } from './pool/webhooks.js'
 import { createTokenService, launchUrl, sessionUrl, type TokenService } from './gateway/tokens.js'
 import type { ActivitySink, NonceLedger } from './domain/routes.js'
 import { createMetrics, type Metrics } from './metrics.js'
+import { packageVersion } from './version.js'
 import { PoolService, type FaultHooks } from './pool/pool-service.js'
-import { StoreRouteSync } from './pool/store-route-sync.js'
-import { Worker } from './pool/worker.js'
+import { createSessionControls } from './pool/session-controls.js'
+import type { Worker } from './pool/worker.js'
+import { VerifiedRoutes } from './pool/store-route-sync.js'
+import { buildWorkerAndRouteSync, replicaStatus, workerProbes, type WorkerParts } from './replica-steps.js'
 import type { Provider } from './providers/provider.js'
 import type { decideLogin } from './web/login-policy.js'
-import { checkReadiness } from './api/readiness.js'
-import { createProbeHandler } from './probes.js'
 import { armBodyTimeout } from './server-lifecycle.js'
-import { buildProviders, Cleanups, decideDashboardLogin, openStore } from './start-steps.js'
+import { createLogger } from './logging.js'
+import { buildProviders, Cleanups, decideDashboardLogin, openStore, refuseUnavailable } from './start-steps.js'
 import { addressUrl, Listener } from './listener.js'
+import { RequestLog } from './request-log.js'
 import type { Store } from './store/store.js'
 
 export type Role = 'all' | 'api' | 'gateway' | 'worker'
@@ -34,8 +40,19 @@ export interface StartOptions {
   readonly role?: Role
   readonly log?: Logger
   readonly faults?: FaultHooks
-  /** Called once with a freshly created admin key (first start only). */
-  readonly onBootstrapKey?: (key: string, url: string) => void
+  /**
+   * Called once when the first admin key was created (first start only), with the key (for an
+   * embedder in the same process), the public URL and the 0600 file in the data directory that holds
+   * it (`bootstrap-admin.key`). The server never prints the key.
+   */
+  readonly onBootstrapKey?: (key: string, url: string, keyFile: string) => void
+  /**
+   * Refuse to start (ConfigError, exit 2) when a template cannot serve because of its configuration;
+   * the CLI sets it unless `--degraded`. Off by default for embedders and tests, which serve degraded.
+   */
+  readonly refuseUnavailable?: boolean
+  /** Configuration warnings to log at start (loadConfigDetailed's precedence conflicts). */
+  readonly configWarnings?: readonly string[]
   /** Extra Fastify plugins (the dashboard registers itself here). */
   readonly plugins?: ApiDeps['plugins']
 }
@@ -51,6 +68,8 @@ export interface Running {
   readonly gateway: Gateway | null
   readonly tokens: TokenService | null
   readonly metrics: Metrics
+  /** Events for webhooks: `events.emit({type: "budget.warning", data})` (docs/webhooks.md). Null in the gateway role. */
+  readonly events: EventSink | null
   close(): Promise<void>
   /**
    * SIGTERM (issue 9 item 9): /readyz 503, no new connections, close frames 1001 to proxied
@@ -59,26 +78,10 @@ export interface Running {
   shutdown(graceMs: number): Promise<void>
 }
 
-/** Pino with secrets redacted wherever they might appear. */
-export function createLogger(level: string): Logger {
-  return pino({
-    level,
-    redact: {
-      paths: [
-        'req.headers.authorization',
-        'req.headers.cookie',
-        'req.headers["x-api-key"]',
-        'key',
-        'secret',
-        'token',
-        '*.key',
-        '*.secret',
-        '*.token',
-      ],
-      censor: '[redacted]',
-    },
-  })
-}
+export { createLogger } from './logging.js'
+
+/** The first admin key's file in the data directory (0600). */
+export const BOOTSTRAP_KEY_FILE = 'bootstrap-admin.key'
 
 /**
  * The composition root: config → store → providers → pool → api + gateway on one listener
@@ -87,7 +90,8 @@ export function createLogger(level: string): Logger {
 export async function start(opts: StartOptions): Promise<Running> {
   const role = opts.role ?? 'all'
   const log = opts.log ?? createLogger(opts.config.server.logLevel)
-  const metrics = createMetrics()
+  const metrics = createMetrics({ version: packageVersion() })
+  for (const w of opts.configWarnings ?? []) log.warn(`configuration: ${w}`)
   if (role === 'gateway') return startGatewayRole(opts.config, log, metrics)
 
   warnIfAuthOff(opts.config, log)
@@ -96,6 +100,7 @@ export async function start(opts: StartOptions): Promise<Running> {
   cleanups.push(() => store.close())
   try {
     const { providers, unavailable } = await buildProviders(opts.config, log, cleanups)
+    if (opts.refuseUnavailable) refuseUnavailable(unavailable)
     const login = decideDashboardLogin(opts.config, providers, log)
     const secret =
       opts.config.gateway.secret ??
@@ -104,20 +109,34 @@ export async function start(opts: StartOptions): Promise<Running> {
       launchTtlMs: opts.config.gateway.launchTokenTtlMs,
       cookieTtlMs: opts.config.gateway.cookieTtlMs,
     })
-    const listener = new Listener(role)
+    const listener = new Listener(role, opts.config.server.basePath)
+    listener.requestLog = new RequestLog(log, opts.config.server.accessLog)
     const { address, config } = await listen(listener, opts.config, cleanups)
     const hub = new RouteHub()
-    const pool = await buildPool({ config, store, providers, hub, log, metrics, opts, unavailable, secret }, cleanups)
-    const worker = buildWorkerOrRouteSync({ config, role, store, pool, providers, hub, log, metrics }, cleanups)
-    if (role === 'worker') listener.workerProbes = workerProbes({ config, store, pool, worker, listener, metrics })
+    const poolRoutes = new VerifiedRoutes(hub)
+    const pool = await buildPool(
+      { config, store, providers, hub, poolRoutes, log, metrics, opts, unavailable, secret },
+      cleanups,
+    )
+    const { worker, sync } = buildWorkerAndRouteSync(
+      { config, role, store, pool, providers, hub, log, metrics, poolRoutes },
+      cleanups,
+    )
+    const replica = replicaStatus(worker, sync)
+    if (role === 'worker')
+      listener.workerProbes = workerProbes({ config, store, pool, worker, listener, metrics, replica })
+    const events = startEvents(config, store, pool, hub, log, cleanups)
 
     let app: FastifyInstance | null = null
     if (role !== 'worker') {
       const keyring = new Keyring(store, config.auth.keys)
-      const api = { config, store, pool, providers, hub, log, metrics, tokens, login, listener, worker, opts, keyring }
+      const api = {
+        ...{ config, store, pool, providers, hub, log, metrics, tokens, login, listener, worker, opts, keyring },
+        replica,
+      }
       app = await startApi(api, cleanups)
       listener.gateway = startGateway(api)
-      await bootstrapAdminKey(config, keyring, opts)
+      await bootstrapAdminKey(config, keyring, opts, log)
     }
 
     worker?.start()
@@ -144,6 +163,7 @@ export async function start(opts: StartOptions): Promise<Running> {
       gateway,
       tokens,
       metrics,
+      events,
       close: cleanups.closeAll,
       shutdown,
     }
@@ -168,9 +188,30 @@ async function startGatewayRole(config: Config, log: Logger, metrics: Metrics): 
     gateway: null,
     tokens: null,
     metrics,
+    events: null,
     close: g.close,
     shutdown: g.shutdown,
   }
+}
+
+/** Webhooks and operator hooks (docs/webhooks.md, docs/hooks.md), fed by the route hub; hook outcomes go to the audit. */
+/** Webhooks and operator hooks: session events from the route hub, budget events from the pool's cost. */
+function startEvents(config: Config, store: Store, pool: PoolService, hub: RouteHub, log: Logger, cleanups: Cleanups) {
+  const events = startWebhooks(
+    {
+      ...{ store, targets: config.webhooks, log, routes: hub, hooks: config.hooks, env: process.env },
+      audit: (id, event, actor, detail) => pool.audit(id, event, actor, detail),
+      sessionUrl: (id) => sessionUrl(config.gateway, config.server.publicUrl, id),
+    },
+    (s) => cleanups.push(s),
+  )
+  // Budget events (docs/cost.md); the id is stable per budget, key, instance and day.
+  pool.cost.onBudgetEvent((e) => {
+    const id = `${e.type}:${e.budget.id}:${e.key}:${e.instanceId ?? ''}:${Math.floor(e.at / 86_400_000)}`
+    const { type, ...data } = e
+    events.emit({ type, id, data }).catch((err: unknown) => log.warn({ err, event: id }, 'budget event not queued'))
+  })
+  return events
 }
 
 function warnIfAuthOff(config: Config, log: Logger): void {
@@ -192,7 +233,8 @@ async function listen(
   if (address && config.server.port === 0) {
     const host = address.address.includes(':') ? `[${address.address}]` : address.address
     const u = new URL(config.server.publicUrl)
-    if (u.port === '0') return { address, config: withPublicUrl(config, `http://${host}:${address.port}`) }
+    if (u.port === '0')
+      return { address, config: withPublicUrl(config, `http://${host}:${address.port}${config.server.basePath}`) }
   }
   return { address, config }
 }
@@ -202,6 +244,7 @@ interface PoolParts {
   readonly store: Store
   readonly providers: Map<string, Provider>
   readonly hub: RouteHub
+  readonly poolRoutes: VerifiedRoutes
   readonly log: Logger
   readonly metrics: Metrics
   readonly opts: StartOptions
@@ -217,7 +260,7 @@ async function buildPool(p: PoolParts, cleanups: Cleanups): Promise<PoolService>
     config: p.config,
     store: p.store,
     providers: p.providers,
-    routes: p.hub,
+    routes: p.poolRoutes,
     log: p.log.child({ component: 'pool' }),
     metrics: p.metrics,
     faults: p.opts.faults,
@@ -230,63 +273,6 @@ async function buildPool(p: PoolParts, cleanups: Cleanups): Promise<PoolService>
   return pool
 }
 
-interface WorkerParts {
-  readonly config: Config
-  readonly role: Role
-  readonly store: Store
-  readonly pool: PoolService
-  readonly providers: Map<string, Provider>
-  readonly hub: RouteHub
-  readonly log: Logger
-  readonly metrics: Metrics
-}
-
-/** The worker (roles all and worker, unless disabled); API-only replicas learn of the worker's changes by reading the store. */
-function buildWorkerOrRouteSync(p: WorkerParts, cleanups: Cleanups): Worker | null {
-  if (p.role === 'all' || p.role === 'worker') {
-    if (!p.config.worker.enabled) return null
-    const { config, store, pool, providers, metrics } = p
-    // Started by `start` once the API and the gateway are up: its first cycle's top-ups (a large
-    // minFree) must not compete with the API's plugins loading.
-    const worker = new Worker({ config, store, pool, providers, log: p.log.child({ component: 'worker' }), metrics })
-    cleanups.push(() => worker.stop())
-    return worker
-  }
-  const sync = new StoreRouteSync(p.store, p.pool, p.hub, p.log)
-  sync.start()
-  cleanups.push(async () => sync.stop())
-  return null
-}
-
-/** The worker role's /healthz, /readyz and /metrics (metrics for admin and proxy keys). */
-function workerProbes(p: {
-  config: Config
-  store: Store
-  pool: PoolService
-  worker: Worker | null
-  listener: Listener
-  metrics: Metrics
-}): (req: IncomingMessage, res: ServerResponse) => boolean {
-  const { config, store, pool, worker } = p
-  const keys = new Keyring(store, config.auth.keys)
-  return createProbeHandler({
-    readiness: () =>
-      checkReadiness({
-        store,
-        templates: config.templates.map((t) => ({ name: t.name, unavailable: pool.unavailableReason(t.name) })),
-        draining: () => p.listener.lifecycle.draining(),
-        extra: { worker: () => (worker ? undefined : 'worker.enabled is false') },
-      }),
-    metrics: p.metrics.registry,
-    mayReadMetrics: async (key) => {
-      if (config.auth.mode === 'none') return true
-      if (key === undefined) return false
-      const principal = await keys.authenticate({ authorization: `Bearer ${key}` }).catch(() => undefined)
-      return principal?.kind === 'key' && principal.role !== 'requester'
-    },
-  })
-}
-
 interface ApiParts extends Omit<WorkerParts, 'role'> {
   readonly tokens: TokenService
   readonly login: ReturnType<typeof decideLogin>
@@ -294,6 +280,7 @@ interface ApiParts extends Omit<WorkerParts, 'role'> {
   readonly worker: Worker | null
   readonly opts: StartOptions
   readonly keyring: Keyring
+  readonly replica: ApiDeps['replica']
 }
 
 const activitySink = (store: Store): ActivitySink => ({ recordActivity: (entries) => store.recordActivity(entries) })
@@ -323,10 +310,14 @@ async function startApi(p: ApiParts, cleanups: Cleanups): Promise<FastifyInstanc
       routes: p.hub,
       activity: activitySink(store),
       nonces: nonceLedger(store),
+      sharedLoad: pool,
+      sharedGate: () => pool.sharedGateSnapshot(),
       shuttingDown: lifecycle.shuttingDown,
+      controls: createSessionControls(pool),
     },
     draining: () => lifecycle.draining(),
     shuttingDown: lifecycle.shuttingDown,
+    replica: p.replica,
     plugins: [
       async (a) => {
         const { registerDashboard } = await import('./web/dashboard.js')
@@ -359,6 +350,7 @@ function startGateway(p: ApiParts): Gateway {
   return createGateway({
     config: config.gateway,
     publicUrl: config.server.publicUrl,
+    basePath: config.server.basePath,
     routes: p.hub,
     activity: activitySink(p.store),
     nonces: nonceLedger(p.store),
@@ -371,15 +363,23 @@ function startGateway(p: ApiParts): Gateway {
       listener.fastify!(req, res)
     },
     trustProxy: config.server.trustProxy,
+    controls: createSessionControls(p.pool),
+    widget: config.widget,
+    shared: sharedTemplateRoutes(config),
+    sharedLoad: p.pool,
+    sharedGate: p.pool,
   })
 }
 
 /** First start with keys auth: create an admin key and show it once (never through the logger). */
-async function bootstrapAdminKey(config: Config, keyring: Keyring, opts: StartOptions): Promise<void> {
+async function bootstrapAdminKey(config: Config, keyring: Keyring, opts: StartOptions, log: Logger): Promise<void> {
   if (config.auth.mode !== 'keys' || !config.auth.bootstrapAdmin) return
   if (await keyring.hasAdmin()) return
   const created = await keyring.create('admin', 'admin')
-  opts.onBootstrapKey?.(created.secret, config.server.publicUrl)
-  if (!opts.onBootstrapKey)
-    process.stdout.write(`studiopool: created the first admin key (shown once): ${created.secret}\n`)
+  // Never on stdout (it ends up in the journal or the pod log, issue 17): a file only the server's account reads.
+  const file = join(config.server.dataDir, BOOTSTRAP_KEY_FILE)
+  writeFileSync(file, `${created.secret}\n`, { mode: 0o600 })
+  chmodSync(file, 0o600)
+  if (opts.onBootstrapKey) opts.onBootstrapKey(created.secret, config.server.publicUrl, file)
+  else log.warn({ keyFile: file }, `first admin key written to ${file} (mode 0600): read it once, then delete the file`)
 }

@@ -38,7 +38,12 @@ export function createProbeHandler(opts: ProbeOptions): (req: IncomingMessage, r
     if (path === '/healthz') json(res, 200, { status: 'ok' })
     else if (path === '/readyz') {
       opts.readiness().then(
-        (r) => json(res, r.ready ? 200 : 503, { status: r.ready ? 'ready' : 'not ready', checks: r.checks }),
+        (r) =>
+          json(res, r.ready ? 200 : 503, {
+            status: r.ready ? 'ready' : 'not ready',
+            checks: r.checks,
+            ...(r.replica ? { replica: r.replica } : {}),
+          }),
         (err: unknown) => fail(res, err),
       )
     } else {

@@ -27,7 +27,13 @@ export class Cleanups {
 /** The data directory (0700) and the store in it (an SQLite file: 0600). */
 export async function openStore(config: Config, log: Logger): Promise<Store> {
   secureDataDir(config)
-  const store = await createStore(config.store, { log, poolId: config.pool.id, dataDir: config.server.dataDir })
+  const store = await createStore(config.store, {
+    log,
+    poolId: config.pool.id,
+    dataDir: config.server.dataDir,
+    migrate: config.ha.autoMigrate ? 'auto' : 'check',
+    leaderTimeoutMs: config.ha.leaderTimeoutMs,
+  })
   secureStoreFile(config)
   return store
 }
@@ -68,6 +74,20 @@ export async function buildProviders(
   }
   for (const [name, why] of unavailable) log.error({ template: name }, `template "${name}" is unavailable: ${why}`)
   return { providers, unavailable }
+}
+
+/**
+ * Templates that cannot serve because of their configuration (an unknown provider, settings the
+ * provider rejects, a missing program or image) stop `serve` with exit 2 (issue 17), unless it was
+ * started `--degraded`: then they answer TEMPLATE_UNAVAILABLE and the others serve.
+ */
+export function refuseUnavailable(unavailable: ReadonlyMap<string, string>): void {
+  if (unavailable.size === 0) return
+  throw new ConfigError(
+    [...unavailable].map(([name, why]) => ({ path: `/templates/${name}`, message: why })),
+    'start',
+    'studiopool serve --degraded starts anyway: these templates answer 503 TEMPLATE_UNAVAILABLE, the others serve',
+  )
 }
 
 /** Logins that sessions (or anyone behind a same-host proxy) could borrow are refused (issue 8). */

@@ -1,4 +1,4 @@
-import type { FastifyRequest } from 'fastify'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import { AppError } from '../domain/errors.js'
 import type { Principal } from '../domain/keys.js'
 import type { ApiDeps } from './context.js'
@@ -9,44 +9,40 @@ declare module 'fastify' {
   }
 }
 
-/** An `onRequest` hook that sets `req.principal` or throws (401, 429). */
-export type Authenticate = (req: FastifyRequest) => Promise<void>
+/** An `onRequest` hook that sets `req.principal` or throws (401, 403, 429). */
+export type Authenticate = (req: FastifyRequest, reply?: FastifyReply) => Promise<void>
 
-/** Authenticates API keys (or auth: none), then applies the per-requester-key rate limit. */
+/**
+ * Authenticates API keys (or auth: none), then applies the per-requester-key rate limit: a token
+ * bucket in the store (`auth.rateLimit` a second, bursts of twice that), so N replicas on one
+ * Postgres allow the rate once, not N times. Answers carry `RateLimit-Limit`, `RateLimit-Remaining`
+ * and `RateLimit-Reset` (IETF httpapi draft); a 429 also carries `Retry-After`.
+ */
 export function authenticator(deps: ApiDeps): Authenticate {
-  const limiter = deps.config.auth.rateLimit > 0 ? new RateLimiter(deps.config.auth.rateLimit) : undefined
-  return async (req) => {
+  const rate = deps.config.auth.rateLimit
+  const burst = rate * 2
+  return async (req, reply) => {
     if (deps.config.auth.mode === 'none') {
       req.principal = { kind: 'system' }
       return
     }
     const p = await deps.keyring.authenticate(req.headers)
     req.principal = p
-    if (limiter && p.kind === 'key' && p.role === 'requester') {
-      const wait = limiter.take(p.name)
-      if (wait > 0)
+    // A scraper's key opens /metrics and nothing else, whatever a route's own checks would allow.
+    if (p.kind === 'key' && p.role === 'metrics' && req.routeOptions.url !== '/metrics')
+      throw new AppError('FORBIDDEN', 'a metrics key may only read /metrics')
+    if (rate > 0 && p.kind === 'key' && p.role === 'requester') {
+      const d = await deps.store.takeRateToken(`key:${p.name}`, rate, burst, Date.now())
+      reply?.headers({
+        'ratelimit-limit': burst,
+        'ratelimit-remaining': d.remaining,
+        'ratelimit-reset': Math.ceil(d.resetMs / 1000),
+        'ratelimit-policy': `${burst};w=${Math.ceil(burst / rate)}`,
+      })
+      if (!d.allowed)
         throw new AppError('RATE_LIMITED', `too many requests for key "${p.name}"`, {
-          retryAfter: Math.ceil(wait / 1000),
+          retryAfter: Math.max(1, Math.ceil(d.retryAfterMs / 1000)),
         })
     }
-  }
-}
-
-/** Token buckets per key name: `rate` tokens a second, bursts up to twice that. */
-class RateLimiter {
-  readonly #buckets = new Map<string, { tokens: number; at: number }>()
-  constructor(readonly rate: number) {}
-  /** 0 when allowed; else milliseconds until a token is available. */
-  take(name: string, now = Date.now()): number {
-    const cap = this.rate * 2
-    const b = this.#buckets.get(name) ?? { tokens: cap, at: now }
-    b.tokens = Math.min(cap, b.tokens + ((now - b.at) / 1000) * this.rate)
-    b.at = now
-    this.#buckets.set(name, b)
-    if (b.tokens >= 1) {
-      b.tokens -= 1
-      return 0
-    }
-    return ((1 - b.tokens) / this.rate) * 1000
   }
 }

@@ -1,3 +1,4 @@
+import type { SessionControls } from '../domain/pending-stop.js'
 import type { Logger } from 'pino'
 import type { FastifyInstance } from 'fastify'
 import type { Config } from '../config/types.js'
@@ -11,6 +12,8 @@ import type { Store } from '../store/store.js'
 import type { ActivitySink, NonceLedger, RouteSource } from '../domain/routes.js'
 import type { Keyring } from './keyring.js'
 import type { Links } from './views.js'
+import type { SharedLoadSink, SharedGateSnapshot } from '../domain/shared.js'
+import type { ReplicaStatus } from './readiness.js'
 
 export interface ApiDeps {
   readonly config: Config
@@ -26,12 +29,20 @@ export interface ApiDeps {
     readonly routes: RouteSource
     readonly activity: ActivitySink
     readonly nonces: NonceLedger
+    /** Shared templates' load from split-mode gateways (issue 14): the pool. */
+    readonly sharedLoad?: SharedLoadSink
+    /** The hard budgets exceeded now, for split-mode gateways' shared templates (issue 14). */
+    readonly sharedGate?: () => SharedGateSnapshot
     readonly shuttingDown?: AbortSignal
+    /** The warning banner's status and actions (docs/widget.md). */
+    readonly controls?: SessionControls
   }
   /** True once the server is shutting down (SIGTERM): /readyz answers 503. */
   readonly draining?: () => boolean
   /** Aborted on SIGTERM: long-lived responses (SSE) end cleanly. */
   readonly shuttingDown?: AbortSignal
+  /** This replica's leadership and route-table lag, for /readyz (docs/ha.md). */
+  readonly replica?: () => ReplicaStatus
   /** Registers more routes (the dashboard) inside the same server. */
   readonly plugins?: readonly ((app: FastifyInstance) => Promise<void> | void)[]
 }

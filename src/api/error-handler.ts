@@ -1,13 +1,21 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { isAppError, type AppError } from '../domain/errors.js'
 
+const REFUSALS = new Set(['POOL_FULL', 'RATE_LIMITED', 'FORBIDDEN', 'UNAUTHORIZED', 'TEMPLATE_UNAVAILABLE', 'CONFLICT'])
+
 /** One envelope for every error: `{error: {code, message, details?}}`; never a stack trace. */
 export function errorHandler(err: FastifyError | AppError | Error, req: FastifyRequest, reply: FastifyReply): void {
   if (isAppError(err)) {
     if (err.retryAfter) void reply.header('retry-after', String(err.retryAfter))
     if (err.statusCode === 401) void reply.header('www-authenticate', 'Bearer')
+    // Refusals (a full pool, a rate limit, a wrong key or role, another user's session) are lifecycle events too (issue 17).
+    if (REFUSALS.has(err.code))
+      req.log.info(
+        { component: 'lifecycle', event: 'refused', code: err.code, status: err.statusCode, reason: err.message },
+        'request refused',
+      )
     // A store outage is logged once by the store guard when it begins, not once per request.
-    if (err.statusCode >= 500 && err.code !== 'STORE_UNAVAILABLE')
+    else if (err.statusCode >= 500 && err.code !== 'STORE_UNAVAILABLE')
       req.log.warn({ code: err.code, msg: err.message }, 'request failed')
     void reply.code(err.statusCode).send({ error: err.toJSON() })
     return

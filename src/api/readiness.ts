@@ -9,6 +9,23 @@ export interface Readiness {
   readonly ready: boolean
   /** Each check: `ok`, or why not. */
   readonly checks: Record<string, string>
+  /** Several replicas (docs/ha.md): whether this one leads the worker, and how far its route table lags. */
+  readonly replica?: ReplicaStatus
+}
+
+export interface ReplicaStatus {
+  /** null: this replica runs no worker. */
+  readonly worker: {
+    readonly leading: boolean
+    readonly epoch: number | null
+    readonly leadingSinceMs: number | null
+  } | null
+  /** null: this replica's routes come only from its own pool (one process, SQLite). */
+  readonly routes: {
+    readonly mode: 'notify' | 'poll'
+    readonly sinceResyncMs: number | null
+    readonly lastDelayMs: number | null
+  } | null
 }
 
 export interface ReadinessParts {
@@ -19,6 +36,7 @@ export interface ReadinessParts {
   readonly draining?: () => boolean
   /** Role-specific checks (the gateway role: has it a route table). Each returns undefined when fine. */
   readonly extra?: Record<string, () => string | undefined>
+  readonly replica?: () => ReplicaStatus
 }
 
 const within = <T>(p: Promise<T>, ms: number, what: string): Promise<T> =>
@@ -79,5 +97,5 @@ export async function checkReadiness(parts: ReadinessParts, now = Date.now()): P
     if (why) fail(name, why)
     else checks[name] = 'ok'
   }
-  return { ready, checks }
+  return { ready, checks, ...(parts.replica ? { replica: parts.replica() } : {}) }
 }

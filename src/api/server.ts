@@ -1,3 +1,4 @@
+import { documentOperation } from './operations.js'
 import Fastify, {
   LogController,
   type FastifyBaseLogger,
@@ -17,9 +18,12 @@ import { errorHandler } from './error-handler.js'
 import { registerStrictJson } from './json-body.js'
 import { commandRoutes } from './routes/commands.js'
 import { healthRoutes } from './routes/health.js'
+import { installBasePath } from './base-path-hook.js'
 import { progressRoute } from './routes/progress.js'
 import { restRoutes } from './routes/rest.js'
 import { homeRoutes } from './routes/homes.js'
+import { sessionEventRoutes } from './routes/session-events.js'
+import { webhookRoutes } from './routes/webhooks.js'
 import { AssignmentSchema, ErrorEnvelope, InstanceSchema, SessionGrant } from './schemas.js'
 
 export { errorHandler } from './error-handler.js'
@@ -33,7 +37,8 @@ export interface BuildOptions {
 export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promise<FastifyInstance> {
   const app = createFastify(deps, opts)
   installRequestGuards(app, deps)
-  await registerDocs(app)
+  installBasePath(app, deps.config.server.basePath)
+  await registerDocs(app, deps.config.server.basePath)
   const authenticate = authenticator(deps)
   await commandRoutes(app, deps, authenticate)
   await healthRoutes(app, deps, authenticate)
@@ -42,6 +47,8 @@ export async function buildServer(deps: ApiDeps, opts: BuildOptions = {}): Promi
     scope.addHook('onRequest', authenticate)
     await restRoutes(scope, deps)
     await homeRoutes(scope, deps)
+    await sessionEventRoutes(scope, deps)
+    await webhookRoutes(scope, deps)
   })
   await registerGatewayFeed(app, deps, authenticate)
   for (const plugin of deps.plugins ?? []) await plugin(app)
@@ -53,6 +60,8 @@ function createFastify(deps: ApiDeps, opts: BuildOptions): FastifyInstance {
     loggerInstance: deps.log.child({ component: 'api' }) as unknown as FastifyBaseLogger,
     // Per-request log lines off (the metrics histogram counts requests); the non-deprecated way in Fastify 5.
     logController: new LogController({ disableRequestLogging: true }),
+    // The listener's access log gave the request its id (request-log.ts): Fastify's lines carry the same reqId.
+    requestIdHeader: 'x-request-id',
     bodyLimit: deps.config.server.bodyLimit,
     // The same peer grammar as the gateway's (gateway/peers.ts), so both believe the same proxies.
     trustProxy: deps.config.server.trustProxy.length ? trustedPeer(deps.config.server.trustProxy) : false,
@@ -118,7 +127,7 @@ function installRequestGuards(app: FastifyInstance, deps: ApiDeps): void {
 }
 
 /** The OpenAPI document (/api/v1/openapi.json), its shared schemas, and the offline docs UI (/api/docs). */
-async function registerDocs(app: FastifyInstance): Promise<void> {
+async function registerDocs(app: FastifyInstance, basePath: string): Promise<void> {
   await app.register(swagger, {
     openapi: {
       openapi: '3.0.3',
@@ -127,10 +136,22 @@ async function registerDocs(app: FastifyInstance): Promise<void> {
         version: '1',
         description:
           'Sessions from a warm pool behind an owner-only gateway. Authenticate with `Authorization: Bearer <key>`.',
+        license: { name: 'Apache-2.0', url: 'https://www.apache.org/licenses/LICENSE-2.0' },
       },
+      // Under a sub-path the operations' paths are relative to it (clients generated from the document, the docs UI's Try it out).
+      servers: [{ url: basePath || '/', description: 'this server' }],
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
     },
+    // operationIds and success responses from one table (operations.ts), in the document only.
+    transform: ({ schema, url, route }) => ({
+      schema: documentOperation(
+        [route.method].flat()[0] ?? 'GET',
+        url,
+        (schema ?? {}) as Record<string, unknown>,
+      ) as typeof schema,
+      url,
+    }),
     refResolver: { buildLocalReference: (json, _base, _fragment, i) => (json.$id as string | undefined) ?? `def-${i}` },
   })
   for (const s of [ErrorEnvelope, InstanceSchema, SessionGrant, AssignmentSchema]) app.addSchema(s)
@@ -152,8 +173,8 @@ async function registerGatewayFeed(app: FastifyInstance, deps: ApiDeps, authenti
   if (!deps.gatewayFeed) return
   const feed = deps.gatewayFeed
   await app.register(async (scope) => {
-    scope.addHook('onRequest', async (req) => {
-      await authenticate(req)
+    scope.addHook('onRequest', async (req, reply) => {
+      await authenticate(req, reply)
       const pr = req.principal!
       if (pr.kind === 'key' && pr.role === 'requester')
         throw new AppError('FORBIDDEN', 'the gateway feed needs a proxy or admin key')

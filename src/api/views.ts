@@ -1,6 +1,8 @@
 import type { Config } from '../config/types.js'
 import type { Assignment, Instance } from '../domain/instance.js'
 import type { Provider } from '../providers/provider.js'
+import type { BudgetStatus } from '../cost/budgets.js'
+import type { UsageReport } from '../cost/usage.js'
 
 /** How the API builds session addresses (the gateway's token service behind it). */
 export interface Links {
@@ -73,5 +75,39 @@ export function assignmentView(a: Assignment) {
     durationSeconds: a.endedAt === null ? null : Math.round((a.endedAt - a.startedAt) / 1000),
     endReason: a.endReason,
     cost: a.cost,
+  }
+}
+
+/** One budget's state for the API and the dashboard (docs/cost.md "Budgets"). */
+export function budgetView(b: BudgetStatus) {
+  return {
+    label: b.budget.label,
+    scope: b.budget.scope,
+    name: b.key,
+    mode: b.budget.mode,
+    amount: b.budget.amount,
+    spend: Math.round(b.spend * 100) / 100,
+    state: b.state,
+    periodFrom: new Date(b.from).toISOString(),
+    periodTo: new Date(b.to).toISOString(),
+    stopRunningGraceSeconds: b.budget.stopGraceMs === null ? null : Math.round(b.budget.stopGraceMs / 1000),
+  }
+}
+
+/** GET /api/v1/usage: the cost report (src/cost/usage.ts) with ISO times and its budgets. */
+export function usageView(r: UsageReport & { budgets: readonly BudgetStatus[] }) {
+  return {
+    from: new Date(r.from).toISOString(),
+    to: new Date(r.to).toISOString(),
+    currency: r.currency,
+    total: r.total,
+    idle: r.idle,
+    shared: r.shared,
+    byUser: r.byUser,
+    byGroup: r.byGroup,
+    byTemplate: r.byTemplate,
+    byRequester: r.byRequester,
+    byMarket: r.byMarket,
+    budgets: r.budgets.map(budgetView),
   }
 }

@@ -1,5 +1,5 @@
 import { Command } from 'commander'
-import { ApiClient } from './client.js'
+import { StudiopoolClient } from '../client/index.js'
 
 interface HomeOut {
   provider: string
@@ -18,7 +18,7 @@ interface Opts {
 const withClient = (cmd: Command) =>
   cmd
     .option('--url <url>', 'server URL (env STUDIOPOOL_URL)', process.env.STUDIOPOOL_URL ?? 'http://127.0.0.1:8080')
-    .option('--key <key>', 'API key (env STUDIOPOOL_KEY; an admin key)', process.env.STUDIOPOOL_KEY)
+    .option('--key <key>', 'an admin API key (default: the STUDIOPOOL_KEY environment variable)')
     .option('--json', 'machine-readable output')
 
 /**
@@ -33,10 +33,10 @@ export function homesCommand(): Command {
     .option('-u, --user <userId>', 'only this user')
     .action(async (o: Opts & { user?: string }) => {
       const q = o.user ? `?userId=${encodeURIComponent(o.user)}` : ''
-      const r = await new ApiClient(o.url, o.key).call<{ homes: HomeOut[]; unreachable: string[] }>(
-        'GET',
-        `/api/v1/homes${q}`,
-      )
+      const r = await new StudiopoolClient({ url: o.url, key: o.key ?? process.env.STUDIOPOOL_KEY }).request<{
+        homes: HomeOut[]
+        unreachable: string[]
+      }>('GET', `/api/v1/homes${q}`)
       if (o.json) return void process.stdout.write(`${JSON.stringify(r, null, 2)}\n`)
       const lines = r.homes.map((h) => `${h.owner}\t${h.provider}\t${h.ref}\t${h.createdAt ?? '-'}`)
       process.stdout.write(`${['owner\tprovider\tref\tcreatedAt', ...lines].join('\n')}\n`)
@@ -47,7 +47,10 @@ export function homesCommand(): Command {
     .description("delete one home (a user's files: there is no undo; back it up first, see docs/docker.md)")
     .action(async (provider: string, ref: string, o: Opts) => {
       const q = `?provider=${encodeURIComponent(provider)}&ref=${encodeURIComponent(ref)}`
-      const r = await new ApiClient(o.url, o.key).call('DELETE', `/api/v1/homes${q}`)
+      const r = await new StudiopoolClient({ url: o.url, key: o.key ?? process.env.STUDIOPOOL_KEY }).request(
+        'DELETE',
+        `/api/v1/homes${q}`,
+      )
       process.stdout.write(o.json ? `${JSON.stringify(r, null, 2)}\n` : `deleted ${provider} ${ref}\n`)
     })
   return homes

@@ -1,9 +1,13 @@
 import { Command, Option } from 'commander'
-import { StartupRefusedError } from '../domain/errors.js'
-import { ApiClient, ApiError } from './client.js'
+import { StudiopoolClient, StudiopoolError } from '../client/index.js'
 import { renderProgress, formatTable } from './format.js'
+import { followProgress } from './progress.js'
+import { backupCommands } from './backup.js'
+import { configCommand } from './config-cmd.js'
 import { homesCommand } from './homes.js'
-import { packageVersion } from './version.js'
+import { refuseToStart, serveCommand } from './serve.js'
+import { webhooksCommand } from './webhooks.js'
+import { packageVersion } from '../version.js'
 
 // The configuration loader (TypeBox, YAML) and the HTTP client (undici) load when a command needs them,
 // so that `--version` and `--help` start quickly.
@@ -20,96 +24,9 @@ program
   .version(packageVersion(), '-V, --version', 'print the version')
   .showHelpAfterError()
 
-program
-  .command('serve')
-  .description('run the server (API, gateway, worker and dashboard on one port, or one --role)')
-  .option('-c, --config <file>', 'configuration file (default ./studiopool.yaml when present)')
-  .addOption(
-    new Option('--role <role>', 'run one role only').choices(['all', 'api', 'gateway', 'worker']).default('all'),
-  )
-  .option('--host <host>', 'listen address (default 127.0.0.1)')
-  .option('--port <port>', 'listen port (default 8080)', (v) => parsePort(v))
-  .option('--data-dir <dir>', 'data directory (default ./data)')
-  .option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent')
-  .action(
-    async (o: {
-      config?: string
-      role: 'all' | 'api' | 'gateway' | 'worker'
-      host?: string
-      port?: number
-      dataDir?: string
-      logLevel?: string
-    }) => {
-      const { ConfigError, loadConfig } = await configLoader()
-      let config
-      try {
-        config = loadConfig({
-          file: o.config,
-          overrides: { host: o.host, port: o.port, dataDir: o.dataDir, logLevel: o.logLevel },
-        })
-      } catch (err) {
-        if (err instanceof ConfigError) {
-          process.stderr.write(`${err.message}\n`)
-          process.exit(2)
-        }
-        throw err
-      }
-      const { start } = await import('../main.js')
-      const running = await start({
-        config,
-        role: o.role,
-        faults: testFaults(process.env.STUDIOPOOL_TEST_FAULT),
-        onBootstrapKey: (key, url) => {
-          process.stdout.write(
-            [
-              '',
-              '  studiopool created the first admin key. It is shown once; keep it safe:',
-              '',
-              `    ${key}`,
-              '',
-              '  Try it:',
-              `    curl -s -H 'Authorization: Bearer ${key}' -H 'content-type: application/json' \\`,
-              `      -d '{"command":"REQUEST_SESSION","payload":{"userId":"alice"}}' ${url}/api/commands`,
-              '',
-              `  Or: STUDIOPOOL_KEY=${key} npx studiopool request --user alice --wait`,
-              '',
-            ].join('\n') + '\n',
-          )
-        },
-      }).catch(refuseToStart)
-      // Name only what this role serves (issue 9 item 10).
-      const u = running.url
-      const serves =
-        o.role === 'gateway'
-          ? `sessions ${u}/s/…, health ${u}/healthz, ${u}/readyz, ${u}/metrics`
-          : o.role === 'worker'
-            ? `health only: ${u}/healthz, ${u}/readyz, ${u}/metrics`
-            : `dashboard ${u}/, API docs ${u}/api/docs`
-      process.stdout.write(`studiopool ${o.role === 'all' ? '' : `(${o.role}) `}listening on ${u}  (${serves})\n`)
-      let stopping = false
-      const stop = async (signal: string) => {
-        if (stopping) return
-        stopping = true
-        process.stdout.write(`studiopool: ${signal}, shutting down\n`)
-        // Graceful (issue 9 item 9): in-flight requests get server.shutdownGrace, then the rest is closed.
-        const timer = setTimeout(() => process.exit(1), running.config.server.shutdownGraceMs + 15_000)
-        timer.unref()
-        await running.shutdown(running.config.server.shutdownGraceMs)
-        process.exit(0)
-      }
-      process.on('SIGINT', () => void stop('SIGINT'))
-      process.on('SIGTERM', () => void stop('SIGTERM'))
-    },
-  )
-
-/** A damaged or emptied store that was in use: say what and what to do, exit 2 (issue 9 item 5). */
-function refuseToStart(err: unknown): never {
-  if (err instanceof StartupRefusedError) {
-    process.stderr.write(`${err.message}\n`)
-    process.exit(err.exitCode)
-  }
-  throw err
-}
+program.addCommand(serveCommand())
+program.addCommand(configCommand())
+for (const c of backupCommands()) program.addCommand(c)
 
 interface ClientOpts {
   url: string
@@ -119,9 +36,10 @@ interface ClientOpts {
 const withClient = (cmd: Command) =>
   cmd
     .option('--url <url>', 'server URL (env STUDIOPOOL_URL)', process.env.STUDIOPOOL_URL ?? 'http://127.0.0.1:8080')
-    .option('--key <key>', 'API key (env STUDIOPOOL_KEY)', process.env.STUDIOPOOL_KEY)
+    // Never the key itself as the shown default (`--help` would print the secret, issue 17).
+    .option('--key <key>', 'API key (default: the STUDIOPOOL_KEY environment variable)')
     .option('--json', 'machine-readable output')
-const client = (o: ClientOpts) => new ApiClient(o.url, o.key)
+const client = (o: ClientOpts) => new StudiopoolClient({ url: o.url, key: o.key ?? process.env.STUDIOPOOL_KEY })
 const out = (o: ClientOpts, data: unknown, human: () => string): void => {
   process.stdout.write((o.json ? JSON.stringify(data, null, 2) : human()) + '\n')
 }
@@ -186,6 +104,34 @@ program
     if (report.failedProviders.length) process.exitCode = 3
   })
 
+program
+  .command('migrate')
+  .description("apply the store's pending migrations (before rolling out a release to replicas: docs/ha.md)")
+  .option('-c, --config <file>', 'configuration file (default ./studiopool.yaml when present)')
+  .option('--data-dir <dir>', 'data directory (default ./data)')
+  .option('--dry-run', 'only list the pending migrations')
+  .action(async (o: { config?: string; dataDir?: string; dryRun?: boolean }) => {
+    const { ConfigError, loadConfig } = await configLoader()
+    let config
+    try {
+      config = loadConfig({ file: o.config, overrides: { dataDir: o.dataDir } })
+    } catch (err) {
+      if (err instanceof ConfigError) {
+        process.stderr.write(`${err.message}\n`)
+        process.exit(2)
+      }
+      throw err
+    }
+    const { runMigrate } = await import('../migrate-main.js')
+    const r = await runMigrate(config, { dryRun: !!o.dryRun }).catch(refuseToStart)
+    const list = (names: readonly string[]) => (names.length ? names.join(', ') : 'none')
+    process.stdout.write(
+      o.dryRun
+        ? `studiopool migrate: pending: ${list(r.pending)} (the store is at ${r.before ?? 'no schema'})\n`
+        : `studiopool migrate: applied ${list(r.pending)}; the store is at ${r.after ?? 'no schema'}\n`,
+    )
+  })
+
 withClient(program.command('request'))
   .description('request a session for a user (REQUEST_SESSION)')
   .requiredOption('-u, --user <userId>', 'the user the session is for')
@@ -194,7 +140,7 @@ withClient(program.command('request'))
   .option('--timeout <seconds>', 'give up waiting after this long', (v) => Number(v), 900)
   .action(async (o: ClientOpts & { user: string; template?: string; wait?: boolean; timeout: number }) => {
     const c = client(o)
-    const grant = await c.call<{
+    const grant = await c.request<{
       instanceId: string
       url: string
       state: string
@@ -208,32 +154,17 @@ withClient(program.command('request'))
         () =>
           `${grant.instanceId}  ${grant.state}${grant.queuePosition ? ` (queue position ${grant.queuePosition})` : ''}  [${grant.outcome}]\n${grant.url}`,
       )
-    const deadline = Date.now() + o.timeout * 1000
     const tty = process.stderr.isTTY && !o.json
     let last = ''
-    for (;;) {
-      const { instance } = await c.call<{ instance: InstanceOut }>(
-        'GET',
-        `/api/v1/instances/${grant.instanceId}?userId=${encodeURIComponent(o.user)}`,
-      )
-      const line = renderProgress(instance, tty ? (process.stderr.columns ?? 80) : 80)
+    const show = (i: { state: string; progress: number; progressMessage: string; queuePosition: number | null }) => {
+      const line = renderProgress(i, tty ? (process.stderr.columns ?? 80) : 80)
       if (tty) process.stderr.write(`\r\x1b[2K${line}`)
       else if (line !== last && !o.json) process.stderr.write(line + '\n')
       last = line
-      if (instance.state === 'ready') break
-      if (['failed', 'terminated', 'stopping'].includes(instance.state)) {
-        if (tty) process.stderr.write('\n')
-        throw new ApiError(
-          0,
-          'SESSION_ENDED',
-          `the session ended while starting: ${instance.failureReason ?? instance.state}`,
-        )
-      }
-      if (Date.now() > deadline)
-        throw new ApiError(0, 'TIMEOUT', `not ready after ${o.timeout}s (state ${instance.state})`)
-      await new Promise((r) => setTimeout(r, 500))
     }
-    if (tty) process.stderr.write('\n')
+    await followProgress(c, grant.instanceId, o.user, o.timeout, show).finally(() => {
+      if (tty && last) process.stderr.write('\n')
+    })
     out(o, grant, () => `ready: open ${grant.url}`)
   })
 
@@ -244,7 +175,7 @@ withClient(program.command('status'))
   .action(async (id: string | undefined, o: ClientOpts & { user?: string }) => {
     const c = client(o)
     if (id) {
-      const r = await c.call<{ instance: InstanceOut }>(
+      const r = await c.request<{ instance: InstanceOut }>(
         'GET',
         `/api/v1/instances/${encodeURIComponent(id)}${o.user ? `?userId=${encodeURIComponent(o.user)}` : ''}`,
       )
@@ -254,44 +185,64 @@ withClient(program.command('status'))
           .join('\n'),
       )
     }
-    const r = await c.call<{ instances: InstanceOut[] }>('GET', '/api/v1/instances')
+    // Every page (the server pages at 1,000 by default): the list no longer stops at one page or 10,000.
+    const instances: Record<string, unknown>[] = []
+    for await (const i of c.eachInstance()) instances.push(i)
+    const r = { instances, total: instances.length }
     out(o, r, () =>
-      formatTable(r.instances as unknown as Record<string, unknown>[], [
-        'instanceId',
-        'template',
-        'state',
-        'userId',
-        'progress',
-        'lastActivityAt',
-      ]),
+      formatTable(r.instances, ['instanceId', 'template', 'state', 'userId', 'progress', 'lastActivityAt']),
     )
   })
 
 withClient(program.command('delete'))
-  .description('end a session and terminate its instance')
+  .description('end a session and terminate its instance (as stop)')
   .argument('<instanceId>')
   .action(async (id: string, o: ClientOpts) => {
-    const r = await client(o).call('DELETE', `/api/v1/instances/${encodeURIComponent(id)}`)
+    const r = await client(o).request('DELETE', `/api/v1/instances/${encodeURIComponent(id)}`)
     out(o, r, () => `deleted ${id}`)
   })
 
+// The verbs (README "Verbs"): stop ends a session, suspend keeps it, resume brings it back.
+const VERBS = {
+  stop: ['end the session and terminate the instance (admin; to keep it, suspend)', 'stopped'],
+  suspend: ['stop the machine and keep its disk, owner and URL (admin; where the provider can)', 'suspended'],
+  resume: ['bring a suspended instance back (admin)', 'resumed'],
+  restart: ['a new generation under the same id, URL and owner (admin)', 'restarted'],
+} as const
+for (const [verb, [description, done]] of Object.entries(VERBS)) {
+  withClient(program.command(verb))
+    .description(description)
+    .argument('<instanceId>')
+    .action(async (id: string, o: ClientOpts) => {
+      const r = await client(o).instanceAction(id, verb as keyof typeof VERBS)
+      out(o, r, () => `${done} ${id} (${r.instance.state})`)
+    })
+}
+
 withClient(program.command('history'))
-  .description('who had which instance, when, why it ended and what it cost')
+  .description('who had which instance, when, why it ended and what it cost (newest first)')
   .option('-u, --user <userId>')
   .option('-t, --template <name>')
-  .option('-n, --limit <n>', 'rows', '50')
+  .option('-n, --limit <n>', 'rows (0: all of them, page after page)', '50')
   .option('--csv', 'CSV output')
   .action(async (o: ClientOpts & { user?: string; template?: string; limit: string; csv?: boolean }) => {
-    const q = new URLSearchParams({
-      limit: o.limit,
-      ...(o.user ? { userId: o.user } : {}),
-      ...(o.template ? { template: o.template } : {}),
-      ...(o.csv ? { format: 'csv' } : {}),
-    })
-    const r = await client(o).call<{ history: Record<string, unknown>[] } | string>('GET', `/api/v1/history?${q}`)
-    if (typeof r === 'string') return void process.stdout.write(r)
-    out(o, r, () =>
-      formatTable(r.history, [
+    const want = Number(o.limit) || Infinity
+    const q = { userId: o.user, template: o.template, limit: Math.min(want, 1000) }
+    if (o.csv) {
+      let rows = 0
+      for await (const chunk of client(o).historyCsv(q)) {
+        const lines = chunk.split('\r\n').filter(Boolean)
+        const keep = lines.slice(0, rows === 0 ? want + 1 : want - rows)
+        process.stdout.write(keep.map((l) => `${l}\r\n`).join(''))
+        rows += keep.length - (rows === 0 ? 1 : 0)
+        if (rows >= want) break
+      }
+      return
+    }
+    const history: Record<string, unknown>[] = []
+    for await (const a of client(o).eachAssignment(q)) if (history.push(a) >= want) break
+    out(o, { history }, () =>
+      formatTable(history, [
         'instanceId',
         'template',
         'userId',
@@ -307,47 +258,29 @@ withClient(program.command('history'))
 const keys = program.command('keys').description('manage API keys (admin)')
 withClient(keys.command('create'))
   .argument('<name>')
-  .addOption(new Option('-r, --role <role>').choices(['requester', 'proxy', 'admin']).default('requester'))
+  .addOption(new Option('-r, --role <role>').choices(['requester', 'proxy', 'admin', 'metrics']).default('requester'))
   .action(async (name: string, o: ClientOpts & { role: string }) => {
-    const r = await client(o).call<{ id: string; key: string; role: string }>('POST', '/api/v1/keys', {
+    const r = await client(o).request<{ id: string; key: string; role: string }>('POST', '/api/v1/keys', {
       name,
       role: o.role,
     })
     out(o, r, () => `created ${o.role} key "${name}" (id ${r.id}). Shown once:\n${r.key}`)
   })
 withClient(keys.command('list')).action(async (o: ClientOpts) => {
-  const r = await client(o).call<{ keys: Record<string, unknown>[] }>('GET', '/api/v1/keys')
+  const all: Record<string, unknown>[] = []
+  for await (const k of client(o).eachKey()) all.push(k)
+  const r = { keys: all, total: all.length }
   out(o, r, () => formatTable(r.keys, ['id', 'name', 'role', 'source', 'createdAt', 'lastUsedAt', 'revokedAt']))
 })
 withClient(keys.command('revoke'))
   .argument('<id>')
   .action(async (id: string, o: ClientOpts) => {
-    const r = await client(o).call('DELETE', `/api/v1/keys/${encodeURIComponent(id)}`)
+    const r = await client(o).request('DELETE', `/api/v1/keys/${encodeURIComponent(id)}`)
     out(o, r, () => `revoked ${id}`)
   })
 
-/**
- * Fault injection for the recovery tests only (kill the server at a precise point). Never set in
- * production; the server says so loudly when it is.
- */
-function testFaults(spec: string | undefined) {
-  if (!spec) return undefined
-  process.stderr.write(`studiopool: TEST FAULT INJECTION ACTIVE: ${spec}\n`)
-  const die = () => {
-    process.kill(process.pid, 'SIGKILL')
-  }
-  if (spec === 'kill-after-create') return { afterProviderCreate: die }
-  if (spec === 'kill-before-create') return { beforeProviderCreate: die }
-  throw new Error(`unknown STUDIOPOOL_TEST_FAULT "${spec}"`)
-}
-
-function parsePort(v: string): number {
-  const n = Number(v)
-  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`not a port: ${v}`)
-  return n
-}
-
 program.addCommand(homesCommand())
+program.addCommand(webhooksCommand())
 
 program.parseAsync(process.argv).catch(async (err: unknown) => {
   // A configuration the server can only judge at start (a provider's needs): exit 2, as for load errors.
@@ -356,7 +289,7 @@ program.parseAsync(process.argv).catch(async (err: unknown) => {
     process.stderr.write(`${err.message}\n`)
     process.exit(2)
   }
-  if (err instanceof ApiError) {
+  if (err instanceof StudiopoolError) {
     process.stderr.write(`\nstudiopool: ${err.code}: ${err.message}\n`)
     process.exit(err.status === 0 ? 1 : err.status >= 500 ? 3 : 2)
   }

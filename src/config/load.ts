@@ -5,7 +5,8 @@ import { Value } from '@sinclair/typebox/value'
 import { parse as parseYaml } from 'yaml'
 import { TEMPLATE_NAME_RE } from '../domain/ids.js'
 import type { ErrorDetail } from '../domain/errors.js'
-import { applyEnv, section } from './env.js'
+import { applyEnv, section, type EnvTrack } from './env.js'
+import { explainErrors } from './explain.js'
 import { crossFieldProblems, finish } from './finish.js'
 import { ConfigSchema } from './schema.js'
 import type { Config } from './types.js'
@@ -17,8 +18,10 @@ export { DEFAULTS } from './schema.js'
 export class ConfigError extends Error {
   readonly code = 'CONFIG_INVALID'
   readonly problems: readonly ErrorDetail[]
-  constructor(problems: readonly ErrorDetail[], source: string) {
-    super(`invalid configuration (${source}):\n${problems.map((p) => `  - ${p.path ?? '/'}: ${p.message}`).join('\n')}`)
+  constructor(problems: readonly ErrorDetail[], source: string, hint?: string) {
+    super(
+      `invalid configuration (${source}):\n${problems.map((p) => `  - ${p.path ?? '/'}: ${p.message}`).join('\n')}${hint ? `\n${hint}` : ''}`,
+    )
     this.problems = problems
   }
 }
@@ -44,44 +47,82 @@ export interface LoadOptions {
   readonly text?: string
 }
 
+/** A loaded configuration with what `config print` and the start-up warnings need. */
+export interface LoadedConfig {
+  readonly config: Config
+  /** Conflicts resolved by the documented precedence (logged as warnings at start). */
+  readonly warnings: readonly string[]
+  /** JSON pointer → `file`, `env NAME` or `flag --name` for every value not left at its default. */
+  readonly sources: ReadonlyMap<string, string>
+  /** The configuration as a file would say it (before decoding), every default filled in. */
+  readonly effective: Readonly<Record<string, unknown>>
+  /** Where the file was read from, or `defaults and environment`. */
+  readonly source: string
+}
+
 /**
  * defaults < file < env < flags. Returns a deep-frozen Config or throws ConfigError listing every problem.
- * The steps: read the file; check what the schema cannot see in it (renamed keys, template names);
- * apply the environment and the flags; fill the schema's defaults and validate; decode (config/schema.ts);
- * finish what needs the environment and the working directory; check the rules across fields.
  */
 export function loadConfig(opts: LoadOptions = {}): Config {
+  return loadConfigDetailed(opts).config
+}
+
+/**
+ * The steps: read the file; check what the schema cannot see in it (renamed keys, template names);
+ * apply the environment and the flags; fill the schema's defaults and validate (messages that name the
+ * key, the value and what is allowed: config/explain.ts); decode (config/schema.ts); finish what needs
+ * the environment and the working directory; check the rules across fields.
+ */
+export function loadConfigDetailed(opts: LoadOptions = {}): LoadedConfig {
   const env = opts.env ?? process.env
   const cwd = opts.cwd ?? process.cwd()
-  const { raw, source, hasFile } = readFile(opts, cwd)
+  const { raw, source } = readFile(opts, cwd)
   const problems: ErrorDetail[] = []
   checkRenamed(raw, problems)
   checkTemplateNames(raw, problems)
-  applyEnv(raw, env, hasFile, problems)
-  const o = opts.overrides ?? {}
-  if (o.host !== undefined) section(raw, 'server').host = o.host
-  if (o.port !== undefined) section(raw, 'server').port = o.port
-  if (o.dataDir !== undefined) section(raw, 'server').dataDir = o.dataDir
-  if (o.logLevel !== undefined) section(raw, 'server').logLevel = o.logLevel
+  const track: EnvTrack = { sources: new Map(), warnings: [], file: structuredClone(raw) }
+  applyEnv(raw, env, problems, track)
+  applyFlags(raw, opts.overrides ?? {}, track.sources)
 
-  const withDefaults = Value.Default(ConfigSchema, raw)
-  for (const e of Value.Errors(ConfigSchema, withDefaults)) {
-    // Unions report once per branch; keep the first message per path.
-    if (problems.some((p) => p.path === e.path)) continue
-    problems.push({ path: e.path || '/', message: e.message })
+  const withDefaults = Value.Default(ConfigSchema, raw) as Record<string, unknown>
+  for (const p of explainErrors(ConfigSchema, withDefaults)) {
+    if (!problems.some((q) => q.path === p.path)) problems.push(p)
   }
   if (problems.length) throw new ConfigError(problems, source)
 
+  const effective = structuredClone(withDefaults)
   const cfg = finish(Value.Decode(ConfigSchema, withDefaults) as Config, { env, cwd }, problems)
   problems.push(...crossFieldProblems(cfg))
   if (problems.length) throw new ConfigError(problems, source)
-  return deepFreeze(cfg)
+  const sources = new Map(track.sources)
+  for (const path of leafPaths(track.file)) if (!sources.has(path)) sources.set(path, 'file')
+  return { config: deepFreeze(cfg), warnings: track.warnings, sources, effective, source }
+}
+
+const FLAGS = { host: '--host', port: '--port', dataDir: '--data-dir', logLevel: '--log-level' } as const
+
+function applyFlags(
+  raw: Record<string, unknown>,
+  o: NonNullable<LoadOptions['overrides']>,
+  sources: Map<string, string>,
+) {
+  for (const [k, flag] of Object.entries(FLAGS) as [keyof typeof FLAGS, string][]) {
+    if (o[k] === undefined) continue
+    section(raw, 'server')[k] = o[k]
+    sources.set(`/server/${k}`, `flag ${flag}`)
+  }
+}
+
+/** JSON pointers of every scalar and list in a file (a list is one value). */
+function leafPaths(v: unknown, base = ''): string[] {
+  if (!v || typeof v !== 'object' || Array.isArray(v)) return base ? [base] : []
+  return Object.entries(v).flatMap(([k, x]) => leafPaths(x, `${base}/${k}`))
 }
 
 /** The file (or inline text) as a mapping, with `{{configDir}}` substituted; `{}` when there is none. */
-function readFile(opts: LoadOptions, cwd: string): { raw: Record<string, unknown>; source: string; hasFile: boolean } {
+function readFile(opts: LoadOptions, cwd: string): { raw: Record<string, unknown>; source: string } {
   const file = opts.file ?? (existsSync(resolve(cwd, 'studiopool.yaml')) ? 'studiopool.yaml' : undefined)
-  if (opts.text === undefined && !file) return { raw: {}, source: 'defaults and environment', hasFile: false }
+  if (opts.text === undefined && !file) return { raw: {}, source: 'defaults and environment' }
   const source = opts.text !== undefined ? 'inline text' : resolve(cwd, file!)
   let text: string
   try {
@@ -101,7 +142,7 @@ function readFile(opts: LoadOptions, cwd: string): { raw: Record<string, unknown
   // `{{configDir}}`: the directory of the configuration file (the working directory for inline text),
   // so that a shipped file can name files next to it (examples/studiopool.yaml's Shiny app).
   const raw = withConfigDir(parsed, opts.text !== undefined ? cwd : dirname(source)) as Record<string, unknown>
-  return { raw, source, hasFile: true }
+  return { raw, source }
 }
 
 /** The schema's key pattern alone does not reject other keys (a record's patternProperties), so names are checked here. */

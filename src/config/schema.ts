@@ -1,7 +1,16 @@
-import { Type, type TSchema } from '@sinclair/typebox'
+import { Webhooks } from './webhooks-schema.js'
+import { Hooks } from './hooks-schema.js'
+import { Type } from '@sinclair/typebox'
+import { DEFAULTS, noEncode, Secret, Section, StrList } from './schema-parts.js'
+import { Dashboard, Gateway, Widget } from './edge-schema.js'
 import { parseDuration } from '../domain/duration.js'
+import { Duration } from './duration-schema.js'
 import { KEY_ROLES } from '../domain/keys.js'
+import { SharedKeys, sharedSettings, type SharedKeyValues } from './shared-schema.js'
 import { KEY_NAME_PATTERN, TEMPLATE_NAME_PATTERN } from '../domain/ids.js'
+import { Budgets, Cost, decodeTemplateCost, TemplatePrice, TemplateResources } from './cost-schema.js'
+import type { Schedule } from '../schedule/schedule.js'
+import { decodeSchedule, decodeWarmPool, ScheduleSchema, WarmPoolSchema } from './schedule-schema.js'
 
 /**
  * The one schema of the configuration file (`studiopool.yaml`), and the one source of `Config`
@@ -13,73 +22,27 @@ import { KEY_NAME_PATTERN, TEMPLATE_NAME_PATTERN } from '../domain/ids.js'
  * `load.ts` applies the defaults, validates, decodes, then finishes and checks (config/finish.ts).
  */
 
-/** Defaults, one place, units in the names or comments. */
-export const DEFAULTS = {
-  host: '127.0.0.1',
-  port: 8080,
-  dataDir: './data',
-  bodyLimit: 1024 * 1024, // 1 MiB
-  bodyTimeout: '30s', // API and dashboard bodies; session traffic is never timed out this way
-  shutdownGrace: '10s', // in-flight requests may finish this long after SIGTERM
-  poolId: 'studiopool',
-  poolMaxInstances: 100,
-  pgPoolSize: 10,
-  pgConnectTimeout: '5s', // a new connection, or a wait for a free pooled one
-  pgStatementTimeout: '10s', // Postgres' statement_timeout
-  pgQueryTimeout: '15s', // the client's own limit, for a server that does not answer at all
-  pgIdleInTransactionTimeout: '60s',
-  workerInterval: '5s',
-  orphanGrace: '10m',
-  retainEnded: '7d',
-  launchTokenTtl: '2m',
-  cookieTtl: '12h',
-  cookieName: 'studiopool_session',
-  activityFlush: '5s',
-  upstreamTimeout: '1h', // never under 120 s: RStudio and Jupyter long-poll
-  template: {
-    provider: 'local',
-    minFree: 0,
-    maxInstances: 10,
-    idleTimeout: '30m',
-    maxLifetime: '12h',
-    startTimeout: '2m',
-    healthPath: '/',
-    pathMode: 'strip',
-    hostHeader: 'target',
-    whenFull: 'queue',
-  },
-} as const
+export { DEFAULTS }
 
 /** `{{dataDir}}` in `store.path` stands for `server.dataDir` (the default puts the database there). */
 export const DATA_DIR_TOKEN = '{{dataDir}}'
 
-const DURATION_PATTERN = '^\\s*\\d+(\\.\\d+)?\\s*(ms|s|m|h|d)?\\s*$'
-
-/** A duration (`90s`, `30m`, `12h`, `1d`, or milliseconds), decoded to milliseconds. */
-const Duration = (fallback: string) =>
-  Type.Transform(
-    Type.Union([Type.Integer({ minimum: 0 }), Type.String({ pattern: DURATION_PATTERN })], {
-      description: 'a duration: 90s, 30m, 12h, 1d, or milliseconds',
-      default: fallback,
-    }),
-  )
-    .Decode((v) => parseDuration(v) ?? 0) // the pattern admits only what parseDuration reads
-    .Encode((ms) => ms)
-const Secret = Type.String({ minLength: 1, description: 'a secret: literal, env:NAME or file:PATH' })
-const StrList = Type.Array(Type.String({ minLength: 1 }), { default: [] })
-/** An object section: strict keys, `{}` when absent (so that its fields' defaults apply). */
-const Section = <P extends Record<string, TSchema>>(properties: P) =>
-  Type.Object(properties, { additionalProperties: false, default: {} })
 const trimSlashes = (u: string) => u.replace(/\/+$/, '')
 
 const D = DEFAULTS.template
+
 export const TemplateSchema = Type.Object(
   {
     displayName: Type.Optional(Type.String({ maxLength: 100 })),
     description: Type.String({ maxLength: 1000, default: '' }),
     provider: Type.String({ minLength: 1, default: D.provider }),
-    minFree: Type.Integer({ minimum: 0, maximum: 10_000, default: D.minFree }),
+    /** `auto`: the predictive warm pool with its defaults (`warmPool: {mode: predictive}`). */
+    minFree: Type.Union([Type.Integer({ minimum: 0, maximum: 10_000 }), Type.Literal('auto')], { default: D.minFree }),
     maxInstances: Type.Integer({ minimum: 1, maximum: 100_000, default: D.maxInstances }),
+    /** Windows that set minFree, the cap and availability (docs/cost.md "Schedules"). */
+    schedule: Type.Optional(ScheduleSchema),
+    /** The predictive warm pool (docs/cost.md "Predictive warm pool"). */
+    warmPool: Type.Optional(WarmPoolSchema),
     /** 0 = never. */
     idleTimeout: Duration(D.idleTimeout),
     /** 0 = never. */
@@ -88,7 +51,11 @@ export const TemplateSchema = Type.Object(
     /** The app's port inside the instance (remote providers); local picks a free port. */
     port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
     /** Probed until the app answers; `{{basePath}}` stands for the instance's `/s/<id>/` (apps that keep the prefix). */
-    healthPath: Type.String({ pattern: '^(/|\\{\\{basePath\\}\\})', default: D.healthPath }),
+    healthPath: Type.String({
+      pattern: '^(/|\\{\\{basePath\\}\\})',
+      default: D.healthPath,
+      description: 'a path starting with / or {{basePath}}',
+    }),
     pathMode: Type.Union([Type.Literal('strip'), Type.Literal('keep')], { default: D.pathMode }),
     /** `target`: Host is the target's (the seed's changeOrigin); `preserve`: the client's Host is passed on. */
     hostHeader: Type.Union([Type.Literal('target'), Type.Literal('preserve')], { default: D.hostHeader }),
@@ -97,7 +64,16 @@ export const TemplateSchema = Type.Object(
     allowedGroups: StrList,
     /** Request paths (regex sources, relative to the session root) that are keep-alive polling, not activity. */
     activityIgnore: Type.Array(Type.String({ minLength: 1, maxLength: 500 }), { maxItems: 50, default: [] }),
+    /** The on-demand price per hour (older spelling of `price.onDemandPerHour`, which wins when both are set). */
     pricePerHour: Type.Number({ minimum: 0, default: 0 }),
+    price: TemplatePrice,
+    resources: TemplateResources,
+    /**
+     * The gateway injects the warning banner (time left before an idle, lifetime, budget or schedule
+     * stop; Keep working, Stop, Suspend) into this template's HTML pages (docs/widget.md).
+     */
+    injectWidget: Type.Boolean({ default: false }),
+    ...SharedKeys,
     /**
      * Header fields the gateway sends on every upstream request and WebSocket upgrade of this
      * template's instances (`Authorization: 'token {{appToken}}'`); tokens `{{appToken}}`, `{{user}}`,
@@ -111,6 +87,7 @@ export const TemplateSchema = Type.Object(
     fake: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
     docker: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
     slurm: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+    kubernetes: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
   },
   // A default on the value schema makes Value.Default visit each template of the record.
   { additionalProperties: false, default: {} },
@@ -126,8 +103,13 @@ const Templates = Type.Transform(
       displayName: t.displayName ?? name,
       description: t.description,
       provider: t.provider,
-      minFree: t.minFree,
+      /** The static floor; `auto` reads as 0 here, the predictive policy (`warmPool`) sets the rest. */
+      minFree: t.minFree === 'auto' ? 0 : t.minFree,
       maxInstances: t.maxInstances,
+      schedule: t.schedule
+        ? decodeSchedule(t.schedule, t.minFree === 'auto' ? 0 : t.minFree, t.maxInstances)
+        : (null as Schedule | null),
+      warmPool: decodeWarmPool(t.warmPool, t.minFree === 'auto', t.maxInstances, t.schedule),
       idleTimeoutMs: t.idleTimeout,
       maxLifetimeMs: t.maxLifetime,
       startTimeoutMs: t.startTimeout,
@@ -139,7 +121,11 @@ const Templates = Type.Transform(
       allowedGroups: t.allowedGroups,
       activityIgnore: t.activityIgnore,
       pricePerHour: t.pricePerHour,
+      injectWidget: t.injectWidget,
+      ...decodeTemplateCost(t),
       upstreamHeaders: t.upstreamHeaders,
+      /** `mode: shared` (issue 14): its settings; null for a dedicated template. */
+      shared: sharedSettings(t as SharedKeyValues),
       /** The provider's own per-template settings (validated by the provider's schema). */
       settings: ((t as Record<string, unknown>)[t.provider] as Record<string, unknown> | undefined) ?? {},
     })),
@@ -147,15 +133,24 @@ const Templates = Type.Transform(
   .Encode(noEncode)
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
+const ACCESS_LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'off'] as const
 
 const Server = Type.Transform(
   Section({
     host: Type.String({ minLength: 1, default: DEFAULTS.host }),
     port: Type.Integer({ minimum: 0, maximum: 65535, default: DEFAULTS.port }),
-    /** Base URL users reach the gateway at, e.g. `https://sessions.example.org`; used for launch links. Default: the listen address. */
-    publicUrl: Type.Optional(Type.String({ pattern: '^https?://[^/]+$' })),
+    /** Base URL users reach us at, e.g. `https://sessions.example.org`, maybe with a path (`basePath` below). Default: the listen address. */
+    publicUrl: Type.Optional(
+      Type.String({
+        pattern: "^https?://[^/?#]+(/[A-Za-z0-9._~%!$&'()*+,;=:@-]+)*/?$",
+        description:
+          'an http(s) URL, optionally with a path but without query or fragment, e.g. https://sessions.example.org or https://portal.example.org/studiopool/',
+      }),
+    ),
     /** Base URL instances on other machines (ec2) post progress to; default SERVICE_URL, else publicUrl. */
-    instanceCallbackUrl: Type.Optional(Type.String({ pattern: '^https?://[^/?#]+(/[^?#]*)?$' })),
+    instanceCallbackUrl: Type.Optional(
+      Type.String({ pattern: '^https?://[^/?#]+(/[^?#]*)?$', description: 'an http(s) URL without query or fragment' }),
+    ),
     /** Relative to the working directory (config/finish.ts). */
     dataDir: Type.String({ minLength: 1, default: DEFAULTS.dataDir }),
     /** Maximum request body, bytes. */
@@ -170,6 +165,11 @@ const Server = Type.Transform(
       LOG_LEVELS.map((l) => Type.Literal(l)),
       { default: 'info' },
     ),
+    /** The level of the access log (one line per API, dashboard and gateway request, with its request id); `off` = none. */
+    accessLog: Type.Union(
+      ACCESS_LOG_LEVELS.map((l) => Type.Literal(l)),
+      { default: 'info' },
+    ),
   }),
 )
   .Decode((s) => {
@@ -179,6 +179,8 @@ const Server = Type.Transform(
       host: s.host,
       port: s.port,
       publicUrl: trimSlashes(s.publicUrl ?? `http://${shownHost}:${s.port}`),
+      /** publicUrl's path without the trailing slash (`/studiopool`) or ''; derived once, here (gateway/base-path.ts). */
+      basePath: s.publicUrl ? trimSlashes(new URL(s.publicUrl).pathname) : '',
       /**
        * Base URL that instances post progress to (`…/api/v1/instances/<id>/progress`) when it is not
        * `publicUrl`: `server.instanceCallbackUrl`, else `SERVICE_URL`/`split.serviceUrl` (filled in by the
@@ -191,6 +193,7 @@ const Server = Type.Transform(
       shutdownGraceMs: s.shutdownGrace,
       trustProxy: s.trustProxy,
       logLevel: s.logLevel as string,
+      accessLog: s.accessLog,
     }
   })
   .Encode(noEncode)
@@ -275,7 +278,11 @@ const Store = Type.Transform(
 
 const Pool = Section({
   /** Tag value put on every provider resource; identifies this pool for recovery and orphan reaping. */
-  id: Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,62}$', default: DEFAULTS.poolId }),
+  id: Type.String({
+    pattern: '^[a-z0-9][a-z0-9-]{0,62}$',
+    default: DEFAULTS.poolId,
+    description: 'lowercase letters, digits and "-", at most 63',
+  }),
   /** Pool-wide cap over all templates (active instances). */
   maxInstances: Type.Integer({ minimum: 1, maximum: 1_000_000, default: DEFAULTS.poolMaxInstances }),
   /** Default: the first template (the root fills it in). */
@@ -299,102 +306,31 @@ const Worker = Type.Transform(
   }))
   .Encode(noEncode)
 
-const Gateway = Type.Transform(
+/** Several replicas on one Postgres (issue 16, docs/ha.md). */
+const Ha = Type.Transform(
   Section({
-    mode: Type.Union([Type.Literal('path'), Type.Literal('subdomain')], { default: 'path' }),
-    sessionDomain: Type.Optional(Type.String({ pattern: '^[a-z0-9.-]+(:\\d+)?$' })),
-    /** Secret for launch tokens and cookies; absent = generated once and kept in the store (shared by replicas). */
-    secret: Type.Optional(Secret),
-    launchTokenTtl: Duration(DEFAULTS.launchTokenTtl),
-    cookieTtl: Duration(DEFAULTS.cookieTtl),
-    cookieName: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', default: DEFAULTS.cookieName }),
-    adminAccess: Type.Boolean({ default: false }),
-    defaultUrl: Type.Optional(Type.String({ pattern: '^https?://' })),
-    activityFlush: Duration(DEFAULTS.activityFlush),
-    upstreamTimeout: Duration(DEFAULTS.upstreamTimeout),
-    /** Extra origins allowed on WebSocket upgrades, besides the gateway's own. */
-    allowedOrigins: StrList,
-    /** Seed proxy compatibility: ROUTE_TO_REPLACE / STRING_TO_REPLACE. */
-    routeToReplace: Type.Optional(Type.String()),
-    stringToReplace: Type.Optional(Type.String()),
+    /** How often a standby replica tries the worker leader lock, and the leader renews it. */
+    leaderPoll: Duration(DEFAULTS.leaderPoll),
+    /** How long a leader that stopped answering (frozen, cut off from Postgres) keeps the lock: ≥ 2 × leaderPoll. */
+    leaderTimeout: Duration(DEFAULTS.leaderTimeout),
+    /** Full route resync from the store while LISTEN/NOTIFY works (every second without it). */
+    routeResync: Duration(DEFAULTS.routeResync),
+    /** false: a starting replica applies no migration and refuses to start while one is pending (`studiopool migrate` applies them). */
+    autoMigrate: Type.Boolean({ default: true }),
   }),
 )
-  .Decode((g) => ({
-    mode: g.mode,
-    sessionDomain: g.sessionDomain ?? null,
-    secret: g.secret ?? null,
-    launchTokenTtlMs: g.launchTokenTtl,
-    cookieTtlMs: g.cookieTtl,
-    cookieName: g.cookieName,
-    adminAccess: g.adminAccess,
-    defaultUrl: g.defaultUrl ?? null,
-    activityFlushMs: g.activityFlush,
-    upstreamTimeoutMs: g.upstreamTimeout,
-    allowedOrigins: g.allowedOrigins,
-    routeToReplace: g.routeToReplace ?? null,
-    stringToReplace: g.stringToReplace ?? null,
-  }))
-  .Encode(noEncode)
-
-const Dashboard = Type.Transform(
-  Section({
-    /** As configured; the login actually offered is decided at start (web/login-policy.ts) and may be `off`. */
-    login: Type.Union([Type.Literal('dev'), Type.Literal('oidc'), Type.Literal('header'), Type.Literal('off')], {
-      default: 'dev',
-    }),
-    /**
-     * Dev login is refused while a provider reports that sessions reach this machine's loopback
-     * listeners; `true` allows it anyway (one person on a laptop, whose sessions are theirs). Never
-     * allows it behind a proxy or on a non-loopback public URL.
-     */
-    allowDevLoginFromSessions: Type.Boolean({ default: false }),
-    admins: StrList,
-    adminGroups: StrList,
-    oidc: Type.Optional(
-      Type.Object(
-        {
-          issuer: Type.String({ pattern: '^https?://' }),
-          clientId: Type.String({ minLength: 1 }),
-          clientSecret: Type.Optional(Secret),
-          scopes: Type.String({ default: 'openid profile email' }),
-          groupsClaim: Type.String({ default: 'groups' }),
-          userClaim: Type.String({ default: 'sub' }),
-        },
-        { additionalProperties: false },
-      ),
-    ),
-    header: Type.Optional(
-      Type.Object(
-        {
-          userHeader: Type.String({ default: 'x-forwarded-user' }),
-          groupsHeader: Type.String({ default: 'x-forwarded-groups' }),
-          trustedProxies: Type.Array(Type.String({ minLength: 1 })),
-        },
-        { additionalProperties: false },
-      ),
-    ),
-  }),
-)
-  .Decode((d) => ({
-    login: d.login,
-    allowDevLoginFromSessions: d.allowDevLoginFromSessions,
-    admins: d.admins,
-    adminGroups: d.adminGroups,
-    oidc: d.oidc ? { ...d.oidc, clientSecret: d.oidc.clientSecret ?? (null as string | null) } : null,
-    header: d.header
-      ? {
-          userHeader: d.header.userHeader.toLowerCase(),
-          groupsHeader: d.header.groupsHeader.toLowerCase(),
-          trustedProxies: d.header.trustedProxies,
-        }
-      : null,
+  .Decode((h) => ({
+    leaderPollMs: h.leaderPoll,
+    leaderTimeoutMs: Math.max(h.leaderTimeout, 2 * h.leaderPoll),
+    routeResyncMs: h.routeResync,
+    autoMigrate: h.autoMigrate,
   }))
   .Encode(noEncode)
 
 /** Split mode: where the API lives, and the key the gateway/worker uses. */
 const Split = Type.Transform(
   Section({
-    serviceUrl: Type.Optional(Type.String({ pattern: '^https?://' })),
+    serviceUrl: Type.Optional(Type.String({ pattern: '^https?://', description: 'an http(s) URL' })),
     proxyKey: Type.Optional(Secret),
   }),
 )
@@ -413,12 +349,21 @@ export const ConfigSchema = Type.Transform(
       pool: Pool,
       worker: Worker,
       gateway: Gateway,
+      widget: Widget,
       dashboard: Dashboard,
       split: Split,
+      ha: Ha,
       /** Provider-wide settings, keyed by provider name. */
       providers: Type.Record(Type.String(), Type.Record(Type.String(), Type.Unknown()), { default: {} }),
       /** Templates in file order; `pool.defaultTemplate` is the first unless set. */
       templates: Templates,
+      /** docs/cost.md: currency, price table, rates per CPU-hour and GiB-hour, groups for attribution. */
+      cost: Cost,
+      /** docs/cost.md "Budgets". */
+      budgets: Budgets,
+      webhooks: Webhooks,
+      /** docs/hooks.md: operator commands on lifecycle events. */
+      hooks: Hooks,
     },
     { additionalProperties: false },
   ),
@@ -437,7 +382,3 @@ export const ConfigSchema = Type.Transform(
     },
   }))
   .Encode(noEncode)
-
-function noEncode(): never {
-  throw new Error('a decoded configuration is not encoded back')
-}

@@ -1,4 +1,5 @@
 import type { StaticDecode } from '@sinclair/typebox'
+import type { SharedSettings } from '../domain/shared.js'
 import type { ConfigSchema } from './schema.js'
 
 /** Readonly all the way down (the loaded configuration is deep-frozen). */
@@ -18,12 +19,24 @@ type Decoded = DeepReadonly<StaticDecode<typeof ConfigSchema>>
  */
 export type Config = Omit<Decoded, 'templates'> & { readonly templates: readonly TemplateConfig[] }
 
+type DecodedTemplate = Decoded['templates'][number]
+
 /**
- * One template. `upstreamHeaders` is optional here (absent or empty = none: a template built in code
- * may leave it out); a loaded configuration always has it.
+ * One template. `upstreamHeaders`, `schedule` and `warmPool` are optional here (absent = none: a
+ * template built in code may leave them out); a loaded configuration always has them (null = none).
  */
-export type TemplateConfig = Omit<Decoded['templates'][number], 'upstreamHeaders'> & {
-  readonly upstreamHeaders?: Decoded['templates'][number]['upstreamHeaders']
+export type TemplateConfig = Omit<
+  DecodedTemplate,
+  'upstreamHeaders' | 'price' | 'resources' | 'schedule' | 'warmPool' | 'shared'
+> & {
+  readonly upstreamHeaders?: DecodedTemplate['upstreamHeaders']
+  /** docs/cost.md "Prices"; absent (a template built in code): `pricePerHour` and the price book decide. */
+  readonly price?: DecodedTemplate['price']
+  readonly resources?: DecodedTemplate['resources']
+  readonly schedule?: DecodedTemplate['schedule']
+  readonly warmPool?: DecodedTemplate['warmPool']
+  /** `mode: shared` (issue 14); absent or null = dedicated (a template built in code may leave it out). */
+  readonly shared?: SharedSettings | null
 }
 
 export type PathMode = TemplateConfig['pathMode']

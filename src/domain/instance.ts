@@ -37,7 +37,7 @@ export function isLive(state: InstanceState): boolean {
 }
 
 /** Why an assignment (or an instance) ended. */
-export const END_REASONS = ['user', 'idle', 'lifetime', 'admin', 'failed', 'schedule'] as const
+export const END_REASONS = ['user', 'idle', 'lifetime', 'admin', 'failed', 'schedule', 'budget'] as const
 export type EndReason = (typeof END_REASONS)[number]
 
 export interface Instance {

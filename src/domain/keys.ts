@@ -1,4 +1,5 @@
-export const KEY_ROLES = ['requester', 'proxy', 'admin'] as const
+/** `metrics`: may read `/metrics` and nothing else (a scraper's key that cannot act on sessions). */
+export const KEY_ROLES = ['requester', 'proxy', 'admin', 'metrics'] as const
 export type KeyRole = (typeof KEY_ROLES)[number]
 
 export interface ApiKey {

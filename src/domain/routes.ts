@@ -30,8 +30,15 @@ export interface RouteEntry {
    * from one requester's launch link opens only that requester's sessions. Absent = null.
    */
   readonly requester?: string | null
+  /** The template opted in to the warning banner (`injectWidget: true`): the gateway injects it into HTML pages. */
+  readonly injectWidget?: boolean
   /** The template's `upstreamHeaders` (values still holding their `{{…}}` tokens; never the secrets). */
   readonly upstreamHeaders?: Readonly<Record<string, string>>
+  /**
+   * An instance of a `mode: shared` template (issue 14): it has no owner and serves any authorised
+   * user at `/a/<template>/`; `draining` = no new users (those on it stay until they leave).
+   */
+  readonly shared?: { readonly draining: boolean }
 }
 
 export type RouteEvent =
@@ -54,4 +61,17 @@ export interface ActivitySink {
 /** Single-use record for launch tokens: true the first time a nonce is seen. */
 export interface NonceLedger {
   consumeOnce(nonce: string, expiresAt: number): Promise<boolean>
+}
+
+/** What the gateway knows of a `mode: shared` template (issue 14), from the configuration. */
+export interface SharedTemplateRoute {
+  readonly name: string
+  readonly displayName: string
+  readonly routing: 'sticky' | 'per-request'
+  readonly maxConnectionsPerInstance: number
+  readonly loadFactor: number
+  readonly queueSize: number
+  readonly queueTimeoutMs: number
+  /** Empty = every signed-in user. */
+  readonly allowedGroups: readonly string[]
 }

@@ -5,6 +5,7 @@
  * eslint.config.js forbids instance-state writes anywhere else.
  */
 import type { EndReason, Instance, InstanceState } from './instance.js'
+import { TAG_DRAIN_REASON, TAG_DRAINING, type DrainReason } from './shared.js'
 
 /** The fields a transition writes (the store's InstancePatch). */
 export type InstanceChange = Partial<Omit<Instance, 'id' | 'template' | 'createdAt'>>
@@ -106,6 +107,14 @@ export function assign(f: Instance, who: Requester, now: number): Transition {
 export function evict(f: Instance, now: number): Transition {
   return {
     patch: { state: 'stopping', updatedAt: now, progressMessage: MAKING_ROOM },
+    requires: { states: [f.state], ownerId: null },
+  }
+}
+
+/** A free instance the schedule or the forecast no longer needs is stopped (issue 13); only while still free. */
+export function trimFree(f: Instance, now: number): Transition {
+  return {
+    patch: { state: 'stopping', endReason: 'schedule', updatedAt: now, progressMessage: 'not needed now' },
     requires: { states: [f.state], ownerId: null },
   }
 }
@@ -270,7 +279,9 @@ export function fail(inst: Instance, reason: string, now: number): Transition {
 }
 
 /** An assigned instance's resource vanished (or an admin restart): a new one under the same id. */
-export function replace(inst: Instance, now: number): Transition {
+export function replace(inst: Instance, now: number, why?: string): Transition {
+  // The provider's words for what was lost (an eviction, a lost node) are shown; the pool's own are not.
+  const shown = why && !/^(resource \w+|restart)$/.test(why) ? `: ${why.slice(0, 300)}` : ''
   return {
     patch: {
       state: 'provisioning',
@@ -280,7 +291,7 @@ export function replace(inst: Instance, now: number): Transition {
       address: null,
       readyAt: null,
       progress: 0,
-      progressMessage: 'your session is being restored',
+      progressMessage: `your session is being restored${shown}`,
       updatedAt: now,
     },
     requires: { generation: inst.generation, states: [inst.state] },
@@ -378,5 +389,19 @@ export function undoHandOff(f: Instance, now: number): Transition {
       updatedAt: now,
     },
     requires: { states: ['terminated'] },
+  }
+}
+
+// --- shared templates (issue 14) ------------------------------------------------------------
+
+/** A shared instance stops taking new users: it ends when its last connection closes or after the drain grace. */
+export function beginDrain(inst: Instance, reason: DrainReason, now: number): Transition {
+  return {
+    patch: {
+      tags: { ...inst.tags, [TAG_DRAINING]: String(now), [TAG_DRAIN_REASON]: reason },
+      updatedAt: now,
+      progressMessage: reason === 'recycle' ? 'draining: being recycled' : 'draining',
+    },
+    requires: { states: ['ready'], ownerId: null, generation: inst.generation },
   }
 }

@@ -12,6 +12,8 @@ export class ActivityBatcher {
   #pending = new Map<string, number>()
   #flushing: Promise<void> = Promise.resolve()
   #timer: NodeJS.Timeout | null = null
+  /** When the oldest activity not yet written happened (for the write-lag metric). */
+  #oldest: number | undefined
 
   constructor(
     readonly sink: ActivitySink,
@@ -21,7 +23,9 @@ export class ActivityBatcher {
 
   /** The instance was used now. */
   touch(id: string): void {
-    this.#pending.set(id, Date.now())
+    const now = Date.now()
+    this.#pending.set(id, now)
+    this.#oldest ??= now
   }
 
   /** Instances touched since the last write. */
@@ -50,15 +54,18 @@ export class ActivityBatcher {
   async #write(): Promise<void> {
     if (this.#pending.size === 0) return
     const batch = this.#pending
+    const oldest = this.#oldest
     this.#pending = new Map()
+    this.#oldest = undefined
     const entries = [...batch].map(([id, at]) => ({ id, at }))
     try {
       await this.sink.recordActivity(entries)
-      this.metrics.activityWrite('ok', entries.length)
+      this.metrics.activityWrite('ok', entries.length, oldest === undefined ? undefined : (Date.now() - oldest) / 1000)
     } catch (err) {
       this.metrics.activityWrite('error', entries.length)
       this.log.warn({ err: errSummary(err), entries: entries.length }, 'activity write failed; will retry')
       for (const [id, at] of batch) if ((this.#pending.get(id) ?? 0) < at) this.#pending.set(id, at)
+      if (oldest !== undefined && (this.#oldest === undefined || oldest < this.#oldest)) this.#oldest = oldest
     }
   }
 }

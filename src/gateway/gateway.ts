@@ -5,13 +5,15 @@ import type { Duplex } from 'node:stream'
 import type { Logger } from 'pino'
 import type { Registry } from 'prom-client'
 import type { Config } from '../config/types.js'
-import type { ActivitySink, NonceLedger, RouteSource } from '../domain/routes.js'
+import type { SessionControls } from '../domain/pending-stop.js'
+import type { ActivitySink, NonceLedger, RouteSource, SharedTemplateRoute } from '../domain/routes.js'
+import type { SharedGate, SharedLoadSink } from '../domain/shared.js'
 import { AccessPolicy } from './access.js'
 import { ActivityBatcher } from './activity.js'
 import { ConnectionTracker } from './connections.js'
 import { ForwardContexts } from './context.js'
 import { createForwarder } from './forward.js'
-import type { Closeable, ForwardHooks, Forwarder, WsHooks } from './forward.js'
+import type { ForwardHooks, Forwarder } from './forward.js'
 import { scanRequestHeaders } from './headers.js'
 import type { RequestHeads } from './headers.js'
 import { LaunchDesk } from './launch.js'
@@ -23,9 +25,12 @@ import { sendJsonError, sendPage, sendUnauthorized, stateRoutePage } from './res
 import { compileRoute, RouteTable } from './route-table.js'
 import type { CompiledRoute } from './route-table.js'
 import { firstValid } from './session-cookie.js'
+import { SharedRouter } from './shared-router.js'
 import { launchToken, rawHost, SessionPaths } from './session-path.js'
+import { SessionWsHooks } from './session-ws-hooks.js'
 import type { Resolved } from './session-path.js'
 import type { SessionClaims, TokenService } from './tokens.js'
+import { WidgetDesk } from './widget-desk.js'
 
 export { redact } from './proxy-errors.js'
 
@@ -33,6 +38,8 @@ export interface GatewayOptions {
   readonly config: Config['gateway']
   /** `Config['server']['publicUrl']`: where users reach us; its origin is one of ours (WebSocket Origin check), https there makes cookies Secure. */
   readonly publicUrl: string
+  /** `Config['server']['basePath']` (`/studiopool` or ''): requests arrive without it (base-path.ts); session prefixes, cookies and links get it. */
+  readonly basePath?: string
   readonly routes: RouteSource
   readonly activity: ActivitySink
   readonly nonces: NonceLedger
@@ -48,9 +55,23 @@ export interface GatewayOptions {
   readonly dashboardLoginUrl?: string
   /** `Config['server']['trustProxy']`: peers whose X-Forwarded-For/-Proto/-Host we believe (gateway/peers.ts grammar). */
   readonly trustProxy?: readonly string[]
+  /**
+   * The warning banner (docs/widget.md): what the gateway may ask and do about a session's pending
+   * stop, and `Config['widget']`. Absent (split mode): templates' `injectWidget` has no effect.
+   */
+  readonly controls?: SessionControls
+  readonly widget?: Config['widget']
+  /** `mode: shared` templates, served at `/a/<template>/` (issue 14, shared-router.ts). */
+  readonly shared?: readonly SharedTemplateRoute[]
+  /** Where the shared templates' load goes (the pool in one process). */
+  readonly sharedLoad?: SharedLoadSink
+  /** Schedules and budgets for shared templates' visitors (the pool in one process; absent in split mode). */
+  readonly sharedGate?: SharedGate
 }
 
 export interface Gateway {
+  /** Whether a Host names a session (subdomain mode): such requests are not under the base path. */
+  isSessionHost(host: string | undefined): boolean
   handleRequest(req: IncomingMessage, res: ServerResponse): void
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void
   /** Its own http.Server with these handlers (split mode, tests). */
@@ -93,6 +114,8 @@ class SessionGateway implements Gateway {
   readonly #open = new ConnectionTracker()
   readonly #table: RouteTable
   readonly #activity: ActivityBatcher
+  readonly #widget: WidgetDesk | null
+  readonly #shared: SharedRouter
   #server: http.Server | null = null
 
   constructor(opts: GatewayOptions) {
@@ -103,8 +126,8 @@ class SessionGateway implements Gateway {
     const publicBase = opts.publicUrl.replace(/\/+$/, '')
     this.#dashboardUrl = publicBase + '/'
     const l = opts.dashboardLoginUrl ?? '/login'
-    this.#loginBase = l.startsWith('/') ? publicBase + l : l
-    this.#paths = new SessionPaths(cfg, opts.publicUrl)
+    this.#loginBase = l.startsWith('/') ? new URL(publicBase).origin + (opts.basePath ?? '') + l : l
+    this.#paths = new SessionPaths(cfg, opts.publicUrl, opts.basePath ?? '')
     this.#access = new AccessPolicy({
       adminAccess: cfg.adminAccess,
       publicUrl: opts.publicUrl,
@@ -132,6 +155,8 @@ class SessionGateway implements Gateway {
       access: this.#access,
       table: this.#table,
       cookieName: cfg.cookieName,
+      // Subdomain mode: the session's own host, at its root; path mode: only below our prefix.
+      cookiePath: this.#paths.subdomain === null ? (opts.basePath ?? '') + '/' : '/',
       secureCookie: new URL(opts.publicUrl).protocol === 'https:',
       dashboardUrl: this.#dashboardUrl,
       unauthorized: (req, res, id, rest, message) => this.#unauthorized(req, res, id, rest, message),
@@ -139,7 +164,41 @@ class SessionGateway implements Gateway {
     this.#table.follow(opts.routes)
     this.#activity = new ActivityBatcher(opts.activity, this.#metrics, opts.log)
     this.#activity.start(cfg.activityFlushMs)
+    this.#widget = opts.controls
+      ? new WidgetDesk({
+          controls: opts.controls,
+          tokens: opts.tokens,
+          access: this.#access,
+          pollMs: opts.widget?.pollMs ?? 15_000,
+          log: opts.log,
+        })
+      : null
+    this.#shared = new SharedRouter({
+      templates: opts.shared ?? [],
+      table: this.#table,
+      forwarder: this.#forwarder,
+      contexts: this.#contexts,
+      access: this.#access,
+      activity: this.#activity,
+      open: this.#open,
+      claims: (heads) => this.#claims(heads),
+      loginUrl: (next) => `${this.#loginBase}?next=${encodeURIComponent(next)}`,
+      publicBase,
+      basePath: opts.basePath ?? '',
+      cookieName: cfg.cookieName,
+      secureCookie: new URL(opts.publicUrl).protocol === 'https:',
+      dashboardUrl: this.#dashboardUrl,
+      sink: opts.sharedLoad,
+      gate: opts.sharedGate,
+      log: opts.log,
+      registry: opts.metrics,
+      upstreamFailed: (err, id, req) =>
+        this.#upstreamFailed(err, id, this.#table.get(id)?.entry.template ?? '_shared', req),
+    })
   }
+
+  /** Whether a Host names a session (subdomain mode): such requests are not under the base path. */
+  readonly isSessionHost = (host: string | undefined): boolean => this.#paths.isSessionHost(host)
 
   readonly handleRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const r = this.#resolve(req)
@@ -167,6 +226,8 @@ class SessionGateway implements Gateway {
     const e = route.entry
     if (!this.#access.mayUse(claims, e))
       return sendPage(res, forbiddenPage(this.#dashboardUrl, claims.userId === e.ownerId))
+    const widget = e.injectWidget ? this.#widget : null
+    if (widget && WidgetDesk.isWidgetPath(rest)) return widget.handle(req, res, heads, route, rest, claims)
     if (e.state !== 'ready' || route.hostname === null) return sendPage(res, stateRoutePage(e, this.#dashboardUrl))
     if (e.upstreamHeaders && !SAFE_METHODS.has(req.method ?? 'GET') && !this.#access.fromOwnPage(req, heads)) {
       this.#log.info({ instanceId: id, origin: heads.origin }, 'cross-origin request to an app-token session refused')
@@ -174,12 +235,9 @@ class SessionGateway implements Gateway {
       req.resume()
       return
     }
-    const x = this.#forwarder.http(
-      req,
-      res,
-      this.#contexts.build(req, heads, route, r.prefix, rest, claims),
-      this.#sessionHooks,
-    )
+    const ctx = this.#contexts.build(req, heads, route, r.prefix, rest, claims)
+    const rewrite = widget?.rewriteFor(req, ctx)
+    const x = this.#forwarder.http(req, res, rewrite ? { ...ctx, rewrite } : ctx, this.#sessionHooks)
     // Tracked only while open: a synchronous failure has already called onDone.
     if (!x.done) this.#open.track(id, x)
   }
@@ -203,7 +261,15 @@ class SessionGateway implements Gateway {
     if (route.entry.state !== 'ready' || route.hostname === null) return writeRawStatus(socket, 503)
     const id = r.id
     if ('setNoDelay' in socket) (socket as unknown as { setNoDelay(v: boolean): void }).setNoDelay(true)
-    const hooks = new SessionWsHooks(id, req, this.#activity, this.#metrics, this.#open, this.#upstreamFailed)
+    const hooks = new SessionWsHooks(
+      id,
+      route.entry.template,
+      req,
+      this.#activity,
+      this.#metrics,
+      this.#open,
+      this.#upstreamFailed,
+    )
     const handle = this.#forwarder.ws(req, socket, head, ctx, hooks)
     hooks.opened(handle)
   }
@@ -238,6 +304,7 @@ class SessionGateway implements Gateway {
   }
 
   async close(): Promise<void> {
+    this.#shared.close()
     this.#table.close()
     this.#activity.stop()
     this.#open.closeAll()
@@ -264,8 +331,8 @@ class SessionGateway implements Gateway {
     sendUnauthorized(req, res, login, this.#paths.cleanUrl(id, rest), message)
   }
 
-  readonly #upstreamFailed = (err: NodeJS.ErrnoException, id: string, req: IncomingMessage): void => {
-    this.#metrics.upstreamError(logUpstreamFailure(this.#log, err, id, req.url))
+  readonly #upstreamFailed = (err: NodeJS.ErrnoException, id: string, template: string, req: IncomingMessage): void => {
+    this.#metrics.upstreamError(template, logUpstreamFailure(this.#log, err, id, req.url))
   }
 
   /** Hooks shared by every proxied session request (no per-request closures). */
@@ -284,10 +351,10 @@ class SessionGateway implements Gateway {
     },
     onDone: (x, status) => {
       this.#open.untrack(x.ctx.route.entry.instanceId, x)
-      this.#metrics.request(statusClass(status), (performance.now() - x.started) / 1000)
+      this.#metrics.request(x.ctx.route.entry.template, statusClass(status), (performance.now() - x.started) / 1000)
     },
     onUpstreamError: (x, err) => {
-      this.#upstreamFailed(err, x.ctx.route.entry.instanceId, x.req)
+      this.#upstreamFailed(err, x.ctx.route.entry.instanceId, x.ctx.route.entry.template, x.req)
       sendPage(x.res, badGatewayPage(upstreamStatus(err), this.#dashboardUrl))
     },
   }
@@ -297,12 +364,13 @@ class SessionGateway implements Gateway {
     onResponse() {},
     onDone() {},
     onUpstreamError: (x, err) => {
-      this.#upstreamFailed(err, '_default', x.req)
+      this.#upstreamFailed(err, '_default', '_default', x.req)
       sendPage(x.res, badGatewayPage(502, this.#dashboardUrl))
     },
   }
 
   #notSession(req: IncomingMessage, res: ServerResponse): void {
+    if (this.#shared.handleRequest(req, res)) return
     if (this.#o.probes?.(req, res)) return
     if (this.#o.fallback) return this.#o.fallback(req, res)
     const d = this.#defaultRoute
@@ -315,6 +383,7 @@ class SessionGateway implements Gateway {
   }
 
   #notSessionUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    if (this.#shared.handleUpgrade(req, socket, head)) return
     if (this.#o.fallbackUpgrade) return this.#o.fallbackUpgrade(req, socket, head)
     const d = this.#defaultRoute
     if (!d || d.hostname === null) return writeRawStatus(socket, 404)
@@ -323,53 +392,8 @@ class SessionGateway implements Gateway {
       onOpen() {},
       onClientMessage() {},
       onClose() {},
-      onUpstreamError: (err) => this.#upstreamFailed(err, '_default', req),
+      onUpstreamError: (err) => this.#upstreamFailed(err, '_default', '_default', req),
     })
-  }
-}
-
-/**
- * One proxied session WebSocket as the gateway sees it: every client data frame is activity (one
- * map write in the batcher, no I/O), the open connection is tracked under its instance.
- */
-class SessionWsHooks implements WsHooks {
-  #opened = false
-  #closed = false
-  #handle: Closeable | null = null
-
-  constructor(
-    readonly id: string,
-    readonly req: IncomingMessage,
-    readonly activity: ActivityBatcher,
-    readonly metrics: GatewayMetrics,
-    readonly open: ConnectionTracker,
-    readonly failed: (err: NodeJS.ErrnoException, id: string, req: IncomingMessage) => void,
-  ) {}
-
-  /** The forwarder's handle: tracked unless it closed already. */
-  opened(handle: Closeable): void {
-    this.#handle = handle
-    if (!this.#closed) this.open.track(this.id, handle)
-  }
-
-  onOpen(): void {
-    this.#opened = true
-    this.metrics.wsOpened()
-    this.activity.touch(this.id)
-  }
-
-  onClientMessage(): void {
-    this.activity.touch(this.id)
-  }
-
-  onClose(): void {
-    this.#closed = true
-    if (this.#handle) this.open.untrack(this.id, this.#handle)
-    if (this.#opened) this.metrics.wsClosed()
-  }
-
-  onUpstreamError(err: NodeJS.ErrnoException): void {
-    this.failed(err, this.id, this.req)
   }
 }
 

@@ -1,5 +1,6 @@
 import { isIdentityHeader } from '../domain/upstream-headers.js'
 import type { CompiledRoute } from './route-table.js'
+import type { ResponseRewrite } from './widget-inject.js'
 
 /**
  * Header fields on the way through the gateway, as flat raw lists in one pass (node's lazily
@@ -26,6 +27,12 @@ const HOP_BY_HOP = new Set([
  */
 export interface RequestHeads {
   forward: string[]
+  /**
+   * How many entries of `forward` are the client's, once a header list was built from it (which
+   * extends `forward` in place). A request forwarded again — a shared pool's retry on another
+   * instance — starts from these, or it would carry our Host and X-Forwarded-* twice.
+   */
+  clientFields?: number
   host?: string
   cookie?: string
   connection?: string
@@ -135,6 +142,8 @@ export interface ForwardContext {
    * dropped first. Lowercase names.
    */
   readonly upstream: readonly string[]
+  /** A rewrite of the response (the warning banner's injection, widget-inject.ts); absent = passed as is. */
+  readonly rewrite?: ResponseRewrite
 }
 
 /** Names listed in a `Connection` header, other than the usual tokens. */
@@ -152,8 +161,14 @@ function connectionTokens(value: string | undefined): string[] | null {
 
 /** The header list sent upstream: the client's fields minus hop-by-hop, plus Host, X-Forwarded-*, X-RStudio-Root-Path. */
 export function buildRequestHeaders(ctx: ForwardContext, upgrade: boolean, frameBody = true): string[] {
-  // The client's list is this request's own: extended in place, not copied (unless we drop names from it).
-  let out = ctx.heads.forward
+  // The client's list is this request's own: extended in place, not copied (unless we drop names from
+  // it), the first time; a second build (a retry elsewhere) copies the client's part of it.
+  const heads = ctx.heads
+  let out: string[]
+  if (heads.clientFields === undefined) {
+    heads.clientFields = heads.forward.length
+    out = heads.forward
+  } else out = heads.forward.slice(0, heads.clientFields)
   const add = ctx.upstream
   if (add.length) {
     // Identity fields were already dropped by scanRequestHeaders; only a template's own names (Authorization…) cost a copy.

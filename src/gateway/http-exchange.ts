@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { Writable } from 'node:stream'
 import type { Dispatcher } from 'undici'
 import { buildResponseHeaders } from './headers.js'
 import type { ForwardContext } from './headers.js'
@@ -53,6 +54,8 @@ export class Exchange implements HttpExchange {
   abort: ((err?: Error) => void) | null = null
   resume: (() => void) | null = null
   eventStream = false
+  /** Where the body goes when the context's rewrite takes it (it writes to and ends `res`); else `res` itself. */
+  body: Writable | null = null
 
   constructor(
     readonly dispatcher: Dispatcher,
@@ -84,6 +87,7 @@ export class Exchange implements HttpExchange {
   stopUpstream(): void {
     this.aborted = true
     this.abort?.()
+    this.body?.destroy()
   }
 
   close(): void {
@@ -111,7 +115,13 @@ export class Exchange implements HttpExchange {
     this.resume = resume
     this.hooks.onResponse(this, status)
     const out = buildResponseHeaders(raw, this.ctx)
-    this.res.writeHead(status, statusText, out.headers)
+    let headers = out.headers
+    if (this.ctx.rewrite) {
+      const r = this.ctx.rewrite.begin(status, headers, this.res)
+      headers = r.headers
+      this.body = r.body
+    }
+    this.res.writeHead(status, statusText, headers)
     // Server-sent events: send the head now, not with the first event.
     if (out.eventStream) {
       this.eventStream = true
@@ -121,13 +131,15 @@ export class Exchange implements HttpExchange {
   }
 
   onData(chunk: Buffer): boolean {
-    if (this.res.write(chunk)) return true
-    this.res.once('drain', this.resume!)
+    const sink = this.body ?? this.res
+    if (sink.write(chunk)) return true
+    sink.once('drain', this.resume!)
     return false
   }
 
   onComplete(): void {
-    this.res.end()
+    if (this.body) this.body.end()
+    else this.res.end()
     this.finish(this.status)
   }
 

@@ -21,6 +21,8 @@ export interface LaunchDeps {
   readonly access: AccessPolicy
   readonly table: RouteTable
   readonly cookieName: string
+  /** The session cookie's Path: `${basePath}/` in path mode, `/` on a session host. */
+  readonly cookiePath?: string
   readonly secureCookie: boolean
   readonly dashboardUrl: string
   /** The 401 answer (login page or JSON) with a message. */
@@ -40,6 +42,7 @@ export class LaunchDesk {
   /** The `Set-Cookie` value of a session cookie. */
   sessionCookie(value: string): string {
     return setCookie(this.d.cookieName, value, {
+      ...(this.d.cookiePath ? { path: this.d.cookiePath } : {}),
       maxAgeSeconds: Math.floor(this.d.tokens.cookieTtlMs / 1000),
       secure: this.d.secureCookie,
     })

@@ -4,12 +4,14 @@ import type { Registry } from 'prom-client'
 export type StatusClass = '1xx' | '2xx' | '3xx' | '4xx' | '5xx' | 'aborted'
 
 /** The gateway's metrics; a no-op set when no Registry is given, so the hot path never branches on it. */
+/** `template` is the session's template, or `_default` for the seed's DEFAULT_URL target. */
 export interface GatewayMetrics {
-  request(statusClass: StatusClass, seconds: number): void
-  wsOpened(): void
-  wsClosed(): void
-  upstreamError(code: string): void
-  activityWrite(result: 'ok' | 'error', entries: number): void
+  request(template: string, statusClass: StatusClass, seconds: number): void
+  wsOpened(template: string): void
+  wsClosed(template: string): void
+  upstreamError(template: string, code: string): void
+  /** `lagSeconds`: from the oldest activity of the batch to its write (what the leader's culling sees). */
+  activityWrite(result: 'ok' | 'error', entries: number, lagSeconds?: number): void
 }
 
 export function statusClass(status: number): StatusClass {
@@ -29,26 +31,27 @@ export function createGatewayMetrics(registry: Registry | undefined): GatewayMet
   const registers = [registry]
   const requests = new Counter({
     name: 'studiopool_gateway_requests_total',
-    help: 'Requests answered by the gateway for sessions, by status class',
-    labelNames: ['status_class'],
+    help: 'Requests answered by the gateway for sessions, by template and status class',
+    labelNames: ['template', 'status_class'],
     registers,
   })
   const latency = new Histogram({
     name: 'studiopool_gateway_request_duration_seconds',
-    help: 'Time from request to the end of the response, by status class',
-    labelNames: ['status_class'],
+    help: 'Time from request to the end of the response, by template and status class',
+    labelNames: ['template', 'status_class'],
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60],
     registers,
   })
   const ws = new Gauge({
     name: 'studiopool_gateway_websockets_open',
-    help: 'WebSocket connections open through the gateway',
+    help: 'WebSocket connections open through the gateway, by template',
+    labelNames: ['template'],
     registers,
   })
   const upstreamErrors = new Counter({
     name: 'studiopool_gateway_upstream_errors_total',
-    help: 'Upstream failures, by error code',
-    labelNames: ['code'],
+    help: 'Upstream failures, by template and error code',
+    labelNames: ['template', 'code'],
     registers,
   })
   const writes = new Counter({
@@ -62,25 +65,38 @@ export function createGatewayMetrics(registry: Registry | undefined): GatewayMet
     help: 'Instance activity entries written',
     registers,
   })
-  // Label children are looked up once, not per request.
-  const byClass = new Map<
-    StatusClass,
-    { c: ReturnType<typeof requests.labels>; h: ReturnType<typeof latency.labels> }
-  >()
-  for (const k of ['1xx', '2xx', '3xx', '4xx', '5xx', 'aborted'] as const)
-    byClass.set(k, { c: requests.labels(k), h: latency.labels(k) })
+  const writeLag = new Histogram({
+    name: 'studiopool_gateway_activity_write_lag_seconds',
+    help: 'Delay from the oldest activity of a batch to its write to the store (or the API): what culling sees',
+    buckets: [0.1, 0.5, 1, 2, 5, 10, 30, 60],
+    registers,
+  })
+  // Label children are looked up once per template, not per request (templates are few and fixed).
+  type Children = Record<StatusClass, { c: ReturnType<typeof requests.labels>; h: ReturnType<typeof latency.labels> }>
+  const byTemplate = new Map<string, Children>()
+  const children = (template: string): Children => {
+    let ch = byTemplate.get(template)
+    if (!ch) {
+      ch = {} as Children
+      for (const k of ['1xx', '2xx', '3xx', '4xx', '5xx', 'aborted'] as const)
+        ch[k] = { c: requests.labels(template, k), h: latency.labels(template, k) }
+      byTemplate.set(template, ch)
+    }
+    return ch
+  }
   return {
-    request(cls, seconds) {
-      const m = byClass.get(cls)!
+    request(template, cls, seconds) {
+      const m = children(template)[cls]
       m.c.inc()
       m.h.observe(seconds)
     },
-    wsOpened: () => ws.inc(),
-    wsClosed: () => ws.dec(),
-    upstreamError: (code) => upstreamErrors.labels(code).inc(),
-    activityWrite(result, n) {
+    wsOpened: (template) => ws.labels(template).inc(),
+    wsClosed: (template) => ws.labels(template).dec(),
+    upstreamError: (template, code) => upstreamErrors.labels(template, code).inc(),
+    activityWrite(result, n, lag) {
       writes.labels(result).inc()
       if (result === 'ok') entries.inc(n)
+      if (result === 'ok' && lag !== undefined) writeLag.observe(lag)
     },
   }
 }

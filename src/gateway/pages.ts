@@ -167,10 +167,33 @@ export function notFoundPage(dashboardUrl: string): Page {
   }
 }
 
+/** A shared app that turns visitors away now (its schedule, a budget): why, and the way back. */
+export function refusedPage(status: 403 | 503, message: string, dashboardUrl: string): Page {
+  return {
+    status,
+    html: layout(
+      status === 403 ? 'Budget reached' : 'Not available now',
+      `<p>${esc(message)}</p><a class="btn" href="${esc(dashboardUrl)}">Dashboard</a>`,
+    ),
+  }
+}
+
 export function unavailablePage(message: string): Page {
   return {
     status: 503,
     html: layout('Please try again', `<p>${esc(message)}</p><a class="btn" href="">Try again</a>`),
     headers: { 'retry-after': '5' },
   }
+}
+
+/** A shared app (issue 14) with no instance that has room yet: it is being started for you; refreshes itself. */
+export function sharedStartingPage(displayName: string, starting: number, refreshSeconds = 2): Page {
+  const what = starting > 0 ? 'Starting the application' : 'Asking for an instance of the application'
+  const html = layout(
+    `${displayName} is starting`,
+    `<p>${esc(what)}…</p><progress max="100"></progress>` +
+      `<p>This page refreshes by itself and opens the application as soon as it has room for you.</p>`,
+    `<meta http-equiv="refresh" content="${refreshSeconds}">`,
+  )
+  return { status: 503, html, headers: { 'retry-after': String(refreshSeconds) } }
 }

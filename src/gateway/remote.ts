@@ -1,8 +1,10 @@
+import { randomUUID } from 'node:crypto'
 import http from 'node:http'
 import https from 'node:https'
 import type { Logger } from 'pino'
 import type { ActivitySink, NonceLedger, RouteEvent, RouteSource } from '../domain/routes.js'
 import { RouteHub } from './route-hub.js'
+import type { SharedLoadSink } from '../domain/shared.js'
 
 /**
  * Split mode (`serve --role gateway`): routes, activity and launch-token nonces come from and go
@@ -33,7 +35,7 @@ export function createRemoteRouteSource(
   opts: RemoteOptions & { staleMs?: number; maxBackoffMs?: number },
 ): RemoteRouteSource {
   const hub = new RouteHub()
-  const url = new URL('/api/v1/gateway/routes', opts.serviceUrl)
+  const url = under(opts.serviceUrl, '/api/v1/gateway/routes')
   const lib = url.protocol === 'https:' ? https : http
   const staleMs = opts.staleMs ?? 45_000
   const maxBackoff = opts.maxBackoffMs ?? 5_000
@@ -159,7 +161,7 @@ export function createRemoteRouteSource(
 }
 
 async function postJson(opts: RemoteOptions, path: string, body: unknown): Promise<Response> {
-  const res = await fetch(new URL(path, opts.serviceUrl), {
+  const res = await fetch(under(opts.serviceUrl, path), {
     method: 'POST',
     headers: { authorization: `Bearer ${opts.key}`, 'content-type': 'application/json' },
     body: JSON.stringify(body),
@@ -183,6 +185,26 @@ export function createRemoteActivitySink(opts: RemoteOptions): ActivitySink {
   }
 }
 
+/**
+ * Sends shared templates' load to the API every second (issue 14), named by a source id per gateway
+ * process. Fire and forget: a lost report is replaced by the next one, and the pool does not
+ * believe a stale one.
+ */
+export function createRemoteSharedLoadSink(opts: RemoteOptions): SharedLoadSink {
+  // This gateway process's name in its reports: the API adds up several gateways' loads (a restarted
+  // gateway is a new source; its old reports age out after 10 s).
+  const source = randomUUID()
+  return {
+    reportSharedLoad(loads) {
+      if (loads.length === 0) return
+      postJson(opts, '/api/v1/gateway/shared-load', { loads: loads.map((l) => ({ ...l, source })) }).then(
+        (res) => res.body?.cancel(),
+        () => {},
+      )
+    },
+  }
+}
+
 /** Asks the API whether a launch nonce is new; throws when the API is unreachable (the gateway shows a retry page). */
 export function createRemoteNonceLedger(opts: RemoteOptions): NonceLedger {
   return {
@@ -193,4 +215,9 @@ export function createRemoteNonceLedger(opts: RemoteOptions): NonceLedger {
       return body.first
     },
   }
+}
+
+/** `path` under the API's URL, keeping its path (an API under `server.publicUrl`'s path): `new URL(path, url)` would drop it. */
+export function under(url: string, path: string): URL {
+  return new URL(url.replace(/\/+$/, '') + path)
 }

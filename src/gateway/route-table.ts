@@ -33,6 +33,8 @@ export type RouteDrop = { readonly instanceId: string; readonly reason: string }
  */
 export class RouteTable {
   readonly #routes = new Map<string, CompiledRoute>()
+  /** Shared templates' instances (issue 14), by template: what `/a/<template>/` chooses from. */
+  readonly #shared = new Map<string, Map<string, CompiledRoute>>()
   readonly #opts: RouteTableOptions
   readonly #onDrop: (drop: RouteDrop) => void
   #unsubscribe: (() => void) | null = null
@@ -61,13 +63,26 @@ export class RouteTable {
     return this.#routes.size
   }
 
+  /** The live instances of a shared template (none when it has none). */
+  sharedRoutes(template: string): Iterable<CompiledRoute> {
+    return this.#shared.get(template)?.values() ?? []
+  }
+
+  #delete(id: string): boolean {
+    const old = this.#routes.get(id)
+    if (!old) return false
+    this.#routes.delete(id)
+    this.#shared.get(old.entry.template)?.delete(id)
+    return true
+  }
+
   apply(event: RouteEvent): void {
     switch (event.type) {
       case 'upsert':
         this.#put(event.route)
         break
       case 'remove':
-        if (this.#routes.delete(event.instanceId)) this.#onDrop({ instanceId: event.instanceId, reason: event.reason })
+        if (this.#delete(event.instanceId)) this.#onDrop({ instanceId: event.instanceId, reason: event.reason })
         break
       case 'reset': {
         const seen = new Set<string>()
@@ -77,7 +92,7 @@ export class RouteTable {
         }
         for (const id of [...this.#routes.keys()]) {
           if (!seen.has(id)) {
-            this.#routes.delete(id)
+            this.#delete(id)
             this.#onDrop({ instanceId: id, reason: 'removed' })
           }
         }
@@ -90,6 +105,11 @@ export class RouteTable {
     const old = this.#routes.get(entry.instanceId)
     const compiled = compileRoute(entry, this.#opts)
     this.#routes.set(entry.instanceId, compiled)
+    if (entry.shared) {
+      let set = this.#shared.get(entry.template)
+      if (!set) this.#shared.set(entry.template, (set = new Map()))
+      set.set(entry.instanceId, compiled)
+    } else if (old?.entry.shared) this.#shared.get(old.entry.template)?.delete(entry.instanceId)
     if (
       old &&
       (old.entry.generation !== entry.generation ||

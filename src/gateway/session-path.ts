@@ -30,17 +30,25 @@ export class SessionPaths {
   /** The session domain, lowercased, in subdomain mode; null in path mode. */
   readonly subdomain: string | null
 
-  constructor(cfg: Config['gateway'], publicUrl: string) {
+  /** `basePath`: `Config['server']['basePath']`, the path of publicUrl ('' or `/studiopool`). */
+  constructor(cfg: Config['gateway'], publicUrl: string, basePath = '') {
     this.#cfg = cfg
     this.#publicUrl = publicUrl
-    this.#basePath = new URL(publicUrl).pathname.replace(/\/+$/, '')
+    this.#basePath = basePath
     this.subdomain = cfg.mode === 'subdomain' && cfg.sessionDomain ? cfg.sessionDomain.toLowerCase() : null
+  }
+
+  /** Whether a Host names a session (subdomain mode): such requests are not under `server.basePath`. */
+  isSessionHost(host: string | undefined): boolean {
+    if (this.subdomain === null || !host) return false
+    const r = this.resolve('/', host)
+    return r !== null && r.kind !== 'redirect'
   }
 
   /** The session a request is for, from its URL (`req.url`) and Host field. */
   resolve(url: string, host: string | undefined): Resolved {
     const subdomain = this.subdomain
-    if (subdomain === null) return pathSession(url)
+    if (subdomain === null) return pathSession(url, this.#basePath)
     if (host) {
       const colon = host.indexOf(':')
       const name = (colon >= 0 ? host.slice(0, colon) : host).toLowerCase()
@@ -81,14 +89,19 @@ export class SessionPaths {
   }
 }
 
-/** Path mode: `/s/{id}/…` is a session, `/s/{id}` and `/s/{id}?…` get their slash, `/s/<not an id>…` is a bad id. */
-function pathSession(url: string): Resolved {
+/**
+ * Path mode: `/s/{id}/…` is a session, `/s/{id}` and `/s/{id}?…` get their slash, `/s/<not an id>…`
+ * is a bad id. The URL arrives without the base path (the listener stripped it, base-path.ts); the
+ * prefix and the redirect, what the browser sees, have it again.
+ */
+function pathSession(url: string, basePath: string): Resolved {
   if (!url.startsWith('/s/')) return null
   const id = url.slice(PREFIX_LEN, ID_END)
   if (!isInstanceId(id)) return { kind: 'bad-id' }
   const c = url.charCodeAt(ID_END)
-  if (c === 47 /* / */) return { kind: 'session', id, prefix: url.slice(0, ID_END), rest: url.slice(ID_END) }
-  if (Number.isNaN(c) || c === 63 /* ? */) return { kind: 'redirect', location: `/s/${id}/${url.slice(ID_END)}` }
+  if (c === 47 /* / */) return { kind: 'session', id, prefix: basePath + url.slice(0, ID_END), rest: url.slice(ID_END) }
+  if (Number.isNaN(c) || c === 63 /* ? */)
+    return { kind: 'redirect', location: `${basePath}/s/${id}/${url.slice(ID_END)}` }
   return { kind: 'bad-id' }
 }
 

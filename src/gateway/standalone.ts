@@ -1,13 +1,24 @@
+import { answerOutside, refuseUpgrade, stripBasePath } from './base-path.js'
+import { createRemoteSessionControls } from './remote-controls.js'
 import type { AddressInfo } from 'node:net'
 import type { Logger } from 'pino'
-import { createServer } from 'node:http'
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import type { Duplex } from 'node:stream'
+import { RequestLog } from '../request-log.js'
 import { Registry } from 'prom-client'
 import { checkReadiness } from '../api/readiness.js'
 import { createProbeHandler, matchesAny } from '../probes.js'
 import { ServerLifecycle } from '../server-lifecycle.js'
 import type { Config } from '../config/types.js'
 import { createGateway } from './gateway.js'
-import { createRemoteActivitySink, createRemoteNonceLedger, createRemoteRouteSource } from './remote.js'
+import { createRemoteSharedGate } from './remote-gate.js'
+import { sharedTemplateRoutes } from './shared-templates.js'
+import {
+  createRemoteActivitySink,
+  createRemoteNonceLedger,
+  createRemoteRouteSource,
+  createRemoteSharedLoadSink,
+} from './remote.js'
 import { createTokenService } from './tokens.js'
 
 /**
@@ -53,9 +64,11 @@ export async function runGatewayRole(opts: {
     metrics,
     mayReadMetrics: matchesAny([key, ...config.auth.keys.filter((k) => k.role !== 'requester').map((k) => k.key)]),
   })
+  const sharedGate = createRemoteSharedGate({ ...remote, config })
   const gw = createGateway({
     config: config.gateway,
     publicUrl: config.server.publicUrl,
+    basePath: config.server.basePath,
     routes,
     activity: createRemoteActivitySink(remote),
     nonces: createRemoteNonceLedger(remote),
@@ -65,14 +78,33 @@ export async function runGatewayRole(opts: {
     }),
     log: log.child({ component: 'gateway' }),
     metrics,
+    // Shared apps are routed here too; their load goes to the API's pool (docs/shared-pools.md "Split mode").
+    shared: sharedTemplateRoutes(config),
+    sharedLoad: createRemoteSharedLoadSink(remote),
+    // Their schedules decided here, their hard budgets as the API last said (remote-gate.ts).
+    sharedGate,
     trustProxy: config.server.trustProxy,
     probes,
+    controls: createRemoteSessionControls(remote),
+    widget: config.widget,
   })
   // Its own listener (not gw.listen) so that shutdown can track requests and WebSockets.
   const server = createServer({ requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 65_000 })
   lifecycle.attach(server)
-  server.on('request', gw.handleRequest)
-  server.on('upgrade', gw.handleUpgrade)
+  const access = new RequestLog(log, config.server.accessLog)
+  const base = config.server.basePath
+  const sessionHost = (host: string | undefined) => gw.isSessionHost(host)
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    access.request(req, res)
+    const v = stripBasePath(req, base, sessionHost)
+    if (v === 'in') gw.handleRequest(req, res)
+    else answerOutside(req, res, base, v)
+  })
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    access.upgrade(req, socket)
+    if (stripBasePath(req, base, sessionHost) === 'in') gw.handleUpgrade(req, socket, head)
+    else refuseUpgrade(socket)
+  })
   server.on('clientError', (_err, socket) => {
     if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n')
     else socket.destroy()
@@ -90,6 +122,7 @@ export async function runGatewayRole(opts: {
   const close = async () => {
     closed = true
     routes.close()
+    sharedGate.close()
     await gw.close()
     server.closeAllConnections()
     await new Promise<void>((resolve) => server.close(() => resolve()))

@@ -1,4 +1,4 @@
-import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
+import { createHash, createHmac, createSecretKey, type KeyObject, randomBytes, timingSafeEqual } from 'node:crypto'
 import type { Config } from '../config/types.js'
 import { deriveAppToken } from '../domain/app-token.js'
 
@@ -80,8 +80,8 @@ const CACHE_MAX = 10_000
 
 interface Key {
   readonly kid: string
-  readonly launch: Buffer
-  readonly session: Buffer
+  readonly launch: KeyObject
+  readonly session: KeyObject
 }
 
 function deriveKey(secret: string): Key {
@@ -89,10 +89,12 @@ function deriveKey(secret: string): Key {
     .update('studiopool-kid\0' + secret)
     .digest('base64url')
     .slice(0, 8)
+  // KeyObjects, imported once: createHmac over a Buffer imports the key anew on every call, which
+  // was most of a launch token's cost (about 34 µs against 4 µs per MAC, measured on Node 24).
   return {
     kid,
-    launch: createHmac('sha256', secret).update('studiopool/launch/v1').digest(),
-    session: createHmac('sha256', secret).update('studiopool/session/v1').digest(),
+    launch: createSecretKey(createHmac('sha256', secret).update('studiopool/launch/v1').digest()),
+    session: createSecretKey(createHmac('sha256', secret).update('studiopool/session/v1').digest()),
   }
 }
 
@@ -111,7 +113,7 @@ export function createTokenService(
   }
   const cache = new Map<string, { claims: SessionClaims; until: number }>()
   const appTokens = new Map<string, string>()
-  const switchKey = createHmac('sha256', secret).update('studiopool/launch-switch/v1').digest()
+  const switchKey = createSecretKey(createHmac('sha256', secret).update('studiopool/launch-switch/v1').digest())
   const proof = (nonce: string, cookieValue: string) =>
     createHmac('sha256', switchKey).update(`${nonce}\0${cookieValue}`).digest()
 

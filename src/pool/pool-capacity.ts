@@ -10,6 +10,55 @@ const READINESS: Record<string, number> = { ready: 0, starting: 1, provisioning:
 export const byReadiness = (a: Instance, b: Instance) =>
   READINESS[a.state]! - READINESS[b.state]! || a.createdAt - b.createdAt
 
+/**
+ * New free rows one top-up pass inserts per template, at most. The pass holds the pool lock, which
+ * on SQLite is the one connection that warm claims need too; a warm pool far below its minFree
+ * (a start, a burst of claims) fills over several passes, a turn apart, with claims served between.
+ */
+const TOP_UP_ROWS_PER_PASS = 25
+
+/**
+ * A pass that many callers ask for and one run serves: at most one runs, and a call made while it
+ * runs gets one more pass after it (on the next turn), so every caller's await ends after a pass
+ * that started after its call, however many called.
+ */
+class Coalesced {
+  #running: Promise<void> | undefined
+  #again = false
+
+  constructor(
+    private readonly pass: () => Promise<void>,
+    private readonly closed: () => boolean,
+    /** Awaited once before a run's first pass (the top-up's wait for a lull in warm claims). */
+    private readonly before?: () => Promise<void>,
+  ) {}
+
+  /** From inside a pass: one more pass after this one. */
+  again(): void {
+    this.#again = true
+  }
+
+  run(): Promise<void> {
+    if (this.#running) {
+      this.#again = true
+      return this.#running
+    }
+    this.#running = (async () => {
+      try {
+        if (this.before) await this.before()
+        do {
+          this.#again = false
+          await this.pass()
+          if (this.#again) await nextTurn()
+        } while (this.#again && !this.closed())
+      } finally {
+        this.#running = undefined
+      }
+    })()
+    return this.#running
+  }
+}
+
 /** What one serveQueue pass decided inside the pool lock, published after it commits. */
 interface QueuePlan {
   readonly promoted: Instance[]
@@ -30,8 +79,16 @@ interface QueueState {
  */
 export class Capacity {
   readonly #backoffTimers = new Map<string, NodeJS.Timeout>()
-  #topUp: Promise<void> | undefined
-  #topUpAgain = false
+  // A run of top-up passes starts in a lull of warm claims (PoolCore.claimsLull), then runs to the end.
+  readonly #topUps = new Coalesced(
+    () => this.#topUpOnce(),
+    () => this.c.closed,
+    () => this.c.claimsLull(),
+  )
+  readonly #queueServes = new Coalesced(
+    () => this.#serveQueueOnce(),
+    () => this.c.closed,
+  )
 
   constructor(private readonly c: PoolCore) {}
 
@@ -64,11 +121,21 @@ export class Capacity {
    * derived from the free instance's id, so there the free one is recycled instead (stopped to make
    * room, then the queued request gets a new one).
    */
-  async serveQueue(): Promise<void> {
+  serveQueue(): Promise<void> {
+    return this.#queueServes.run()
+  }
+
+  /** One serveQueue pass. Calls coalesce as topUp's do: every free instance that starts or gets ready calls it. */
+  async #serveQueueOnce(): Promise<void> {
     const { c } = this
     if (c.closed) return
-    // Cheap check without the lock: a free instance becoming ready calls this every time.
-    if (!(await c.d.store.listQueued(undefined, 1)).length) return
+    // Cheap check without the lock: a free instance becoming ready calls this every time. None at
+    // all when this process knows the queue is empty (queue-hint.ts).
+    if (c.queue.knownEmpty()) return
+    const mark = c.queue.mark()
+    const empty = !(await c.d.store.listQueued(undefined, 1)).length
+    c.queue.saw(mark, empty)
+    if (empty) return
     const plan: QueuePlan = { promoted: [], handed: [], evicted: [] }
     await c.d.store.withPoolLock(async (tx) => {
       const queued = await tx.listQueued(undefined, 500)
@@ -116,7 +183,7 @@ export class Capacity {
     }
     // 3. A new instance, within the caps and the breaker.
     if (st.total >= c.d.config.pool.maxInstances) return
-    if ((st.byTemplate[q.template] ?? 0) >= t.maxInstances) return
+    if ((st.byTemplate[q.template] ?? 0) >= c.maxOf(t)) return
     if (!c.breaker.permit(q.template, q.id)) return
     const n = await c.apply(q.id, tr.promote(now), tx)
     if (!n) {
@@ -173,22 +240,7 @@ export class Capacity {
    * most one runs, and at most one more follows it (a warm hit never waits on the pool lock for it).
    */
   topUp(): Promise<void> {
-    if (this.#topUp) {
-      this.#topUpAgain = true
-      return this.#topUp
-    }
-    this.#topUp = (async () => {
-      try {
-        do {
-          this.#topUpAgain = false
-          await this.#topUpOnce()
-          if (this.#topUpAgain) await nextTurn()
-        } while (this.#topUpAgain && !this.c.closed)
-      } finally {
-        this.#topUp = undefined
-      }
-    })()
-    return this.#topUp
+    return this.#topUps.run()
   }
 
   async #topUpOnce(): Promise<void> {
@@ -196,28 +248,32 @@ export class Capacity {
     if (c.closed) return
     // Templates backing off after failed creates are skipped: the worker's first cycle after the delay tops them up.
     const wanting = c.d.config.templates.filter(
-      (t) => t.minFree > 0 && !c.d.unavailable?.has(t.name) && c.breaker.wouldPermit(t.name),
+      (t) => c.minFreeOf(t) > 0 && !t.shared && !c.d.unavailable?.has(t.name) && c.breaker.wouldPermit(t.name),
     )
     // Cheap check without the lock: most calls find every warm pool full.
     const short: TemplateConfig[] = []
     for (const t of wanting) {
+      const minFree = c.minFreeOf(t)
       const free = await c.d.store.countInstances({
         template: t.name,
         assigned: false,
         states: FREE_STATES,
-        limit: t.minFree,
+        limit: minFree,
       })
-      if (free < t.minFree) short.push(t)
+      if (free < minFree) short.push(t)
     }
     if (!short.length) return
+    const st = { byTemplate: {} as Record<string, number>, total: 0, capped: false }
     const made = await c.d.store.withPoolLock(async (tx) => {
       if ((await tx.listQueued(undefined, 1)).length) return [] // queued requests have the first claim on capacity
       const counts = await tx.countActive()
-      const st = { byTemplate: counts.byTemplate, total: counts.total }
+      Object.assign(st, { byTemplate: counts.byTemplate, total: counts.total })
       const out: Instance[] = []
       for (const t of short) out.push(...(await this.#warm(tx, t, st)))
       return out
     })
+    // The rest in the next pass: the pool lock (on SQLite the one connection) is never held for long.
+    if (st.capped) this.#topUps.again()
     for (const inst of made) {
       await c.audit(inst.id, 'warm', null, {})
       c.routes.publish(inst)
@@ -229,16 +285,22 @@ export class Capacity {
   async #warm(
     tx: StoreTx,
     t: TemplateConfig,
-    st: { readonly byTemplate: Record<string, number>; total: number },
+    st: { readonly byTemplate: Record<string, number>; total: number; capped: boolean },
   ): Promise<Instance[]> {
     const { c } = this
-    const free = await tx.countInstances({ template: t.name, assigned: false, states: FREE_STATES, limit: t.minFree })
-    let want = t.minFree - free
+    const minFree = c.minFreeOf(t)
+    const free = await tx.countInstances({ template: t.name, assigned: false, states: FREE_STATES, limit: minFree })
+    let want = minFree - free
     // An open breaker lets one create through, the probe; the rest wait for its outcome.
     if (c.breaker.state(t.name)?.open) want = Math.min(want, 1)
     let count = st.byTemplate[t.name] ?? 0
     const out: Instance[] = []
-    while (want > 0 && count < t.maxInstances && st.total < c.d.config.pool.maxInstances) {
+    if (want > TOP_UP_ROWS_PER_PASS) {
+      want = TOP_UP_ROWS_PER_PASS
+      st.capped = true
+    }
+    const cap = c.maxOf(t)
+    while (want > 0 && count < cap && st.total < c.d.config.pool.maxInstances) {
       const id = newInstanceId()
       if (!c.breaker.permit(t.name, id)) break
       out.push(await c.insert(tr.newWarm(id, t.name, c.now()), tx))

@@ -8,9 +8,14 @@ import type { NewRow, Transition } from '../domain/transitions.js'
 import type { Metrics } from '../metrics.js'
 import { LABEL_ASSIGNED_AT, LABEL_OWNER, LABEL_REQUESTER, type Provider } from '../providers/provider.js'
 import type { Store, StoreOps } from '../store/store.js'
+import { AuditBatch } from './audit-batch.js'
+import { QueueHint } from './queue-hint.js'
 import { CreateBreaker, type BackoffOptions } from './create-breaker.js'
 import type { Capacity } from './pool-capacity.js'
 import type { Lifecycle } from './pool-lifecycle.js'
+import { scheduleAt } from '../schedule/schedule.js'
+import type { WarmTarget } from '../schedule/warm-target.js'
+import type { SharedBounds } from './pool-shared.js'
 import { RouteProjection, type RoutePublisher } from './pool-routes.js'
 
 /** Fault-injection points for recovery tests (kill the server between two steps). Never set in production. */
@@ -37,6 +42,11 @@ export interface PoolDeps {
   readonly appToken?: (instanceId: string, generation: number) => string
   /** Backoff and breaker for failed creates (create-breaker.ts DEFAULT_BACKOFF); tests shorten it. */
   readonly backoff?: Partial<BackoffOptions>
+  /**
+   * Effective minInstances/maxInstances of a shared template now (issue 13's schedules and budgets
+   * plug in here); default the template's own (pool-shared.ts).
+   */
+  readonly sharedBounds?: (t: TemplateConfig, now: number) => SharedBounds
 }
 
 /**
@@ -45,6 +55,18 @@ export interface PoolDeps {
  * better-sqlite3) can never keep the loop in the microtask queue and starve I/O (issue 9).
  */
 export const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve))
+/**
+ * Top-ups yield to warm claims (issue 10): a run of top-up passes starts once no request has arrived
+ * for LULL_MS, or TOP_UP_MAX_WAIT_MS after it was asked for at the latest, and then runs to the end.
+ * On SQLite everything shares one thread, and a top-up (the insert, the provider's create, the
+ * readiness probe, four state writes) costs several claims' worth of it: a burst of claims is
+ * served first and the warm pool refills behind it. Under claims that never pause, the refill
+ * starts 200 ms late and then competes with them as before; a pool that runs dry meanwhile serves
+ * cold starts, which are never deferred. Wall-clock time, not the pool's clock: this is scheduling.
+ */
+const LULL_MS = 2
+const TOP_UP_MAX_WAIT_MS = 200
+
 export const sha256 = (s: string) => createHash('sha256').update(s).digest('hex')
 
 export function errText(err: unknown): string {
@@ -76,7 +98,20 @@ export class PoolCore {
   /** Backoff and circuit breaker for creates, per template. */
   readonly breaker: CreateBreaker
   readonly routes: RouteProjection
+  /** Whether the queue is known to be empty without a store read (queue-hint.ts). */
+  readonly queue = new QueueHint()
+  /** Audit rows of a turn, written as one statement (audit-batch.ts). */
+  readonly #audits: AuditBatch
   closed = false
+  /** When the last request arrived (performance.now()), for claimsLull. */
+  #lastRequestAt = -Infinity
+  /**
+   * The effective warm-pool floor and cap per template (schedule and forecast, issue 13), set by
+   * the warm planner (pool-warm.ts) once per worker cycle; absent = the template's own values.
+   */
+  readonly targets = new Map<string, WarmTarget>()
+  /** A scheduled shared template's lead (measured start time + one cycle), set by the warm planner; absent = its start timeout. */
+  readonly sharedLeads = new Map<string, number>()
   /** Late-bound by PoolService's constructor: the parts call each other. */
   lifecycle!: Lifecycle
   capacity!: Capacity
@@ -105,6 +140,10 @@ export class PoolCore {
         )
     })
     this.routes = new RouteProjection(deps.store, deps.routes, this.templates, (p) => this.background(p))
+    this.#audits = new AuditBatch(
+      (rows) => deps.store.audit(rows),
+      (err, row) => deps.log.warn({ err: errText(err), event: row.event }, 'audit write failed'),
+    )
   }
 
   /** Applies a named transition (domain/transitions.ts) as one compare-and-set; undefined when its condition failed. */
@@ -114,7 +153,26 @@ export class PoolCore {
 
   /** Inserts a new row (domain/transitions.ts newCold, newQueued, newWarm). */
   insert(row: NewRow, tx: StoreOps = this.d.store): Promise<Instance> {
+    if (row.state === 'queued') this.queue.changed()
     return tx.insertInstance(row)
+  }
+
+  /**
+   * Free instances to keep for a template now. A scheduled or predictive template has no target in
+   * a process that runs no worker (split roles: an API replica): there its warm pool is the
+   * worker's to top up, not refilled to the static minFree and trimmed back.
+   */
+  minFreeOf(t: TemplateConfig): number {
+    const target = this.targets.get(t.name)
+    if (target) return target.minFree
+    return t.schedule || t.warmPool ? 0 : t.minFree
+  }
+
+  /** The template's cap now: the planner's, else the schedule's at this instant, else the template's. */
+  maxOf(t: TemplateConfig): number {
+    const target = this.targets.get(t.name)
+    if (target) return target.maxInstances
+    return t.schedule ? scheduleAt(t.schedule, this.now()).maxInstances : t.maxInstances
   }
 
   provider(template: string): Provider {
@@ -127,25 +185,59 @@ export class PoolCore {
     return p
   }
 
+  /** The price per hour of the template's instances now (docs/cost.md "Prices"); set by PoolService. */
+  price: (template: string, market?: 'on-demand' | 'spot') => number = (template) =>
+    this.templates.get(template)?.pricePerHour ?? 0
+
+  /** An assignment's cost for the history row, at today's price (the cost segments are the exact account). */
   cost(inst: Instance, now: number): number | null {
-    const t = this.templates.get(inst.template)
-    if (!t || !t.pricePerHour) return null
+    if (!this.templates.has(inst.template)) return null
+    const m = inst.tags['market']
+    const perHour = this.price(inst.template, m === 'spot' || m === 'on-demand' ? m : undefined)
+    if (!perHour) return null
     const from = inst.assignedAt ?? inst.createdAt
-    return Math.round(((now - from) / 3_600_000) * t.pricePerHour * 10_000) / 10_000
+    return Math.round(((now - from) / 3_600_000) * perHour * 10_000) / 10_000
   }
 
-  async audit(
+  /**
+   * Appends an audit row with this turn's others (audit-batch.ts; resolves once written, never
+   * rejects), and logs the same event as a structured line (issue 17: the audit is not only in the
+   * database): `{component: 'lifecycle', event, instanceId, actor, …detail, …logOnly}`. `logOnly`
+   * adds what the line says and the row does not (`kind: warm`, `secondsToReady`).
+   */
+  audit(
     instanceId: string | null,
     event: string,
     actor: string | null,
     detail: Record<string, unknown>,
+    logOnly: Record<string, unknown> = {},
   ): Promise<void> {
-    try {
-      await this.d.store.audit({ at: this.now(), instanceId, event, actor, detail })
-    } catch (err) {
-      this.d.log.warn({ err: errText(err), event }, 'audit write failed')
+    this.logEvent(event, { instanceId, actor, ...detail, ...logOnly })
+    return this.#audits.add({ at: this.now(), instanceId, event, actor, detail })
+  }
+
+  /** A request arrived (claimsLull waits for a pause in these). */
+  noteRequest(): void {
+    this.#lastRequestAt = performance.now()
+  }
+
+  /** Resolves once no request has arrived for LULL_MS, or after TOP_UP_MAX_WAIT_MS (see LULL_MS). */
+  async claimsLull(): Promise<void> {
+    const start = performance.now()
+    for (;;) {
+      const now = performance.now()
+      const quiet = now - this.#lastRequestAt
+      if (quiet >= LULL_MS || now - start >= TOP_UP_MAX_WAIT_MS || this.closed) return
+      await new Promise((r) => setTimeout(r, Math.max(1, LULL_MS - quiet)))
     }
   }
+
+  /** A lifecycle log line without an audit row (a warm claim's row is written by the store's claimWarm). */
+  logEvent(event: string, fields: Record<string, unknown>): void {
+    this.#lifecycleLog ??= this.d.log.child({ component: 'lifecycle' })
+    this.#lifecycleLog.info({ event, ...fields }, `session ${event}`)
+  }
+  #lifecycleLog: PoolDeps['log'] | undefined
 
   /** Runs work in the background, tracked so that drain() and close() wait for it. */
   background(p: Promise<unknown>): void {

@@ -94,7 +94,7 @@ export class Lifecycle {
     if (next.ownerId && !spec.labels[LABEL_OWNER]) this.relabelSoon(next)
     // A free instance that can now be handed to a queued request (serveQueue hands over starting ones).
     else if (!next.ownerId) c.background(c.capacity.serveQueue())
-    c.background(this.watchStart(next.id))
+    c.background(this.watchStart(next.id, next))
   }
 
   #spec(inst: Instance, t: TemplateConfig, token: string): InstanceSpec {
@@ -107,7 +107,7 @@ export class Lifecycle {
     }
     Object.assign(labels, ownerLabels(inst))
     const progressUrl = d.progressUrl?.(inst.id) ?? `${d.config.server.publicUrl}/api/v1/instances/${inst.id}/progress`
-    const basePath = `/s/${inst.id}/`
+    const basePath = `${d.config.server.basePath}/s/${inst.id}/`
     return {
       id: inst.id,
       poolId: d.config.pool.id,
@@ -118,28 +118,38 @@ export class Lifecycle {
       progressToken: token,
       appToken: (d.appToken ?? this.c.fallbackAppToken)(inst.id, inst.generation),
       ownerId: inst.ownerId,
-      sessionUrl: d.config.server.publicUrl.replace(/\/+$/, '') + basePath,
+      sessionUrl: new URL(d.config.server.publicUrl).origin + basePath,
     }
   }
 
-  /** Probes a `starting` instance until its app answers, or its start timeout passes. */
-  async watchStart(id: string): Promise<void> {
+  /**
+   * Probes a `starting` instance until its app answers, or its start timeout passes. `known`: the row
+   * as the caller just wrote it, read instead of the store for the first probe (markReady is a
+   * compare-and-set, so a row changed meanwhile is not marked ready).
+   */
+  async watchStart(id: string, known?: Instance): Promise<void> {
     const { c } = this
     if (c.busy.has(id)) return
     c.busy.add(id)
     try {
       const { probeHttp } = await import('../providers/http-probe.js')
       let delay = 100
+      let first = known?.id === id ? known : undefined
       for (;;) {
         if (c.closed) return
-        const inst = await c.d.store.getInstance(id)
+        const inst = first ?? (await c.d.store.getInstance(id))
+        first = undefined
         if (!inst || inst.state !== 'starting' || !inst.address) return
         const t = c.templates.get(inst.template)
         if (!t) return
         // `{{basePath}}`: apps that keep the prefix (Jupyter's base_url) answer only under it.
-        const r = await probeHttp(inst.address, t.healthPath.replaceAll('{{basePath}}', `/s/${inst.id}/`), {
-          timeoutMs: 2000,
-        })
+        const r = await probeHttp(
+          inst.address,
+          t.healthPath.replaceAll('{{basePath}}', `${c.d.config.server.basePath}/s/${inst.id}/`),
+          {
+            timeoutMs: 2000,
+          },
+        )
         if (r.ok) return await this.#markReady(inst)
         if (c.now() - (inst.startedAt ?? inst.createdAt) > t.startTimeoutMs) return // past its start timeout: the worker fails it
         await new Promise((r) => setTimeout(r, delay).unref())
@@ -154,7 +164,17 @@ export class Lifecycle {
     const { c } = this
     const next = await c.apply(inst.id, tr.markReady(inst, c.now()))
     if (!next) return
-    await c.audit(inst.id, 'ready', null, { generation: inst.generation })
+    // Seconds to ready: from the user's request for a cold start (assignedAt), from creation for a warm instance.
+    const from = next.assignedAt ?? inst.createdAt
+    await c.audit(
+      inst.id,
+      'ready',
+      null,
+      { generation: inst.generation },
+      { template: inst.template, userId: next.ownerId, secondsToReady: Math.round((c.now() - from) / 100) / 10 },
+    )
+    if (next.ownerId && next.assignedAt !== null)
+      c.d.metrics?.timeToReady.observe({ template: next.template, outcome: 'cold' }, (c.now() - next.assignedAt) / 1000)
     c.routes.publish(next)
     // A free instance just became ready: queued requests take it now, not a worker cycle later.
     if (!next.ownerId) c.background(c.capacity.serveQueue())
@@ -192,6 +212,8 @@ export class Lifecycle {
       if (n?.ownerId) await tx.closeAssignment(id, now, 'failed', c.cost(inst, now))
       return n
     })
+    if (next?.ownerId && next.assignedAt !== null)
+      c.d.metrics?.timeToReady.observe({ template: next.template, outcome: 'failed' }, (now - next.assignedAt) / 1000)
     if (!next) {
       const cur = await c.d.store.getInstance(id)
       if (cur && isLive(cur.state) && cur.generation === inst.generation && cur.ownerId !== inst.ownerId)
@@ -209,7 +231,7 @@ export class Lifecycle {
    */
   async replace(inst: Instance, why: string): Promise<void> {
     const { c } = this
-    const next = await c.apply(inst.id, tr.replace(inst, c.now()))
+    const next = await c.apply(inst.id, tr.replace(inst, c.now(), why))
     if (!next) return
     await c.audit(inst.id, 'replaced', null, { why, generation: next.generation })
     c.routes.publish(next)

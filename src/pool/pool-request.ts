@@ -5,6 +5,7 @@ import { type EndReason, FREE_STATES, type Instance, isLive } from '../domain/in
 import * as tr from '../domain/transitions.js'
 import { LiveInstanceExistsError, type StoreTx, type WarmClaimInput, type WarmClaimResult } from '../store/store.js'
 import { byReadiness } from './pool-capacity.js'
+import { refuseOutsideSchedule } from './pool-warm.js'
 import type { PoolCore } from './pool-core.js'
 
 export type RequestOutcome = 'existing' | 'warm' | 'cold' | 'queued'
@@ -59,9 +60,16 @@ export class Requests {
   /** Seed REQUEST_RSTUDIO: the user's live instance, a warm one, a new one within caps, or the queue. */
   async request(input: RequestInput): Promise<RequestResult> {
     const { c } = this
+    c.noteRequest()
     const t = this.template(input.template ?? c.d.config.pool.defaultTemplate)
     const why = c.d.unavailable?.get(t.name)
     if (why) throw new AppError('TEMPLATE_UNAVAILABLE', `template "${t.name}" is not available: ${why}`)
+    // A shared template's instances belong to no one (docs/shared-pools.md): its users open /a/<template>/.
+    if (t.shared)
+      throw new ValidationError(`template "${t.name}" is shared: its users open /a/${t.name}/ instead`, [
+        { path: '/payload/template', message: 'a mode: shared template is not requested per user' },
+      ])
+    if (t.schedule) refuseOutsideSchedule(t.name, t.schedule, c.now())
     const who: Who = { userId: input.userId, keyName: input.keyName ?? null }
     const warm = await this.#warm(t, input, who)
     if (warm) return warm
@@ -78,6 +86,8 @@ export class Requests {
       if (!again) throw err
       return this.#existing(again, input, who.keyName)
     }
+    // Committed: a queue check that began before the commit did not see this row.
+    if (decision.outcome === 'queued') c.queue.changed()
     return this.#afterDecision(decision, input, who)
   }
 
@@ -97,9 +107,21 @@ export class Requests {
   }
 
   /** A free instance was given to the user: publish, relabel, refill the warm pool. */
-  #assigned(inst: Instance): Promise<RequestResult> {
+  #assigned(inst: Instance, log = true): Promise<RequestResult> {
     const { c } = this
     c.d.metrics?.assignments.inc({ template: inst.template, kind: 'warm' })
+    // A ready instance is the user's at once; one still starting is observed when it answers (cold).
+    if (inst.state === 'ready' && inst.assignedAt !== null)
+      c.d.metrics?.timeToReady.observe({ template: inst.template, outcome: 'warm' }, (c.now() - inst.assignedAt) / 1000)
+    // The store's claimWarm wrote the audit row; the log line is written here.
+    if (log)
+      c.logEvent('assigned', {
+        instanceId: inst.id,
+        template: inst.template,
+        userId: inst.ownerId,
+        kind: 'warm',
+        secondsToReady: 0,
+      })
     c.routes.publish(inst)
     c.lifecycle.relabelSoon(inst)
     c.background(c.capacity.topUp())
@@ -118,7 +140,7 @@ export class Requests {
     // An open breaker: nothing is created or queued until a probe succeeds.
     if (c.breaker.state(t.name)?.open && !c.breaker.wouldPermit(t.name)) throw this.#providerUnavailable(t)
     const counts = await tx.countActive()
-    const underTemplate = (counts.byTemplate[t.name] ?? 0) < t.maxInstances
+    const underTemplate = (counts.byTemplate[t.name] ?? 0) < c.maxOf(t)
     const underPool = counts.total < c.d.config.pool.maxInstances
     if (underTemplate && underPool) {
       const id = newInstanceId()
@@ -131,7 +153,7 @@ export class Requests {
       throw new PoolFullError(
         underTemplate
           ? 'the pool is at its maxInstances'
-          : `template "${t.name}" is at its maxInstances (${t.maxInstances})`,
+          : `template "${t.name}" is at its maxInstances (${c.maxOf(t)})`,
       )
     }
     // The pool-wide cap is reached but this template has room: a free warm instance of another
@@ -139,7 +161,8 @@ export class Requests {
     let victim: Instance | undefined
     if (underTemplate && !underPool) {
       const free = await tx.listInstances({ assigned: false, states: FREE_STATES, limit: 50 })
-      const candidate = free.find((f) => f.template !== t.name)
+      // Never a shared template's instance: it serves users while it has no owner.
+      const candidate = free.find((f) => f.template !== t.name && !c.templates.get(f.template)?.shared)
       if (candidate) victim = await c.apply(candidate.id, tr.evict(candidate, now), tx)
     }
     const row = await c.insert(tr.newQueued(newInstanceId(), t.name, who, now), tx)
@@ -151,10 +174,22 @@ export class Requests {
     const { c } = this
     if (outcome === 'existing') return this.#existing(inst, input, who.keyName)
     if (outcome === 'claimed') {
-      await c.audit(inst.id, 'assigned', who.keyName, { userId: input.userId, state: inst.state })
-      return this.#assigned(inst)
+      await c.audit(
+        inst.id,
+        'assigned',
+        who.keyName,
+        { userId: input.userId, state: inst.state },
+        { template: inst.template, kind: inst.state === 'ready' ? 'warm' : 'starting' },
+      )
+      return this.#assigned(inst, false)
     }
-    await c.audit(inst.id, outcome === 'cold' ? 'assigned' : 'queued', who.keyName, { userId: input.userId })
+    await c.audit(
+      inst.id,
+      outcome === 'cold' ? 'assigned' : 'queued',
+      who.keyName,
+      { userId: input.userId },
+      { template: inst.template, kind: outcome },
+    )
     if (evict) {
       c.routes.remove(evict.id, 'evicted')
       c.background(c.lifecycle.destroy(evict, 'evicted'))

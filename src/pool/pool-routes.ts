@@ -1,6 +1,7 @@
 import type { TemplateConfig } from '../config/types.js'
 import { type Instance, isLive, LIVE_STATES } from '../domain/instance.js'
 import type { RouteEntry } from '../domain/routes.js'
+import { TAG_DRAINING } from '../domain/shared.js'
 import type { Store } from '../store/store.js'
 
 /** Where the pool publishes route changes (the gateway's RouteHub in-process). */
@@ -77,7 +78,9 @@ export class RouteProjection {
       failureReason: inst.failureReason,
       ...(t?.activityIgnore.length ? { activityIgnore: t.activityIgnore } : {}),
       requester: inst.keyName,
+      ...(t?.injectWidget ? { injectWidget: true } : {}),
       ...(t?.upstreamHeaders && Object.keys(t.upstreamHeaders).length ? { upstreamHeaders: t.upstreamHeaders } : {}),
+      ...(t?.shared && inst.ownerId === null ? { shared: { draining: inst.tags[TAG_DRAINING] !== undefined } } : {}),
     }
   }
 }

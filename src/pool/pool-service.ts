@@ -1,17 +1,27 @@
 import type { TemplateConfig } from '../config/types.js'
-import { ENDED_STATES, type EndReason, type Instance } from '../domain/instance.js'
+import { ENDED_STATES, isLive, type EndReason, type Instance } from '../domain/instance.js'
+import type { SessionStopStatus } from '../domain/pending-stop.js'
 import type { RouteEntry } from '../domain/routes.js'
+import type { SharedGate, SharedGateSnapshot, SharedLoad, SharedRefusal } from '../domain/shared.js'
 import type { ProgressNote, ResourceSeen } from '../domain/transitions.js'
 import type { IsolationReport } from '../providers/provider.js'
 import type { BreakerState } from './create-breaker.js'
+import { PendingStops } from './pending-stops.js'
 import { Capacity } from './pool-capacity.js'
+import { CostService } from './cost-service.js'
 import { PoolCore, type PoolDeps } from './pool-core.js'
 import { Lifecycle, type ReportedAddress } from './pool-lifecycle.js'
 import { Requests, type RequestInput, type RequestResult } from './pool-request.js'
+import { WarmPlanner, type ForecastPoint } from './pool-warm.js'
+import type { WarmTarget } from '../schedule/warm-target.js'
+import { SharedPools, type SharedStatus } from './pool-shared.js'
+import { sharedRefusal } from './shared-gate.js'
 
 export { errText, ownerLabels, type FaultHooks, type PoolDeps } from './pool-core.js'
 export { queuePositions, type RoutePublisher } from './pool-routes.js'
+export type { PendingStops } from './pending-stops.js'
 export type { RequestInput, RequestOutcome, RequestResult } from './pool-request.js'
+export type { SharedBounds, SharedStatus } from './pool-shared.js'
 
 /**
  * The one place that decides (architecture.md conventions `pool/`): assignment, release, warm-pool top-up, the queue,
@@ -22,24 +32,55 @@ export type { RequestInput, RequestOutcome, RequestResult } from './pool-request
  * - pool-lifecycle.ts: create, readiness, failure, replacement, suspend/resume, destroy, and what
  *   the worker finds at the providers;
  * - pool-capacity.ts: the queue, the warm pools' top-up, backoff;
- * - pool-routes.ts: the route projection, published around every change.
+ * - pool-routes.ts: the route projection, published around every change;
+ * - pending-stops.ts: when each session will be stopped and why (the warning, issue 13).
  *
  * Atomicity: every check-a-cap-then-insert runs inside `store.withPoolLock`; warm hits use
  * `store.assignWarm` (row locks with SKIP LOCKED); the partial unique index on (owner, template) is the
  * last line of defence against a user holding two live instances.
  */
-export class PoolService {
+export class PoolService implements SharedGate {
   readonly #c: PoolCore
   readonly #requests: Requests
   readonly #lifecycle: Lifecycle
   readonly #capacity: Capacity
+  /** Cost accrual and budgets (docs/cost.md): the worker's cost step, the request check, usage, budgetStopAt. */
+  readonly cost: CostService
+
+  /** When each session will be stopped, and why (issue 13): the banner's and the dashboard's warning. */
+  readonly pendingStops: PendingStops
+  readonly #warm: WarmPlanner
+  readonly #shared: SharedPools
 
   constructor(deps: PoolDeps) {
     const c = new PoolCore(deps)
     this.#c = c
+    this.pendingStops = new PendingStops({
+      templates: c.templates,
+      log: deps.log,
+      warnBeforeMs: deps.config.widget.warnBeforeMs,
+      canSuspend: (template) => {
+        const t = c.templates.get(template)
+        const p = t && deps.providers.get(t.provider)
+        return !!p && p.capabilities.supportsSuspend && typeof p.stop === 'function'
+      },
+    })
     this.#lifecycle = c.lifecycle = new Lifecycle(c)
     this.#capacity = c.capacity = new Capacity(c)
     this.#requests = new Requests(c)
+    this.cost = new CostService({
+      config: deps.config,
+      store: deps.store,
+      log: deps.log,
+      now: c.now,
+      audit: (id, event, detail) => c.audit(id, event, 'budget', detail),
+      release: (id, reason, actor) => this.release(id, reason, actor),
+    })
+    // A budget's scheduled stop is a pending stop like an idle cull: the banner and the dashboard warn of it.
+    this.pendingStops.register('budget', (inst) => this.cost.budgetStopAt(inst))
+    c.price = (template, market) => this.cost.accrual.price(template, market ?? this.cost.accrual.market(template))
+    this.#warm = new WarmPlanner(c)
+    this.#shared = new SharedPools(c, (id, reason, actor) => this.release(id, reason, actor), deps.sharedBounds)
   }
 
   template(name: string): TemplateConfig {
@@ -69,7 +110,15 @@ export class PoolService {
   // --- request and assignment -------------------------------------------------------------
 
   /** Seed REQUEST_RSTUDIO: the user's live instance, a warm one, a new one within caps, or the queue. */
-  request(input: RequestInput): Promise<RequestResult> {
+  async request(input: RequestInput): Promise<RequestResult> {
+    // A hard budget refuses new sessions (403 BUDGET_EXCEEDED); the user's live one is still theirs.
+    if (this.#c.d.config.budgets.length > 0)
+      await this.cost.checkRequest({
+        userId: input.userId,
+        template: this.#requests.template(input.template ?? this.#c.d.config.pool.defaultTemplate).name,
+        keyName: input.keyName ?? null,
+        byOwner: input.byOwner,
+      })
     return this.#requests.request(input)
   }
 
@@ -79,6 +128,25 @@ export class PoolService {
    */
   release(id: string, reason: EndReason, actor: string | null = null): Promise<Instance | undefined> {
     return this.#requests.release(id, reason, actor)
+  }
+
+  // --- pending stops (issue 13) ---------------------------------------------------------------
+
+  /** The session's pending stop as the warning shows it now; undefined when it is not live. */
+  async stopStatus(id: string): Promise<SessionStopStatus | undefined> {
+    const inst = await this.#c.d.store.getInstance(id)
+    return inst ? this.pendingStops.status(inst, this.#c.now()) : undefined
+  }
+
+  /**
+   * "Keep working": the user's activity, now, written through at once (the gateway's batch may be
+   * seconds away), so that the next worker cycle does not cull. Then the new status.
+   */
+  async keepWorking(id: string): Promise<SessionStopStatus | undefined> {
+    const inst = await this.#c.d.store.getInstance(id)
+    if (!inst || !isLive(inst.state)) return undefined
+    await this.#c.d.store.recordActivity([{ id, at: this.#c.now() }])
+    return this.stopStatus(id)
   }
 
   // --- instance lifecycle -------------------------------------------------------------------
@@ -174,9 +242,82 @@ export class PoolService {
     return this.#capacity.serveQueue()
   }
 
+  /**
+   * From start-up (replica-steps.ts): every queued row another process writes is reported to
+   * queueChanged while `watching()` says so; then the pool skips its queue reads while it knows
+   * the queue is empty (queue-hint.ts).
+   */
+  watchQueue(watching: () => boolean): void {
+    this.#c.queue.watch(watching)
+  }
+
+  /**
+   * A queued row (another process's, or one not seen) may exist: the next queue check reads the
+   * store. Had the queue been taken for empty, a check meanwhile may have skipped the row: it is
+   * served now, unless `serve` is false (the caller serves the queue itself next).
+   */
+  queueChanged(serve = true): void {
+    if (this.#c.queue.changed() && serve) this.#c.background(this.#capacity.serveQueue())
+  }
+
   /** Tops each template's free instances up to minFree, within the caps (calls coalesce). */
   topUp(): Promise<void> {
     return this.#capacity.topUp()
+  }
+
+  /**
+   * Sets each scheduled or predictive template's effective floor and cap for now, and stops free
+   * instances above the floor (pool-warm.ts). The worker calls it every cycle, before the top-up.
+   */
+  planWarm(): Promise<void> {
+    return this.#warm.plan()
+  }
+
+  /** The effective warm-pool targets set by the last planWarm (templates with a schedule or a warm-pool policy). */
+  warmTargets(): ReadonlyMap<string, WarmTarget> {
+    return this.#warm.targets()
+  }
+
+  /** The forecasts recorded for the template's last slots (the dashboard's forecast beside actuals). */
+  forecastHistory(template: string): Promise<ForecastPoint[]> {
+    return this.#warm.recorded(template)
+  }
+
+  /** The template's measured start time (the 90th percentile of recent starts), ms. */
+  measuredStart(t: TemplateConfig): Promise<number> {
+    return this.#warm.measuredStart(t)
+  }
+
+  // --- shared templates (issue 14, pool-shared.ts) ---------------------------------------------
+
+  /**
+   * The gateway's load report for shared templates; templates whose load changed are planned at
+   * once, and the users' shares of the instances are recorded for their cost.
+   */
+  reportSharedLoad(loads: readonly SharedLoad[]): void {
+    this.#shared.reportLoad(loads)
+    this.cost.recordShared(loads)
+  }
+
+  /** A visitor of a shared template: refused now (schedule, hard budget), or null (shared-gate.ts). */
+  admit(template: string, userId: string, groups: readonly string[]): SharedRefusal | null {
+    const t = this.#c.d.config.templates.find((x) => x.name === template)
+    return t ? sharedRefusal(t, this.cost.budgets, { userId, groups }, this.#c.now()) : null
+  }
+
+  /** The budget half of the gate for split-mode gateways (they decide schedules themselves). */
+  sharedGateSnapshot(): SharedGateSnapshot {
+    return { budgets: this.cost.budgets.exceededHard() }
+  }
+
+  /** Scales every shared template (the worker's cycle). */
+  scaleShared(): Promise<void> {
+    return this.#shared.scaleAll()
+  }
+
+  /** Each shared template's bounds, wanted size, queue and instances with their connections. */
+  sharedStatus(): Promise<SharedStatus[]> {
+    return this.#shared.statusWithInstances()
   }
 
   // --- route projection -----------------------------------------------------------------------
@@ -232,5 +373,6 @@ export class PoolService {
     this.#c.closed = true
     this.#capacity.close()
     await this.#c.drain(5)
+    await this.cost.shared.flush()
   }
 }

@@ -1,3 +1,4 @@
+import { suggestion } from '../config/explain.js'
 import type { Provider, ProviderContext } from './provider.js'
 
 /**
@@ -10,13 +11,17 @@ const loaders: Record<string, () => Promise<{ createProvider: (ctx: ProviderCont
   ec2: () => import('./ec2/index.js'),
   docker: () => import('./docker/index.js'),
   slurm: () => import('./slurm/index.js'),
+  kubernetes: () => import('./kubernetes/index.js'),
 }
 
 export const PROVIDER_NAMES = Object.keys(loaders)
 
 export async function loadProvider(name: string, ctx: ProviderContext): Promise<Provider> {
   const load = loaders[name]
-  if (!load) throw new Error(`unknown provider "${name}"; known: ${PROVIDER_NAMES.join(', ')}`)
+  if (!load)
+    throw new Error(
+      `unknown provider "${name}"${suggestion(name, PROVIDER_NAMES)} (known: ${PROVIDER_NAMES.join(', ')})`,
+    )
   const mod = await load()
   return mod.createProvider(ctx)
 }

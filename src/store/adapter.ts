@@ -4,10 +4,11 @@
  * the store (sql-ops.ts, sql-store.ts) is dialect-neutral Kysely. Nothing outside src/store/ knows
  * which one runs (eslint.config.js forbids reading `.dialect` there).
  */
-import type { Kysely } from 'kysely'
+import type { Kysely, RawBuilder } from 'kysely'
+import type { RateDecision } from '../domain/rate-limit.js'
 import type { MigrationDialect, SqlDialect } from './migrations/index.js'
 import type { Db } from './rows.js'
-import type { WarmClaimInput, WarmClaimResult } from './store.js'
+import type { InstanceWatch, InstanceWatcher, WarmClaimInput, WarmClaimResult } from './store.js'
 import type { Database } from './tables.js'
 
 export interface StoreAdapter {
@@ -39,6 +40,14 @@ export interface StoreAdapter {
   ): Promise<void>
   /** Store.tryLead. */
   tryLead(): Promise<boolean>
+  /** Store.takeRateToken. */
+  takeRateToken(key: string, rate: number, burst: number, now: number): Promise<RateDecision>
+  /** The epoch this process leads under (fence.ts); undefined when it does not lead or need not fence (SQLite). */
+  leaderEpoch(): number | undefined
+  /** `for share` where row locks exist (Postgres), empty on SQLite: the fence's read of leader_epochs. */
+  readonly shareLock: RawBuilder<unknown>
+  /** Store.watchInstances: undefined on SQLite. */
+  watchInstances(watcher: InstanceWatcher): InstanceWatch | undefined
   /** True when no studiopool table exists yet. */
   isEmpty(): Promise<boolean>
   /** The schema Kysely's migrator keeps its tables in (undefined: the dialect's default). */

@@ -2,8 +2,16 @@
 import type { SelectQueryBuilder } from 'kysely'
 import type { Assignment, AuditEvent, EndReason, Instance, InstanceState } from '../domain/instance.js'
 import type { ApiKey } from '../domain/keys.js'
+import type { CostSegment } from '../domain/cost-segment.js'
+import { lastCostEnd, lastCostEnds, listCostSegments, writeCost } from './cost-ops.js'
+import { countAudit, countHistory, listAudit, listHistory } from './history-ops.js'
+import { listStateSamples, purgeStateSamples, recordStateSamples } from './sample-ops.js'
 import { ConflictError } from '../domain/errors.js'
+import { INSTANCE_STATES } from '../domain/instance.js'
 import type {
+  AuditFilter,
+  CostSegmentFilter,
+  CostWrite,
   HistoryFilter,
   InstanceFilter,
   InstancePatch,
@@ -15,21 +23,12 @@ import type {
 import type { StoreAdapter } from './adapter.js'
 import type { Database, InstancesTable } from './tables.js'
 import { uniqueViolation } from './dialects.js'
-import {
-  ACTIVE,
-  LIVE,
-  patchToRow,
-  toAssignment,
-  toAudit,
-  toInstance,
-  toKey,
-  translateInstanceError,
-  type Db,
-} from './rows.js'
+import { currentEpoch, epochHolds, fenceCheck } from './fence.js'
+import { ACTIVE, LIVE, patchToRow, toAssignment, toInstance, toKey, translateInstanceError, type Db } from './rows.js'
 
 /** How often consumeNonce purges expired nonces, ms. */
 const NONCE_PURGE_EVERY_MS = 60_000
-/** Rows per INSERT for bulk inserts (well under SQLite's 32,766 bound parameters). */
+/** Rows per INSERT for bulk inserts, ids per getInstances (well under SQLite's 32,766 bound parameters). */
 const INSERT_CHUNK = 500
 
 export interface Shared {
@@ -38,6 +37,8 @@ export interface Shared {
   readonly nonces: { lastPurge: number }
   /** Runs fn in a transaction (a fresh one, or the current one when already inside). */
   readonly inTransaction: <T>(fn: (db: Db) => Promise<T>) => Promise<T>
+  /** config.pool.id: the row of leader_epochs that fences the worker's writes. */
+  readonly poolId: string
 }
 
 export class SqlOps implements StoreOps {
@@ -54,12 +55,26 @@ export class SqlOps implements StoreOps {
     return r ? toInstance(r) : undefined
   }
 
+  async getInstances(ids: readonly string[]): Promise<Instance[]> {
+    const out: Instance[] = []
+    for (let i = 0; i < ids.length; i += INSERT_CHUNK) {
+      const rows = await this.#db
+        .selectFrom('instances')
+        .selectAll()
+        .where('id', 'in', ids.slice(i, i + INSERT_CHUNK))
+        .execute()
+      out.push(...rows.map(toInstance))
+    }
+    return out
+  }
+
   #filtered<Q extends SelectQueryBuilder<Database, 'instances', any>>(q: Q, filter: InstanceFilter): Q {
     if (filter.template !== undefined) q = q.where('template', '=', filter.template) as Q
     if (filter.states !== undefined) q = q.where('state', 'in', [...filter.states]) as Q
     if (filter.ownerId !== undefined) q = q.where('owner_id', '=', filter.ownerId) as Q
     if (filter.assigned === true) q = q.where('owner_id', 'is not', null) as Q
     if (filter.assigned === false) q = q.where('owner_id', 'is', null) as Q
+    if (filter.endedSince !== undefined) q = q.where('ended_at', '>=', filter.endedSince) as Q
     return q
   }
 
@@ -68,6 +83,20 @@ export class SqlOps implements StoreOps {
     let q = this.#filtered(this.#db.selectFrom('instances').selectAll(), filter).orderBy('created_at').orderBy('id')
     if (filter.limit !== undefined) q = q.limit(filter.limit)
     return (await q.execute()).map(toInstance)
+  }
+
+  async listInstancesPage(filter: InstanceFilter, afterId: string | null, limit: number): Promise<Instance[]> {
+    const { states, ...rest } = filter
+    if (states !== undefined && states.length === 0) return []
+    let q = this.#filtered(this.#db.selectFrom('instances').selectAll(), rest)
+    // The states as `NOT IN` their complement: `state IN (…)` makes both planners read every
+    // matching row through the state index and sort them for each page; this way they walk the
+    // primary key from `afterId` and stop after `limit` rows (SQLite: SEARCH … USING INDEX
+    // sqlite_autoindex_instances_1 (id>?), no temp b-tree).
+    const others = states === undefined ? [] : INSTANCE_STATES.filter((st) => !states.includes(st))
+    if (others.length) q = q.where('state', 'not in', others)
+    if (afterId !== null) q = q.where('id', '>', afterId)
+    return (await q.orderBy('id').limit(limit).execute()).map(toInstance)
   }
 
   async countInstances(filter: InstanceFilter = {}): Promise<number> {
@@ -154,6 +183,13 @@ export class SqlOps implements StoreOps {
       end_reason: row.endReason ?? null,
       tags: JSON.stringify(row.tags ?? {}),
     }
+    const epoch = currentEpoch()
+    if (epoch !== undefined) {
+      // Inside a transaction (top-ups run under the pool lock) the share lock holds until commit,
+      // so a take-over waits for this insert or this insert sees the take-over.
+      await this.#fenceCheck(epoch)
+      values.leader_epoch = epoch
+    }
     try {
       const r = await this.#db.insertInto('instances').values(values).returningAll().executeTakeFirstOrThrow()
       return toInstance(r)
@@ -165,7 +201,11 @@ export class SqlOps implements StoreOps {
   async updateInstance(id: string, patch: InstancePatch, cond: UpdateCondition = {}): Promise<Instance | undefined> {
     const set = patchToRow(patch)
     if (set.updated_at === undefined) set.updated_at = Date.now()
+    const epoch = currentEpoch()
+    if (epoch !== undefined) set.leader_epoch = epoch
     let q = this.#db.updateTable('instances').set(set).where('id', '=', id)
+    // Fenced in the statement itself: the row of a newer epoch (committed, or committing) refuses it.
+    if (epoch !== undefined) q = q.where(this.#epochHolds(epoch))
     if (cond.states !== undefined) {
       if (cond.states.length === 0) return undefined
       q = q.where('state', 'in', [...cond.states])
@@ -173,15 +213,27 @@ export class SqlOps implements StoreOps {
     if (cond.generation !== undefined) q = q.where('generation', '=', cond.generation)
     if (cond.ownerId === null) q = q.where('owner_id', 'is', null)
     else if (cond.ownerId !== undefined) q = q.where('owner_id', '=', cond.ownerId)
+    let r: InstancesTable | undefined
     try {
-      const r = await q.returningAll().executeTakeFirst()
-      return r ? toInstance(r) : undefined
+      r = await q.returningAll().executeTakeFirst()
     } catch (err) {
       translateInstanceError(err)
     }
+    if (!r && epoch !== undefined) await this.#fenceCheck(epoch) // a lost compare-and-set, or a stale leader
+    return r ? toInstance(r) : undefined
+  }
+
+  #epochHolds(epoch: number) {
+    return epochHolds(this.#shared.poolId, epoch, this.#shared.adapter.shareLock)
+  }
+
+  #fenceCheck(epoch: number): Promise<void> {
+    return fenceCheck(this.#db, this.#shared.poolId, epoch, this.#shared.adapter.shareLock)
   }
 
   async deleteInstance(id: string): Promise<void> {
+    const epoch = currentEpoch()
+    if (epoch !== undefined) await this.#fenceCheck(epoch)
     await this.#db.deleteFrom('instances').where('id', '=', id).execute()
   }
 
@@ -263,48 +315,42 @@ export class SqlOps implements StoreOps {
     return r ? toAssignment(r) : undefined
   }
 
-  async listHistory(filter: HistoryFilter = {}): Promise<Assignment[]> {
-    let q = this.#db.selectFrom('assignments').selectAll()
-    if (filter.userId !== undefined) q = q.where('user_id', '=', filter.userId)
-    if (filter.template !== undefined) q = q.where('template', '=', filter.template)
-    if (filter.instanceId !== undefined) q = q.where('instance_id', '=', filter.instanceId)
-    // Overlap of [started_at, ended_at ?? ∞) with [from, to).
-    if (filter.to !== undefined) q = q.where('started_at', '<', filter.to)
-    if (filter.from !== undefined) {
-      const from = filter.from
-      q = q.where((eb) => eb.or([eb('ended_at', 'is', null), eb('ended_at', '>', from)]))
-    }
-    if (filter.endReason !== undefined) q = q.where('end_reason', '=', filter.endReason)
-    if (filter.open === true) q = q.where('ended_at', 'is', null)
-    if (filter.open === false) q = q.where('ended_at', 'is not', null)
-    q = q.orderBy('started_at', 'desc').orderBy('id', 'desc')
-    if (filter.limit !== undefined) q = q.limit(filter.limit)
-    if (filter.offset !== undefined) {
-      // SQLite needs a LIMIT before OFFSET.
-      if (filter.limit === undefined) q = q.limit(Number.MAX_SAFE_INTEGER)
-      q = q.offset(filter.offset)
-    }
-    return (await q.execute()).map(toAssignment)
+  listHistory(filter: HistoryFilter = {}): Promise<Assignment[]> {
+    return listHistory(this.#db, filter)
   }
 
-  async audit(e: Omit<AuditEvent, 'id'>): Promise<void> {
-    await this.#db
-      .insertInto('audit_log')
-      .values({
-        at: e.at,
-        instance_id: e.instanceId,
-        event: e.event,
-        actor: e.actor,
-        detail: JSON.stringify(e.detail ?? {}),
-      })
-      .execute()
+  countHistory(filter: HistoryFilter = {}): Promise<number> {
+    return countHistory(this.#db, filter)
   }
 
-  async listAudit(filter: { instanceId?: string; limit?: number } = {}): Promise<AuditEvent[]> {
-    let q = this.#db.selectFrom('audit_log').selectAll()
-    if (filter.instanceId !== undefined) q = q.where('instance_id', '=', filter.instanceId)
-    q = q.orderBy('id', 'desc').limit(filter.limit ?? 1000)
-    return (await q.execute()).map(toAudit)
+  listCostSegments(filter: CostSegmentFilter = {}): Promise<CostSegment[]> {
+    return listCostSegments(this.#db, filter)
+  }
+
+  lastCostEnd(instanceId: string): Promise<number | null> {
+    return lastCostEnd(this.#db, instanceId)
+  }
+
+  lastCostEnds(instanceIds: readonly string[]): Promise<Map<string, number>> {
+    return lastCostEnds(this.#db, instanceIds)
+  }
+
+  writeCost(w: CostWrite): Promise<boolean> {
+    return writeCost(this.#db, w)
+  }
+
+  async audit(e: Omit<AuditEvent, 'id'> | readonly Omit<AuditEvent, 'id'>[]): Promise<void> {
+    const rows = (Array.isArray(e) ? e : [e]) as readonly Omit<AuditEvent, 'id'>[]
+    if (!rows.length) return
+    await this.#db.insertInto('audit_log').values(rows.map(auditRow)).execute()
+  }
+
+  listAudit(filter: AuditFilter = {}): Promise<AuditEvent[]> {
+    return listAudit(this.#db, filter)
+  }
+
+  countAudit(filter: AuditFilter = {}): Promise<number> {
+    return countAudit(this.#db, filter)
   }
 
   async insertKey(key: ApiKey): Promise<void> {
@@ -389,36 +435,19 @@ export class SqlOps implements StoreOps {
     return stored ?? value
   }
 
-  async recordStateSamples(samples: readonly StateSample[]): Promise<void> {
-    for (let i = 0; i < samples.length; i += INSERT_CHUNK) {
-      const chunk = samples.slice(i, i + INSERT_CHUNK)
-      await this.#db
-        .insertInto('state_samples')
-        .values(chunk.map((s) => ({ at: s.at, template: s.template, state: s.state, count: s.count })))
-        .execute()
-    }
+  recordStateSamples(samples: readonly StateSample[]): Promise<void> {
+    return recordStateSamples(this.#db, samples)
   }
 
-  async listStateSamples(from: number, to: number): Promise<StateSample[]> {
-    const rows = await this.#db
-      .selectFrom('state_samples')
-      .selectAll()
-      .where('at', '>=', from)
-      .where('at', '<', to)
-      .orderBy('at')
-      .orderBy('template')
-      .orderBy('state')
-      .execute()
-    return rows.map((r) => ({
-      at: Number(r.at),
-      template: r.template,
-      state: r.state as InstanceState,
-      count: Number(r.count),
-    }))
+  listStateSamples(from: number, to: number): Promise<StateSample[]> {
+    return listStateSamples(this.#db, from, to)
   }
 
-  async purgeStateSamples(before: number): Promise<number> {
-    const res = await this.#db.deleteFrom('state_samples').where('at', '<', before).executeTakeFirst()
-    return Number(res.numDeletedRows ?? 0)
+  purgeStateSamples(before: number): Promise<number> {
+    return purgeStateSamples(this.#db, before)
   }
+}
+
+function auditRow(r: Omit<AuditEvent, 'id'>) {
+  return { at: r.at, instance_id: r.instanceId, event: r.event, actor: r.actor, detail: JSON.stringify(r.detail ?? {}) }
 }

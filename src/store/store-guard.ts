@@ -19,6 +19,7 @@ const WRITES = new Set<string>([
   'setMeta',
   'setMetaIfAbsent',
   'recordStateSamples',
+  'writeCost',
   'purgeStateSamples',
   'transaction',
   'withPoolLock',
@@ -28,7 +29,7 @@ const WRITES = new Set<string>([
   'migrate',
 ])
 /** Not translated: their own callers expect the driver's behaviour (tryLead reports false itself; close is best effort). */
-const PASS_THROUGH = new Set<string>(['close', 'health', 'tryLead'])
+const PASS_THROUGH = new Set<string>(['close', 'health', 'tryLead', 'fenced', 'leaderEpoch', 'watchInstances'])
 
 /**
  * Wraps a store so that "the store is unavailable" reaches callers as one error,

@@ -1,5 +1,9 @@
+import type { WebhookStore } from './webhook-ops.js'
+import type { SharedUsageStore } from './shared-usage-ops.js'
+import type { RateDecision } from '../domain/rate-limit.js'
 import type { Assignment, AuditEvent, EndReason, Instance, InstanceState } from '../domain/instance.js'
 import type { ApiKey } from '../domain/keys.js'
+import type { CostSegment, NewSegment } from '../domain/cost-segment.js'
 
 export interface InstanceFilter {
   readonly template?: string
@@ -7,6 +11,8 @@ export interface InstanceFilter {
   readonly ownerId?: string
   /** true: only instances with an owner; false: only free ones. */
   readonly assigned?: boolean
+  /** Only instances that ended at or after this time (epoch ms). */
+  readonly endedSince?: number
   readonly limit?: number
 }
 
@@ -28,13 +34,45 @@ export interface HistoryFilter {
   readonly userId?: string
   readonly template?: string
   readonly instanceId?: string
+  /** Only the assignments of these instances (one statement for many; the cost accrual's batch). */
+  readonly instanceIds?: readonly string[]
   /** Epoch ms: assignments that overlap [from, to). */
   readonly from?: number
   readonly to?: number
   readonly endReason?: EndReason
   readonly open?: boolean
+  /** Only the assignments this API key requested. */
+  readonly keyName?: string
+  /** Keyset paging: the rows after this one in the list's order (newest first). */
+  readonly before?: { readonly startedAt: number; readonly id: number }
   readonly limit?: number
   readonly offset?: number
+}
+
+export interface AuditFilter {
+  readonly instanceId?: string
+  /** Keyset paging: rows older than this id (the list is newest first). */
+  readonly beforeId?: number
+  /** Default 1000. */
+  readonly limit?: number
+}
+
+/** Cost segments overlapping [from, to) (docs/cost.md "Cost accrual"). */
+export interface CostSegmentFilter {
+  readonly instanceId?: string
+  /** Only the segments of these instances (one statement for many; the cost accrual's batch). */
+  readonly instanceIds?: readonly string[]
+  readonly from?: number
+  readonly to?: number
+  /** Only open segments (instances running now). */
+  readonly open?: boolean
+}
+
+/** One instance's accrual step (src/cost/accrual.ts plan): close or drop its open segment, insert new ones. */
+export interface CostWrite {
+  readonly close?: { readonly id: number; readonly endedAt: number }
+  readonly drop?: { readonly id: number }
+  readonly insert: readonly NewSegment[]
 }
 
 export interface StateSample {
@@ -58,7 +96,15 @@ export class LiveInstanceExistsError extends Error {
  */
 export interface StoreOps {
   getInstance(id: string): Promise<Instance | undefined>
+  /** The rows of these ids that exist, in no particular order: one statement (per 500 ids) instead of one per id. */
+  getInstances(ids: readonly string[]): Promise<Instance[]>
   listInstances(filter?: InstanceFilter): Promise<Instance[]>
+  /**
+   * One page of `listInstances(filter)` in id order: the rows after `afterId` (null: from the start),
+   * at most `limit`. Keyset paging on the primary key: no sort, and each page's read is short, so a
+   * long list can be read with turns between pages (the worker's cycle).
+   */
+  listInstancesPage(filter: InstanceFilter, afterId: string | null, limit: number): Promise<Instance[]>
   /** How many instances match (at most `filter.limit`); cheaper than listing: no ordering, no rows. */
   countInstances(filter?: InstanceFilter): Promise<number>
   /** ids of instances that have an owner and are live (GET_STATUS without id); only those a key requested when keyName is given. */
@@ -89,10 +135,17 @@ export interface StoreOps {
     reason: EndReason,
     cost: number | null,
   ): Promise<Assignment | undefined>
+  /** Newest first: (startedAt, id) descending. */
   listHistory(filter?: HistoryFilter): Promise<Assignment[]>
+  /** How many assignments match the filter (its `before`, `limit` and `offset` ignored). */
+  countHistory(filter?: HistoryFilter): Promise<number>
 
-  audit(e: Omit<AuditEvent, 'id'>): Promise<void>
-  listAudit(filter?: { instanceId?: string; limit?: number }): Promise<AuditEvent[]>
+  /** Appends audit rows; several at once are one statement (the pool writes a turn's audits together). */
+  audit(e: Omit<AuditEvent, 'id'> | readonly Omit<AuditEvent, 'id'>[]): Promise<void>
+  /** Newest first (id descending). */
+  listAudit(filter?: AuditFilter): Promise<AuditEvent[]>
+  /** How many audit rows match the filter (its `beforeId` and `limit` ignored). */
+  countAudit(filter?: AuditFilter): Promise<number>
 
   insertKey(key: ApiKey): Promise<void>
   getKey(id: string): Promise<ApiKey | undefined>
@@ -107,6 +160,18 @@ export interface StoreOps {
   setMeta(key: string, value: string): Promise<void>
   /** Sets the value only when the key is absent; returns the stored value either way. */
   setMetaIfAbsent(key: string, value: string): Promise<string>
+
+  /** Cost segments, oldest first. */
+  listCostSegments(filter?: CostSegmentFilter): Promise<CostSegment[]>
+  /** Where the instance's last closed cost segment ended; null when it has none. */
+  lastCostEnd(instanceId: string): Promise<number | null>
+  /** lastCostEnd of many instances in one statement: the ids that have a closed segment, with its end. */
+  lastCostEnds(instanceIds: readonly string[]): Promise<Map<string, number>>
+  /**
+   * Applies an accrual step; false (nothing written) when the segment to close or drop is no longer
+   * open. Run it in a transaction with the reads it was planned from. Throws on a second open segment.
+   */
+  writeCost(w: CostWrite): Promise<boolean>
 
   recordStateSamples(samples: readonly StateSample[]): Promise<void>
   listStateSamples(from: number, to: number): Promise<StateSample[]>
@@ -134,6 +199,27 @@ export interface StoreHealth {
   readonly lastWriteError?: { readonly at: number; readonly reason: string }
   /** The last call of any kind that failed that way. */
   readonly lastError?: { readonly at: number; readonly reason: string }
+}
+
+/** A route-relevant change of one instance row another process made (Store.watchInstances). */
+export interface InstanceChange {
+  readonly id: string
+  /** When the row changed, epoch ms by the store server's clock (for the propagation-delay metric). */
+  readonly changedAt: number
+  /** The row as it was written, when the notification carried it (else read it); undefined for a delete. */
+  readonly row?: Instance
+}
+
+export interface InstanceWatcher {
+  changed(change: InstanceChange): void
+  /** (Re)connected: changes may have been missed; read everything again. */
+  resync(): void
+}
+
+export interface InstanceWatch {
+  /** Whether notifications arrive now (false while reconnecting). */
+  connected(): boolean
+  close(): Promise<void>
 }
 
 export interface Store extends StoreOps {
@@ -177,5 +263,31 @@ export interface Store extends StoreOps {
    * connection, kept until close(); SQLite: always true. Returns whether this process leads now.
    */
   tryLead(): Promise<boolean>
+  /**
+   * Draws one token from `key`'s bucket (`rate` a second, up to `burst`), shared by every replica
+   * on Postgres (one upsert); SQLite (one process) keeps the buckets in memory.
+   */
+  takeRateToken(key: string, rate: number, burst: number, now: number): Promise<RateDecision>
+  /**
+   * Runs fn as the worker leader: every instance write in its async context carries the leader
+   * epoch and is refused (StaleLeaderError, fence.ts) once another replica leads. Postgres only;
+   * on SQLite (one process) fn simply runs. Call after tryLead() returned true.
+   */
+  fenced<T>(fn: () => Promise<T>): Promise<T>
+  /** The epoch this process leads the worker under; undefined when it does not (or on SQLite). */
+  leaderEpoch(): number | undefined
+  /**
+   * Route changes made by any process, as they commit (Postgres LISTEN/NOTIFY, 0008-ha), with a
+   * resync on every (re)connect; undefined where only one process uses the store (SQLite).
+   */
+  watchInstances(watcher: InstanceWatcher): InstanceWatch | undefined
+  /** Migrations applied to the store that this code does not know (it is older than the schema). */
+  unknownMigrations(): Promise<string[]>
+  /** Migrations this code has that the store has not applied yet. */
+  pendingMigrations(): Promise<string[]>
+  /** Webhook deliveries: the queue and the delivery log (webhook-ops.ts). */
+  readonly webhooks: WebhookStore
+  /** Users' shares of shared instances' time (shared-usage-ops.ts; docs/cost.md "Shared templates"). */
+  readonly sharedUsage: SharedUsageStore
   close(): Promise<void>
 }

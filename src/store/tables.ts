@@ -28,6 +28,16 @@ export interface InstancesTable {
   end_reason: string | null
   /** JSON object of string → string. */
   tags: string
+  /** The worker leader's epoch that wrote the row last (0008-ha); null for API writes. */
+  leader_epoch?: number | null
+}
+
+/** 0008-ha: the worker leader's generation per pool (fencing). */
+export interface LeaderEpochsTable {
+  pool_id: string
+  epoch: number
+  holder: string
+  acquired_at: number
 }
 
 export interface AssignmentsTable {
@@ -79,6 +89,34 @@ export interface StateSamplesTable {
   count: ColumnType<number, number, number>
 }
 
+export interface CostSegmentsTable {
+  id: Generated<number>
+  instance_id: string
+  template: string
+  kind: string
+  user_id: string | null
+  key_name: string | null
+  /** JSON array of group names. */
+  groups: string
+  market: string
+  rate_per_hour: number
+  currency: string
+  started_at: number
+  ended_at: number | null
+}
+
+export interface SharedUsageTable {
+  instance_id: string
+  /** The bucket's start, epoch ms. */
+  bucket: number
+  user_id: string
+  template: string
+  /** JSON array of group names (the user's `cost.groups` when the row was first written). */
+  groups: string
+  weight: number
+  ms: number
+}
+
 export interface Database {
   instances: InstancesTable
   assignments: AssignmentsTable
@@ -87,4 +125,24 @@ export interface Database {
   nonces: NoncesTable
   meta: MetaTable
   state_samples: StateSamplesTable
+  cost_segments: CostSegmentsTable
+  shared_usage: SharedUsageTable
+  leader_epochs: LeaderEpochsTable
+  webhook_deliveries: WebhookDeliveriesTable
+}
+
+export interface WebhookDeliveriesTable {
+  seq: Generated<number>
+  webhook: string
+  event_id: string
+  event_type: string
+  body: string
+  status: string
+  attempts: number
+  next_attempt_at: number
+  claimed_until: number
+  last_status: number | null
+  last_error: string | null
+  created_at: number
+  delivered_at: number | null
 }

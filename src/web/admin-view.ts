@@ -3,6 +3,8 @@ import { KEY_NAME_PATTERN } from '../domain/ids.js'
 import type { Assignment, Instance } from '../domain/instance.js'
 import { KEY_ROLES, type KeyRole } from '../domain/keys.js'
 import { csrfField, esc, formatDuration, layout, time, type Viewer } from './html.js'
+import type { SharedStatus } from '../pool/pool-service.js'
+import { sharedPoolsBlock } from './shared-view.js'
 
 /** The key-name rule for the browser's own check: anchors are implied, and `-` is escaped for the `v` flag. */
 const KEY_NAME_HTML_PATTERN = KEY_NAME_PATTERN.replace(/^\^|\$$/g, '').replace('-]', '\\-]')
@@ -40,6 +42,8 @@ export interface AdminViewData {
   readonly suspendable: ReadonlySet<string>
   readonly queue: readonly Instance[]
   readonly chart: string
+  /** Warm-pool forecasts beside actuals (web/forecast-section.ts); empty when no template has a warm-pool policy. */
+  readonly forecasts?: string
   readonly history: readonly Assignment[]
   readonly historyLimit: number
   readonly filters: HistoryFilters
@@ -49,7 +53,11 @@ export interface AdminViewData {
   /** A key just created: its secret is shown on this page only. */
   readonly createdKey?: { readonly name: string; readonly role: KeyRole; readonly secret: string }
   readonly sessionUrl: (id: string) => string
+  /** Everyone's spend and every budget (web/cost-view.ts), already rendered. */
+  readonly cost?: string
   /** What each provider isolates (architecture.md contract 5): a banner when sessions are not isolated. */
+  /** Shared templates (issue 14): their instances and connections. */
+  readonly shared?: readonly SharedStatus[]
   readonly isolation?: readonly {
     readonly provider: string
     readonly isolated: boolean
@@ -76,7 +84,12 @@ export function renderAdminView(d: AdminViewData): string {
   const body =
     `<h1>Administration</h1>${isolation}${notice}${created}` +
     section('h-pool', 'Pool', poolTable(d)) +
+    sharedPoolsBlock(d.shared ?? []) +
     section('h-chart', 'Instances by state, last 24 hours', d.chart) +
+    (d.cost ? section('h-cost', 'Cost and budgets, this month', d.cost) : '') +
+    (d.forecasts
+      ? section('h-forecast', 'Warm-pool forecast beside actual sessions, last 24 hours', d.forecasts)
+      : '') +
     section('h-inst', `Instances (${d.instances.length})`, instancesTable(d)) +
     section('h-queue', `Queue (${d.queue.length})`, queueTable(d)) +
     section('h-history', 'History', historyBlock(d)) +
@@ -118,7 +131,9 @@ function instancesTable(d: AdminViewData): string {
         `<button class="btn small ${cls}" type="submit" aria-label="${esc(`${label} ${i.id}`)}">${esc(label)}</button></form>`
       const actions: string[] = []
       if (i.state === 'ready' && d.suspendable.has(i.template))
-        actions.push(act('stop', 'Stop', 'secondary', 'Stop this instance (its disk is kept)?'))
+        actions.push(
+          act('suspend', 'Suspend', 'secondary', 'Suspend this instance? Its disk is kept; Resume brings it back.'),
+        )
       if (i.state === 'suspended') actions.push(act('resume', 'Resume', 'secondary'))
       if (i.state === 'ready' || i.state === 'starting' || i.state === 'suspended')
         actions.push(act('restart', 'Restart', 'secondary', 'Restart this instance? Its user loses unsaved work.'))
@@ -178,7 +193,7 @@ function historyBlock(d: AdminViewData): string {
         `<td>${esc(r.endReason ?? '')}</td><td>${esc(r.keyName ?? '')}</td><td class="num">${r.cost === null ? '' : esc(r.cost.toFixed(2))}</td></tr>`,
     )
     .join('')
-  const more = d.history.length >= d.historyLimit ? ` (the newest ${d.historyLimit}; the CSV has up to 10000)` : ''
+  const more = d.history.length >= d.historyLimit ? ` (the newest ${d.historyLimit}; the CSV has them all)` : ''
   return (
     form +
     `<div class="table-wrap"><table><caption>${d.history.length} sessions${more}</caption><thead><tr><th scope="col">User</th><th scope="col">Template</th><th scope="col">Instance</th>` +

@@ -51,6 +51,7 @@ progress{width:100%;height:.9rem;accent-color:var(--acc)}
 .tag{font-size:.75rem;border:1px solid var(--bd);border-radius:4px;padding:0 .3rem;color:var(--mut)}
 .notice h2{margin-top:0}.notice{border-left:4px solid var(--acc);background:var(--card);padding:.6rem .9rem;margin:0 0 1rem;border-radius:4px}
 .notice.error{border-color:var(--bad)}
+.notice.warn{border-color:var(--warn)}
 .secret{display:block;word-break:break-all;background:var(--bg);border:1px dashed var(--bd);padding:.6rem;border-radius:6px;font-size:.95rem}
 .table-wrap{overflow-x:auto;background:var(--card);border:1px solid var(--bd);border-radius:10px}
 table{border-collapse:collapse;width:100%;font-size:.93rem}
@@ -98,7 +99,7 @@ var url=document.body.getAttribute('data-events');
 if(!url||!window.EventSource)return;
 var es=new EventSource(url),reloading=false;
 function reload(){if(!reloading&&!leaving){reloading=true;es.close();window.location.reload();}}
-function label(s){return {queued:'Waiting in the queue',provisioning:'Preparing the machine',starting:'Starting the application',ready:'Ready',stopping:'Stopping',suspended:'Stopped (disk kept)'}[s]||s;}
+function label(s){return {queued:'Waiting in the queue',provisioning:'Preparing the machine',starting:'Starting the application',ready:'Ready',stopping:'Stopping',suspended:'Suspended (disk kept)'}[s]||s;}
 es.onmessage=function(ev){
   if(leaving)return;
   var m;try{m=JSON.parse(ev.data);}catch(_){return;}

@@ -103,7 +103,7 @@ export const STATE_LABEL: Record<string, string> = {
   starting: 'Starting the application',
   ready: 'Ready',
   stopping: 'Stopping',
-  suspended: 'Stopped (disk kept)',
+  suspended: 'Suspended (disk kept)',
   terminated: 'Ended',
   failed: 'Failed',
 }

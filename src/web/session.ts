@@ -28,6 +28,7 @@ export class SessionKit {
   readonly #csrfKey: Buffer
   readonly #stateKey: Buffer
   readonly #cookieName: string
+  readonly #basePath: string
   readonly #secure: boolean
   readonly #publicOrigin: string
   readonly #publicUrl: string
@@ -39,6 +40,7 @@ export class SessionKit {
     this.#csrfKey = createHmac('sha256', opts.secret).update('studiopool/dashboard-csrf/v1').digest()
     this.#stateKey = createHmac('sha256', opts.secret).update('studiopool/dashboard-state/v1').digest()
     this.#cookieName = opts.config.gateway.cookieName
+    this.#basePath = opts.config.server.basePath
     const pub = new URL(opts.config.server.publicUrl)
     this.#secure = pub.protocol === 'https:'
     this.#publicOrigin = pub.origin
@@ -69,7 +71,8 @@ export class SessionKit {
   }
 
   #cookie(name: string, value: string, path: string, maxAge: number): string {
-    return setCookie(name, value, { path, maxAgeSeconds: maxAge, secure: this.#secure })
+    // Under server.basePath only: two studiopools on one host under different prefixes keep their cookies apart.
+    return setCookie(name, value, { path: this.#basePath + path, maxAgeSeconds: maxAge, secure: this.#secure })
   }
 
   /** Form token: HMAC of the session cookie, so it is worthless without that cookie and dies with it. */
@@ -107,13 +110,15 @@ export class SessionKit {
   /**
    * Where to go after login: a same-origin relative path, or the session URL of one of our
    * sessions (subdomain mode). Anything else (another host, `//evil`, `/\evil`, a scheme) is `/`.
+   * Paths come back without `server.basePath` (the reply's Location gets it, api/base-path-hook.ts):
+   * a `next` that the gateway wrote (`/studiopool/s/<id>/`, an absolute URL) has it, the dashboard's own do not.
    */
   safeNext(next: unknown): string {
     if (typeof next !== 'string' || next.length === 0 || next.length > 2000) return '/'
     if (/[\u0000-\u001f\u007f\\]/.test(next)) return '/'
     if (next.startsWith('/') && !next.startsWith('//')) {
       const u = new URL(next, this.#publicOrigin)
-      return u.origin === this.#publicOrigin ? u.pathname + u.search + u.hash : '/'
+      return u.origin === this.#publicOrigin ? this.#appPath(u.pathname) + u.search + u.hash : '/'
     }
     let u: URL
     try {
@@ -122,12 +127,18 @@ export class SessionKit {
       return '/'
     }
     if (u.username || u.password) return '/'
-    if (u.origin === this.#publicOrigin) return u.pathname + u.search + u.hash
+    if (u.origin === this.#publicOrigin) return this.#appPath(u.pathname) + u.search + u.hash
     if (this.#gateway.mode === 'subdomain' && this.#gateway.sessionDomain) {
       const id = u.hostname.split('.')[0] ?? ''
       if (isInstanceId(id) && new URL(sessionUrl(this.#gateway, this.#publicUrl, id)).origin === u.origin) return u.href
     }
     return '/'
+  }
+
+  /** A path as the routes see it: without `server.basePath`. */
+  #appPath(path: string): string {
+    const base = this.#basePath
+    return base !== '' && path.startsWith(base + '/') ? path.slice(base.length) : path
   }
 
   /** A signed, expiring value for a short-lived cookie (OIDC state, PKCE verifier, nonce). */

@@ -133,9 +133,12 @@ templates:
         key: ARENA,
         body: { userId: 'student-2', template: 'cold' },
       })
-      assert.equal(a.status, 200, a.text)
+      // A cold start is accepted, not done: 202 with the state (the command protocol below stays 200).
+      assert.equal(a.status, 202, a.text)
+      assert.notEqual(a.json.state, 'ready')
       assert.equal(a.json.outcome, 'cold')
       const b = await command(s.url, ARENA, 'REQUEST_SESSION', { userId: 'student-2', template: 'cold' })
+      assert.equal(b.status, 200, 'the seed protocol answers 200 even while the session starts')
       assert.equal(b.json.instanceId, a.json.instanceId)
       assert.equal(b.json.outcome, 'existing')
       await waitFor(

@@ -212,6 +212,21 @@ ${FAKE}`)
     assert.deepEqual(paths(problems(FAKE, { PORT: 'eighty' })), ['/server/port'])
     assert.equal(load(FAKE, { DATABASE_URL: 'postgres://db/pool' }).store.driver, 'postgres')
   })
+
+  test('server.publicUrl with a path: the base path, with or without the trailing slash; none without a path', () => {
+    for (const url of ['https://portal.example.org/studiopool/', 'https://portal.example.org/studiopool']) {
+      const c = load(`server: { publicUrl: "${url}" }\n${FAKE}`)
+      assert.equal(c.server.publicUrl, 'https://portal.example.org/studiopool')
+      assert.equal(c.server.basePath, '/studiopool')
+    }
+    const nested = load(FAKE, { STUDIOPOOL_PUBLIC_URL: 'https://portal.example.org/tools/studiopool/' })
+    assert.equal(nested.server.basePath, '/tools/studiopool')
+    assert.equal(load(`server: { publicUrl: "https://sessions.example.org/" }\n${FAKE}`).server.basePath, '')
+    assert.equal(load(FAKE).server.basePath, '')
+    assert.deepEqual(paths(problems(`server: { publicUrl: "https://x.example/a?b=1" }\n${FAKE}`)), [
+      '/server/publicUrl',
+    ])
+  })
 })
 
 describe('config: the seed’s environment', () => {

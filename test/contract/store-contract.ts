@@ -529,6 +529,77 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
         assert.equal((await s.listAudit({ limit: 1 })).length, 1)
       }))
 
+    test('keyset pages: history (startedAt, id), audit (id), deliveries (seq) continue after a key; counts follow the filters', () =>
+      withStore(async (s) => {
+        // Three assignments start in the same millisecond: id breaks the tie, so none is skipped.
+        const opened = []
+        for (const [i, at] of [100, 200, 200, 200, 300].entries())
+          opened.push(
+            await s.openAssignment({
+              instanceId: `i${i}`,
+              template: 't',
+              userId: i % 2 ? 'odd' : 'even',
+              keyName: i === 4 ? 'portal' : null,
+              startedAt: at,
+            }),
+          )
+        const all = await s.listHistory()
+        const pages: number[][] = []
+        let before: { startedAt: number; id: number } | undefined
+        for (;;) {
+          const page = await s.listHistory({ before, limit: 2 })
+          if (!page.length) break
+          pages.push(page.map((a) => a.id))
+          const last = page[page.length - 1]!
+          before = { startedAt: last.startedAt, id: last.id }
+        }
+        assert.deepEqual(
+          pages.flat(),
+          all.map((a) => a.id),
+          'the pages, one after the other, are the list',
+        )
+        assert.equal(pages.length, 3)
+        assert.equal(await s.countHistory(), 5)
+        assert.equal(await s.countHistory({ userId: 'even' }), 3)
+        assert.equal(await s.countHistory({ keyName: 'portal' }), 1)
+        assert.deepEqual(
+          (await s.listHistory({ keyName: 'portal' })).map((a) => a.id),
+          [opened[4]!.id],
+        )
+        assert.equal(await s.countHistory({ from: 250 }), 5, 'open assignments overlap any later time')
+
+        await s.audit(
+          Array.from({ length: 7 }, (_, i) => ({
+            at: i,
+            instanceId: i < 4 ? 'x' : 'y',
+            event: 'e',
+            actor: null,
+            detail: {},
+          })),
+        )
+        const audit = await s.listAudit()
+        const a1 = await s.listAudit({ limit: 3 })
+        const a2 = await s.listAudit({ limit: 3, beforeId: a1[2]!.id })
+        const a3 = await s.listAudit({ limit: 3, beforeId: a2[2]!.id })
+        assert.deepEqual(
+          [...a1, ...a2, ...a3].map((e) => e.id),
+          audit.map((e) => e.id),
+        )
+        assert.equal(await s.countAudit(), 7)
+        assert.equal(await s.countAudit({ instanceId: 'x' }), 4)
+
+        for (let i = 0; i < 5; i++)
+          await s.webhooks.enqueue(['w'], { id: `e${i}`, type: 'session.ready', body: '{}' }, i)
+        const d1 = await s.webhooks.list({ webhook: 'w', limit: 3 })
+        const d2 = await s.webhooks.list({ webhook: 'w', limit: 3, beforeSeq: d1[2]!.seq })
+        assert.deepEqual(
+          [...d1, ...d2].map((d) => d.eventId),
+          ['e4', 'e3', 'e2', 'e1', 'e0'],
+        )
+        assert.equal(await s.webhooks.count({ webhook: 'w' }), 5)
+        assert.equal(await s.webhooks.count({ webhook: 'w', status: 'delivered' }), 0)
+      }))
+
     test('api keys: insert, get, list, touch, revoke, unique names among live keys', () =>
       withStore(async (s) => {
         const k = {
@@ -762,6 +833,15 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
         const t1 = performance.now()
         for (let i = 0; i < 100; i++) assert.ok(await s.getInstance(ids[(i * 97) % N]!))
         const getMs = (performance.now() - t1) / 100
+        // getInstances: every row of the ids asked for, across its 500-id statements; unknown ids left out.
+        const some = ids.filter((_, i) => i % 7 === 0)
+        const many = await s.getInstances([...some, newInstanceId()])
+        assert.deepEqual(many.map((r) => r.id).sort(), [...some].sort())
+        assert.deepEqual(
+          many.find((r) => r.id === ids[0]),
+          await s.getInstance(ids[0]!),
+        )
+        assert.deepEqual(await s.getInstances([]), [])
         const t2 = performance.now()
         // Even rows are assigned and ready; odd rows are free, and a third of all rows are terminated.
         const active = Array.from({ length: N }, (_, i) => i % 2 === 0 || i % 3 !== 0).filter(Boolean).length

@@ -206,7 +206,11 @@ export interface E2eServer {
  * Starts the server in-process with the shipped example configuration, changed only where a test
  * must be quick: short idle timeouts, a fast worker and activity flush, no warm instances.
  */
-export async function startE2eServer(opts: { idleTimeout: string }): Promise<E2eServer> {
+export async function startE2eServer(opts: {
+  idleTimeout: string
+  /** Changes the parsed configuration after the harness's own changes (the widget suite opts templates in). */
+  patch?: (doc: Record<string, Record<string, unknown>>) => void
+}): Promise<E2eServer> {
   const dataDir = mkdtempSync(join(tmpdir(), 'studiopool-e2e-'))
   const doc = parseYaml(readFileSync(join(EXAMPLES, 'studiopool.yaml'), 'utf8')) as Record<
     string,
@@ -218,6 +222,7 @@ export async function startE2eServer(opts: { idleTimeout: string }): Promise<E2e
     t.minFree = 0
     t.idleTimeout = opts.idleTimeout
   }
+  opts.patch?.(doc)
   // Inline text: `{{configDir}}` is the cwd, which is where the file lives.
   const config = loadConfig({ text: stringifyYaml(doc), env: {}, cwd: EXAMPLES, overrides: { port: 0, dataDir } })
 

@@ -264,9 +264,9 @@ describe('gateway forwarding (path mode, real sockets)', () => {
     await b.body.dump()
   })
 
-  test('metrics count requests by status class', async () => {
+  test("metrics count requests by the session's template and status class", async () => {
     const text = await g.registry.metrics()
-    assert.match(text, /studiopool_gateway_requests_total\{status_class="2xx"\} [1-9]/)
-    assert.match(text, /studiopool_gateway_upstream_errors_total\{code="ECONNREFUSED"\} [1-9]/)
+    assert.match(text, /studiopool_gateway_requests_total\{template="demo",status_class="2xx"\} [1-9]/)
+    assert.match(text, /studiopool_gateway_upstream_errors_total\{template="demo",code="ECONNREFUSED"\} [1-9]/)
   })
 })

@@ -10,7 +10,7 @@ import type { Config } from '../../src/config/types.js'
 import { newInstanceId } from '../../src/domain/ids.js'
 import type { RouteEntry } from '../../src/domain/routes.js'
 import { createGateway } from '../../src/gateway/gateway.js'
-import type { Gateway } from '../../src/gateway/gateway.js'
+import type { Gateway, GatewayOptions } from '../../src/gateway/gateway.js'
 import { createMemoryNonceLedger } from '../../src/gateway/memory-nonce-ledger.js'
 import { RouteHub } from '../../src/gateway/route-hub.js'
 import { createTokenService } from '../../src/gateway/tokens.js'
@@ -232,6 +232,7 @@ export interface TestGateway {
 export async function startGateway(
   over: Partial<Config['gateway']> = {},
   publicUrl?: (port: number) => string,
+  extra: Pick<GatewayOptions, 'controls' | 'widget'> = {},
 ): Promise<TestGateway> {
   const hub = new RouteHub()
   const config = gatewayConfig(over)
@@ -254,6 +255,7 @@ export async function startGateway(
     tokens,
     log: logs.logger,
     metrics: registry,
+    ...extra,
   })
   await gw.listen(port, '127.0.0.1')
   return {

@@ -152,7 +152,7 @@ describe('WebSockets and activity', () => {
     await waitFor('hellos', () => ca.messages.length >= 1 && cb.messages.length >= 1, 5000)
     await waitFor(
       'gauge at 2',
-      async () => /studiopool_gateway_websockets_open 2\n/.test(await g.registry.metrics()),
+      async () => /studiopool_gateway_websockets_open\{template="demo"\} 2\n/.test(await g.registry.metrics()),
       5000,
     )
     g.hub.remove(a.instanceId, 'deleted')
@@ -171,7 +171,7 @@ describe('WebSockets and activity', () => {
     ])
     await waitFor(
       'gauge back to 0',
-      async () => /studiopool_gateway_websockets_open 0/.test(await g.registry.metrics()),
+      async () => /studiopool_gateway_websockets_open\{template="demo"\} 0/.test(await g.registry.metrics()),
       5000,
     )
   })

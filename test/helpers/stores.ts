@@ -93,3 +93,16 @@ const postgres: TestStoreKind = {
 export const STORE_KINDS: readonly TestStoreKind[] = [sqlite, postgres].filter(
   (k) => wanted.includes(k.name) && !(k.name === 'postgres' && SKIP_PG),
 )
+
+/**
+ * One fresh database of this kind, opened as often as a test restarts its server over it (a new
+ * store each call, as a new process would have); every store opened is closed at the end of the file.
+ */
+export async function reopenable(kind: TestStoreKind, poolId = 'test'): Promise<() => Promise<Store>> {
+  const url = await kind.freshUrl()
+  return async () => {
+    const s = await createStoreFromUrl(url, { poolId })
+    cleanups.push(() => s.close().catch(() => {}))
+    return s
+  }
+}

@@ -24,6 +24,7 @@ export function makeTemplate(overrides: Partial<TemplateConfig> = {}): TemplateC
     allowedGroups: [],
     activityIgnore: [],
     pricePerHour: 0,
+    injectWidget: false,
     settings: {},
     ...overrides,
   }

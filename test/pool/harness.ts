@@ -31,6 +31,8 @@ export function makeHarness(
     provider?: FakeProvider
     now?: () => number
     backoff?: Partial<BackoffOptions>
+    /** false: the pool reads the store's queue on every check (another process writes to it). */
+    watchQueue?: boolean
   },
 ): Harness {
   const config = loadConfig({ text: yaml, env: {}, cwd: '/tmp' })
@@ -51,6 +53,8 @@ export function makeHarness(
     now: opts.now,
     backoff,
   })
+  // As one process on its store runs (replica-steps.ts): its own requests are every queued row.
+  if (opts.watchQueue !== false) pool.watchQueue(() => true)
   const worker = new Worker({ config, store, pool, providers, log, now: opts.now })
   return {
     config,
@@ -66,4 +70,11 @@ export function makeHarness(
       await store.close()
     },
   }
+}
+
+/** One worker cycle, the pool's background work, and the cycle that sees its results (cost tests' clock steps). */
+export async function settle(h: Pick<Harness, 'worker' | 'pool'>): Promise<void> {
+  await h.worker.runOnce()
+  await h.pool.drain()
+  await h.worker.runOnce()
 }

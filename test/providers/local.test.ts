@@ -408,7 +408,7 @@ describe('local provider', () => {
     )
     const noCommand = provider.validateTemplate(makeTemplate({ provider: 'local', settings: {} }))
     assert.ok(
-      noCommand.some((p) => p.startsWith('settings.command')),
+      noCommand.some((p) => p.startsWith('local.command')),
       noCommand.join('; '),
     )
     const extra = provider.validateTemplate(

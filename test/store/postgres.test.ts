@@ -14,6 +14,7 @@ import { advisoryKey, pgClientConfig } from '../../src/store/dialects.js'
 import { newInstanceId } from '../../src/domain/ids.js'
 import type { Store } from '../../src/store/store.js'
 import { storeContract } from '../contract/store-contract.js'
+import { MIGRATION_NAMES } from '../../src/store/migrations/index.js'
 
 const BASE_URL = process.env.STUDIOPOOL_TEST_PG ?? 'postgres://127.0.0.1:5432/test'
 const SKIP = process.env.STUDIOPOOL_SKIP_PG === '1'
@@ -92,12 +93,17 @@ if (SKIP) {
             'api_keys',
             'assignments',
             'audit_log',
+            'cost_segments',
             'instances',
+            'leader_epochs',
             'meta',
             'nonces',
+            'rate_limits',
+            'shared_usage',
             'state_samples',
             'studiopool_migration',
             'studiopool_migration_lock',
+            'webhook_deliveries',
           ],
         )
         const col = await admin!.query<{ data_type: string }>(
@@ -131,7 +137,7 @@ if (SKIP) {
         const r = await admin!.query<{ name: string }>(`select name from "${schema}".studiopool_migration`)
         assert.deepEqual(
           r.rows.map((x) => x.name),
-          ['0001-initial', '0002-instance-started-at', '0003-free-instances-index'],
+          MIGRATION_NAMES,
         )
         await Promise.all(stores.map((s) => s.migrate()))
         await stores[0]!.insertInstance({

@@ -9,6 +9,7 @@ import BetterSqlite3 from 'better-sqlite3'
 import { createStore } from '../../src/store/sql-store.js'
 import { newInstanceId } from '../../src/domain/ids.js'
 import { storeContract } from '../contract/store-contract.js'
+import { MIGRATION_NAMES } from '../../src/store/migrations/index.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'studiopool-sqlite-'))
 after(() => rmSync(dir, { recursive: true, force: true }))
@@ -54,7 +55,7 @@ test('sqlite: creates the directory, uses WAL, survives a restart without re-run
     const migrations = raw.prepare('select name from studiopool_migration').all() as { name: string }[]
     assert.deepEqual(
       migrations.map((m) => m.name),
-      ['0001-initial', '0002-instance-started-at', '0003-free-instances-index'],
+      MIGRATION_NAMES,
     )
   } finally {
     raw.close()
@@ -70,7 +71,7 @@ test('sqlite: creates the directory, uses WAL, survives a restart without re-run
     try {
       assert.equal(
         (raw2.prepare('select count(*) as n from studiopool_migration').get() as { n: number }).n,
-        3,
+        MIGRATION_NAMES.length,
         'each migration recorded once',
       )
     } finally {

@@ -5,6 +5,7 @@ import type { Browser, Page } from 'playwright-core'
 import { waitFor } from '../helpers/wait.js'
 import {
   demoTemplateYaml,
+  closeBounded,
   devLogin,
   fetchLogin,
   formToken,
@@ -144,7 +145,7 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
         const viaOpen = await p2.goto(srv.url + openHref)
         assert.equal(viaOpen!.status(), 404, "another user's /open link gives nothing away")
       } finally {
-        await other.close()
+        await closeBounded(other)
       }
 
       // Back to the dashboard: stop it.
@@ -158,7 +159,7 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
       const res = await fetch(sessionUrl, { redirect: 'manual' })
       assert.notEqual(res.status, 200, 'the stopped session is gone')
     } finally {
-      await ctx.close()
+      await closeBounded(ctx)
     }
   })
 
@@ -247,7 +248,7 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
       const refused = await fetch(`${srv.url}/api/v1/templates`, { headers: { authorization: `Bearer ${secret}` } })
       assert.equal(refused.status, 401)
     } finally {
-      await ctx.close()
+      await closeBounded(ctx)
     }
   })
 
@@ -369,7 +370,7 @@ describe('dashboard with dev login (chromium, local demo instances)', () => {
         assert.equal(unnamed, 0, path)
       }
     } finally {
-      await ctx.close()
+      await closeBounded(ctx)
     }
   })
 

@@ -28,6 +28,19 @@ export function launchBrowser(): Promise<Browser> {
   })
 }
 
+/**
+ * Closes a browser context or page, bounded: Chromium's close has no timeout of its own, and a close that
+ * never answers (seen once in CI: a test sat 10 minutes in its `finally`) must not hang the suite. What did
+ * not close goes with the browser at the end of the file.
+ */
+export async function closeBounded(what: { close(): Promise<void> }, name = 'context', ms = 15_000): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), ms)))
+  const outcome = await Promise.race([what.close().then(() => 'closed' as const), late])
+  clearTimeout(timer)
+  if (outcome === 'late') console.log(`# ${name}.close() did not finish in ${ms / 1000} s; left to the browser's close`)
+}
+
 /** A demo template on the local provider: real processes running the demo session app. */
 export function demoTemplateYaml(name: string, extra: Record<string, string> = {}): string {
   const lines = [

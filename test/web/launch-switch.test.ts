@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import type { Browser } from 'playwright-core'
 import { waitFor } from '../helpers/wait.js'
-import { devLogin, demoTemplateYaml, launchBrowser, startServer, type TestServer } from './helpers.js'
+import { closeBounded, devLogin, demoTemplateYaml, launchBrowser, startServer, type TestServer } from './helpers.js'
 
 const PORTAL = 'portal-key-for-the-switch-test-0123'
 
@@ -75,7 +75,7 @@ describe('launch links in a browser signed in as someone else, and the owner the
       await page.goto(alice.url)
       assert.equal(page.url(), alice.sessionUrl)
     } finally {
-      await ctx.close()
+      await closeBounded(ctx)
     }
   })
 
@@ -99,7 +99,7 @@ describe('launch links in a browser signed in as someone else, and the owner the
       assert.equal(headers.headers['remote-user'], undefined)
       assert.equal(headers.headers['x-auth-request-user'], undefined)
     } finally {
-      await ctx.close()
+      await closeBounded(ctx)
     }
   })
 })

@@ -1,70 +1,35 @@
 import assert from 'node:assert/strict'
-import { createServer, type Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { after, before, describe, it } from 'node:test'
-import Provider from 'oidc-provider'
 import type { Browser, BrowserContext } from 'playwright-core'
-import { demoTemplateYaml, launchBrowser, startServer, type TestServer } from './helpers.js'
+import { closeBounded, demoTemplateYaml, launchBrowser, startServer, type TestServer } from './helpers.js'
+import { oidcYaml, signInAtIdp, startIdp, type TestIdp } from './oidc-idp.js'
 
-/** Users of the test identity provider and their groups. */
-const USERS: Record<string, { groups: string[] }> = {
-  carol: { groups: ['researchers', 'ops'] },
-  dave: { groups: ['students'] },
-}
-
-describe('OIDC login against a real identity provider (oidc-provider, chromium)', () => {
-  let idp: Server
+// Bounded well below the runner's 10 minutes: every step here takes seconds.
+describe('OIDC login against a real identity provider (oidc-provider, chromium)', { timeout: 180_000 }, () => {
+  let idp: TestIdp
   let srv: TestServer
   let browser: Browser
 
   before(async () => {
-    // The IdP listens first (our config needs its URL); its handler is attached once our redirect URI is known.
-    idp = createServer()
-    await new Promise<void>((resolve) => idp.listen(0, '127.0.0.1', resolve))
-    const issuer = `http://127.0.0.1:${(idp.address() as AddressInfo).port}`
+    idp = await startIdp()
     srv = await startServer(
       [
         'dashboard:',
-        '  login: oidc',
+        ...oidcYaml(idp.issuer),
         '  adminGroups: [ops]',
-        '  oidc:',
-        `    issuer: ${issuer}`,
-        '    clientId: studiopool',
-        '    clientSecret: a-client-secret-for-the-test-only',
-        '    scopes: openid groups',
         'templates:',
         demoTemplateYaml('demo', { displayName: 'Demo session' }),
         demoTemplateYaml('research', { displayName: 'Research workbench', allowedGroups: '[researchers]' }),
         '',
       ].join('\n'),
     )
-    const provider = new Provider(issuer, {
-      clients: [
-        {
-          client_id: 'studiopool',
-          client_secret: 'a-client-secret-for-the-test-only',
-          redirect_uris: [`${srv.url}/login/callback`],
-          response_types: ['code'],
-          grant_types: ['authorization_code'],
-          token_endpoint_auth_method: 'client_secret_post',
-        },
-      ],
-      claims: { openid: ['sub'], groups: ['groups'] },
-      scopes: ['openid', 'groups'],
-      findAccount: async (_ctx, id) =>
-        USERS[id] ? { accountId: id, claims: async () => ({ sub: id, groups: USERS[id]!.groups }) } : undefined,
-      features: { devInteractions: { enabled: true } },
-      pkce: { required: () => true },
-      cookies: { keys: ['test-only-cookie-key-0123456789abcdef'] },
-    })
-    idp.on('request', provider.callback())
+    idp.attach(`${srv.url}/login/callback`)
     browser = await launchBrowser()
   })
   after(async () => {
     await browser?.close()
     await srv?.close()
-    idp?.closeAllConnections()
-    await new Promise((r) => idp?.close(r))
+    await idp?.close()
   })
 
   /** Opens the dashboard, follows the redirects to the IdP, signs in and consents there. */
@@ -72,16 +37,10 @@ describe('OIDC login against a real identity provider (oidc-provider, chromium)'
     const ctx = await browser.newContext()
     const page = await ctx.newPage()
     await page.goto(srv.url + '/')
-    assert.ok(
-      page.url().startsWith(`http://127.0.0.1:${(idp.address() as AddressInfo).port}/`),
-      `at the IdP: ${page.url()}`,
-    )
-    await page.locator('input[name=login]').fill(user)
-    await page.locator('input[name=password]').fill('any')
-    await page.getByRole('button', { name: 'Sign-in' }).click()
-    await page.getByRole('button', { name: 'Continue' }).click()
+    assert.ok(page.url().startsWith(`${idp.issuer}/`), `at the IdP: ${page.url()}`)
+    await signInAtIdp(page, user)
     await page.waitForURL(`${srv.url}/`)
-    await page.close()
+    await closeBounded(page, 'page')
     return ctx
   }
 
@@ -112,7 +71,7 @@ describe('OIDC login against a real identity provider (oidc-provider, chromium)'
       assert.equal((await srv.running.store!.listInstances({ ownerId: 'dave' })).length, 1)
       assert.equal((await ctx.request.get(srv.url + '/admin', { maxRedirects: 0 })).status(), 403)
     } finally {
-      await ctx.close()
+      await closeBounded(ctx)
     }
   })
 
@@ -126,7 +85,7 @@ describe('OIDC login against a real identity provider (oidc-provider, chromium)'
       await page.waitForURL(`${srv.url}/admin`)
       assert.equal(await page.getByRole('heading', { level: 1 }).textContent(), 'Administration')
     } finally {
-      await ctx.close()
+      await closeBounded(ctx)
     }
   })
 

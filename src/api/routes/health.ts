@@ -26,6 +26,7 @@ export async function healthRoutes(scope: FastifyInstance, deps: ApiDeps, authen
           unavailable: deps.pool.unavailableReason(t.name),
         })),
         draining: deps.draining,
+        replica: deps.replica,
       })
       // What each provider isolates (architecture.md contract 5); the notes only where something is not.
       const isolation = deps.pool
@@ -33,16 +34,19 @@ export async function healthRoutes(scope: FastifyInstance, deps: ApiDeps, authen
         .map((i) => ({ provider: i.provider, isolated: i.isolated, ...(i.isolated ? {} : { notes: i.notes }) }))
       return reply
         .code(r.ready ? 200 : 503)
-        .send({ status: r.ready ? 'ready' : 'not ready', checks: r.checks, isolation })
+        .send({ status: r.ready ? 'ready' : 'not ready', checks: r.checks, isolation, replica: r.replica })
     },
   )
   app.get(
     '/metrics',
-    { schema: { tags: ['health'], summary: 'Prometheus metrics (admin or proxy key)' }, onRequest: authenticate },
+    {
+      schema: { tags: ['health'], summary: 'Prometheus metrics (admin, proxy or metrics key)' },
+      onRequest: authenticate,
+    },
     async (req, reply) => {
       const p = req.principal!
       if (p.kind === 'key' && p.role === 'requester')
-        throw new AppError('FORBIDDEN', 'metrics need an admin or proxy key')
+        throw new AppError('FORBIDDEN', 'metrics need an admin, proxy or metrics key')
       await refreshGauges(deps)
       return reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics())
     },

@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import type { WarmTarget } from '../../schedule/warm-target.js'
 import { requireRole, type ApiDeps } from '../context.js'
 
 /** Templates and the pool's size and queue. */
@@ -25,6 +26,8 @@ export async function poolRoutes(scope: FastifyInstance, deps: ApiDeps): Promise
         pricePerHour: t.pricePerHour,
         available: !deps.pool.unavailableReason(t.name),
         unavailableReason: deps.pool.unavailableReason(t.name) ?? null,
+        /** The schedule's and the forecast's effective values as of the last worker cycle (docs/cost.md). */
+        warmTarget: warmTargetView(deps.pool.warmTargets().get(t.name)),
         instances: Object.fromEntries(
           counts
             .filter((c) => c.template === t.name && c.state !== 'terminated' && c.state !== 'failed')
@@ -63,4 +66,32 @@ export async function poolRoutes(scope: FastifyInstance, deps: ApiDeps): Promise
       }
     },
   )
+
+  app.get(
+    '/api/v1/shared',
+    {
+      schema: {
+        tags: ['pool'],
+        summary:
+          'Shared templates (mode: shared): bounds, wanted size, queue, instances and their connections (admin, proxy)',
+      },
+    },
+    async (req) => {
+      requireRole(req.principal!, 'proxy')
+      return { shared: await deps.pool.sharedStatus() }
+    },
+  )
+}
+
+function warmTargetView(t: WarmTarget | undefined) {
+  if (!t) return null
+  return {
+    minFree: t.minFree,
+    maxInstances: t.maxInstances,
+    available: t.available,
+    opensAt: t.opensAt === null ? null : new Date(t.opensAt).toISOString(),
+    scheduleMinFree: t.scheduleMinFree,
+    predicted: t.predicted,
+    applied: t.applied,
+  }
 }

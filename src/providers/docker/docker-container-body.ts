@@ -1,38 +1,20 @@
 /** The `POST /containers/create` body of a session (template settings, tokens, identity, limits). */
 import { LABEL_INSTANCE, LABEL_POOL, LABEL_TEMPLATE, type InstanceSpec } from '../provider.js'
 import type { DockerHost, DockerTemplateSettings } from './docker-provider-config.js'
-import { substitute, userSlug } from './docker-provider-config.js'
+import { userSlug } from './docker-provider-config.js'
+import { baseTokens, identityEnv, substitute } from '../session-env.js'
 import { DOCKER_LABEL_CPUS, DOCKER_LABEL_MEMORY, toDockerLabelKey } from './docker-labels.js'
 
 /** The tokens of template commands, env and mount sources, as in local templates. */
 export function containerTokens(spec: InstanceSpec, s: DockerTemplateSettings): Record<string, string> {
-  return {
-    basePath: spec.basePath,
-    instanceId: spec.id,
-    appToken: spec.appToken,
-    user: spec.ownerId ?? '',
-    userSlug: spec.ownerId ? userSlug(spec.ownerId) : '',
-    sessionUrl: spec.sessionUrl,
-    port: String(s.port),
-  }
+  return { ...baseTokens(spec, s.port), userSlug: spec.ownerId ? userSlug(spec.ownerId) : '' }
 }
 
 /** The template's env with tokens, then the identity environment (which wins). */
 function containerEnv(spec: InstanceSpec, s: DockerTemplateSettings, tokens: Record<string, string>): string[] {
   const env: Record<string, string> = {}
   for (const [k, v] of Object.entries(s.env)) env[k] = substitute(v, tokens)
-  Object.assign(env, {
-    PORT: String(s.port),
-    BASE_PATH: spec.basePath,
-    STUDIOPOOL_POOL: spec.poolId,
-    STUDIOPOOL_INSTANCE_ID: spec.id,
-    STUDIOPOOL_TEMPLATE: spec.template.name,
-    STUDIOPOOL_SESSION_URL: spec.sessionUrl,
-    STUDIOPOOL_PROGRESS_URL: spec.progressUrl,
-    STUDIOPOOL_PROGRESS_TOKEN: spec.progressToken,
-  })
-  // Known at create only for a cold start; a warm instance learns its user from X-Forwarded-User.
-  if (spec.ownerId) env.STUDIOPOOL_USER = spec.ownerId
+  Object.assign(env, { PORT: String(s.port) }, identityEnv(spec))
   return Object.entries(env).map(([k, v]) => `${k}=${v}`)
 }
 

@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import type { Static, TSchema } from '@sinclair/typebox'
-import { Value } from '@sinclair/typebox/value'
 import { parseDuration } from '../../domain/duration.js'
 import { parseDockerUrl } from './docker-client.js'
 import {
@@ -11,6 +10,7 @@ import {
   type DockerMount,
   type DockerTemplateSettingsInput,
 } from './docker-provider-schema.js'
+import { settingsProblems } from '../../config/explain.js'
 
 export {
   dockerHostSchema,
@@ -117,9 +117,7 @@ export interface DockerTemplateSettings {
 }
 
 function schemaProblems(schema: TSchema, raw: unknown, prefix: string): string[] {
-  if (Value.Check(schema, raw)) return []
-  const out = [...Value.Errors(schema, raw)].map((e) => `${prefix}${e.path.replaceAll('/', '.')}: ${e.message}`)
-  return out.length ? out : [`${prefix}: invalid`]
+  return settingsProblems(schema, raw, prefix)
 }
 
 /** Returns the settings, or throws with every problem (each prefixed with its path). */
@@ -293,6 +291,4 @@ export function userSlug(userId: string): string {
   return `${base}-${createHash('sha256').update(userId).digest('hex').slice(0, 8)}`
 }
 
-export function substitute(value: string, tokens: Readonly<Record<string, string>>): string {
-  return value.replace(/\{\{(\w+)\}\}/g, (m, name: string) => tokens[name] ?? m)
-}
+export { substitute } from '../session-env.js'

@@ -2,7 +2,7 @@ import { readFileSync, statSync } from 'node:fs'
 import { isAbsolute, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
-import { Value } from '@sinclair/typebox/value'
+import { settingsProblems } from '../../config/explain.js'
 
 /**
  * Settings of the `ec2` provider (architecture.md conventions: each provider owns its sub-schema).
@@ -143,7 +143,7 @@ export const USER_DATA_MAX_BYTES = 16 * 1024
 const RESERVED_TAG_PREFIXES = ['aws:', 'studiopool:']
 
 function schemaProblems(schema: TSchema, value: unknown, prefix: string): string[] {
-  return [...Value.Errors(schema, value)].map((e) => `${prefix}${e.path || '/'}: ${e.message}`)
+  return settingsProblems(schema, value, prefix, true)
 }
 
 export function parseProviderSettings(raw: Readonly<Record<string, unknown>> | undefined): {

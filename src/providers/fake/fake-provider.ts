@@ -60,6 +60,31 @@ export interface FakeResource {
   address: string | null
 }
 
+/**
+ * Resources by ref, indexed by instance id as they are set, so that finding an instance's resource
+ * does not scan every resource ever made (it did on every create: the at-minFree bench makes
+ * thousands). Entries deleted or changed behind the index's back are checked at lookup.
+ */
+class ResourceMap extends Map<string, FakeResource> {
+  readonly #byInstance = new Map<string, Set<string>>()
+  override set(ref: string, r: FakeResource): this {
+    let refs = this.#byInstance.get(r.instanceId)
+    if (!refs) this.#byInstance.set(r.instanceId, (refs = new Set()))
+    refs.add(ref)
+    return super.set(ref, r)
+  }
+  /** The resources that were set for this instance id and are still here. */
+  *ofInstance(instanceId: string): Generator<FakeResource> {
+    const refs = this.#byInstance.get(instanceId)
+    if (!refs) return
+    for (const ref of refs) {
+      const r = this.get(ref)
+      if (r?.instanceId === instanceId) yield r
+      else refs.delete(ref)
+    }
+  }
+}
+
 /** The in-memory "cloud": resources by ref. Shareable between provider objects (`settings.cloud`). */
 export class FakeCloud {
   static readonly #named = new Map<string, FakeCloud>()
@@ -74,7 +99,7 @@ export class FakeCloud {
     FakeCloud.#named.delete(name)
   }
 
-  readonly resources = new Map<string, FakeResource>()
+  readonly resources = new ResourceMap()
   #seq = 0
   nextRef(): string {
     return `fake-${(++this.#seq).toString(36).padStart(6, '0')}`
@@ -329,8 +354,8 @@ export class FakeProvider implements Provider {
 
   /** The live (not terminated) resource of an instanceId in this pool. */
   #live(instanceId: string): FakeResource | undefined {
-    for (const r of this.cloud.resources.values()) {
-      if (r.instanceId === instanceId && r.labels[LABEL_POOL] === this.poolId && r.state !== 'terminated') return r
+    for (const r of this.cloud.resources.ofInstance(instanceId)) {
+      if (r.labels[LABEL_POOL] === this.poolId && r.state !== 'terminated') return r
     }
     return undefined
   }

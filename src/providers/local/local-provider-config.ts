@@ -3,6 +3,7 @@ import { Value } from '@sinclair/typebox/value'
 import { parseDuration } from '../../domain/duration.js'
 import type { IsolationSettings } from './local-isolation.js'
 import { parseSubnet } from './local-network.js'
+import { settingsProblems } from '../../config/explain.js'
 
 /**
  * Per-template settings of the local provider (`templates[].settings`).
@@ -52,17 +53,14 @@ export function parseLocalTemplateSettings(
   raw: unknown,
 ): { settings: LocalTemplateSettings; problems: [] } | { settings: null; problems: string[] } {
   if (!Value.Check(localTemplateSettingsSchema, raw)) {
-    const problems = [...Value.Errors(localTemplateSettingsSchema, raw)].map(
-      (e) => `settings${e.path.replaceAll('/', '.')}: ${e.message}`,
-    )
-    return { settings: null, problems: problems.length ? problems : ['settings: invalid'] }
+    return { settings: null, problems: settingsProblems(localTemplateSettingsSchema, raw, 'local') }
   }
   const s = raw as LocalTemplateSettingsInput
   let stopGraceMs: number = LOCAL_DEFAULTS.stopGraceMs
   if (s.stopGrace !== undefined) {
     const ms = parseDuration(s.stopGrace)
     if (ms === undefined)
-      return { settings: null, problems: [`settings.stopGrace: "${s.stopGrace}" is not a duration (e.g. 5000, 5s)`] }
+      return { settings: null, problems: [`local.stopGrace: "${s.stopGrace}" is not a duration (e.g. 5000, 5s)`] }
     stopGraceMs = ms
   }
   return { settings: { command: s.command, env: s.env ?? {}, stopGraceMs, home: s.home ?? 'workdir' }, problems: [] }
@@ -99,10 +97,7 @@ export const ISOLATION_DEFAULTS = {
 /** Returns the settings, or throws with every problem (each prefixed with its path). */
 export function parseLocalProviderSettings(raw: Readonly<Record<string, unknown>>): LocalProviderSettings {
   if (!Value.Check(localProviderSettingsSchema, raw)) {
-    const problems = [...Value.Errors(localProviderSettingsSchema, raw)].map(
-      (e) => `providers.local${e.path.replaceAll('/', '.')}: ${e.message}`,
-    )
-    throw new Error(problems.join('; '))
+    throw new Error(settingsProblems(localProviderSettingsSchema, raw, 'providers.local').join('; '))
   }
   const v = raw.keepTerminated
   const ms = typeof v === 'number' || typeof v === 'string' ? parseDuration(v) : undefined

@@ -46,9 +46,9 @@ import {
   sessionProgram,
   sessionTokens,
   spawnDetached,
-  substitute,
   type SessionPlace,
 } from './local-spawn.js'
+import { substitute } from '../session-env.js'
 import { isAlive, stopRecordedGroup, terminateGroup } from './local-stop.js'
 
 export { refOf, type LocalInstanceRecord } from './local-record.js'
@@ -129,8 +129,8 @@ export class LocalProvider implements Provider {
     if (!findExecutable(program, process.env.PATH, process.cwd())) {
       return [
         program.includes('/')
-          ? `settings.command[0]: "${program}" does not exist or is not executable`
-          : `settings.command[0]: program "${program}" was not found on PATH or is not executable`,
+          ? `local.command[0]: "${program}" does not exist or is not executable`
+          : `local.command[0]: program "${program}" was not found on PATH or is not executable`,
       ]
     }
     return []

@@ -4,6 +4,7 @@ import { createServer } from 'node:net'
 import { resolve } from 'node:path'
 import { ProviderError } from '../../domain/errors.js'
 import type { InstanceSpec } from '../provider.js'
+import { baseTokens, identityEnv, substitute } from '../session-env.js'
 import type { SessionSlot } from './local-network.js'
 import type { LocalTemplateSettings } from './local-provider-config.js'
 import { findExecutable } from './local-proc.js'
@@ -25,22 +26,9 @@ export interface SessionPlace {
   readonly slot: SessionSlot | null
 }
 
-export function substitute(value: string, tokens: Readonly<Record<string, string>>): string {
-  return value.replace(/\{\{(\w+)\}\}/g, (m, name: string) => tokens[name] ?? m)
-}
-
 /** The `{{token}}`s a template's command and environment may use. */
 export function sessionTokens(spec: InstanceSpec, at: SessionPlace): Record<string, string> {
-  return {
-    port: String(at.port),
-    basePath: spec.basePath,
-    instanceId: spec.id,
-    workdir: at.home,
-    host: at.host,
-    appToken: spec.appToken,
-    user: spec.ownerId ?? '',
-    sessionUrl: spec.sessionUrl,
-  }
+  return { ...baseTokens(spec, at.port), workdir: at.home, host: at.host }
 }
 
 /**
@@ -77,20 +65,7 @@ export function sessionEnv(
   // An isolated session never gets the server's HOME, whatever the template says.
   env.HOME = settings.home === 'inherit' && !at.slot && process.env.HOME ? process.env.HOME : at.home
   for (const [k, v] of Object.entries(settings.env)) env[k] = substitute(v, tokens)
-  Object.assign(env, {
-    PORT: String(at.port),
-    HOST: at.host,
-    BASE_PATH: spec.basePath,
-    STUDIOPOOL_POOL: spec.poolId,
-    STUDIOPOOL_SCOPE: scope,
-    STUDIOPOOL_INSTANCE_ID: spec.id,
-    STUDIOPOOL_TEMPLATE: spec.template.name,
-    STUDIOPOOL_SESSION_URL: spec.sessionUrl,
-    STUDIOPOOL_PROGRESS_URL: spec.progressUrl,
-    STUDIOPOOL_PROGRESS_TOKEN: spec.progressToken,
-  })
-  // Known at create only for a cold start; a warm instance learns its user from X-Forwarded-User.
-  if (spec.ownerId) env.STUDIOPOOL_USER = spec.ownerId
+  Object.assign(env, { PORT: String(at.port), HOST: at.host, STUDIOPOOL_SCOPE: scope }, identityEnv(spec))
   return env
 }
 

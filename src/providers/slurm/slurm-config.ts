@@ -1,6 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import { parseDuration } from '../../domain/duration.js'
+import { settingsProblems } from '../../config/explain.js'
 
 /**
  * Settings of the `slurm` provider: provider-wide (`providers.slurm`) and per template (`slurm:`).
@@ -80,8 +81,7 @@ export const SLURM_DEFAULTS = {
 type Parsed<T> = { settings: T; problems: [] } | { settings: null; problems: string[] }
 
 function schemaProblems(schema: Parameters<typeof Value.Errors>[0], raw: unknown, prefix: string): string[] {
-  const problems = [...Value.Errors(schema, raw)].map((e) => `${prefix}${e.path.replaceAll('/', '.')}: ${e.message}`)
-  return problems.length ? problems : [`${prefix}: invalid`]
+  return settingsProblems(schema, raw, prefix)
 }
 
 /** Whole minutes of a duration, rounded up; undefined when not a duration. */

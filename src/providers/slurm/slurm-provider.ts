@@ -28,15 +28,10 @@ import { isolationOf } from './slurm-isolation.js'
 import { NodeHosts, commentAddressOk, vouchForAddress } from './slurm-nodes.js'
 import { RecordStore, type SlurmRecord } from './slurm-records.js'
 import { jobScript, substitutePath } from './slurm-script.js'
+import { SqueueCache, type Snapshot } from './squeue-cache.js'
 
 const NAME = 'slurm'
 const JOB_ID_RE = /^\d{1,12}$/
-
-interface Snapshot {
-  readonly at: number
-  /** Jobs of this pool (by name), by job id. */
-  readonly jobs: Map<string, SlurmJob>
-}
 
 /**
  * Interactive sessions as Slurm batch jobs (issue 12; docs/slurm.md). Reads the scheduler with one
@@ -52,12 +47,11 @@ export class SlurmProvider implements Provider {
   readonly #s: SlurmProviderSettings
   readonly #records: RecordStore
   readonly #locks = new KeyedSerializer()
-  #snapshot: Snapshot | null = null
-  #inflight: Promise<Snapshot> | null = null
   /** When a recorded job was first missing from squeue (in memory: a restart starts the grace again). */
   readonly #missingSince = new Map<string, number>()
   readonly #gids = new Map<string, string>()
   readonly #nodes: NodeHosts
+  #squeue: SqueueCache | undefined
 
   constructor(ctx: ProviderContext) {
     this.#ctx = ctx
@@ -100,25 +94,13 @@ export class SlurmProvider implements Provider {
 
   // --- reading the scheduler ---------------------------------------------------------------
 
-  /** The newest squeue answer, if younger than `maxAgeMs`; else one new query shared by all callers. */
-  async #query(maxAgeMs: number): Promise<Snapshot> {
-    const snap = this.#snapshot
-    if (snap && Date.now() - snap.at < maxAgeMs) return snap
-    if (this.#inflight) return this.#inflight
-    const at = Date.now()
-    this.#inflight = this.cli
-      .squeue()
-      .then((all) => {
-        const jobs = new Map<string, SlurmJob>()
-        for (const j of all) if (j.name.startsWith(this.#prefix)) jobs.set(j.id, j)
-        const next = { at, jobs }
-        this.#snapshot = next
-        return next
-      })
-      .finally(() => {
-        this.#inflight = null
-      })
-    return this.#inflight
+  /** The newest squeue answer if younger than `maxAgeMs`, else one shared new query (squeue-cache.ts). */
+  #query(maxAgeMs: number): Promise<Snapshot> {
+    this.#squeue ??= new SqueueCache(
+      () => this.cli.squeue(),
+      (j) => j.name.startsWith(this.#prefix),
+    )
+    return this.#squeue.query(maxAgeMs)
   }
 
   /** Poll interval ± 20 %: servers (and pools) sharing one controller spread their queries. */
@@ -127,7 +109,7 @@ export class SlurmProvider implements Provider {
   }
 
   #invalidate(): void {
-    this.#snapshot = null
+    this.#squeue?.invalidate()
   }
 
   async describe(refs: readonly string[], _opts: OperationOptions): Promise<Map<string, ProviderInstance>> {

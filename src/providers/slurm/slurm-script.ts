@@ -1,4 +1,5 @@
 import type { InstanceSpec } from '../provider.js'
+import { identityEnv } from '../session-env.js'
 import { shq } from './slurm-cli.js'
 import type { SlurmTemplateSettings } from './slurm-config.js'
 
@@ -45,19 +46,8 @@ export function substitutePath(value: string, spec: InstanceSpec, user: string):
  *    provider's batched squeue reads and checks the same way (`addressFromComment`);
  * 4. waits for the app and exits with its code.
  */
-// eslint-disable-next-line max-lines-per-function -- one template literal: the whole bash wrapper, read top to bottom
 export function jobScript(spec: InstanceSpec, s: SlurmTemplateSettings, comment: string, workdir: string): string {
-  const env: Record<string, string> = {
-    BASE_PATH: spec.basePath,
-    STUDIOPOOL_POOL: spec.poolId,
-    STUDIOPOOL_INSTANCE_ID: spec.id,
-    STUDIOPOOL_TEMPLATE: spec.template.name,
-    STUDIOPOOL_SESSION_URL: spec.sessionUrl,
-    STUDIOPOOL_PROGRESS_URL: spec.progressUrl,
-    STUDIOPOOL_PROGRESS_TOKEN: spec.progressToken,
-    STUDIOPOOL_APP_TOKEN: spec.appToken,
-    ...(spec.ownerId ? { STUDIOPOOL_USER: spec.ownerId } : {}),
-  }
+  const env: Record<string, string> = { ...identityEnv(spec), STUDIOPOOL_APP_TOKEN: spec.appToken }
   const exports = Object.entries(env)
     .map(([k, v]) => `export ${k}=${shq(v)}`)
     .join('\n')

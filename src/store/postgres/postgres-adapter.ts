@@ -8,6 +8,8 @@
  * unique index on (owner_id, template) over live states rejects a second live instance whatever the
  * caller did. Leader election is a session advisory lock (leader.ts).
  */
+import type { RateDecision } from '../../domain/rate-limit.js'
+import { takePgRateToken } from './rate-limit.js'
 import { userInfo } from 'node:os'
 import pg from 'pg'
 import { Kysely, PostgresDialect, sql } from 'kysely'
@@ -16,14 +18,55 @@ import type { StoreAdapter } from '../adapter.js'
 import { advisoryKey, PG_TIMEOUT_DEFAULTS, type PgTimeouts } from '../dialects.js'
 import type { MigrationDialect } from '../migrations/index.js'
 import type { Db } from '../rows.js'
-import type { WarmClaimInput, WarmClaimResult } from '../store.js'
+import type { InstanceWatch, InstanceWatcher, WarmClaimInput, WarmClaimResult } from '../store.js'
+import { listenForChanges } from './change-listener.js'
 import type { Database } from '../tables.js'
-import { PgLeader } from './leader.js'
+import { PgLeader, type LeaderTiming } from './leader.js'
 import { claimWarmPg } from './warm-claim.js'
 import { WarmClaimBatcher } from '../warm-batcher.js'
 
+/**
+ * The channel route changes are announced on (0008-ha); the payload is `<schema> <instanceId> <ms>`
+ * and, unless it would not fit NOTIFY's 8000 bytes, ` <the row as JSON>` (without the progress token
+ * hash), so a follower need not read the row back.
+ */
+export const ROUTE_CHANNEL = 'studiopool_routes'
+
 const MIGRATIONS: MigrationDialect = {
   serialPrimaryKey: (t, column) => t.addColumn(column, 'bigserial', (c) => c.primaryKey()),
+  async installRouteNotify(db) {
+    // The payload names the schema (several pools or tests may share a database) and when the row
+    // changed (ms, the server's clock), so a follower can measure how long the news took.
+    await sql`create or replace function studiopool_route_notify() returns trigger language plpgsql as $$
+      declare
+        p text;
+        r text;
+      begin
+        p := current_schema() || ' ' || coalesce(new.id, old.id) || ' '
+          || (extract(epoch from clock_timestamp()) * 1000)::bigint::text;
+        if tg_op <> 'DELETE' then
+          r := (to_jsonb(new) - 'progress_token_hash')::text;
+          if octet_length(p) + octet_length(r) < 7900 then p := p || ' ' || r; end if;
+        end if;
+        perform pg_notify(${sql.lit(ROUTE_CHANNEL)}, p);
+        return null;
+      end $$`.execute(db)
+    // Deferred constraint triggers fire at commit: the time they stamp is when the change became
+    // visible, not when a longer transaction first wrote the row.
+    await sql`create constraint trigger instances_route_notify after insert or delete on instances
+      deferrable initially deferred for each row execute function studiopool_route_notify()`.execute(db)
+    await sql`create constraint trigger instances_route_change_notify after update on instances
+      deferrable initially deferred for each row
+      when (old.state is distinct from new.state or old.owner_id is distinct from new.owner_id
+        or old.address is distinct from new.address or old.generation is distinct from new.generation
+        or old.progress is distinct from new.progress or old.progress_message is distinct from new.progress_message)
+      execute function studiopool_route_notify()`.execute(db)
+  },
+  async removeRouteNotify(db) {
+    await sql`drop trigger if exists instances_route_change_notify on instances`.execute(db)
+    await sql`drop trigger if exists instances_route_notify on instances`.execute(db)
+    await sql`drop function if exists studiopool_route_notify()`.execute(db)
+  },
 }
 
 const PG_INT8 = 20
@@ -67,7 +110,11 @@ export interface PostgresOptions {
   /** config.pool.id: the advisory-lock keys derive from it. */
   readonly poolId: string
   readonly timeouts?: PgTimeouts
+  /** How long a silent worker leader keeps its lock (ha.leaderTimeout), ms. */
+  readonly leaderTimeoutMs?: number
 }
+
+export const LEADER_TIMEOUT_DEFAULT_MS = 5_000
 
 export function openPostgres(opts: PostgresOptions): StoreAdapter {
   const timeouts = opts.timeouts ?? PG_TIMEOUT_DEFAULTS
@@ -103,6 +150,17 @@ export function openPostgres(opts: PostgresOptions): StoreAdapter {
         'postgres idle client error',
       ),
     )
+    // A client in use between two statements (inside a transaction) has no listener of the pool's:
+    // Postgres stopping (57P01) or the socket dropping then emitted 'error' with none, and crashed
+    // the process. Its next statement fails instead, and the pool drops it when it is released.
+    pool.on('connect', (client) =>
+      client.on('error', (err) =>
+        opts.log.warn(
+          { err: { message: err.message, code: (err as { code?: string }).code } },
+          'postgres client error',
+        ),
+      ),
+    )
     return pool
   }
   // Warm claims get connections of their own, carved out of poolSize: behind every claim the pool
@@ -112,10 +170,17 @@ export function openPostgres(opts: PostgresOptions): StoreAdapter {
   const claimConnections = total >= 4 ? Math.max(1, Math.floor(total / 4)) : 0
   const pool = newPool(total - claimConnections, 'studiopool')
   const claimPool = claimConnections > 0 ? newPool(claimConnections, 'studiopool-claims') : pool
-  // keepAlive: a half-open leader connection must not hold the leader lock for hours.
-  const newClient = () => new pg.Client({ ...cfg, keepAlive: true, application_name: 'studiopool-leader' })
-  const leader = new PgLeader(newClient, advisoryKey(opts.poolId, 'leader'), opts.log)
-  return new PostgresAdapter({ pool, claimPool, leader, poolId: opts.poolId })
+  // keepAlive: a half-open leader connection must not hold the leader lock for hours. Each of its
+  // round trips is bounded by the leader timeout: a leader that cannot reach Postgres stops leading.
+  const newClient = (t: LeaderTiming) =>
+    new pg.Client({ ...cfg, keepAlive: true, query_timeout: t.timeoutMs, application_name: 'studiopool-leader' })
+  const leader = new PgLeader(newClient, {
+    key: advisoryKey(opts.poolId, 'leader'),
+    poolId: opts.poolId,
+    log: opts.log,
+    timing: { timeoutMs: opts.leaderTimeoutMs ?? LEADER_TIMEOUT_DEFAULT_MS },
+  })
+  return new PostgresAdapter({ pool, claimPool, leader, poolId: opts.poolId, url: opts.url, log: opts.log, cfg })
 }
 
 class PostgresAdapter implements StoreAdapter {
@@ -128,8 +193,21 @@ class PostgresAdapter implements StoreAdapter {
   readonly #leader: PgLeader
   readonly #assignKey: string
   readonly #batcher = new WarmClaimBatcher((claims) => claimWarmPg(this.#claimPool, claims))
+  readonly #cfg: pg.ClientConfig
+  readonly #log: Logger
+  readonly #watches = new Set<InstanceWatch>()
 
-  constructor(o: { pool: pg.Pool; claimPool: pg.Pool; leader: PgLeader; poolId: string }) {
+  constructor(o: {
+    pool: pg.Pool
+    claimPool: pg.Pool
+    leader: PgLeader
+    poolId: string
+    url: string
+    log: Logger
+    cfg: pg.ClientConfig
+  }) {
+    this.#cfg = o.cfg
+    this.#log = o.log
     this.#claimPool = o.claimPool
     this.#ownClaimPool = o.claimPool !== o.pool
     this.#leader = o.leader
@@ -168,6 +246,28 @@ class PostgresAdapter implements StoreAdapter {
     return this.#leader.tryLead()
   }
 
+  takeRateToken(key: string, rate: number, burst: number, now: number): Promise<RateDecision> {
+    return takePgRateToken(this.db, key, rate, burst, now)
+  }
+
+  leaderEpoch(): number | undefined {
+    return this.#leader.epoch
+  }
+
+  readonly shareLock = sql.raw('for share')
+
+  watchInstances(watcher: InstanceWatcher): InstanceWatch {
+    const w = listenForChanges(this.#cfg, ROUTE_CHANNEL, this.#log, watcher)
+    this.#watches.add(w)
+    return {
+      connected: w.connected,
+      close: async () => {
+        this.#watches.delete(w)
+        await w.close()
+      },
+    }
+  }
+
   async isEmpty(): Promise<boolean> {
     const r = await sql<{ t: string | null }>`select to_regclass('studiopool_migration')::text as t`.execute(this.db)
     return !r.rows[0]?.t
@@ -181,6 +281,8 @@ class PostgresAdapter implements StoreAdapter {
   }
 
   async close(): Promise<void> {
+    for (const w of [...this.#watches]) await w.close()
+    this.#watches.clear()
     await this.#leader.close()
     if (this.#ownClaimPool) await this.#claimPool.end().catch(() => {})
     await this.db.destroy()

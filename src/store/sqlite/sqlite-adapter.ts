@@ -8,6 +8,7 @@
  * always ours. Warm claims run as one synchronous transaction of prepared statements, the claims of
  * one event-loop turn share it (warm-batcher.ts), and it runs ahead of queued statements (#runWarm).
  */
+import { takeToken, type RateDecision } from '../../domain/rate-limit.js'
 import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
 import BetterSqlite3 from 'better-sqlite3'
@@ -19,6 +20,8 @@ import { refuseDamaged } from '../store-check.js'
 import type { WarmClaimInput, WarmClaimResult } from '../store.js'
 import type { Database } from '../tables.js'
 import { prepareWarmBatch, type WarmBatch } from './warm-claims.js'
+import { startCheckpointer, type Checkpointer } from './checkpointer.js'
+import type { Logger } from 'pino'
 import { WarmClaimBatcher, type TimedClaim } from '../warm-batcher.js'
 
 /** How long a SQLite writer waits for another process's lock before SQLITE_BUSY, ms. */
@@ -32,7 +35,15 @@ const MIGRATIONS: MigrationDialect = {
 }
 
 /** Opens (creating when absent) the SQLite file at `path`, or `:memory:` / a `file:` URI. */
-export function openSqlite(path: string, opts: { integrityCheck?: boolean } = {}): StoreAdapter {
+export function openSqlite(
+  path: string,
+  opts: {
+    integrityCheck?: boolean
+    /** WAL checkpoints on a worker thread (checkpointer.ts): the server's store; a file path only. */
+    backgroundCheckpoints?: boolean
+    log?: Logger
+  } = {},
+): StoreAdapter {
   if (path !== ':memory:' && !path.startsWith('file:')) mkdirSync(dirname(path), { recursive: true })
   const database = new BetterSqlite3(path)
   try {
@@ -54,7 +65,18 @@ export function openSqlite(path: string, opts: { integrityCheck?: boolean } = {}
       refuseDamaged(path, [(err as Error).message])
     throw err
   }
-  return new SqliteAdapter(database)
+  const fileBacked = path !== ':memory:' && !path.startsWith('file:')
+  const checkpointer =
+    opts.backgroundCheckpoints && fileBacked
+      ? startCheckpointer(path, database, {
+          onError: (err) =>
+            opts.log?.warn(
+              { err: err.message },
+              'the SQLite checkpoint thread stopped; checkpoints run on the main thread again',
+            ),
+        })
+      : undefined
+  return new SqliteAdapter(database, checkpointer)
 }
 
 /**
@@ -85,8 +107,11 @@ class SqliteAdapter implements StoreAdapter {
   readonly #batcher = new WarmClaimBatcher((claims) => this.#runWarm(claims))
   #warmBatch: WarmBatch | undefined
 
-  constructor(database: BetterSqlite3.Database) {
+  readonly #checkpointer: Checkpointer | undefined
+
+  constructor(database: BetterSqlite3.Database, checkpointer?: Checkpointer) {
     this.#raw = database
+    this.#checkpointer = checkpointer
     this.db = new Kysely<Database>({ dialect: new SqliteDialect({ database: withStatementCache(database) }) })
   }
 
@@ -152,6 +177,26 @@ class SqliteAdapter implements StoreAdapter {
     return Promise.resolve(true)
   }
 
+  /** One process owns a SQLite store, so its buckets live here, with the same arithmetic as Postgres's rows. */
+  readonly #buckets = new Map<string, { tokens: number; at: number }>()
+  takeRateToken(key: string, rate: number, burst: number, now: number): Promise<RateDecision> {
+    const next = takeToken(this.#buckets.get(key), rate, burst, now)
+    this.#buckets.set(key, { tokens: next.tokens, at: next.at })
+    return Promise.resolve(next.decision)
+  }
+
+  /** One process (SQLite is single-process): nothing to fence. */
+  leaderEpoch(): number | undefined {
+    return undefined
+  }
+
+  readonly shareLock = sql.raw('')
+
+  /** One process writes an SQLite store: its own pool publishes every change. */
+  watchInstances(): undefined {
+    return undefined
+  }
+
   async isEmpty(): Promise<boolean> {
     const r = await sql<{ n: number }>`select count(*) as n from sqlite_master
       where type = 'table' and name = 'studiopool_migration'`.execute(this.db)
@@ -163,6 +208,7 @@ class SqliteAdapter implements StoreAdapter {
   }
 
   async close(): Promise<void> {
+    await this.#checkpointer?.close()
     await this.db.destroy()
   }
 }

@@ -1,14 +1,16 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { historyCsv } from '../../api/routes/history.js'
+import { historyCsvStream } from '../../api/routes/history.js'
 import { isAppError } from '../../domain/errors.js'
 import { isInstanceId, isKeyId, isKeyName } from '../../domain/ids.js'
 import { LIVE_STATES, type Instance } from '../../domain/instance.js'
 import { KEY_ROLES, type KeyRole } from '../../domain/keys.js'
 import type { HistoryFilter } from '../../store/store.js'
 import { renderAdminView, type HistoryFilters } from '../admin-view.js'
+import { renderAdminCost } from '../cost-view.js'
 import { stateChart } from '../chart.js'
+import { forecastSection } from '../forecast-section.js'
 import { formOf, type DashboardContext } from '../context.js'
 import type { Guards } from '../guards.js'
 import { messagePage } from '../html.js'
@@ -16,13 +18,14 @@ import { messagePage } from '../html.js'
 const DAY_MS = 86_400_000
 const HISTORY_PAGE = 200
 const DATE_RE = /^\d{4}-\d{2}-\d{2}$/
-const ACTIONS = ['stop', 'resume', 'restart', 'delete'] as const
-const DONE = { delete: 'deleted', restart: 'restarted', stop: 'stopped', resume: 'resumed' } as const
+/** `suspend` keeps the disk (resume brings it back); `delete` ends the session — the API's `stop`. */
+const ACTIONS = ['suspend', 'resume', 'restart', 'delete'] as const
+const DONE = { delete: 'deleted', restart: 'restarted', suspend: 'suspended', resume: 'resumed' } as const
 
 const ADMIN_NOTICES: Record<string, string> = {
   deleted: 'The instance was deleted and its session ended.',
   restarted: 'The instance is restarting under the same address.',
-  stopped: 'The instance was stopped; its disk is kept.',
+  suspended: 'The instance was suspended; its disk is kept. Resume brings it back under the same address.',
   resumed: 'The instance is resuming.',
   revoked: 'The key was revoked.',
 }
@@ -62,13 +65,12 @@ export const adminRoutes: FastifyPluginAsyncTypebox<{ ctx: DashboardContext; gua
     { schema: { hide: true, querystring: AdminQuery }, preHandler: guard.adminPage },
     async (req, reply) => {
       const { store: hf } = filtersOf(ctx, req.query)
-      const rows = await deps.store.listHistory({ ...hf, limit: 10_000 })
       return reply
         .type('text/csv; charset=utf-8')
         .header('cache-control', 'no-store')
         .header('x-content-type-options', 'nosniff')
         .header('content-disposition', 'attachment; filename="studiopool-history.csv"')
-        .send(historyCsv(rows))
+        .send(historyCsvStream(deps.store, hf))
     },
   )
 
@@ -87,7 +89,7 @@ export const adminRoutes: FastifyPluginAsyncTypebox<{ ctx: DashboardContext; gua
       if (!inst) return notFound(req, reply, 'No such instance', 'This instance does not exist (any more).')
       if (action === 'delete') await deps.pool.release(id, 'admin', by)
       else if (action === 'restart') await deps.pool.restart(id, by)
-      else if (action === 'stop') await deps.pool.suspend(id, by)
+      else if (action === 'suspend') await deps.pool.suspend(id, by)
       else await deps.pool.resume(id, by)
       return reply.redirect(`/admin?done=${DONE[action]}#h-inst`, 303)
     },
@@ -174,7 +176,7 @@ async function adminPage(
   const { deps, config } = ctx
   const now = Date.now()
   const { filters, store: hf } = filtersOf(ctx, extra.createdKey ? {} : q)
-  const [counts, active, instances, queue, samples, history, keys] = await Promise.all([
+  const [counts, active, instances, queue, samples, history, keys, forecasts] = await Promise.all([
     deps.store.countByState(),
     deps.store.countActive(),
     deps.store.listInstances({ states: [...LIVE_STATES, 'stopping'], limit: 1000 }),
@@ -182,7 +184,10 @@ async function adminPage(
     deps.store.listStateSamples(now - DAY_MS, now),
     deps.store.listHistory({ ...hf, limit: HISTORY_PAGE }),
     deps.keyring.list(),
+    forecastSection(config, deps.store, deps.pool, now),
   ])
+  const month = new Date(now)
+  const usage = await deps.pool.cost.usage(Date.UTC(month.getUTCFullYear(), month.getUTCMonth(), 1), now)
   const params = new URLSearchParams(Object.entries(filters).filter(([, v]) => v) as [string, string][])
   const done = typeof q.done === 'string' ? ADMIN_NOTICES[q.done] : undefined
   const suspendable = new Set(
@@ -201,11 +206,13 @@ async function adminPage(
       })),
       poolMax: config.pool.maxInstances,
       isolation: deps.pool.isolation(),
+      shared: await deps.pool.sharedStatus(),
       active: active.total,
       instances: instances.sort(byNewest),
       suspendable,
       queue,
       chart: stateChart(samples, now - DAY_MS, now),
+      forecasts,
       history,
       historyLimit: HISTORY_PAGE,
       filters,
@@ -214,6 +221,7 @@ async function adminPage(
       notice: extra.notice ?? (done ? { text: done } : undefined),
       createdKey: extra.createdKey,
       sessionUrl: (id) => deps.links.sessionUrl(id),
+      cost: renderAdminCost(usage, usage.budgets),
     }),
   )
 }

@@ -7,9 +7,13 @@ import { formOf, type DashboardContext } from '../context.js'
 import type { Guards } from '../guards.js'
 import { messagePage } from '../html.js'
 import { renderUserView } from '../user-view.js'
+import { renderUserSpend } from '../cost-view.js'
 
 const USER_NOTICES: Record<string, string> = {
   stopped: 'The session was stopped.',
+  kept: 'Noted: you are still working. The idle timer starts again.',
+  suspended: 'The session was suspended: its disk is kept. Resume it here when you need it again.',
+  resumed: 'The session is resuming.',
   launched: 'Your session is being prepared.',
 }
 
@@ -67,29 +71,36 @@ export const userRoutes: FastifyPluginAsyncTypebox<{ ctx: DashboardContext; guar
     return reply.redirect(`/?done=launched#t-${t.name}`, 303)
   })
 
-  app.post(
-    '/sessions/:id/stop',
-    { schema: { hide: true, params: IdParam }, preHandler: guard.post },
-    async (req, reply) => {
-      const user = ctx.userOf(req)
-      const { id } = req.params
-      const inst = isInstanceId(id) ? await deps.store.getInstance(id) : undefined
-      if (!inst)
-        return ctx.html(
-          reply,
-          404,
-          messagePage('No such session', 'This session does not exist or has ended.', { viewer: ctx.viewerOf(req) }),
-        )
-      if (inst.ownerId !== user.userId)
-        return ctx.html(
-          reply,
-          403,
-          messagePage('Not your session', 'You can stop only your own sessions.', { viewer: ctx.viewerOf(req) }),
-        )
-      await deps.pool.release(id, 'user', ctx.actor(user))
-      return reply.redirect('/?done=stopped', 303)
-    },
-  )
+  // Stop, and the warning's "Keep working" and "Suspend" (issue 13), and Resume: the owner's own sessions only.
+  for (const action of ['stop', 'keep', 'suspend', 'resume'] as const) {
+    app.post(
+      `/sessions/:id/${action}`,
+      { schema: { hide: true, params: IdParam }, preHandler: guard.post },
+      async (req, reply) => {
+        const user = ctx.userOf(req)
+        const { id } = req.params
+        const inst = isInstanceId(id) ? await deps.store.getInstance(id) : undefined
+        if (!inst)
+          return ctx.html(
+            reply,
+            404,
+            messagePage('No such session', 'This session does not exist or has ended.', { viewer: ctx.viewerOf(req) }),
+          )
+        if (inst.ownerId !== user.userId)
+          return ctx.html(
+            reply,
+            403,
+            messagePage('Not your session', 'You can act only on your own sessions.', { viewer: ctx.viewerOf(req) }),
+          )
+        if (action === 'stop') await deps.pool.release(id, 'user', ctx.actor(user))
+        else if (action === 'keep') await deps.pool.keepWorking(id)
+        else if (action === 'suspend') await deps.pool.suspend(id, ctx.actor(user))
+        else await deps.pool.resume(id, ctx.actor(user))
+        const done = ({ stop: 'stopped', keep: 'kept', suspend: 'suspended', resume: 'resumed' } as const)[action]
+        return reply.redirect(`/?done=${done}#t-${inst.template}`, 303)
+      },
+    )
+  }
 }
 
 /** The user's page: a card per template they may use (or have a session of), and their recent history. */
@@ -107,6 +118,8 @@ async function userHome(ctx: DashboardContext, req: FastifyRequest, reply: Fasti
       .map(async (t) => {
         const instance = live.find((i) => i.template === t.name)
         return {
+          // The same warning as the session's banner (domain/pending-stop.ts), computed by the pool.
+          stop: instance ? await deps.pool.pendingStops.status(instance, now) : undefined,
           template: t,
           unavailable: deps.pool.unavailableReason(t.name),
           instance,
@@ -117,9 +130,14 @@ async function userHome(ctx: DashboardContext, req: FastifyRequest, reply: Fasti
       }),
   )
   const done = typeof q.done === 'string' ? USER_NOTICES[q.done] : undefined
+  const d = new Date(now)
+  const usage = await deps.pool.cost.usage(Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), 1), now, {
+    userId: user.userId,
+  })
+  const spend = renderUserSpend(usage, usage.budgets)
   return ctx.html(
     reply,
     200,
-    renderUserView({ viewer: ctx.viewer(req), cards, history, now, notice: done ? { text: done } : undefined }),
+    renderUserView({ viewer: ctx.viewer(req), cards, history, now, notice: done ? { text: done } : undefined, spend }),
   )
 }
