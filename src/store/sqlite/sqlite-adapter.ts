@@ -20,6 +20,7 @@ import { refuseDamaged } from '../store-check.js'
 import type { WarmClaimInput, WarmClaimResult } from '../store.js'
 import type { Database } from '../tables.js'
 import { prepareWarmBatch, type WarmBatch } from './warm-claims.js'
+import { plainParams } from './plain-params.js'
 import { startCheckpointer, type Checkpointer } from './checkpointer.js'
 import type { Logger } from 'pino'
 import { WarmClaimBatcher, type TimedClaim } from '../warm-batcher.js'
@@ -83,6 +84,8 @@ export function openSqlite(
  * Kysely's SQLite driver prepares every query anew; preparing was a tenth of a warm hit's CPU.
  * better-sqlite3 statements are reusable and run synchronously, so one per SQL text is safe
  * (the store never streams rows). Bounded, since `IN (…)` lists of other lengths are other texts.
+ * Parameters are bound as plain values (plain-params.ts), or SQLite would compile many of these
+ * statements again on every run anyway.
  */
 function withStatementCache(database: BetterSqlite3.Database): SqliteDatabase {
   const cache = new Map<string, BetterSqlite3.Statement>()
@@ -91,7 +94,7 @@ function withStatementCache(database: BetterSqlite3.Database): SqliteDatabase {
     prepare: (sql: string) => {
       let stmt = cache.get(sql)
       if (!stmt) {
-        stmt = database.prepare(sql)
+        stmt = database.prepare(plainParams(sql))
         if (cache.size < STATEMENT_CACHE_MAX) cache.set(sql, stmt)
       }
       return stmt as unknown as SqliteStatement

@@ -1,5 +1,6 @@
 /** SQLite's warm hit: prepared statements run as one synchronous transaction. */
 import type BetterSqlite3 from 'better-sqlite3'
+import { plainParams } from './plain-params.js'
 import { LIVE_SQL, toInstance, warmAuditDetail } from '../rows.js'
 import type { WarmClaimResult } from '../store.js'
 import type { TimedClaim } from '../warm-batcher.js'
@@ -7,8 +8,14 @@ import type { InstancesTable } from '../tables.js'
 
 export type WarmBatch = BetterSqlite3.Transaction<(claims: readonly TimedClaim[]) => WarmClaimResult[]>
 
-/** SQLite's warm-hit transaction, prepared once; the same rows as findLive, openAssignment and audit write. */
-export function prepareWarmBatch(db: BetterSqlite3.Database): WarmBatch {
+/**
+ * SQLite's warm-hit transaction, prepared once; the same rows as findLive, openAssignment and audit
+ * write. Parameters bound as plain values (plain-params.ts: `template = ?` was compiled anew on every run).
+ */
+export function prepareWarmBatch(raw: BetterSqlite3.Database): WarmBatch {
+  const db = {
+    prepare: <P extends unknown[], R = unknown>(sql: string) => raw.prepare<P, R>(plainParams(sql)),
+  }
   const live = db.prepare<[string, string], InstancesTable>(
     `select * from instances where owner_id = ? and template = ? and state in (${LIVE_SQL}) limit 1`,
   )
@@ -24,7 +31,7 @@ export function prepareWarmBatch(db: BetterSqlite3.Database): WarmBatch {
   const audit = db.prepare<[number, string, string | null, string]>(
     `insert into audit_log (at, instance_id, event, actor, detail) values (?, ?, 'assigned', ?, ?)`,
   )
-  return db.transaction((claims: readonly TimedClaim[]): WarmClaimResult[] => {
+  return raw.transaction((claims: readonly TimedClaim[]): WarmClaimResult[] => {
     const exhausted = new Set<string>()
     return claims.map(({ claim: c, now }): WarmClaimResult => {
       const existing = live.get(c.userId, c.template)
