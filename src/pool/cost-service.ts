@@ -61,9 +61,12 @@ export class CostService {
     return this.#groups.get(userId) ?? []
   }
 
-  /** The worker's step: accrue every instance's cost, then check every budget (warn, stop). */
-  async cycle(now: number): Promise<void> {
-    await this.accrual.sync(now)
+  /**
+   * The worker's step: accrue every instance's cost, then check every budget (warn, stop).
+   * `active`: the cycle's own list of active instances, read at its start (CostAccrual.sync).
+   */
+  async cycle(now: number, active?: readonly Instance[]): Promise<void> {
+    await this.accrual.sync(now, active)
     await this.budgets.cycle(now, () => this.#d.store.listInstances({ states: LIVE_STATES, assigned: true }))
   }
 
