@@ -98,6 +98,18 @@ function horizon(inst: AccruingInstance, now: number): { end: number; running: b
 }
 
 /**
+ * Whether a stopped instance with no open segment has all of its running time up to `end` in closed
+ * segments already. That is the case when it never ran (it ended in the queue), when its last
+ * segment ends at `end`, or when it has not started again since its last segment ended. An
+ * instance only runs again after a resume, which sets `startedAt`, so an instance ended while
+ * suspended is not charged for its suspension.
+ */
+export function isAccrued(inst: Pick<AccruingInstance, 'startedAt'>, lastEnd: number | null, end: number): boolean {
+  if (inst.startedAt === null) return true
+  return lastEnd !== null && (lastEnd >= end || inst.startedAt <= lastEnd)
+}
+
+/**
  * What to write so that the instance's segments cover its running time up to now: the open
  * segment closed where its attribution, or the price, changed; closed segments for what happened
  * between two calls; the segment it runs on now left open. Empty when nothing changed.
@@ -107,8 +119,7 @@ export function plan(input: AccrualInput): AccrualPlan {
   const h = horizon(inst, now)
   const runningFrom = inst.startedAt ?? inst.createdAt
   if (!h) return open ? { close: { id: open.id, endedAt: Math.max(open.startedAt, now) }, insert: [] } : { insert: [] }
-  if (!open && !h.running && (inst.startedAt === null || (input.lastEnd !== null && input.lastEnd >= h.end)))
-    return { insert: [] } // never ran (ended in the queue), or already closed
+  if (!open && !h.running && isAccrued(inst, input.lastEnd, h.end)) return { insert: [] }
   const from = open ? open.startedAt : Math.max(input.lastEnd ?? runningFrom, runningFrom)
   if (h.end <= from) {
     if (!open) return { insert: [] }

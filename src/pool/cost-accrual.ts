@@ -8,7 +8,7 @@
  */
 import type { Logger } from 'pino'
 import type { Config, TemplateConfig } from '../config/types.js'
-import { plan, type CostSegment } from '../cost/accrual.js'
+import { isAccrued, plan, type CostSegment } from '../cost/accrual.js'
 import { rateFor, templateMarket, type Market, type PriceBook } from '../cost/prices.js'
 import { ACTIVE_STATES, ENDED_STATES, type Assignment, type Instance } from '../domain/instance.js'
 import type { Store, StoreTx } from '../store/store.js'
@@ -86,15 +86,14 @@ export class CostAccrual {
     const ids = new Set<string>([...listed.map((i) => i.id), ...openBy.keys()])
     const byId = new Map([...listed, ...ended].map((i) => [i.id, i]))
     for (const i of ended) ids.add(i.id)
-    // An ended instance with no open segment whose running time is already covered: its step would
-    // write nothing (plan()'s own test), so it is not read again. Before, every instance ended in
-    // the last ENDED_MARGIN_MS was read again in every pass (bench:reconcile's idle culls).
+    // An ended instance with no open segment whose running time is already covered: its step
+    // would write nothing (isAccrued, plan()'s own test), so it is not read again. Before, every
+    // instance ended in the last ENDED_MARGIN_MS was read again in every pass.
     const settled = ended.filter((i) => !openBy.has(i.id))
     if (settled.length) {
       const ends = await store.lastCostEnds(settled.map((i) => i.id))
       for (const i of settled) {
-        const lastEnd = ends.get(i.id)
-        if (i.startedAt === null || (lastEnd !== undefined && lastEnd >= (i.endedAt ?? now))) ids.delete(i.id)
+        if (isAccrued(i, ends.get(i.id) ?? null, i.endedAt ?? now)) ids.delete(i.id)
       }
     }
     const todo = [...ids].filter((id) => {

@@ -94,6 +94,31 @@ test('suspended time is not charged; the resume starts a new segment', () => {
   ])
 })
 
+test('an instance ended while suspended is not charged for its suspension', () => {
+  const l = ledger()
+  const open = [{ userId: 'u1', keyName: 'k', startedAt: 0, endedAt: null }]
+  const closed = [{ ...open[0]!, endedAt: 80 * M }]
+  l.run(input({ instance: inst({ startedAt: 0 }), assignments: open, now: 10 * M }))
+  l.run(input({ instance: inst({ state: 'suspended', updatedAt: 30 * M }), assignments: open, now: 40 * M }))
+  const ended = inst({ state: 'terminated', updatedAt: 80 * M, endedAt: 80 * M })
+  l.run(input({ instance: ended, assignments: closed, now: 90 * M }))
+  l.run(input({ instance: ended, assignments: closed, now: 100 * M }))
+  assert.deepEqual(l.view(), [['assigned', 'u1', 0, 30]])
+})
+
+test('an instance resumed and then ended between two passes is charged from the resume to its end', () => {
+  const l = ledger()
+  const open = [{ userId: 'u1', keyName: 'k', startedAt: 0, endedAt: null }]
+  l.run(input({ instance: inst({ startedAt: 0 }), assignments: open, now: 10 * M }))
+  l.run(input({ instance: inst({ state: 'suspended', updatedAt: 30 * M }), assignments: open, now: 40 * M }))
+  const ended = inst({ state: 'terminated', startedAt: 50 * M, updatedAt: 80 * M, endedAt: 80 * M })
+  l.run(input({ instance: ended, assignments: [{ ...open[0]!, endedAt: 80 * M }], now: 90 * M }))
+  assert.deepEqual(l.view(), [
+    ['assigned', 'u1', 0, 30],
+    ['assigned', 'u1', 50, 80],
+  ])
+})
+
 test('a spot instance is priced and recorded on spot; its market tag overrides the template', () => {
   const p = plan(input({ market: 'spot' }))
   assert.equal(p.insert[0]!.market, 'spot')
