@@ -43,13 +43,6 @@ const PAGE = 1000
 const SLICE_MS = 4
 
 /**
- * Ends (idle, lifetime) and start failures a cycle runs at once. One at a time, 20 idle culls took
- * 70-160 ms of a Postgres cycle (bench:reconcile), and an end of class with hundreds idle at once
- * would take seconds. The limit leaves most of a Postgres pool's connections to the API meanwhile.
- */
-const TIMER_CONCURRENCY = 4
-
-/**
  * Measures a run of synchronous work: a promise of the next turn once it has run for SLICE_MS, else
  * undefined (not a resolved promise: awaiting one per instance is what #reconcile avoids).
  */
@@ -169,33 +162,18 @@ export class Worker {
     for (const [name, provider] of this.#d.providers)
       await this.#reconcileProvider(name, provider, byProvider.get(name) ?? [], report)
 
-    // 2. Start timeouts, probes, idle culling, lifetimes: up to TIMER_CONCURRENCY at a time.
+    // 2. Start timeouts, probes, idle culling, lifetimes.
     const now = this.#now()
     const slice = new Slice()
-    const acting = new Set<Promise<void>>()
-    let failure: { err: unknown } | undefined
     for (const inst of active) {
-      if (failure) break
       const acted = this.#timers(inst, now, report)
-      if (acted) {
-        const done: Promise<void> = acted
-          .then(
-            () => {},
-            (err: unknown) => void (failure ??= { err }),
-          )
-          .finally(() => acting.delete(done))
-        acting.add(done)
-        if (acting.size >= TIMER_CONCURRENCY) await Promise.race(acting)
-      }
+      if (acted) await acted
       const turn = slice.yieldIfLong()
       if (turn) await turn
     }
-    await Promise.all(acting)
-    // As when they ran one by one: the first failure ends the cycle (a stale leader's fence among them).
-    if (failure) throw failure.err
 
     // 3. Cost accrual and budgets (docs/cost.md): enforcement lags at most one cycle.
-    await pool.cost.cycle(now, active).catch((err) => this.#d.log.warn({ err: errText(err) }, 'cost step failed'))
+    await pool.cost.cycle(now).catch((err) => this.#d.log.warn({ err: errText(err) }, 'cost step failed'))
 
     // 4. Queue first, then warm pools (to the floors and caps of the schedules and forecasts).
     await pool.planWarm()
