@@ -269,14 +269,22 @@ export class Requests {
 
   /**
    * Ends the user's assignment and terminates the instance. Idempotent: releasing an ended or unknown
-   * instance resolves (the seed's DELETE answers OK twice).
+   * instance resolves (the seed's DELETE answers OK twice). `due`, when given, is asked again of the
+   * row read inside the stop's own transaction: a stop decided from an older read (the worker's
+   * idle cull) does not happen when activity or "keep working" has moved the deadline since.
    */
-  async release(id: string, reason: EndReason, actor: string | null = null): Promise<Instance | undefined> {
+  async release(
+    id: string,
+    reason: EndReason,
+    actor: string | null = null,
+    due?: (fresh: Instance, now: number) => boolean,
+  ): Promise<Instance | undefined> {
     const { c } = this
     const now = c.now()
     const result = await c.d.store.transaction(async (tx) => {
       const inst = await tx.getInstance(id)
       if (!inst || !isLive(inst.state)) return { inst, changed: false }
+      if (due && !due(inst, now)) return { inst, changed: false }
       const step = inst.state === 'queued' ? tr.endQueued(reason, now) : tr.beginStop(inst, reason, now)
       const next = await c.apply(id, step, tx)
       if (!next) return { inst, changed: false }

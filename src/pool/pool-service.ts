@@ -124,10 +124,16 @@ export class PoolService implements SharedGate {
 
   /**
    * Ends the user's assignment and terminates the instance. Idempotent: releasing an ended or unknown
-   * instance resolves (the seed's DELETE answers OK twice).
+   * instance resolves (the seed's DELETE answers OK twice). `due`: asked again of the row the stop
+   * reads in its own transaction (pool-request.ts).
    */
-  release(id: string, reason: EndReason, actor: string | null = null): Promise<Instance | undefined> {
-    return this.#requests.release(id, reason, actor)
+  release(
+    id: string,
+    reason: EndReason,
+    actor: string | null = null,
+    due?: (fresh: Instance, now: number) => boolean,
+  ): Promise<Instance | undefined> {
+    return this.#requests.release(id, reason, actor, due)
   }
 
   // --- pending stops (issue 13) ---------------------------------------------------------------

@@ -379,10 +379,16 @@ export class Worker {
     }
     if (t.shared && !inst.ownerId) return // idle and lifetime of shared instances: drained by pool-shared.ts
     // The same deadlines the warning shows (domain/pending-stop.ts): the banner and the cull never disagree.
-    const idleAt = idleStopAt(inst, t.idleTimeoutMs)
-    if (idleAt !== null && now >= idleAt) {
+    // `inst` was read at the start of the cycle, before the providers' list() calls: the stop asks
+    // the deadline again of the row it reads in its own transaction, so activity written since
+    // (the gateway's batch, "keep working") keeps the session.
+    const idleDue = (i: Instance, at: number) => {
+      const due = idleStopAt(i, t.idleTimeoutMs)
+      return due !== null && at >= due
+    }
+    if (idleDue(inst, now)) {
       report.culled++
-      return pool.release(inst.id, 'idle')
+      return pool.release(inst.id, 'idle', null, idleDue)
     }
     // Free warm instances are recycled after their lifetime too (fresh images, no drift).
     const lifeAt = lifetimeStopAt(inst, t.maxLifetimeMs)

@@ -112,6 +112,37 @@ describe('pending stops', () => {
     }
   })
 
+  test('activity written while the worker cycle runs (after it read the rows) keeps the session: the cull asks the deadline again', async () => {
+    let t = Date.UTC(2026, 0, 5, 9, 0, 0)
+    const h = makeHarness(await sqlite.make(), yaml('30m', '12h'), { appUrl: app.url, now: () => t })
+    try {
+      const id = await readySession(h, 'dee')
+      t += 30 * MIN // due by the row the cycle reads first
+      // The gateway's activity batch lands while the cycle asks the providers what runs.
+      const list = h.provider.list.bind(h.provider)
+      let wrote = false
+      h.provider.list = async (opts) => {
+        const out = await list(opts)
+        if (!wrote) await h.store.recordActivity([{ id, at: t - 1000 }])
+        wrote = true
+        return out
+      }
+      await h.worker.runOnce()
+      await h.pool.drain()
+      assert.ok(wrote, 'the provider was listed during the cycle')
+      const inst = await h.store.getInstance(id)
+      assert.equal(inst?.state, 'ready', 'not culled: the user was active a second ago')
+      assert.equal(inst?.ownerId, 'dee')
+
+      t += 30 * MIN // idle since that activity: culled now
+      await h.worker.runOnce()
+      await h.pool.drain()
+      assert.equal((await h.store.getInstance(id))?.endReason, 'idle')
+    } finally {
+      await h.close()
+    }
+  })
+
   test('no timeouts: nothing is pending and nothing is warned', async () => {
     const t = Date.UTC(2026, 0, 5, 9, 0, 0)
     const h = makeHarness(await sqlite.make(), yaml('0', '0'), { appUrl: app.url, now: () => t })
