@@ -6,7 +6,7 @@ import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { after, before, describe, test } from 'node:test'
-import { chromium, type Browser } from 'playwright-core'
+import { chromium, type Browser, type Page } from 'playwright-core'
 import WebSocket from 'ws'
 import { waitFor } from '../helpers/wait.js'
 import { printedBy } from '../helpers/jupyter.js'
@@ -25,8 +25,11 @@ import {
   startE2eServer,
 } from './harness.js'
 
-// Long enough that a busy machine rendering the first plot or notebook page does not look idle (server pushes do not count).
-const IDLE_MS = 6000
+// Long enough that a busy machine rendering the first plot or loading the notebook page's scripts
+// does not look idle: server pushes and the body of a response under way do not count. 6 s was not:
+// CI runs and a local run beside six busy loops saw R take longer than that for Shiny's first output,
+// and the session was culled while the browser waited for it.
+const IDLE_MS = 15_000
 /** From the moment the client goes quiet: the idle timeout, one activity flush, one worker pass, the app's shutdown. */
 const CULL_DEADLINE_MS = IDLE_MS + 20_000
 
@@ -52,6 +55,25 @@ function assertIdleCull(culled: { row: HistoryRow; instance: InstanceView }, use
   const idle = endedAt - lastActivityAt
   assert.ok(idle >= IDLE_MS, `culled ${idle} ms after the last activity, before the ${IDLE_MS} ms idle timeout`)
   return idle
+}
+
+/** What a page reported that a failure should name: console errors, failed requests, error statuses. */
+function watchPage(page: Page): { summary(): string } {
+  const notes: string[] = []
+  const at = () => new Date().toISOString().slice(11, 23)
+  page.on('console', (m) => {
+    if (m.type() === 'error' || m.type() === 'warning')
+      notes.push(`${at()} console.${m.type()}: ${m.text().slice(0, 300)}`)
+  })
+  page.on('pageerror', (e) => notes.push(`${at()} pageerror: ${e.message.slice(0, 300)}`))
+  page.on('requestfailed', (r) => notes.push(`${at()} failed ${r.url()}: ${r.failure()?.errorText ?? '?'}`))
+  page.on('response', (r) => {
+    if (r.status() >= 400) notes.push(`${at()} ${r.status()} ${r.url()}`)
+  })
+  return {
+    summary: () =>
+      notes.length ? notes.slice(-20).join('\n') : 'no console errors, failed requests or error statuses',
+  }
 }
 
 describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => {
@@ -222,6 +244,7 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
     let pids: number[]
     try {
       const page = await ctx.newPage()
+      const seen = watchPage(page)
       await page.goto(url)
       assert.equal(new URL(page.url()).pathname, `/s/${instanceId}/`)
       const summary = (re: string) =>
@@ -232,7 +255,7 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
           .catch(async (err: Error) => {
             const st = await s.command<{ instance: InstanceView }>('GET_STATUS', { instanceId, userId: 'bob' })
             throw new Error(
-              `${err.message}\n--- instance: ${JSON.stringify(st.body.instance)}\n--- output.log ---\n${s.outputLog(instanceId)}`,
+              `${err.message}\n--- page: ${seen.summary()}\n--- instance: ${JSON.stringify(st.body.instance)}\n--- output.log ---\n${s.outputLog(instanceId)}`,
             )
           })
       await summary('^norm: 100 draws, mean ')
@@ -263,20 +286,28 @@ describe('real sessions end to end (examples/studiopool.yaml)', { skip }, () => 
     let pids: number[]
     try {
       const page = await ctx.newPage()
+      const seen = watchPage(page)
       await page.goto(url)
       assert.equal(new URL(page.url()).pathname, `/s/${instanceId}/tree`)
-      // The tree page shows its New button once its scripts and kernel specs have loaded. One CI run
-      // saw it stay hidden for 30 s (cause not found; the page had loaded). That page is reloaded
-      // once, and the test says so, before the click must work.
+      // The tree page shows its New button once RequireJS has loaded its scripts, and RequireJS gives
+      // up on a script after 7 s (its default waitSeconds): on a machine stalled that long the page
+      // stays hidden for good. That page is reloaded once, well inside the idle timeout, and the
+      // test says so; after that the button must show, or the failure says what the page saw.
       const newButton = page.locator('#new-dropdown-button')
-      if (
-        !(await newButton.waitFor({ state: 'visible', timeout: 30_000 }).then(
+      const shown = (timeout: number) =>
+        newButton.waitFor({ state: 'visible', timeout }).then(
           () => true,
           () => false,
-        ))
-      ) {
-        t.diagnostic('the tree page New button was still hidden after 30 s; reloaded once')
+        )
+      if (!(await shown(Math.min(10_000, IDLE_MS / 2)))) {
+        t.diagnostic(`the tree page New button was hidden after 10 s; reloaded once (${seen.summary()})`)
         await page.reload()
+        if (!(await shown(20_000))) {
+          const st = await s.command<{ instance: InstanceView }>('GET_STATUS', { instanceId, userId: 'carol' })
+          throw new Error(
+            `the tree page New button stayed hidden after a reload\n--- page: ${seen.summary()}\n--- instance: ${JSON.stringify(st.body.instance)}`,
+          )
+        }
       }
       await page.click('#new-dropdown-button')
       const [nb] = await Promise.all([ctx.waitForEvent('page'), page.click('#kernel-python3 a')])
