@@ -219,29 +219,49 @@ export async function startSlurm(opts: StartSlurmOptions = {}): Promise<TestSlur
       await stopChild(ctld, 'slurmctld')
       await stopChild(munged, 'munged')
       // A job scancel did not end in time (a suspended one, a wedged step) outlives slurmd: its
-      // batch script runs from this cluster's spool, so its process group is ours to end.
-      killJobsUnder(join(dir, 'spool') + '/')
+      // batch script runs from this cluster's spool, and every process of a job carries this
+      // cluster's SLURM_CONF in its environment (an app whose batch script has already exited
+      // too: a CI run found one, re-parented to init), so their process groups are ours to end.
+      killJobsUnder(join(dir, 'spool') + '/', `SLURM_CONF=${join(dir, 'slurm.conf')}\0`)
       rmSync(dir, { recursive: true, force: true })
     },
   }
 }
 
-/** SIGKILLs the process group of every process whose command line names a file under `spool`. */
-function killJobsUnder(spool: string): void {
+/**
+ * SIGKILLs the process group of every process whose command line names a file under `spool` (a
+ * batch script), and every job process: one whose environment holds `envEntry` and a
+ * SLURM_JOB_ID (each job's processes inherit both; a server a test started with this cluster's
+ * SLURM_CONF has no SLURM_JOB_ID and is left alone).
+ */
+function killJobsUnder(spool: string, envEntry: string): void {
+  const pids = new Set<number>()
   const groups = new Set<number>()
-  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+  for (const name of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    const pid = Number(name)
+    if (pid === process.pid) continue
     try {
-      if (!readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(spool)) continue
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-      const pgid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2])
-      if (pgid > 1) groups.add(pgid)
+      if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(spool)) {
+        const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+        const pgid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2])
+        if (pgid > 1) groups.add(pgid)
+      }
+      const environ = readFileSync(`/proc/${pid}/environ`, 'latin1')
+      if (environ.includes(envEntry) && /(^|\0)SLURM_JOB_ID=/.test(environ)) pids.add(pid)
     } catch {
-      // exited meanwhile
+      // exited meanwhile, or not ours to read
     }
   }
   for (const g of groups) {
     try {
       process.kill(-g, 'SIGKILL')
+    } catch {
+      // gone already
+    }
+  }
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGKILL')
     } catch {
       // gone already
     }
