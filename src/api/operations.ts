@@ -40,6 +40,13 @@ const Paged = (key: string, item: TSchema) =>
     }),
     total: Type.Integer({ minimum: 0, description: 'rows matching the filters, on every page' }),
   })
+const QueueRow = Open({
+  position: Type.Integer(),
+  instanceId: Str,
+  template: Str,
+  userId: NullableStr,
+  since: Str,
+})
 const PAGED = 'One page; `nextCursor` (also the `Link: <…>; rel="next"` header) leads to the next.'
 
 const lifecycle = (action: string, description: string): Operation => ({
@@ -136,10 +143,14 @@ export const OPERATIONS: Readonly<Record<string, Operation>> = {
       maxInstances: Type.Integer(),
       active: Type.Integer(),
       byTemplate: Type.Record(Str, Type.Record(Str, Type.Integer())),
-      queue: Type.Array(
-        Open({ position: Type.Integer(), instanceId: Str, template: Str, userId: NullableStr, since: Str }),
-      ),
+      queueLength: Type.Integer(),
+      queue: Type.Array(QueueRow, { description: 'the oldest 1,000; GET /api/v1/pool/queue pages all of it' }),
     }),
+  },
+  'GET /api/v1/pool/queue': {
+    operationId: 'listQueue',
+    description: `${PAGED} Oldest first; \`position\` is within the row's template, as GET_STATUS shows it.`,
+    body: Paged('queue', QueueRow),
   },
   'GET /api/v1/history': {
     operationId: 'listHistory',

@@ -38,6 +38,7 @@ export const LISTS = {
   audit: { name: 'audit', defaultLimit: 200, maxLimit: 5000, key: ['int'] },
   keys: { name: 'keys', defaultLimit: 1000, maxLimit: 1000, key: ['int', 'string'] },
   deliveries: { name: 'deliveries', defaultLimit: 100, maxLimit: 1000, key: ['int'] },
+  queue: { name: 'queue', defaultLimit: 100, maxLimit: 1000, key: ['int', 'string'] },
 } as const satisfies Record<string, ListSpec>
 
 /** The `limit` and `cursor` query parameters of a list. */

@@ -237,6 +237,10 @@ export class StudiopoolClient {
   getPool() {
     return this.request<Record<string, unknown>>('GET', '/api/v1/pool')
   }
+  /** The whole queue, oldest first (GET /api/v1/pool/queue, page by page); positions are per template. */
+  eachQueued(q: { template?: string; limit?: number } = {}): AsyncGenerator<QueuedRow> {
+    return this.#each<QueuedRow>('/api/v1/pool/queue', 'queue', { ...q })
+  }
   /** One page of the history, newest first; `eachAssignment` walks it all. */
   listHistory(q: HistoryQuery = {}) {
     return this.request<Page<'history', Record<string, unknown>>>('GET', `/api/v1/history${qs({ ...q })}`)
@@ -372,4 +376,13 @@ export class StudiopoolClient {
     }
     throw new StudiopoolError(0, 'UNREACHABLE', 'the progress stream closed before the session was ready')
   }
+}
+
+/** A queued request as GET /api/v1/pool/queue lists it. */
+export interface QueuedRow {
+  readonly position: number
+  readonly instanceId: string
+  readonly template: string
+  readonly userId: string | null
+  readonly since: string
 }

@@ -16,6 +16,7 @@ import type {
   InstanceFilter,
   InstancePatch,
   NewInstance,
+  QueueKey,
   StateSample,
   StoreOps,
   UpdateCondition,
@@ -260,9 +261,16 @@ export class SqlOps implements StoreOps {
     return Number(r.n) + 1
   }
 
-  async listQueued(template?: string, limit?: number): Promise<Instance[]> {
+  async listQueued(template?: string, limit?: number, after?: QueueKey): Promise<Instance[]> {
     let q = this.#db.selectFrom('instances').selectAll().where('state', '=', 'queued')
     if (template !== undefined) q = q.where('template', '=', template)
+    if (after !== undefined)
+      q = q.where((eb) =>
+        eb.or([
+          eb('created_at', '>', after.createdAt),
+          eb.and([eb('created_at', '=', after.createdAt), eb('id', '>', after.id)]),
+        ]),
+      )
     q = q.orderBy('created_at').orderBy('id')
     if (limit !== undefined) q = q.limit(limit)
     return (await q.execute()).map(toInstance)

@@ -123,7 +123,8 @@ export interface StoreOps {
   /** 1-based position among queued instances of the same template, oldest first; null when not queued. */
   queuePosition(id: string): Promise<number | null>
   /** Queued instances, oldest first (all templates when template is undefined). */
-  listQueued(template?: string, limit?: number): Promise<Instance[]>
+  /** Queued instances oldest first, (created_at, id); after `after` when given (keyset paging). */
+  listQueued(template?: string, limit?: number, after?: QueueKey): Promise<Instance[]>
   /** Sets lastActivityAt = max(lastActivityAt, at) for each entry; one statement per batch where possible. */
   recordActivity(entries: readonly { readonly id: string; readonly at: number }[]): Promise<void>
 
@@ -290,4 +291,10 @@ export interface Store extends StoreOps {
   /** Users' shares of shared instances' time (shared-usage-ops.ts; docs/cost.md "Shared templates"). */
   readonly sharedUsage: SharedUsageStore
   close(): Promise<void>
+}
+
+/** A queued row's place in the queue's order (listQueued's keyset). */
+export interface QueueKey {
+  readonly createdAt: number
+  readonly id: string
 }

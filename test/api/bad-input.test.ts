@@ -412,6 +412,7 @@ templates:
       ['GET', '/api/v1/audit'],
       ['GET', '/api/v1/usage'],
       ['GET', '/api/v1/pool'],
+      ['GET', '/api/v1/pool/queue'],
       ['GET', '/api/v1/instances'],
       ['POST', '/api/v1/instances/ID/stop'],
       ['POST', '/api/v1/instances/ID/restart'],

@@ -110,6 +110,7 @@ templates:
       ['GET /api/v1/instances/{id}', `/api/v1/instances/${id}?userId=alice`, ARENA],
       ['GET /api/v1/templates', '/api/v1/templates', ARENA],
       ['GET /api/v1/pool', '/api/v1/pool', PROXY],
+      ['GET /api/v1/pool/queue', '/api/v1/pool/queue', PROXY],
       ['GET /api/v1/history', '/api/v1/history', admin],
       ['GET /api/v1/usage', '/api/v1/usage', admin],
       ['GET /api/v1/audit', `/api/v1/audit?instanceId=${id}`, admin],

@@ -163,6 +163,87 @@ for (const kind of STORES) {
       for (const id of gone) live.splice(live.indexOf(id), 1)
     })
 
+    test('the queue: GET /api/v1/pool shows its length and the oldest 1,000; /api/v1/pool/queue pages all of it in order, positions per template', async () => {
+      const queued: { id: string; template: string; createdAt: number }[] = []
+      await s.store.transaction(async (tx) => {
+        for (let i = 0; i < 1200; i++) {
+          // Three rows per millisecond: the key's id column orders the ties.
+          const row = {
+            id: newInstanceId(),
+            template: i % 3 === 0 ? 'other' : 'demo',
+            createdAt: T0 + Math.floor(i / 3),
+          }
+          queued.push(row)
+          await tx.insertInstance({ ...row, state: 'queued', ownerId: `q${i}`, keyName: null })
+        }
+      })
+      try {
+        const order = [...queued].sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1))
+        const pool = await call(s.url, 'GET', '/api/v1/pool', { key: s.adminKey })
+        assert.equal(pool.status, 200)
+        assert.equal(pool.json.queueLength, 1200)
+        assert.equal(pool.json.queue.length, 1000, 'the oldest 1,000')
+        assert.deepEqual(
+          pool.json.queue.map((q: { instanceId: string }) => q.instanceId),
+          order.slice(0, 1000).map((q) => q.id),
+        )
+        const w = await walk(s, '/api/v1/pool/queue?limit=500', 'queue', (q) => q.instanceId)
+        assert.equal(w.pages, 3)
+        assert.deepEqual(
+          w.ids,
+          order.map((q) => q.id),
+          'every queued row once, oldest first',
+        )
+        assert.deepEqual(new Set(w.totals), new Set([1200]))
+        // Positions are within the template, as GET_STATUS says them.
+        const page = await call(s.url, 'GET', '/api/v1/pool/queue?template=other&limit=300', { key: s.adminKey })
+        assert.equal(page.json.total, 400)
+        const next = await call(
+          s.url,
+          'GET',
+          `/api/v1/pool/queue?template=other&limit=300&cursor=${page.json.nextCursor}`,
+          {
+            key: s.adminKey,
+          },
+        )
+        const rows = [...page.json.queue, ...next.json.queue] as {
+          instanceId: string
+          position: number
+          template: string
+        }[]
+        assert.deepEqual(
+          rows.map((r) => r.position),
+          rows.map((_, i) => i + 1),
+        )
+        for (const r of [rows[0]!, rows[299]!, rows[300]!, rows[399]!])
+          assert.equal(r.position, await s.store.queuePosition(r.instanceId))
+        const mixed = await call(s.url, 'GET', '/api/v1/pool/queue?limit=1000', { key: s.adminKey })
+        for (const r of (mixed.json.queue as typeof rows).filter((_, i) => i % 97 === 0))
+          assert.equal(r.position, await s.store.queuePosition(r.instanceId), 'per template on a mixed page too')
+        // A cursor of another list, or of other filters, is refused with its code.
+        const inst = await call(s.url, 'GET', '/api/v1/instances?limit=1', { key: s.adminKey })
+        const wrong = await call(s.url, 'GET', `/api/v1/pool/queue?cursor=${inst.json.nextCursor}`, { key: s.adminKey })
+        assert.equal(wrong.status, 400)
+        assert.equal(wrong.json.error.code, 'INVALID_CURSOR')
+        const other = await call(s.url, 'GET', `/api/v1/pool/queue?template=demo&cursor=${page.json.nextCursor}`, {
+          key: s.adminKey,
+        })
+        assert.equal(other.status, 400)
+        const big = await call(s.url, 'GET', '/api/v1/pool/queue?limit=1001', { key: s.adminKey })
+        assert.equal(big.status, 400)
+        // The typed client walks it all.
+        const client = new StudiopoolClient({ url: s.url, key: s.adminKey })
+        const seen: string[] = []
+        for await (const r of client.eachQueued({ limit: 250 })) seen.push(r.instanceId)
+        assert.deepEqual(
+          seen,
+          order.map((q) => q.id),
+        )
+      } finally {
+        for (const q of queued) await s.store.deleteInstance(q.id)
+      }
+    })
+
     test('history: newest first, every assignment once across pages (ties on startedAt included), totals by filter', async () => {
       const w = await walk(s, '/api/v1/history?limit=1000', 'history', (a) => String(a.id))
       assert.equal(w.pages, 3)

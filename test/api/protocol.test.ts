@@ -219,6 +219,7 @@ templates:
         'post /api/v1/instances/{id}/progress',
         'get /api/v1/templates',
         'get /api/v1/pool',
+        'get /api/v1/pool/queue',
         'get /api/v1/history',
         'get /api/v1/usage',
         'get /api/v1/keys',

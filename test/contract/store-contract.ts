@@ -404,6 +404,17 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
           (await s.listQueued('rstudio', 1)).map((x) => x.id),
           [q1.id],
         )
+        // Keyset pages: after a row, the rest in the same order, ties by id.
+        assert.deepEqual(
+          (await s.listQueued('rstudio', 10, { createdAt: q1.createdAt, id: q1.id })).map((x) => x.id),
+          [q2.id, ...ties],
+        )
+        const [firstTie] = ties
+        assert.deepEqual(
+          (await s.listQueued(undefined, 10, { createdAt: 30, id: firstTie! })).map((x) => x.id),
+          ties.slice(1),
+        )
+        assert.deepEqual(await s.listQueued(undefined, 10, { createdAt: 30, id: ties.at(-1)! }), [])
         await s.updateInstance(q1.id, { state: 'provisioning' })
         assert.equal(await s.queuePosition(q2.id), 1)
       }))

@@ -1,7 +1,11 @@
 import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { WarmTarget } from '../../schedule/warm-target.js'
+import type { Instance } from '../../domain/instance.js'
+import type { Store } from '../../store/store.js'
 import { requireRole, type ApiDeps } from '../context.js'
+import { decodeCursor, LISTS, pageLimit, pageOf, pageQuery } from '../paging.js'
+import { Q, QStr } from './query.js'
 
 /** Templates and the pool's size and queue. */
 export async function poolRoutes(scope: FastifyInstance, deps: ApiDeps): Promise<void> {
@@ -46,26 +50,27 @@ export async function poolRoutes(scope: FastifyInstance, deps: ApiDeps): Promise
       const [active, counts, queue] = await Promise.all([
         deps.store.countActive(),
         deps.store.countByState(),
-        deps.store.listQueued(undefined, 1000),
+        deps.store.listQueued(undefined, QUEUE_SHOWN),
       ])
       const byTemplate: Record<string, Record<string, number>> = {}
-      for (const c of counts)
+      let queueLength = 0
+      for (const c of counts) {
         if (c.state !== 'terminated' && c.state !== 'failed') (byTemplate[c.template] ??= {})[c.state] = c.count
+        if (c.state === 'queued') queueLength += c.count
+      }
       return {
         poolId: deps.config.pool.id,
         maxInstances: deps.config.pool.maxInstances,
         active: active.total,
         byTemplate,
-        queue: queue.map((q, i) => ({
-          position: i + 1,
-          instanceId: q.id,
-          template: q.template,
-          userId: q.ownerId,
-          since: new Date(q.createdAt).toISOString(),
-        })),
+        queueLength,
+        /** The oldest QUEUE_SHOWN; the whole queue pages through GET /api/v1/pool/queue. */
+        queue: await queueView(deps.store, queue),
       }
     },
   )
+
+  queueRoute(scope, deps)
 
   app.get(
     '/api/v1/shared',
@@ -94,4 +99,63 @@ function warmTargetView(t: WarmTarget | undefined) {
     predicted: t.predicted,
     applied: t.applied,
   }
+}
+
+/** How many queued rows GET /api/v1/pool shows (the oldest). */
+const QUEUE_SHOWN = 1000
+
+/**
+ * Queued rows as the API shows them: position within the row's template (GET_STATUS's
+ * queuePosition), from one count per template on the page, then counted on along the page.
+ */
+async function queueView(store: Store, rows: readonly Instance[]) {
+  const next = new Map<string, number>()
+  for (const r of rows) if (!next.has(r.template)) next.set(r.template, (await store.queuePosition(r.id)) ?? 1)
+  return rows.map((r) => {
+    const position = next.get(r.template)!
+    next.set(r.template, position + 1)
+    return {
+      position,
+      instanceId: r.id,
+      template: r.template,
+      userId: r.ownerId,
+      since: new Date(r.createdAt).toISOString(),
+    }
+  })
+}
+
+/** GET /api/v1/pool/queue: the whole queue in pages (GET /api/v1/pool shows the oldest QUEUE_SHOWN). */
+function queueRoute(scope: FastifyInstance, deps: ApiDeps): void {
+  const app = scope.withTypeProvider<TypeBoxTypeProvider>()
+  app.get(
+    '/api/v1/pool/queue',
+    {
+      schema: {
+        tags: ['pool'],
+        summary:
+          'The queue in pages, oldest first (admin, proxy); position is within its template, as GET_STATUS shows it',
+        querystring: Q({ template: QStr('template name'), ...pageQuery(LISTS.queue) }),
+      },
+    },
+    async (req, reply) => {
+      requireRole(req.principal!, 'proxy')
+      const q = req.query
+      const filters = { template: q.template }
+      const limit = pageLimit(LISTS.queue, q.limit)
+      const after = decodeCursor(LISTS.queue, filters, q.cursor)
+      const [rows, counts] = await Promise.all([
+        deps.store.listQueued(
+          q.template,
+          limit + 1,
+          after ? { createdAt: Number(after[0]), id: String(after[1]) } : undefined,
+        ),
+        deps.store.countByState(),
+      ])
+      const total = counts
+        .filter((c) => c.state === 'queued' && (q.template === undefined || c.template === q.template))
+        .reduce((n, c) => n + c.count, 0)
+      const page = pageOf(req, reply, LISTS.queue, { rows, limit, total }, filters, (i) => [i.createdAt, i.id])
+      return { queue: await queueView(deps.store, page.rows), nextCursor: page.nextCursor, total: page.total }
+    },
+  )
 }
