@@ -4,6 +4,7 @@
  */
 import { Type } from '@sinclair/typebox'
 import { parseDuration } from '../domain/duration.js'
+import { Duration } from './duration-schema.js'
 import { parseMemoryGiB, type TablePrice } from '../cost/prices.js'
 import type { BudgetPeriod, BudgetSpec } from '../cost/budgets.js'
 
@@ -44,6 +45,11 @@ export const Cost = Type.Transform(
       rates: Type.Record(Type.String({ minLength: 1 }), Rates, { default: {} }),
       /** Group → its users, for group attribution and group budgets (sessions requested over the API carry no groups). */
       groups: Type.Record(Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 })), { default: {} }),
+      /**
+       * How long cost segments and shared-usage rows of ended, purged instances are kept (13 months:
+       * a year's reports and the month before); `0` keeps them for ever.
+       */
+      retain: Duration('395d'),
     },
     { additionalProperties: false, default: {} },
   ),
@@ -55,6 +61,8 @@ export const Cost = Type.Transform(
     table: {} as Record<string, TablePrice>,
     rates: c.rates as Record<string, { cpuHour: number; gibHour: number }>,
     groups: c.groups as Record<string, string[]>,
+    /** 0: kept for ever. */
+    retainMs: c.retain,
   }))
   .Encode(noEncode)
 

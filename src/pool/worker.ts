@@ -192,6 +192,8 @@ export class Worker {
       )
       await store.purgeStateSamples(now - SAMPLE_RETENTION_MS)
       await pool.purgeEnded(now - this.#d.config.worker.retainEndedMs)
+      const retainCost = this.#d.config.cost.retainMs
+      if (retainCost > 0) await store.purgeCost(now - retainCost)
     }
 
     const ms = performance.now() - t0

@@ -115,3 +115,20 @@ export async function writeCost(db: Db, w: CostWrite): Promise<boolean> {
       .execute()
   return true
 }
+
+/** Store.purgeCost: old closed segments and shared-usage rows of instances whose rows are gone. */
+export async function purgeCost(db: Db, before: number): Promise<{ segments: number; shared: number }> {
+  const gone = db.selectFrom('instances').select('id')
+  const seg = await db
+    .deleteFrom('cost_segments')
+    .where('ended_at', 'is not', null)
+    .where('ended_at', '<', before)
+    .where('instance_id', 'not in', gone)
+    .executeTakeFirst()
+  const shared = await db
+    .deleteFrom('shared_usage')
+    .where('bucket', '<', before)
+    .where('instance_id', 'not in', gone)
+    .executeTakeFirst()
+  return { segments: Number(seg.numDeletedRows), shared: Number(shared.numDeletedRows) }
+}

@@ -3,7 +3,7 @@ import type { SelectQueryBuilder } from 'kysely'
 import type { Assignment, AuditEvent, EndReason, Instance, InstanceState } from '../domain/instance.js'
 import type { ApiKey } from '../domain/keys.js'
 import type { CostSegment } from '../domain/cost-segment.js'
-import { lastCostEnd, lastCostEnds, listCostSegments, writeCost } from './cost-ops.js'
+import { lastCostEnd, lastCostEnds, listCostSegments, purgeCost, writeCost } from './cost-ops.js'
 import { countAudit, countHistory, listAudit, listHistory } from './history-ops.js'
 import { listStateSamples, purgeStateSamples, recordStateSamples } from './sample-ops.js'
 import { ConflictError } from '../domain/errors.js'
@@ -341,6 +341,10 @@ export class SqlOps implements StoreOps {
 
   lastCostEnds(instanceIds: readonly string[]): Promise<Map<string, number>> {
     return lastCostEnds(this.#db, instanceIds)
+  }
+
+  purgeCost(before: number): Promise<{ segments: number; shared: number }> {
+    return purgeCost(this.#db, before)
   }
 
   writeCost(w: CostWrite): Promise<boolean> {

@@ -173,6 +173,12 @@ export interface StoreOps {
    * open. Run it in a transaction with the reads it was planned from. Throws on a second open segment.
    */
   writeCost(w: CostWrite): Promise<boolean>
+  /**
+   * Deletes cost segments that ended before `before`, and shared-usage rows whose bucket started
+   * before it, of instances whose rows are gone (purged after worker.retainEnded): what a live or
+   * retained instance's accrual reads stays. Returns how many of each went.
+   */
+  purgeCost(before: number): Promise<{ segments: number; shared: number }>
 
   recordStateSamples(samples: readonly StateSample[]): Promise<void>
   listStateSamples(from: number, to: number): Promise<StateSample[]>
