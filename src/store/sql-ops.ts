@@ -1,5 +1,5 @@
 /** The store's operations: the same dialect-neutral Kysely code on the pool and inside a transaction. */
-import type { SelectQueryBuilder } from 'kysely'
+import type { ExpressionBuilder, SelectQueryBuilder } from 'kysely'
 import type { Assignment, AuditEvent, EndReason, Instance, InstanceState } from '../domain/instance.js'
 import type { ApiKey } from '../domain/keys.js'
 import type { CostSegment } from '../domain/cost-segment.js'
@@ -251,12 +251,7 @@ export class SqlOps implements StoreOps {
       .select((eb) => eb.fn.countAll<number>().as('n'))
       .where('template', '=', me.template)
       .where('state', '=', 'queued')
-      .where((eb) =>
-        eb.or([
-          eb('created_at', '<', me.created_at),
-          eb.and([eb('created_at', '=', me.created_at), eb('id', '<', me.id)]),
-        ]),
-      )
+      .where((eb) => queueOrder(eb, '<', { createdAt: me.created_at, id: me.id }))
       .executeTakeFirstOrThrow()
     return Number(r.n) + 1
   }
@@ -264,13 +259,7 @@ export class SqlOps implements StoreOps {
   async listQueued(template?: string, limit?: number, after?: QueueKey): Promise<Instance[]> {
     let q = this.#db.selectFrom('instances').selectAll().where('state', '=', 'queued')
     if (template !== undefined) q = q.where('template', '=', template)
-    if (after !== undefined)
-      q = q.where((eb) =>
-        eb.or([
-          eb('created_at', '>', after.createdAt),
-          eb.and([eb('created_at', '=', after.createdAt), eb('id', '>', after.id)]),
-        ]),
-      )
+    if (after !== undefined) q = q.where((eb) => queueOrder(eb, '>', after))
     q = q.orderBy('created_at').orderBy('id')
     if (limit !== undefined) q = q.limit(limit)
     return (await q.execute()).map(toInstance)
@@ -458,6 +447,14 @@ export class SqlOps implements StoreOps {
   purgeStateSamples(before: number): Promise<number> {
     return purgeStateSamples(this.#db, before)
   }
+}
+
+/** Rows before (`<`) or after (`>`) `key` in the queue's order, (created_at, id). */
+function queueOrder(eb: ExpressionBuilder<Database, 'instances'>, op: '<' | '>', key: QueueKey) {
+  return eb.or([
+    eb('created_at', op, key.createdAt),
+    eb.and([eb('created_at', '=', key.createdAt), eb('id', op, key.id)]),
+  ])
 }
 
 function auditRow(r: Omit<AuditEvent, 'id'>) {
