@@ -118,17 +118,17 @@ export async function writeCost(db: Db, w: CostWrite): Promise<boolean> {
 
 /** Store.purgeCost: old closed segments and shared-usage rows of instances whose rows are gone. */
 export async function purgeCost(db: Db, before: number): Promise<{ segments: number; shared: number }> {
-  const gone = db.selectFrom('instances').select('id')
+  const present = db.selectFrom('instances').select('id')
   const seg = await db
     .deleteFrom('cost_segments')
     .where('ended_at', 'is not', null)
     .where('ended_at', '<', before)
-    .where('instance_id', 'not in', gone)
+    .where('instance_id', 'not in', present)
     .executeTakeFirst()
   const shared = await db
     .deleteFrom('shared_usage')
     .where('bucket', '<', before)
-    .where('instance_id', 'not in', gone)
+    .where('instance_id', 'not in', present)
     .executeTakeFirst()
   return { segments: Number(seg.numDeletedRows), shared: Number(shared.numDeletedRows) }
 }

@@ -53,17 +53,14 @@ export async function poolRoutes(scope: FastifyInstance, deps: ApiDeps): Promise
         deps.store.listQueued(undefined, QUEUE_SHOWN),
       ])
       const byTemplate: Record<string, Record<string, number>> = {}
-      let queueLength = 0
-      for (const c of counts) {
+      for (const c of counts)
         if (c.state !== 'terminated' && c.state !== 'failed') (byTemplate[c.template] ??= {})[c.state] = c.count
-        if (c.state === 'queued') queueLength += c.count
-      }
       return {
         poolId: deps.config.pool.id,
         maxInstances: deps.config.pool.maxInstances,
         active: active.total,
         byTemplate,
-        queueLength,
+        queueLength: queuedIn(counts),
         /** The oldest QUEUE_SHOWN; the whole queue pages through GET /api/v1/pool/queue. */
         queue: await queueView(deps.store, queue),
       }
@@ -99,6 +96,13 @@ function warmTargetView(t: WarmTarget | undefined) {
     predicted: t.predicted,
     applied: t.applied,
   }
+}
+
+/** Queued rows in the store's counts by template and state, of one template or of all. */
+function queuedIn(counts: Awaited<ReturnType<Store['countByState']>>, template?: string): number {
+  let n = 0
+  for (const c of counts) if (c.state === 'queued' && (template === undefined || c.template === template)) n += c.count
+  return n
 }
 
 /** How many queued rows GET /api/v1/pool shows (the oldest). */
@@ -151,9 +155,7 @@ function queueRoute(scope: FastifyInstance, deps: ApiDeps): void {
         ),
         deps.store.countByState(),
       ])
-      const total = counts
-        .filter((c) => c.state === 'queued' && (q.template === undefined || c.template === q.template))
-        .reduce((n, c) => n + c.count, 0)
+      const total = queuedIn(counts, q.template)
       const page = pageOf(req, reply, LISTS.queue, { rows, limit, total }, filters, (i) => [i.createdAt, i.id])
       return { queue: await queueView(deps.store, page.rows), nextCursor: page.nextCursor, total: page.total }
     },
